@@ -1,0 +1,1 @@
+//! GGUF reader, dequantisation and writer.

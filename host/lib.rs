@@ -1,0 +1,10 @@
+//! kiln: batch-invariant prompt prefill of GGUF Qwen-family models on NVIDIA GPUs, with every
+//! device kernel written in Rust (`gpu-kernels/`) and compiled to PTX at build time.
+//!
+//! The host reads top-down in the order data flows: GGUF file → model config and weights →
+//! tokens → (CPU reference forward | GPU prefill pipeline) → logits.
+
+pub mod gguf;
+pub mod model;
+pub mod reference;
+pub mod rng;

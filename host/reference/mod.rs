@@ -1,0 +1,1 @@
+//! Plain-Rust CPU reference forward.
