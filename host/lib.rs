@@ -5,6 +5,7 @@
 //! tokens → (CPU reference forward | GPU prefill pipeline) → logits.
 
 pub mod gguf;
+pub mod gpu;
 pub mod model;
 pub mod reference;
 pub mod rng;

@@ -1,2 +1,28 @@
-//! kiln's device kernels.
+//! kiln's device kernels, one kernel family per file, over the small device API in [`device`].
+//!
+//! The same source compiles twice:
+//! - for `nvptx64-nvidia-cuda` (pinned nightly, driven by the root `build.rs`): `no_std`, every
+//!   `kernel!` becomes a `.visible .entry` in one PTX module;
+//! - for the host (stable): the device API is emulated ([`device::emu`]) so kernel logic is
+//!   unit-tested on the CPU with real per-block concurrency, shared memory and warp exchange.
 #![cfg_attr(target_arch = "nvptx64", no_std)]
+#![cfg_attr(
+    target_arch = "nvptx64",
+    feature(
+        abi_ptx,
+        asm_experimental_arch,
+        link_llvm_intrinsics,
+        core_intrinsics,
+        stdarch_nvptx
+    )
+)]
+#![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
+
+#[macro_use]
+pub mod device;
+
+pub mod convert;
+pub mod embedding;
+pub mod norm;
+pub mod rope;
+pub mod swiglu;

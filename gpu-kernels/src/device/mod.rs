@@ -1,0 +1,156 @@
+//! The device API every kernel is written against: thread/block ids, global-memory pointers,
+//! shared memory, barriers, warp exchange, atomics, math and float conversions.
+//!
+//! Each primitive has two implementations with one signature: `nvptx` (PTX instructions and
+//! LLVM NVVM intrinsics) and `emu` (the host emulator). Kernels see only this module.
+
+#[macro_use]
+mod kernel_macro;
+pub mod float;
+pub mod math;
+mod ptr;
+
+#[cfg(target_arch = "nvptx64")]
+mod nvptx;
+#[cfg(target_arch = "nvptx64")]
+use nvptx as backend;
+
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod emu;
+#[cfg(not(target_arch = "nvptx64"))]
+use emu as backend;
+
+pub use backend::{
+    Shared, atomic_add_f32, atomic_add_u32, ballot, block_dim, block_idx, dynamic_shared, grid_dim,
+    shfl_down_f32, shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32, sync_threads,
+    thread_idx, vote_all, vote_any,
+};
+pub use ptr::{In, Out};
+
+/// Threads per warp on every NVIDIA GPU kiln targets.
+pub const WARP_SIZE: u32 = 32;
+
+/// Elements of shared arrays: plain 4-byte values, moved as one 32-bit word.
+pub trait SharedWord: Copy {
+    fn to_word(self) -> u32;
+    fn from_word(w: u32) -> Self;
+}
+impl SharedWord for f32 {
+    #[inline(always)]
+    fn to_word(self) -> u32 {
+        self.to_bits()
+    }
+    #[inline(always)]
+    fn from_word(w: u32) -> Self {
+        f32::from_bits(w)
+    }
+}
+impl SharedWord for u32 {
+    #[inline(always)]
+    fn to_word(self) -> u32 {
+        self
+    }
+    #[inline(always)]
+    fn from_word(w: u32) -> Self {
+        w
+    }
+}
+impl SharedWord for i32 {
+    #[inline(always)]
+    fn to_word(self) -> u32 {
+        self as u32
+    }
+    #[inline(always)]
+    fn from_word(w: u32) -> Self {
+        w as i32
+    }
+}
+
+/// A launch dimension or index triple, as CUDA's `dim3`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dim3 {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+}
+
+impl Dim3 {
+    pub const fn new(x: u32, y: u32, z: u32) -> Self {
+        Dim3 { x, y, z }
+    }
+    pub const fn count(self) -> u64 {
+        self.x as u64 * self.y as u64 * self.z as u64
+    }
+}
+
+/// Linear thread index within the block (x fastest), as the hardware numbers lanes.
+#[inline(always)]
+pub fn thread_rank() -> u32 {
+    let t = thread_idx();
+    let d = block_dim();
+    (t.z * d.y + t.y) * d.x + t.x
+}
+
+/// Lane within the warp.
+#[inline(always)]
+pub fn lane_id() -> u32 {
+    thread_rank() % WARP_SIZE
+}
+
+/// Warp index within the block.
+#[inline(always)]
+pub fn warp_id() -> u32 {
+    thread_rank() / WARP_SIZE
+}
+
+/// Sum over the 32 lanes of a full warp by an xor butterfly: every lane gets the same value and
+/// the order of additions is fixed by lane numbers alone (batch invariant).
+#[inline(always)]
+pub fn warp_sum_f32(mut v: f32) -> f32 {
+    let mut m = 16;
+    while m > 0 {
+        v += shfl_xor_f32(v, m);
+        m >>= 1;
+    }
+    v
+}
+
+/// Max over the 32 lanes of a full warp (xor butterfly).
+#[inline(always)]
+pub fn warp_max_f32(mut v: f32) -> f32 {
+    let mut m = 16;
+    while m > 0 {
+        v = math::max(v, shfl_xor_f32(v, m));
+        m >>= 1;
+    }
+    v
+}
+
+/// Sum over a whole block (block size a multiple of 32, at most 1024) in a fixed order: warp
+/// butterflies, then warp 0 adds the per-warp partials in warp order. `scratch` needs 32
+/// elements and is free again when this returns. Every thread gets the result.
+#[inline(always)]
+pub fn block_sum_f32(v: f32, scratch: Shared<f32>) -> f32 {
+    let w = warp_sum_f32(v);
+    let n_warps = block_dim().x.div_ceil(WARP_SIZE);
+    if lane_id() == 0 {
+        scratch.store(warp_id() as usize, w);
+    }
+    sync_threads();
+    if warp_id() == 0 {
+        let lane = lane_id();
+        let part = if lane < n_warps {
+            scratch.load(lane as usize)
+        } else {
+            0.0
+        };
+        let total = warp_sum_f32(part);
+        if lane == 0 {
+            scratch.store(0, total);
+        }
+    }
+    sync_threads();
+    let total = scratch.load(0);
+    sync_threads();
+    total
+}

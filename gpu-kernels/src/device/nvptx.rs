@@ -1,0 +1,241 @@
+//! The device API on nvptx: special registers, NVVM intrinsics and inline PTX.
+//!
+//! Warp-synchronous operations go through LLVM intrinsics rather than `asm!`, because rustc does
+//! not mark inline assembly `convergent` and LLVM could otherwise sink it under a branch.
+
+use super::{Dim3, SharedWord};
+use core::arch::nvptx;
+use core::marker::PhantomData;
+
+#[inline(always)]
+pub fn thread_idx() -> Dim3 {
+    // SAFETY: reading special registers has no preconditions.
+    unsafe {
+        Dim3::new(
+            nvptx::_thread_idx_x() as u32,
+            nvptx::_thread_idx_y() as u32,
+            nvptx::_thread_idx_z() as u32,
+        )
+    }
+}
+
+#[inline(always)]
+pub fn block_idx() -> Dim3 {
+    // SAFETY: as above.
+    unsafe {
+        Dim3::new(
+            nvptx::_block_idx_x() as u32,
+            nvptx::_block_idx_y() as u32,
+            nvptx::_block_idx_z() as u32,
+        )
+    }
+}
+
+#[inline(always)]
+pub fn block_dim() -> Dim3 {
+    // SAFETY: as above.
+    unsafe {
+        Dim3::new(
+            nvptx::_block_dim_x() as u32,
+            nvptx::_block_dim_y() as u32,
+            nvptx::_block_dim_z() as u32,
+        )
+    }
+}
+
+#[inline(always)]
+pub fn grid_dim() -> Dim3 {
+    // SAFETY: as above.
+    unsafe {
+        Dim3::new(
+            nvptx::_grid_dim_x() as u32,
+            nvptx::_grid_dim_y() as u32,
+            nvptx::_grid_dim_z() as u32,
+        )
+    }
+}
+
+/// `bar.sync 0`: every non-exited thread of the block must reach it.
+#[inline(always)]
+pub fn sync_threads() {
+    // SAFETY: a barrier; callers keep it in block-uniform control flow.
+    unsafe { nvptx::_syncthreads() }
+}
+
+const FULL_MASK: u32 = 0xffff_ffff;
+
+#[allow(improper_ctypes)]
+unsafe extern "C" {
+    #[link_name = "llvm.nvvm.shfl.sync.bfly.i32"]
+    fn shfl_bfly_i32(mask: u32, v: u32, lane_mask: u32, clamp: u32) -> u32;
+    #[link_name = "llvm.nvvm.shfl.sync.down.i32"]
+    fn shfl_down_i32(mask: u32, v: u32, delta: u32, clamp: u32) -> u32;
+    #[link_name = "llvm.nvvm.shfl.sync.idx.i32"]
+    fn shfl_idx_i32(mask: u32, v: u32, lane: u32, clamp: u32) -> u32;
+    #[link_name = "llvm.nvvm.vote.ballot.sync"]
+    fn vote_ballot_sync(mask: u32, pred: bool) -> u32;
+}
+
+// Full-warp operations: all 32 lanes take part. The clamp operand 0x1f addresses the whole warp.
+#[inline(always)]
+pub fn shfl_xor_u32(v: u32, lane_mask: u32) -> u32 {
+    // SAFETY: warp-uniform call with a full mask.
+    unsafe { shfl_bfly_i32(FULL_MASK, v, lane_mask, 0x1f) }
+}
+#[inline(always)]
+pub fn shfl_xor_f32(v: f32, lane_mask: u32) -> f32 {
+    f32::from_bits(shfl_xor_u32(v.to_bits(), lane_mask))
+}
+#[inline(always)]
+pub fn shfl_down_f32(v: f32, delta: u32) -> f32 {
+    // SAFETY: as above.
+    f32::from_bits(unsafe { shfl_down_i32(FULL_MASK, v.to_bits(), delta, 0x1f) })
+}
+#[inline(always)]
+pub fn shfl_idx_u32(v: u32, lane: u32) -> u32 {
+    // SAFETY: as above.
+    unsafe { shfl_idx_i32(FULL_MASK, v, lane, 0x1f) }
+}
+#[inline(always)]
+pub fn shfl_idx_f32(v: f32, lane: u32) -> f32 {
+    f32::from_bits(shfl_idx_u32(v.to_bits(), lane))
+}
+#[inline(always)]
+pub fn ballot(pred: bool) -> u32 {
+    // SAFETY: as above.
+    unsafe { vote_ballot_sync(FULL_MASK, pred) }
+}
+#[inline(always)]
+pub fn vote_any(pred: bool) -> bool {
+    ballot(pred) != 0
+}
+#[inline(always)]
+pub fn vote_all(pred: bool) -> bool {
+    ballot(pred) == FULL_MASK
+}
+
+/// `atom.global.add.f32`; returns the old value.
+#[inline(always)]
+pub fn atomic_add_f32(p: super::Out<f32>, i: usize, v: f32) -> f32 {
+    let old: f32;
+    // SAFETY: the element pointer is in bounds (launch-checked) and 4-byte aligned.
+    unsafe {
+        core::arch::asm!("atom.add.f32 {0}, [{1}], {2};", out(reg32) old, in(reg64) p.element_ptr(i), in(reg32) v)
+    };
+    old
+}
+
+/// `atom.add.u32`; returns the old value.
+#[inline(always)]
+pub fn atomic_add_u32(p: super::Out<u32>, i: usize, v: u32) -> u32 {
+    let old: u32;
+    // SAFETY: as above.
+    unsafe {
+        core::arch::asm!("atom.add.u32 {0}, [{1}], {2};", out(reg32) old, in(reg64) p.element_ptr(i), in(reg32) v)
+    };
+    old
+}
+
+/// A view of shared memory: a 32-bit shared-window address and an element count.
+pub struct Shared<T> {
+    base: u32,
+    _t: PhantomData<T>,
+}
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
+
+impl<T: SharedWord> Shared<T> {
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn from_raw(base: u32, _len: usize) -> Self {
+        Shared {
+            base,
+            _t: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    pub fn load(self, i: usize) -> T {
+        let w: u32;
+        // SAFETY: shared-window address inside the array (kernel-checked indexing).
+        unsafe {
+            core::arch::asm!("ld.shared.b32 {0}, [{1}];", out(reg32) w, in(reg32) self.base + 4 * i as u32)
+        };
+        T::from_word(w)
+    }
+
+    #[inline(always)]
+    pub fn store(self, i: usize, v: T) {
+        // SAFETY: as `load`.
+        unsafe {
+            core::arch::asm!("st.shared.b32 [{0}], {1};", in(reg32) self.base + 4 * i as u32, in(reg32) v.to_word())
+        };
+    }
+
+    /// Four words at `i` (a multiple of 4): one 16-byte `ld.shared.v4`.
+    #[inline(always)]
+    pub fn load4(self, i: usize) -> [T; 4] {
+        let (a, b, c, d): (u32, u32, u32, u32);
+        // SAFETY: as `load`; arrays are 16-byte aligned and `i % 4 == 0`.
+        unsafe {
+            core::arch::asm!(
+                "ld.shared.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+                out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d,
+                in(reg32) self.base + 4 * i as u32
+            )
+        };
+        [
+            T::from_word(a),
+            T::from_word(b),
+            T::from_word(c),
+            T::from_word(d),
+        ]
+    }
+
+    /// Four words at `i` (a multiple of 4) in one 16-byte store.
+    #[inline(always)]
+    pub fn store4(self, i: usize, v: [T; 4]) {
+        // SAFETY: as `load4`.
+        unsafe {
+            core::arch::asm!(
+                "st.shared.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};",
+                in(reg32) self.base + 4 * i as u32,
+                in(reg32) v[0].to_word(), in(reg32) v[1].to_word(),
+                in(reg32) v[2].to_word(), in(reg32) v[3].to_word()
+            )
+        };
+    }
+
+    /// The sub-array starting `offset` elements in.
+    #[inline(always)]
+    pub fn offset(self, offset: usize) -> Self {
+        Shared {
+            base: self.base + 4 * offset as u32,
+            _t: PhantomData,
+        }
+    }
+
+    /// The same bytes viewed as another 4-byte type.
+    #[inline(always)]
+    pub fn cast<U: SharedWord>(self) -> Shared<U> {
+        Shared {
+            base: self.base,
+            _t: PhantomData,
+        }
+    }
+}
+
+core::arch::global_asm!(".extern .shared .align 16 .b8 kiln_dyn_smem[];");
+
+/// The block's dynamic shared memory (sized at launch) as `len` elements of `T`.
+#[inline(always)]
+pub fn dynamic_shared<T: SharedWord>(len: usize) -> Shared<T> {
+    let base: u32;
+    // SAFETY: reads the address of the dynamic shared window declared above.
+    unsafe { core::arch::asm!("mov.u32 {0}, kiln_dyn_smem;", out(reg32) base) };
+    Shared::from_raw(base, len)
+}

@@ -1,0 +1,64 @@
+//! RMSNorm over rows (pre-attention / pre-FFN / final norm) and over heads (Qwen3's QK-norm).
+//!
+//! Batch invariance: each row's sum of squares is reduced in an order fixed by the block size
+//! alone (per-thread strided partials, then a fixed warp/block tree), never by the row count.
+
+use crate::device::math::{fma, sqrt};
+use crate::device::*;
+
+shared_array!(fn norm_partials() -> [f32; 32]);
+
+kernel! {
+    /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w`. Grid: one block per row; block: a
+    /// multiple of 32 threads (256 is typical).
+    pub fn rms_norm_rows(x: In<f32>, w: In<f32>, y: Out<f32>, cols: u32, eps: f32) {
+        let cols = cols as usize;
+        let base = block_idx().x as usize * cols;
+        let (t, stride) = (thread_idx().x as usize, block_dim().x as usize);
+        let mut sum_sq = 0.0f32;
+        let mut i = t;
+        while i < cols {
+            let v = x.at(base + i);
+            sum_sq = fma(v, v, sum_sq);
+            i += stride;
+        }
+        let total = block_sum_f32(sum_sq, norm_partials());
+        let scale = 1.0 / sqrt(total / cols as f32 + eps);
+        let mut i = t;
+        while i < cols {
+            y.set(base + i, x.at(base + i) * scale * w.at(i));
+            i += stride;
+        }
+    }
+}
+
+kernel! {
+    /// Per-head RMSNorm: `x` is `groups` contiguous vectors of `head_dim`, each normalised with
+    /// the same weight `w[head_dim]`. One warp per vector; block: a multiple of 32 threads. `y`
+    /// may alias `x` (each lane reads its elements before writing them).
+    pub fn rms_norm_heads(x: In<f32>, w: In<f32>, y: Out<f32>, groups: u32, head_dim: u32, eps: f32) {
+        let warps_per_block = block_dim().x / WARP_SIZE;
+        let group = block_idx().x * warps_per_block + warp_id();
+        // The whole warp takes the same branch, so the shuffles below stay warp-uniform.
+        if group >= groups {
+            return;
+        }
+        let hd = head_dim as usize;
+        let base = group as usize * hd;
+        let lane = lane_id() as usize;
+        let mut sum_sq = 0.0f32;
+        let mut i = lane;
+        while i < hd {
+            let v = x.at(base + i);
+            sum_sq = fma(v, v, sum_sq);
+            i += WARP_SIZE as usize;
+        }
+        let total = warp_sum_f32(sum_sq);
+        let scale = 1.0 / sqrt(total / hd as f32 + eps);
+        let mut i = lane;
+        while i < hd {
+            y.set(base + i, x.at(base + i) * scale * w.at(i));
+            i += WARP_SIZE as usize;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The device a pipeline runs on: a CUDA GPU (one context, one stream, the kernel PTX loaded
+//! once per process) or the CPU emulator that runs the same kernels for tests.
+
+use super::error::{GpuError, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/kernel_names.rs"));
+}
+pub use generated::KERNEL_NAMES;
+
+/// The PTX of every kernel in gpu-kernels, built by build.rs for sm_90.
+pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+
+/// A loaded CUDA context with kiln's module.
+pub struct CudaRuntime {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+    name: String,
+}
+
+impl CudaRuntime {
+    fn open() -> Result<Self> {
+        if KERNELS_PTX.is_empty() {
+            return Err(GpuError::NoKernels);
+        }
+        // SAFETY: only probes whether the driver library can be loaded; without this check the
+        // first driver call panics inside cudarc when libcuda is absent.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(GpuError::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(|e| GpuError::NoDevice(e.to_string()))?;
+        if count < 1 {
+            return Err(GpuError::NoDevice("the driver reports no devices".into()));
+        }
+        let ctx = CudaContext::new(0).map_err(|e| GpuError::NoDevice(e.to_string()))?;
+        // One stream orders every launch and copy, so cudarc's cross-stream event tracking
+        // would only add overhead.
+        // SAFETY: called before any buffer or stream exists in this context.
+        unsafe { ctx.disable_event_tracking() };
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(KERNELS_PTX))
+            .map_err(|e| GpuError::driver("loading the kernel PTX", e))?;
+        let mut functions = HashMap::new();
+        for &kernel in KERNEL_NAMES {
+            let f = module
+                .load_function(kernel)
+                .map_err(|e| GpuError::driver(format!("loading kernel {kernel}"), e))?;
+            functions.insert(kernel, f);
+        }
+        Ok(CudaRuntime {
+            stream: ctx.default_stream(),
+            ctx,
+            _module: module,
+            functions,
+            name,
+        })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn function(&self, kernel: &'static str) -> Result<&CudaFunction> {
+        self.functions.get(kernel).ok_or_else(|| GpuError::Driver {
+            op: format!("launching {kernel}"),
+            message: "no such kernel in the loaded PTX".into(),
+        })
+    }
+}
+
+static CUDA: OnceLock<std::result::Result<Arc<CudaRuntime>, String>> = OnceLock::new();
+
+#[derive(Clone)]
+pub enum Backend {
+    Cuda(Arc<CudaRuntime>),
+    Emulator,
+}
+
+/// A handle to a device plus a launch counter of its own (clones share the counter), so a test
+/// can prove which path ran.
+#[derive(Clone)]
+pub struct Device {
+    backend: Backend,
+    launches: Arc<AtomicU64>,
+}
+
+impl Device {
+    /// The first CUDA GPU. The context and module are created once per process.
+    pub fn cuda() -> Result<Self> {
+        let rt = CUDA.get_or_init(|| CudaRuntime::open().map(Arc::new).map_err(|e| e.to_string()));
+        match rt {
+            Ok(rt) => Ok(Device::with_backend(Backend::Cuda(rt.clone()))),
+            Err(msg) => Err(GpuError::NoDevice(msg.clone())),
+        }
+    }
+
+    /// The CPU emulator (`gpu_kernels::device::emu`): slow, but runs every kernel faithfully.
+    pub fn emulator() -> Self {
+        Device::with_backend(Backend::Emulator)
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Device {
+            backend,
+            launches: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A fresh handle to the same device with its own launch counter.
+    pub fn fresh_counter(&self) -> Self {
+        Device::with_backend(self.backend.clone())
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.backend, Backend::Cuda(_))
+    }
+
+    pub fn name(&self) -> String {
+        match &self.backend {
+            Backend::Cuda(rt) => rt.name.clone(),
+            Backend::Emulator => "CPU emulator".into(),
+        }
+    }
+
+    /// Kernel launches made through this handle so far.
+    pub fn launch_count(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits for all queued work; surfaces asynchronous kernel faults.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Cuda(rt) => rt
+                .stream
+                .synchronize()
+                .map_err(|e| GpuError::driver("synchronising the stream", e)),
+            Backend::Emulator => Ok(()),
+        }
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        match &self.backend {
+            Backend::Cuda(rt) => rt
+                .ctx
+                .mem_get_info()
+                .map_err(|e| GpuError::driver("querying memory", e)),
+            Backend::Emulator => Ok((usize::MAX, usize::MAX)),
+        }
+    }
+}

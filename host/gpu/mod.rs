@@ -1,0 +1,14 @@
+//! The GPU side of kiln: device and buffers, the single launch point, and one safe launch
+//! wrapper per kernel (`ops/`), each checking shapes and lengths before it launches.
+
+mod buffer;
+mod device;
+mod error;
+pub(crate) mod launch;
+pub mod ops;
+
+pub use buffer::{Buffer, Element, Input, Output};
+pub use device::{Backend, CudaRuntime, Device, KERNEL_NAMES, KERNELS_PTX};
+pub(crate) use error::ensure_shape;
+pub use error::{GpuError, Result};
+pub use launch::LaunchConfig;

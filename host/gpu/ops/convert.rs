@@ -1,0 +1,43 @@
+//! f32 ↔ bf16 conversion launch wrappers (kernels: gpu-kernels/src/convert.rs).
+
+use super::{check_len, to_u32};
+use crate::gpu::launch::launch;
+use crate::gpu::{Buffer, Device, LaunchConfig, Result};
+
+/// `y[i] = bf16(x[i])` (round to nearest even) for `i < n`.
+pub fn f32_to_bf16(dev: &Device, x: &Buffer<f32>, y: &Buffer<u16>, n: usize) -> Result<()> {
+    const K: &str = "f32_to_bf16_kernel";
+    check_len(K, "x", x, n)?;
+    check_len(K, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig::covering(n, 256);
+    launch!(
+        dev,
+        convert::f32_to_bf16_kernel,
+        cfg,
+        x.input(),
+        y.output(),
+        to_u32(K, "n", n)?
+    )
+}
+
+/// `y[i] = f32(x[i])` (exact) for `i < n`.
+pub fn bf16_to_f32(dev: &Device, x: &Buffer<u16>, y: &Buffer<f32>, n: usize) -> Result<()> {
+    const K: &str = "bf16_to_f32_kernel";
+    check_len(K, "x", x, n)?;
+    check_len(K, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig::covering(n, 256);
+    launch!(
+        dev,
+        convert::bf16_to_f32_kernel,
+        cfg,
+        x.input(),
+        y.output(),
+        to_u32(K, "n", n)?
+    )
+}
