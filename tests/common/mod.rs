@@ -86,3 +86,12 @@ pub fn assert_close(case: &str, dev: &Device, got: &[f32], want: &[f64], tol: f6
 pub fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+/// The shared test fixtures (tiny GGUF models, reference logits): `KILN_FIXTURES` when set (the
+/// GPU bundle points it inside itself), else `shared/fixtures` beside the repository.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    match std::env::var_os("KILN_FIXTURES") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    }
+}
