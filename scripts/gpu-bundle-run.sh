@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# The GPU-machine runner of the kiln bundle (copied to gpu-bundle/run.sh by scripts/gpu-bundle.sh;
+# edit it here). It needs no Rust: only the bundle, an NVIDIA driver, and for the sanitizer and
+# SASS steps the CUDA toolkit (compute-sanitizer, ptxas, cuobjdump on PATH or /usr/local/cuda).
+#
+#   gpu-bundle/run.sh [OUTDIR]          everything below; OUTDIR defaults to $OUT, else ./gpu-logs
+#   gpu-bundle/run.sh bench [ARGS...]   the benchmark hook (see HOOK below)
+#
+# Steps, in order (each log is also printed):
+#   env.txt        nvidia-smi, driver and CUDA versions, tool versions, the bundle's MANIFEST
+#   tests.log      every test executable with KILN_TEST_DEVICE=cuda, KILN_FIXTURES=<bundle>/fixtures
+#   memcheck.log   compute-sanitizer --tool memcheck over the kernel tests (tests/kernels_*)
+#   racecheck.log  compute-sanitizer --tool racecheck over the kernel tests (slow: see filters)
+#   ptxas.txt      ptxas -v of the bundled PTX with this machine's CUDA (registers, smem, spills)
+#   sass.txt       cuobjdump -sass of that cubin
+#   summary.txt    one line per step: exit code, tests passed/failed/ignored, seconds
+# At most 8 files are written to OUTDIR (the device tool brings back 8).
+#
+# Environment (all optional):
+#   KILN_TEST_DEVICE=cuda        device for the tests (cuda | all | emulator)
+#   KILN_TEST_FILTER=SUBSTR      libtest name filter for the test step
+#   KILN_SANITIZE=0              skip memcheck and racecheck
+#   KILN_SANITIZE_EXES='kernels_*'   which test executables the sanitizers run (a glob)
+#   KILN_MEMCHECK_FILTER=SUBSTR  libtest name filter under memcheck
+#   KILN_RACECHECK=0             skip racecheck only
+#   KILN_RACECHECK_EXES=GLOB     executables for racecheck (default: KILN_SANITIZE_EXES)
+#   KILN_RACECHECK_FILTER=SUBSTR libtest name filter under racecheck (racecheck is slow: use it)
+#   KILN_EXTRA_SANITIZERS='initcheck synccheck'  more compute-sanitizer tools (into memcheck.log)
+#   KILN_SASS=0                  skip ptxas/cuobjdump
+#   KILN_STEP_TIMEOUT=300        seconds per step
+#   KILN_DEADLINE=540            seconds for the whole run: later steps are skipped, not cut
+#                                off, so the summary is always written (the device tool stops a
+#                                command at 600 s)
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+if [[ "${1:-}" == bench ]]; then
+    shift
+    # ---- HOOK: bench -------------------------------------------------------------------------
+    # Not implemented yet. Whoever adds the benchmark: have scripts/gpu-bundle.sh put its
+    # executable into the bundle, run it here with "$@" passed through, and write its results to
+    # "${OUT:-./gpu-logs}" (at most 8 files there in all).
+    echo "run.sh bench: no benchmark is bundled yet (hook in scripts/gpu-bundle-run.sh)" >&2
+    exit 2
+    # ------------------------------------------------------------------------------------------
+fi
+
+out="${1:-${OUT:-./gpu-logs}}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+export KILN_TEST_DEVICE="${KILN_TEST_DEVICE:-cuda}"
+export KILN_FIXTURES="${KILN_FIXTURES:-$here/fixtures}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+step_timeout="${KILN_STEP_TIMEOUT:-300}"
+deadline="${KILN_DEADLINE:-540}"
+sanitize_exes="${KILN_SANITIZE_EXES:-kernels_*}"
+racecheck_exes="${KILN_RACECHECK_EXES:-$sanitize_exes}"
+
+# A CUDA tool from PATH or the usual toolkit folders.
+tool() {
+    local t
+    for t in "$(command -v "$1" 2>/dev/null)" /usr/local/cuda/bin/"$1" /usr/local/cuda-*/bin/"$1"; do
+        if [[ -n "$t" && -x "$t" ]]; then
+            echo "$t"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Summary rows: step, exit, passed, failed, ignored, seconds.
+rows=()
+failed_steps=0
+
+# run_step NAME LOGFILE CMD...: runs CMD under the step timeout, appends its output to LOGFILE
+# (and prints it), and records a summary row with the libtest counts found in its output.
+run_step() {
+    local name="$1" log="$2"
+    shift 2
+    local left=$((deadline - SECONDS))
+    if ((left < 15)); then
+        rows+=("$name|skipped (deadline)|-|-|-|0")
+        echo "=== $name: skipped, the ${deadline}s deadline is near" | tee -a "$log"
+        return
+    fi
+    local limit=$((left < step_timeout ? left : step_timeout))
+    echo "=== $name: $* (timeout ${limit}s)" | tee -a "$log"
+    local start=$SECONDS rc
+    timeout --kill-after=10 "$limit" "$@" >"$work/step.log" 2>&1 </dev/null
+    rc=$?
+    cat "$work/step.log" >>"$log"
+    cat "$work/step.log"
+    local p f i
+    read -r p f i < <(grep -o 'test result: [A-Za-z]*\. [0-9]* passed; [0-9]* failed; [0-9]* ignored' \
+        "$work/step.log" | awk '{p += $4; f += $6; i += $8} END {print p + 0, f + 0, i + 0}')
+    local status="$rc"
+    ((rc == 124 || rc == 137)) && status="$rc (timeout)"
+    ((rc != 0)) && failed_steps=$((failed_steps + 1))
+    rows+=("$name|$status|$p|$f|$i|$((SECONDS - start))")
+    echo "=== $name: exit $status, $p passed, $f failed, $i ignored, $((SECONDS - start))s" | tee -a "$log"
+}
+
+# ---- environment ---------------------------------------------------------------------------
+{
+    echo "kiln GPU run: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+    echo "bundle: $here    output: $out"
+    echo "KILN_TEST_DEVICE=$KILN_TEST_DEVICE  KILN_FIXTURES=$KILN_FIXTURES"
+    echo
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi
+        nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.max.sm \
+            --format=csv
+        echo "CUDA (driver): $(nvidia-smi | grep -o 'CUDA Version: *[0-9.]*' | head -1)"
+    else
+        echo "nvidia-smi not found: no NVIDIA driver here?"
+    fi
+    for t in nvcc ptxas compute-sanitizer; do
+        if p="$(tool "$t")"; then
+            echo "--- $t ($p)"
+            "$p" --version 2>&1 | tail -n 3
+        else
+            echo "--- $t: not found"
+        fi
+    done
+    echo "--- $(uname -srm); $(ldd --version 2>&1 | head -1)"
+    echo
+    cat "$here/MANIFEST.txt" 2>/dev/null || echo "(no MANIFEST.txt in the bundle)"
+} 2>&1 | tee "$out/env.txt"
+
+# ---- tests ---------------------------------------------------------------------------------
+: >"$out/tests.log"
+for exe in "$here"/tests/*; do
+    [[ -x "$exe" ]] || continue
+    run_step "test $(basename "$exe")" "$out/tests.log" \
+        "$exe" ${KILN_TEST_FILTER:+"$KILN_TEST_FILTER"}
+done
+
+# ---- sanitizers ----------------------------------------------------------------------------
+if [[ "${KILN_SANITIZE:-1}" != 0 ]]; then
+    if sanitizer="$(tool compute-sanitizer)"; then
+        : >"$out/memcheck.log"
+        for exe in "$here"/tests/$sanitize_exes; do
+            [[ -x "$exe" ]] || continue
+            run_step "memcheck $(basename "$exe")" "$out/memcheck.log" \
+                "$sanitizer" --tool memcheck --error-exitcode 1 --print-limit 50 \
+                "$exe" ${KILN_MEMCHECK_FILTER:+"$KILN_MEMCHECK_FILTER"}
+            for extra in ${KILN_EXTRA_SANITIZERS:-}; do
+                run_step "$extra $(basename "$exe")" "$out/memcheck.log" \
+                    "$sanitizer" --tool "$extra" --error-exitcode 1 --print-limit 50 \
+                    "$exe" ${KILN_MEMCHECK_FILTER:+"$KILN_MEMCHECK_FILTER"}
+            done
+        done
+        if [[ "${KILN_RACECHECK:-1}" != 0 ]]; then
+            : >"$out/racecheck.log"
+            for exe in "$here"/tests/$racecheck_exes; do
+                [[ -x "$exe" ]] || continue
+                run_step "racecheck $(basename "$exe")" "$out/racecheck.log" \
+                    "$sanitizer" --tool racecheck --error-exitcode 1 --print-limit 50 \
+                    "$exe" ${KILN_RACECHECK_FILTER:+"$KILN_RACECHECK_FILTER"}
+            done
+        fi
+    else
+        rows+=("sanitizers|not found|-|-|-|0")
+        failed_steps=$((failed_steps + 1))
+        echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee "$out/memcheck.log"
+    fi
+fi
+
+# ---- ptxas / SASS --------------------------------------------------------------------------
+if [[ "${KILN_SASS:-1}" != 0 ]]; then
+    if [[ ! -f "$here/ptx/kernels.ptx" ]]; then
+        rows+=("ptxas|no PTX in bundle|-|-|-|0")
+        failed_steps=$((failed_steps + 1))
+    elif ptxas="$(tool ptxas)" && cuobjdump="$(tool cuobjdump)"; then
+        : >"$out/ptxas.txt"
+        run_step "ptxas -v" "$out/ptxas.txt" \
+            "$ptxas" -arch=sm_90 -v "$here/ptx/kernels.ptx" -o "$work/kernels.cubin"
+        if [[ -f "$work/kernels.cubin" ]]; then
+            # Capped below the device tool's 16 MiB per file.
+            "$cuobjdump" -sass "$work/kernels.cubin" >"$work/sass.txt" 2>&1
+            rc=$?
+            head -c 15000000 "$work/sass.txt" >"$out/sass.txt"
+            ((rc != 0)) && failed_steps=$((failed_steps + 1))
+            rows+=("cuobjdump -sass|$rc|-|-|-|0")
+        fi
+    else
+        rows+=("ptxas/cuobjdump|not found|-|-|-|0")
+    fi
+fi
+
+# ---- summary -------------------------------------------------------------------------------
+{
+    printf '%-44s %-20s %7s %7s %8s %6s\n' step exit passed failed ignored secs
+    for r in "${rows[@]}"; do
+        IFS='|' read -r s e p f i t <<<"$r"
+        printf '%-44s %-20s %7s %7s %8s %6s\n' "$s" "$e" "$p" "$f" "$i" "$t"
+    done
+    echo
+    # Failed tests, and sanitizer reports with findings (their "0 errors" summaries are not).
+    grep -h -E '^test .* FAILED$|^---- .* stdout ----$|SUMMARY: [1-9]|^========= (Invalid|Race|Error|Warning|Program hit|Barrier|Uninitialized)' \
+        "$out/tests.log" "$out/memcheck.log" "$out/racecheck.log" 2>/dev/null | sort -u | head -40
+    echo
+    if ((failed_steps == 0)); then
+        echo "ALL STEPS PASSED (${SECONDS}s)"
+    else
+        echo "$failed_steps STEP(S) FAILED (${SECONDS}s); logs in $out"
+    fi
+} | tee "$out/summary.txt"
+
+((failed_steps == 0))

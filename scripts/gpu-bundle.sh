@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Builds kiln and its test executables here (no GPU needed) and gathers everything a GPU machine
+# without Rust needs to run them into gpu-bundle/ (git-ignored):
+#
+#   gpu-bundle/kiln                 the release binary
+#   gpu-bundle/tests/<name>         every test executable, under stable names:
+#                                   <integration-test-name>, lib-kiln, bin-kiln
+#   gpu-bundle/ptx/kernels.ptx      the PTX the binaries embed, and ptxas-report.txt
+#   gpu-bundle/fixtures/            the test fixtures (models/, refs/, the small top-level files)
+#   gpu-bundle/run.sh               the runner (a copy of scripts/gpu-bundle-run.sh)
+#   gpu-bundle/MANIFEST.txt         what was built, from which commit, and the sizes
+#
+# Then, on the GPU machine:  gpu-bundle/run.sh OUTDIR     (see that script's header)
+#
+# Environment:
+#   KILN_BUNDLE_STRIP=auto|1|0   strip debug info from the binaries: auto (default) strips only
+#                                when the bundle would exceed KILN_BUNDLE_MAX_MIB
+#   KILN_BUNDLE_MAX_MIB=56       size budget (the device tool carries 64 MiB with the working tree)
+#   KILN_FIXTURES=DIR            where to copy fixtures from (default ../shared/fixtures)
+#   KILN_BUNDLE_FIXTURES="..."   which entries of the fixtures folder to copy
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bundle="$root/gpu-bundle"
+fixtures_src="${KILN_FIXTURES:-$root/../shared/fixtures}"
+fixture_entries="${KILN_BUNDLE_FIXTURES:-models refs prompts.json MANIFEST.md SHA256SUMS agreement.json hf_configs}"
+max_mib="${KILN_BUNDLE_MAX_MIB:-56}"
+strip_mode="${KILN_BUNDLE_STRIP:-auto}"
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+say "cargo build --release"
+cargo build --release
+
+say "cargo test --release --no-run (finding the test executables)"
+json="$(mktemp)"
+trap 'rm -f "$json"' EXIT
+cargo test --release --no-run --message-format=json-render-diagnostics >"$json"
+
+# One "NAME<TAB>PATH" line per test executable: integration tests by their target name, the
+# library's and binary's unit tests as lib-<name> / bin-<name>.
+list="$(python3 - "$json" <<'PY'
+import json, sys
+seen = {}
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    if not m.get("profile", {}).get("test"):
+        continue
+    t = m["target"]
+    kind = t["kind"][0]
+    name = t["name"] if kind == "test" else f"{kind}-{t['name']}"
+    seen[name] = m["executable"]
+for name in sorted(seen):
+    print(f"{name}\t{seen[name]}")
+PY
+)"
+if [[ -z "$list" ]]; then
+    echo "error: cargo reported no test executables" >&2
+    exit 1
+fi
+
+say "gathering into $bundle"
+rm -rf "$bundle"
+mkdir -p "$bundle/tests" "$bundle/ptx" "$bundle/fixtures"
+cp target/release/kiln "$bundle/kiln"
+while IFS=$'\t' read -r name path; do
+    cp "$path" "$bundle/tests/$name"
+    echo "  tests/$name  <-  ${path#"$root"/}" >&2
+done <<<"$list"
+
+for f in kernels.ptx ptxas-report.txt; do
+    if [[ -f "target/ptx/$f" ]]; then
+        cp "target/ptx/$f" "$bundle/ptx/$f"
+    else
+        echo "warning: target/ptx/$f is missing (KILN_SKIP_PTX set, or ptxas unavailable?)" >&2
+    fi
+done
+
+if [[ -d "$fixtures_src" ]]; then
+    for entry in $fixture_entries; do
+        if [[ -e "$fixtures_src/$entry" ]]; then
+            cp -r "$fixtures_src/$entry" "$bundle/fixtures/"
+        else
+            echo "warning: fixture $entry not found in $fixtures_src" >&2
+        fi
+    done
+else
+    echo "warning: no fixtures at $fixtures_src: tests that need them will fail there" >&2
+fi
+
+cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
+chmod +x "$bundle/run.sh"
+
+bundle_bytes() { du -sb "$bundle" | cut -f1; }
+budget=$((max_mib * 1024 * 1024))
+if [[ "$strip_mode" == 1 || ("$strip_mode" == auto && $(bundle_bytes) -gt $budget) ]]; then
+    say "stripping debug info (bundle was $(($(bundle_bytes) / 1048576)) MiB; budget $max_mib MiB)"
+    strip --strip-debug "$bundle/kiln" "$bundle"/tests/*
+fi
+
+{
+    echo "kiln GPU bundle"
+    echo "built:   $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
+    echo "commit:  $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "rustc:   $(rustc --version)"
+    echo
+    (cd "$bundle" && du -ab kiln tests ptx fixtures | sort -k2)
+} >"$bundle/MANIFEST.txt"
+
+total=$(bundle_bytes)
+say "bundle: $((total / 1048576)) MiB in $bundle"
+ls -la "$bundle" "$bundle/tests" >&2
+if [[ $total -gt $budget ]]; then
+    echo "warning: the bundle is over the $max_mib MiB budget; the device tool carries at most" \
+        "64 MiB (working tree included)" >&2
+fi
+echo "next: run   gpu-bundle/run.sh \"\$OUT\"   on the GPU machine (carry gpu-bundle)" >&2
