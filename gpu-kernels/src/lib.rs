@@ -21,8 +21,11 @@
 #[macro_use]
 pub mod device;
 
+pub mod attention;
 pub mod convert;
 pub mod embedding;
+pub mod gemm;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;

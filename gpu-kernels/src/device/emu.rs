@@ -233,57 +233,48 @@ pub fn launch<F: Fn() + Sync>(cfg: LaunchConfig, kernel: F) -> Result<(), EmuErr
     let end = std::sync::Barrier::new(threads as usize + 1);
     let first_error: Mutex<Option<String>> = Mutex::new(None);
 
-    std::thread::scope(|scope| {
-        for rank in 0..threads {
-            let (current, start, end, first_error, kernel) =
-                (&current, &start, &end, &first_error, &kernel);
-            std::thread::Builder::new()
-                .stack_size(512 * 1024)
-                .spawn_scoped(scope, move || {
-                    loop {
-                        start.wait();
-                        let Some((block_idx, blk)) = lock(current).clone() else {
-                            break;
-                        };
-                        let ctx = ThreadContext {
-                            thread_idx: unflatten(rank as u64, block),
-                            block_idx,
-                            block_dim: block,
-                            grid_dim: grid,
-                            rank,
-                            block: blk.clone(),
-                        };
-                        CONTEXT.with(|c| *c.borrow_mut() = Some(ctx));
-                        let result = catch_unwind(AssertUnwindSafe(kernel));
-                        CONTEXT.with(|c| *c.borrow_mut() = None);
-                        if let Err(payload) = result {
-                            if !payload.is::<Aborted>() {
-                                let msg = payload
-                                    .downcast_ref::<String>()
-                                    .cloned()
-                                    .or_else(|| {
-                                        payload.downcast_ref::<&str>().map(|s| s.to_string())
-                                    })
-                                    .unwrap_or_else(|| "panic".into());
-                                let t = unflatten(rank as u64, block);
-                                let mut first = lock(first_error);
-                                if first.is_none() {
-                                    *first = Some(format!(
-                                        "block ({}, {}, {}) thread ({}, {}, {}): {msg}",
-                                        block_idx.x, block_idx.y, block_idx.z, t.x, t.y, t.z
-                                    ));
-                                }
-                            }
-                            blk.poison();
-                        }
-                        blk.barrier.leave();
-                        blk.warps[(rank / WARP_SIZE) as usize].barrier.leave();
-                        drop(blk);
-                        end.wait();
+    let per_thread = |rank: u32| {
+        loop {
+            start.wait();
+            let Some((block_idx, blk)) = lock(&current).clone() else {
+                break;
+            };
+            let ctx = ThreadContext {
+                thread_idx: unflatten(rank as u64, block),
+                block_idx,
+                block_dim: block,
+                grid_dim: grid,
+                rank,
+                block: blk.clone(),
+            };
+            CONTEXT.with(|c| *c.borrow_mut() = Some(ctx));
+            let result = catch_unwind(AssertUnwindSafe(&kernel));
+            CONTEXT.with(|c| *c.borrow_mut() = None);
+            if let Err(payload) = result {
+                if !payload.is::<Aborted>() {
+                    let msg = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into());
+                    let t = unflatten(rank as u64, block);
+                    let mut first = lock(&first_error);
+                    if first.is_none() {
+                        *first = Some(format!(
+                            "block ({}, {}, {}) thread ({}, {}, {}): {msg}",
+                            block_idx.x, block_idx.y, block_idx.z, t.x, t.y, t.z
+                        ));
                     }
-                })
-                .expect("spawning an emulator thread");
+                }
+                blk.poison();
+            }
+            blk.barrier.leave();
+            blk.warps[(rank / WARP_SIZE) as usize].barrier.leave();
+            drop(blk);
+            end.wait();
         }
+    };
+    pool::run(threads, &per_thread, || {
         for b in 0..grid.count() {
             *lock(&current) = Some((
                 unflatten(b, grid),
@@ -516,4 +507,74 @@ pub fn dynamic_shared<T: SharedWord>(len: usize) -> Shared<T> {
         );
     }
     Shared::new(&block.dynamic, len)
+}
+
+/// Worker threads kept across launches: spawning a thousand OS threads per launch dominated
+/// the emulator's run time. Each launch borrows as many idle workers as its block has threads
+/// (spawning more when none are idle) and returns them when every one has finished.
+mod pool {
+    use super::lock;
+    use std::sync::mpsc::{Sender, channel};
+    use std::sync::{Arc, Condvar, Mutex};
+
+    /// A borrowed job, made `'static` and `Send` for the trip to a worker.
+    struct Job {
+        f: *const (dyn Fn(u32) + Sync + 'static),
+        rank: u32,
+        done: Arc<(Mutex<u32>, Condvar)>,
+    }
+    // SAFETY: `f` points to a `Sync` closure that `run` keeps alive until every job's `done`
+    // signal has arrived.
+    unsafe impl Send for Job {}
+
+    static IDLE: Mutex<Vec<Sender<Job>>> = Mutex::new(Vec::new());
+
+    fn spawn_worker() -> Sender<Job> {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("kiln-emu".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // SAFETY: see `Job`; the closure catches the kernel's panics itself.
+                    unsafe { (*job.f)(job.rank) };
+                    let (count, cv) = &*job.done;
+                    *lock(count) += 1;
+                    cv.notify_all();
+                }
+            })
+            .expect("spawning an emulator worker thread");
+        tx
+    }
+
+    /// Runs `per_thread(rank)` for `rank in 0..threads` on pool workers while `drive` runs on
+    /// the calling thread; returns when all of them have finished.
+    pub(super) fn run(threads: u32, per_thread: &(dyn Fn(u32) + Sync), drive: impl FnOnce()) {
+        let mut workers: Vec<Sender<Job>> = {
+            let mut idle = lock(&IDLE);
+            let keep = idle.len().saturating_sub(threads as usize);
+            idle.split_off(keep)
+        };
+        while workers.len() < threads as usize {
+            workers.push(spawn_worker());
+        }
+        // SAFETY: only the lifetime is erased; this function does not return before every
+        // worker has signalled that it is done with `per_thread`.
+        let f: *const (dyn Fn(u32) + Sync + 'static) = unsafe { std::mem::transmute(per_thread) };
+        let done = Arc::new((Mutex::new(0u32), Condvar::new()));
+        for (rank, w) in workers.iter().enumerate() {
+            let job = Job { f, rank: rank as u32, done: done.clone() };
+            if w.send(job).is_err() {
+                unreachable!("emulator workers live as long as the process");
+            }
+        }
+        drive();
+        let (count, cv) = &*done;
+        let mut finished = lock(count);
+        while *finished < threads {
+            finished = cv.wait(finished).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(finished);
+        lock(&IDLE).extend(workers);
+    }
 }

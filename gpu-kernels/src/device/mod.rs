@@ -154,3 +154,31 @@ pub fn block_sum_f32(v: f32, scratch: Shared<f32>) -> f32 {
     sync_threads();
     total
 }
+
+/// Max over a whole block (block size a multiple of 32); `scratch` needs 32 elements. Max is
+/// exact, so its order does not matter; this mirrors `block_sum_f32`'s shape.
+#[inline(always)]
+pub fn block_max_f32(v: f32, scratch: Shared<f32>) -> f32 {
+    let w = warp_max_f32(v);
+    let n_warps = block_dim().x.div_ceil(WARP_SIZE);
+    if lane_id() == 0 {
+        scratch.store(warp_id() as usize, w);
+    }
+    sync_threads();
+    if warp_id() == 0 {
+        let lane = lane_id();
+        let part = if lane < n_warps {
+            scratch.load(lane as usize)
+        } else {
+            f32::NEG_INFINITY
+        };
+        let m = warp_max_f32(part);
+        if lane == 0 {
+            scratch.store(0, m);
+        }
+    }
+    sync_threads();
+    let m = scratch.load(0);
+    sync_threads();
+    m
+}

@@ -124,6 +124,20 @@ impl<T: Copy> In<T> {
     }
 }
 
+impl<T: Copy> In<T> {
+    /// The same bytes viewed as elements of another type (e.g. pairs of bf16 as `u32`, so one
+    /// 16-byte load fetches eight of them). The offset must be aligned for `U`.
+    #[inline(always)]
+    pub fn cast<U: Copy>(self) -> In<U> {
+        In {
+            ptr: self.ptr as *const U,
+            #[cfg(not(target_arch = "nvptx64"))]
+            len: self.len * core::mem::size_of::<T>() / core::mem::size_of::<U>(),
+            _t: PhantomData,
+        }
+    }
+}
+
 impl<T: Copy> Out<T> {
     /// Host side: a writable view of `len` elements at `ptr`.
     ///

@@ -1,8 +1,11 @@
 //! Safe launch wrappers, one file per kernel family (mirroring gpu-kernels).
 
 pub mod activation;
+pub mod attention;
 pub mod convert;
 pub mod embedding;
+pub mod gemm;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 

@@ -1,0 +1,96 @@
+//! GEMM launch wrappers (kernels: gpu-kernels/src/gemm.rs). Weights are `[m][k]` (GGUF order).
+
+use super::{check_len, to_u32};
+use crate::gpu::launch::launch;
+use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
+use gpu_kernels::gemm::{GEMM_ADD_BIAS, GEMM_ADD_TO_Y, THREADS, TILE_M, TILE_N};
+
+fn tiles(k: &'static str, n_rows: usize, m: usize) -> Result<LaunchConfig> {
+    let mut cfg = LaunchConfig::linear(to_u32(k, "m tiles", m.div_ceil(TILE_N))?, THREADS);
+    cfg.grid.1 = to_u32(k, "row tiles", n_rows.div_ceil(TILE_M))?;
+    ensure_shape!(cfg.grid.1 <= 65535, k, "{n_rows} rows exceed one launch");
+    Ok(cfg)
+}
+
+fn check_dims(k: &'static str, x: &Buffer<f32>, y: &Buffer<f32>, n_rows: usize, m: usize, kd: usize) -> Result<()> {
+    ensure_shape!(m > 0 && kd > 0, k, "m = {m} and k = {kd} must be positive");
+    check_len(k, "x", x, n_rows * kd)?;
+    check_len(k, "y", y, n_rows * m)?;
+    to_u32(k, "rows × m", n_rows * m)?;
+    Ok(())
+}
+
+/// `y = x · wᵀ (+ bias) (+ y when add_to_y)`; `w`: bf16 `[m][k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bf16(
+    dev: &Device,
+    x: &Buffer<f32>,
+    w: &Buffer<u16>,
+    bias: Option<&Buffer<f32>>,
+    y: &Buffer<f32>,
+    n_rows: usize,
+    m: usize,
+    k: usize,
+    add_to_y: bool,
+) -> Result<()> {
+    const K: &str = "gemm_bf16";
+    check_dims(K, x, y, n_rows, m, k)?;
+    check_len(K, "w", w, m * k)?;
+    if let Some(b) = bias {
+        check_len(K, "bias", b, m)?;
+    }
+    if n_rows == 0 {
+        return Ok(());
+    }
+    let flags = if bias.is_some() { GEMM_ADD_BIAS } else { 0 } | if add_to_y { GEMM_ADD_TO_Y } else { 0 };
+    let bias = bias.unwrap_or(x); // unread without GEMM_ADD_BIAS
+    let cfg = tiles(K, n_rows, m)?;
+    let (n_rows, m, k) = (to_u32(K, "rows", n_rows)?, to_u32(K, "m", m)?, to_u32(K, "k", k)?);
+    launch!(dev, gemm::gemm_bf16, cfg, x.input(), w.input(), bias.input(), y.output(), n_rows, m, k, flags)
+}
+
+/// `y = x · wᵀ` with f32 weights.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32(
+    dev: &Device,
+    x: &Buffer<f32>,
+    w: &Buffer<f32>,
+    y: &Buffer<f32>,
+    n_rows: usize,
+    m: usize,
+    k: usize,
+) -> Result<()> {
+    const K: &str = "gemm_f32";
+    check_dims(K, x, y, n_rows, m, k)?;
+    check_len(K, "w", w, m * k)?;
+    if n_rows == 0 {
+        return Ok(());
+    }
+    let cfg = tiles(K, n_rows, m)?;
+    let (n_rows, m, k) = (to_u32(K, "rows", n_rows)?, to_u32(K, "m", m)?, to_u32(K, "k", k)?);
+    launch!(dev, gemm::gemm_f32, cfg, x.input(), w.input(), y.output(), n_rows, m, k)
+}
+
+/// `y = silu(x · w_gateᵀ) ⊙ (x · w_upᵀ)`; both weights bf16 `[m][k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated_bf16(
+    dev: &Device,
+    x: &Buffer<f32>,
+    w_gate: &Buffer<u16>,
+    w_up: &Buffer<u16>,
+    y: &Buffer<f32>,
+    n_rows: usize,
+    m: usize,
+    k: usize,
+) -> Result<()> {
+    const K: &str = "gemm_gated_bf16";
+    check_dims(K, x, y, n_rows, m, k)?;
+    check_len(K, "w_gate", w_gate, m * k)?;
+    check_len(K, "w_up", w_up, m * k)?;
+    if n_rows == 0 {
+        return Ok(());
+    }
+    let cfg = tiles(K, n_rows, m)?;
+    let (n_rows, m, k) = (to_u32(K, "rows", n_rows)?, to_u32(K, "m", m)?, to_u32(K, "k", k)?);
+    launch!(dev, gemm::gemm_gated_bf16, cfg, x.input(), w_gate.input(), w_up.input(), y.output(), n_rows, m, k)
+}
