@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use super::reader::GgufFile;
 use super::types::{GgmlType, Value};
 use super::{DEFAULT_ALIGNMENT, GgufError, Result};
 
@@ -25,10 +26,21 @@ impl TensorDesc {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GgufWriter {
     kv: Vec<(String, Value)>,
     tensors: Vec<TensorDesc>,
+    alignment: u64,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        GgufWriter {
+            kv: Vec::new(),
+            tensors: Vec::new(),
+            alignment: DEFAULT_ALIGNMENT,
+        }
+    }
 }
 
 impl GgufWriter {
@@ -36,8 +48,48 @@ impl GgufWriter {
         Self::default()
     }
 
+    /// Uses `alignment` (a power of two) for tensor data and records it as `general.alignment`.
+    pub fn set_alignment(&mut self, alignment: u32) {
+        self.alignment = u64::from(alignment);
+        self.kv.retain(|(k, _)| k != "general.alignment");
+        self.kv
+            .push(("general.alignment".into(), Value::U32(alignment)));
+    }
+
+    /// A writer with `file`'s metadata and tensor table (in file order), e.g. to rewrite a file
+    /// with edits; feed it `file.tensor(name)`'s bytes.
+    pub fn copy_of(file: &GgufFile) -> Self {
+        let mut w = GgufWriter::new();
+        for (k, v) in file.metadata() {
+            match (k.as_str(), v) {
+                ("general.alignment", Value::U32(a)) => w.set_alignment(*a),
+                _ => w.add_kv(k.clone(), v.clone()),
+            }
+        }
+        for t in file.tensor_infos() {
+            w.add_tensor(t.name.clone(), t.dtype, t.shape.clone());
+        }
+        w
+    }
+
     pub fn add_kv(&mut self, key: impl Into<String>, value: Value) {
         self.kv.push((key.into(), value));
+    }
+
+    /// Replaces `key`'s value in place, or appends it.
+    pub fn set_kv(&mut self, key: &str, value: Value) {
+        match self.kv.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.kv.push((key.to_string(), value)),
+        }
+    }
+
+    pub fn remove_kv(&mut self, key: &str) {
+        self.kv.retain(|(k, _)| k != key);
+    }
+
+    pub fn tensors_mut(&mut self) -> &mut Vec<TensorDesc> {
+        &mut self.tensors
     }
 
     pub fn add_tensor(&mut self, name: impl Into<String>, dtype: GgmlType, shape: Vec<u64>) {
@@ -57,12 +109,16 @@ impl GgufWriter {
         let mut header = Vec::new();
         // Writing to a Vec cannot fail.
         let _ = self.write_header(&mut header);
-        let data_start = align(header.len() as u64);
+        let data_start = self.align(header.len() as u64);
         data_start + self.data_len()
     }
 
     fn data_len(&self) -> u64 {
-        self.tensors.iter().map(|t| align(t.n_bytes())).sum()
+        self.tensors.iter().map(|t| self.align(t.n_bytes())).sum()
+    }
+
+    fn align(&self, n: u64) -> u64 {
+        n.div_ceil(self.alignment) * self.alignment
     }
 
     fn write_header(&self, w: &mut impl Write) -> std::io::Result<()> {
@@ -84,7 +140,7 @@ impl GgufWriter {
             }
             w.write_all(&t.dtype.as_u32().to_le_bytes())?;
             w.write_all(&offset.to_le_bytes())?;
-            offset += align(t.n_bytes());
+            offset += self.align(t.n_bytes());
         }
         Ok(())
     }
@@ -98,7 +154,7 @@ impl GgufWriter {
     ) -> Result<()> {
         let mut header = Vec::new();
         self.write_header(&mut header).map_err(GgufError::Write)?;
-        let pad = align(header.len() as u64) - header.len() as u64;
+        let pad = self.align(header.len() as u64) - header.len() as u64;
         header.resize(header.len() + pad as usize, 0);
         w.write_all(&header).map_err(GgufError::Write)?;
         for (i, t) in self.tensors.iter().enumerate() {
@@ -117,7 +173,7 @@ impl GgufWriter {
                 });
             }
             w.write_all(&bytes).map_err(GgufError::Write)?;
-            let pad = align(expected) - expected;
+            let pad = self.align(expected) - expected;
             w.write_all(&vec![0u8; pad as usize])
                 .map_err(GgufError::Write)?;
         }
@@ -133,10 +189,6 @@ impl GgufWriter {
         self.write(&mut out, data)?;
         Ok(out)
     }
-}
-
-fn align(n: u64) -> u64 {
-    n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
 }
 
 fn write_string(w: &mut impl Write, s: &str) -> std::io::Result<()> {
