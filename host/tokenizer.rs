@@ -5,6 +5,7 @@
 //! bytes mapped to GPT-2's printable byte alphabet → BPE merges by rank → vocabulary ids.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use fancy_regex::Regex;
 
@@ -39,7 +40,15 @@ pub struct Tokenizer {
     specials: Vec<(String, u32)>,
     byte_to_char: [char; 256],
     char_to_byte: HashMap<char, u8>,
-    pre: Regex,
+    pre: &'static Regex,
+}
+
+/// The compiled qwen2 pattern, built once: compiling its Unicode classes costs milliseconds.
+fn qwen2_regex() -> Result<&'static Regex, TokenizerError> {
+    static RE: OnceLock<Result<Regex, String>> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(QWEN2_PATTERN).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| TokenizerError::Malformed(format!("pre-tokenizer regex: {e}")))
 }
 
 /// GPT-2's `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other 68 bytes to
@@ -125,8 +134,7 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        let pre = Regex::new(QWEN2_PATTERN)
-            .map_err(|e| TokenizerError::Malformed(format!("pre-tokenizer regex: {e}")))?;
+        let pre = qwen2_regex()?;
         Ok(Tokenizer {
             tokens,
             ids,

@@ -107,7 +107,8 @@ fn dequant_q6_k_block(b: &[u8], out: &mut Vec<f32>) {
 
 /// Encodes f32 values as `dtype` (F32, F16, BF16 or Q8_0; the K-quants are read-only here).
 /// F16 and BF16 round to nearest even; Q8_0 as ggml's reference quantiser: per block of 32,
-/// d = amax / 127 stored as f16, q = round(x / d) (half away from zero), q = 0 when amax = 0.
+/// d = amax / 127 stored as f16, q = round(x * (1/d)) (half away from zero), q = 0 when
+/// amax = 0.
 pub fn quantize(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
     match dtype {
         GgmlType::F32 => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
@@ -130,12 +131,12 @@ pub fn quantize(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
             for block in x.chunks_exact(QK8_0) {
                 let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
+                // As ggml's quantize_row_q8_0_ref (and gguf-py): multiply by the reciprocal,
+                // which rounds differently from x / d on exact-half cases.
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(f16::from_f32(d).to_le_bytes());
-                // `as i8` saturates, and |x / d| <= 127 up to rounding anyway.
-                out.extend(block.iter().map(|&v| {
-                    let q = if d != 0.0 { (v / d).round() } else { 0.0 };
-                    q as i8 as u8
-                }));
+                // `as i8` saturates, and |x * id| <= 127 up to rounding anyway.
+                out.extend(block.iter().map(|&v| (v * id).round() as i8 as u8));
             }
             Ok(out)
         }
