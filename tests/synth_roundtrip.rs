@@ -30,9 +30,16 @@ fn tensors_read_back_bit_for_bit() {
         for (i, d) in w.tensors().iter().enumerate() {
             let t = f.tensor(&d.name).unwrap();
             assert_eq!((t.dtype(), t.shape()), (d.dtype, d.shape.as_slice()));
-            assert!(t.data == synth::tensor_bytes(s.seed, i, d).unwrap(), "{}", d.name);
+            assert!(
+                t.data == synth::tensor_bytes(s.seed, i, d).unwrap(),
+                "{}",
+                d.name
+            );
             if d.dtype == GgmlType::F32 {
-                assert_eq!(t.dequantize_f32().unwrap(), synth::tensor_values(s.seed, i, d));
+                assert_eq!(
+                    t.dequantize_f32().unwrap(),
+                    synth::tensor_values(s.seed, i, d)
+                );
             }
         }
     }
@@ -48,16 +55,34 @@ fn same_names_keys_and_config_as_the_fixtures() {
     ] {
         let fx = open(fixture);
         let n_layer = fx.get_u32(&format!("{arch}.block_count")).unwrap() as usize;
-        let dtype = if fixture.ends_with("q8_0") { GgmlType::Q8_0 } else { GgmlType::F32 };
-        let f = GgufFile::from_bytes(synth::to_bytes(&spec(arch, dtype, n_layer)).unwrap()).unwrap();
-        let keys = |g: &GgufFile| g.metadata().iter().map(|(k, _)| k.clone()).collect::<BTreeSet<_>>();
+        let dtype = if fixture.ends_with("q8_0") {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::F32
+        };
+        let f =
+            GgufFile::from_bytes(synth::to_bytes(&spec(arch, dtype, n_layer)).unwrap()).unwrap();
+        let keys = |g: &GgufFile| {
+            g.metadata()
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect::<BTreeSet<_>>()
+        };
         assert_eq!(keys(&f), keys(&fx), "{fixture}: metadata keys");
         for (k, v) in fx.metadata() {
             if k != "general.name" {
-                assert_eq!(f.get(k).map(|x| x.value_type()), Some(v.value_type()), "{k}");
+                assert_eq!(
+                    f.get(k).map(|x| x.value_type()),
+                    Some(v.value_type()),
+                    "{k}"
+                );
             }
         }
-        for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"] {
+        for k in [
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.token_type",
+        ] {
             assert_eq!(f.get(k), fx.get(k), "{fixture}: {k}");
         }
         let tensors = |g: &GgufFile| {
@@ -78,7 +103,8 @@ fn same_names_keys_and_config_as_the_fixtures() {
 #[test]
 fn activations_stay_order_one() {
     for arch in [Arch::Qwen3, Arch::Qwen3Moe, Arch::Qwen2Moe] {
-        let f = GgufFile::from_bytes(synth::to_bytes(&spec(arch, GgmlType::BF16, 3)).unwrap()).unwrap();
+        let f =
+            GgufFile::from_bytes(synth::to_bytes(&spec(arch, GgmlType::BF16, 3)).unwrap()).unwrap();
         let cfg = ModelConfig::from_gguf(&f).unwrap();
         let w = Weights::load(&f, &cfg).unwrap();
         let logits = forward(&cfg, &w, &[1, 2, 3, 300, 509], false).unwrap();
@@ -112,9 +138,19 @@ fn large_preset_layout() {
             seed: 0,
         };
         let c = synth::config(&s);
-        assert_eq!((c.hidden, c.n_head, c.n_head_kv, c.head_dim, c.vocab), (2048, 32, 4, 128, 151936));
+        assert_eq!(
+            (c.hidden, c.n_head, c.n_head_kv, c.head_dim, c.vocab),
+            (2048, 32, 4, 128, 151936)
+        );
         let w = synth::build_writer(&s).unwrap();
-        let find = |n: &str| w.tensors().iter().find(|t| t.name == n).unwrap().shape.clone();
+        let find = |n: &str| {
+            w.tensors()
+                .iter()
+                .find(|t| t.name == n)
+                .unwrap()
+                .shape
+                .clone()
+        };
         assert_eq!(find("token_embd.weight"), vec![2048, 151936]);
         assert_eq!(find("blk.47.attn_q.weight"), vec![2048, 4096]);
         match arch {
@@ -125,13 +161,20 @@ fn large_preset_layout() {
             assert_eq!(find("blk.0.ffn_up_shexp.weight"), vec![2048, 3072]);
         }
         let params: u64 = w.tensors().iter().map(|t| t.n_elements()).sum();
-        println!("{arch} 48 layers: {:.2} B parameters, {:.1} GB", params as f64 / 1e9, w.file_len() as f64 / 1e9);
+        println!(
+            "{arch} 48 layers: {:.2} B parameters, {:.1} GB",
+            params as f64 / 1e9,
+            w.file_len() as f64 / 1e9
+        );
         if arch == Arch::Qwen3Moe {
             // Qwen3-30B-A3B has 30.5 B parameters.
             assert!((30.0e9..31.0e9).contains(&(params as f64)), "{params}");
         }
     }
-    let bad = SynthSpec { dtype: GgmlType::Q4_K, ..spec(Arch::Qwen3, GgmlType::F32, 1) };
+    let bad = SynthSpec {
+        dtype: GgmlType::Q4_K,
+        ..spec(Arch::Qwen3, GgmlType::F32, 1)
+    };
     assert!(synth::build_writer(&bad).is_err());
     assert!(synth::build_writer(&spec(Arch::Qwen3, GgmlType::F32, 0)).is_err());
 }
@@ -141,7 +184,16 @@ fn default_model_runs() {
     let f = synth::default_model().unwrap();
     let cfg = ModelConfig::from_gguf(&f).unwrap();
     assert_eq!((cfg.arch, cfg.n_layer), (Arch::Qwen3Moe, 2));
-    assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().dtype(), GgmlType::BF16);
+    assert_eq!(
+        f.tensor("blk.0.attn_q.weight").unwrap().dtype(),
+        GgmlType::BF16
+    );
     let w = Weights::load(&f, &cfg).unwrap();
-    assert!(forward(&cfg, &w, &[5, 6], true).unwrap().data.iter().all(|v| v.is_finite()));
+    assert!(
+        forward(&cfg, &w, &[5, 6], true)
+            .unwrap()
+            .data
+            .iter()
+            .all(|v| v.is_finite())
+    );
 }
