@@ -58,7 +58,11 @@ fn q4_k_element(block: &[u8], i: usize) -> f32 {
         )
     };
     let byte = block[16 + 32 * (j / 2) + i % 32];
-    let q = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+    let q = if j.is_multiple_of(2) {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    };
     d * f32::from(sc) * f32::from(q) - dmin * f32::from(m)
 }
 

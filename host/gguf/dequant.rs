@@ -12,7 +12,7 @@ use super::types::{GgmlType, QK_K, QK8_0};
 /// Dequantizes `data` (a whole number of blocks of `dtype`) to f32.
 pub fn dequantize(dtype: GgmlType, data: &[u8]) -> Result<Vec<f32>, String> {
     let bb = dtype.block_bytes();
-    if data.len() % bb != 0 {
+    if !data.len().is_multiple_of(bb) {
         return Err(format!(
             "{} bytes is not a whole number of {bb}-byte blocks",
             data.len()
@@ -121,7 +121,7 @@ pub fn quantize(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
             .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
             .collect()),
         GgmlType::Q8_0 => {
-            if x.len() % QK8_0 != 0 {
+            if !x.len().is_multiple_of(QK8_0) {
                 return Err(format!(
                     "{} values is not a whole number of Q8_0 blocks",
                     x.len()
