@@ -4,8 +4,12 @@
 //! The host reads top-down in the order data flows: GGUF file → model config and weights →
 //! tokens → (CPU reference forward | GPU prefill pipeline) → logits.
 
+pub mod cli;
 pub mod gguf;
 pub mod gpu;
 pub mod model;
+pub mod npy;
 pub mod reference;
 pub mod rng;
+pub mod synth;
+pub mod tokenizer;

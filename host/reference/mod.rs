@@ -1,1 +1,47 @@
 //! Plain-Rust CPU reference forward.
+
+pub mod forward;
+
+pub use forward::{KvCache, forward, forward_with_cache, top_k};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error(
+        "prompt of {len} tokens starting at position {start} exceeds the context length \
+         (ctx = {ctx})"
+    )]
+    ContextOverflow {
+        start: usize,
+        len: usize,
+        ctx: usize,
+    },
+    #[error("token {token} at prompt index {index} is out of range (vocab = {vocab})")]
+    TokenOutOfRange {
+        index: usize,
+        token: u32,
+        vocab: usize,
+    },
+}
+
+/// Logits, one row of `vocab` values per requested position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logits {
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    pub fn n_rows(&self) -> usize {
+        self.data.len() / self.vocab
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    pub fn last(&self) -> &[f32] {
+        self.row(self.n_rows() - 1)
+    }
+}
