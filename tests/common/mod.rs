@@ -94,6 +94,7 @@ pub fn fixtures_dir() -> std::path::PathBuf {
         Some(dir) => std::path::PathBuf::from(dir),
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
     }
+}
 
 use std::path::PathBuf;
 
