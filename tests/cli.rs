@@ -84,7 +84,7 @@ fn prefill_reproduces_reference_top1_and_dumps_logits() {
     let dumped = kiln::npy::read_f32(&npy).unwrap();
     std::fs::remove_file(&npy).ok();
     assert_eq!(dumped.shape, vec![512]);
-    assert!(common::rel_l2(&dumped.data, &want.data) <= 2e-6);
+    assert!(common::rel_l2_f32(&dumped.data, &want.data) <= 2e-6);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{open, rel_l2};
+use common::{open, rel_l2_f32};
 use half::{bf16, f16};
 use kiln::gguf::dequant::{dequantize, quantize};
 use kiln::gguf::{GgmlType, GgufFile};
@@ -180,7 +180,7 @@ fn quantized_files_agree_with_f32_within_quantization_error() {
                     }
                 }
                 GgmlType::Q4_K | GgmlType::Q6_K => {
-                    let err = rel_l2(&got, &want);
+                    let err = rel_l2_f32(&got, &want);
                     let bound = if info.dtype == GgmlType::Q4_K {
                         0.12
                     } else {

@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{argmax, load, prompt, reference, rel_l2};
+use common::{argmax, load, prompt, reference, rel_l2_f32};
 use kiln::reference::{KvCache, forward, forward_with_cache};
 
 const F32_TOL: f64 = 2e-6;
@@ -37,7 +37,7 @@ fn check(model: &str, source: &str, tol: f64, max_flips: usize) -> f64 {
     for p in PROMPTS {
         let ours = forward(&cfg, &w, &prompt(p), false).expect("forward");
         let want = reference(model, p, source);
-        let err = rel_l2(ours.last(), &want.data);
+        let err = rel_l2_f32(ours.last(), &want.data);
         println!("{model} {p} vs {source}: rel L2 {err:.3e}");
         assert!(err <= tol, "{model} {p}: rel L2 {err:.3e} > {tol:e}");
         assert_eq!(
@@ -53,7 +53,7 @@ fn check(model: &str, source: &str, tol: f64, max_flips: usize) -> f64 {
     let mut flips = 0;
     for i in 0..33 {
         let row = &want.data[i * cfg.vocab..(i + 1) * cfg.vocab];
-        let err = rel_l2(ours.row(i), row);
+        let err = rel_l2_f32(ours.row(i), row);
         if err > tol {
             println!("{model} p33-all position {i}: rel L2 {err:.3e} (counted as an expert flip)");
             assert!(err < 0.5, "{model} p33-all position {i}: rel L2 {err:.3e}");
@@ -146,7 +146,7 @@ fn wrong_eps_would_fail() {
         cfg.eps = 1e-5;
         let ours = forward(&cfg, &w, &prompt("p33"), true).expect("forward");
         let want = reference(model, "p33-all", "numpy64");
-        let err = rel_l2(&ours.data, &want.data);
+        let err = rel_l2_f32(&ours.data, &want.data);
         println!("{model} with eps 1e-5: rel L2 {err:.3e}");
         assert!(
             err > 2.0 * F32_TOL,

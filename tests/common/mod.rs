@@ -157,7 +157,7 @@ pub fn reference(model: &str, prompt: &str, source: &str) -> npy::NpyArray {
 }
 
 /// ||a - b||_2 / ||b||_2 in f64.
-pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+pub fn rel_l2_f32(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (&x, &y) in a.iter().zip(b) {
