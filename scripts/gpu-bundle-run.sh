@@ -46,6 +46,31 @@ if [[ "${1:-}" == bench ]]; then
     # ------------------------------------------------------------------------------------------
 fi
 
+# Executables packed by gpu-bundle.sh to fit the transfer limit: unpack them once, in place.
+if [[ -f "$here/bin.tar.xz" && ! -d "$here/tests" ]]; then
+    if command -v xz >/dev/null; then
+        tar -C "$here" -xJf "$here/bin.tar.xz"
+    else
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+            "$here/bin.tar.xz" "$here"
+    fi || { echo "run.sh: cannot unpack $here/bin.tar.xz" >&2; exit 1; }
+fi
+
+# Tests that spawn the binary use the absolute path cargo baked in at build time
+# (CARGO_BIN_EXE_kiln, written to kiln.path by gpu-bundle.sh): put a link to the bundled kiln
+# there if nothing is.
+baked_note="(no kiln.path in the bundle)"
+if [[ -f "$here/kiln.path" ]]; then
+    baked="$(cat "$here/kiln.path")"
+    if [[ -e "$baked" ]]; then
+        baked_note="$baked exists; used as is"
+    elif mkdir -p "$(dirname "$baked")" 2>/dev/null && ln -s "$here/kiln" "$baked" 2>/dev/null; then
+        baked_note="linked $baked -> $here/kiln"
+    else
+        baked_note="cannot create $baked: tests that run kiln will fail"
+    fi
+fi
+
 out="${1:-${OUT:-./gpu-logs}}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -109,6 +134,7 @@ run_step() {
     echo "kiln GPU run: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
     echo "bundle: $here    output: $out"
     echo "KILN_TEST_DEVICE=$KILN_TEST_DEVICE  KILN_FIXTURES=$KILN_FIXTURES"
+    echo "kiln binary for tests (CARGO_BIN_EXE_kiln): $baked_note"
     echo
     if command -v nvidia-smi >/dev/null; then
         nvidia-smi

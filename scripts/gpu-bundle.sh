@@ -9,12 +9,15 @@
 #   gpu-bundle/fixtures/            the test fixtures (models/, refs/, the small top-level files)
 #   gpu-bundle/run.sh               the runner (a copy of scripts/gpu-bundle-run.sh)
 #   gpu-bundle/MANIFEST.txt         what was built, from which commit, and the sizes
+#   (gpu-bundle/bin.tar.xz          kiln and tests/, packed, when the bundle is over budget)
 #
 # Then, on the GPU machine:  gpu-bundle/run.sh OUTDIR     (see that script's header)
 #
 # Environment:
 #   KILN_BUNDLE_STRIP=auto|1|0   strip debug info from the binaries: auto (default) strips only
 #                                when the bundle would exceed KILN_BUNDLE_MAX_MIB
+#   KILN_BUNDLE_PACK=auto|1|0    pack kiln and tests/ into bin.tar.xz (run.sh unpacks it): auto
+#                                packs only when, stripped, the bundle still exceeds the budget
 #   KILN_BUNDLE_MAX_MIB=56       size budget (the device tool carries 64 MiB with the working tree)
 #   KILN_FIXTURES=DIR            where to copy fixtures from (default ../shared/fixtures)
 #   KILN_BUNDLE_FIXTURES="..."   which entries of the fixtures folder to copy
@@ -27,6 +30,7 @@ fixtures_src="${KILN_FIXTURES:-$root/../shared/fixtures}"
 fixture_entries="${KILN_BUNDLE_FIXTURES:-models refs prompts.json MANIFEST.md SHA256SUMS agreement.json hf_configs}"
 max_mib="${KILN_BUNDLE_MAX_MIB:-56}"
 strip_mode="${KILN_BUNDLE_STRIP:-auto}"
+pack_mode="${KILN_BUNDLE_PACK:-auto}"
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
@@ -94,6 +98,10 @@ else
     echo "warning: no fixtures at $fixtures_src: tests that need them will fail there" >&2
 fi
 
+# Tests that run the binary find it at the path cargo baked in (CARGO_BIN_EXE_kiln); run.sh
+# links the bundled kiln there when that path does not exist on the GPU machine.
+echo "$root/target/release/kiln" >"$bundle/kiln.path"
+
 cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
 chmod +x "$bundle/run.sh"
 
@@ -103,6 +111,12 @@ if [[ "$strip_mode" == 1 || ("$strip_mode" == auto && $(bundle_bytes) -gt $budge
     say "stripping debug info (bundle was $(($(bundle_bytes) / 1048576)) MiB; budget $max_mib MiB)"
     strip --strip-debug "$bundle/kiln" "$bundle"/tests/*
 fi
+# The executables share most of their code and compress about 7:1 with xz; run.sh unpacks them.
+if [[ "$pack_mode" == 1 || ("$pack_mode" == auto && $(bundle_bytes) -gt $budget) ]]; then
+    say "packing kiln and tests/ into bin.tar.xz (bundle was $(($(bundle_bytes) / 1048576)) MiB)"
+    tar -C "$bundle" -cf - kiln tests | xz -T0 -6 >"$bundle/bin.tar.xz"
+    rm -rf "$bundle/kiln" "$bundle/tests"
+fi
 
 {
     echo "kiln GPU bundle"
@@ -110,12 +124,17 @@ fi
     echo "commit:  $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "rustc:   $(rustc --version)"
     echo
-    (cd "$bundle" && du -ab kiln tests ptx fixtures | sort -k2)
+    (cd "$bundle" && du -ab -- * | sort -k2)
+    if [[ -f "$bundle/bin.tar.xz" ]]; then
+        echo
+        echo "bin.tar.xz holds:"
+        tar -tvJf "$bundle/bin.tar.xz"
+    fi
 } >"$bundle/MANIFEST.txt"
 
 total=$(bundle_bytes)
 say "bundle: $((total / 1048576)) MiB in $bundle"
-ls -la "$bundle" "$bundle/tests" >&2
+ls -la "$bundle" >&2
 if [[ $total -gt $budget ]]; then
     echo "warning: the bundle is over the $max_mib MiB budget; the device tool carries at most" \
         "64 MiB (working tree included)" >&2
