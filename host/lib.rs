@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod npy;
+pub mod pipeline;
 pub mod reference;
 pub mod rng;
 pub mod synth;

@@ -31,15 +31,20 @@ fn reference(q: &[f32], kc: &[f64], vc: &[f64], c: &Case) -> Vec<f64> {
             let scores: Vec<f64> = (0..=pos)
                 .map(|j| {
                     let krow = &kc[j * kvw + g * c.head_dim..][..c.head_dim];
-                    qrow.iter().zip(krow).map(|(a, b)| *a as f64 * b).sum::<f64>() * scale
+                    qrow.iter()
+                        .zip(krow)
+                        .map(|(a, b)| *a as f64 * b)
+                        .sum::<f64>()
+                        * scale
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let sum: f64 = e.iter().sum();
             for d in 0..c.head_dim {
-                o[(t * c.n_head + h) * c.head_dim + d] =
-                    (0..=pos).map(|j| e[j] / sum * vc[j * kvw + g * c.head_dim + d]).sum();
+                o[(t * c.n_head + h) * c.head_dim + d] = (0..=pos)
+                    .map(|j| e[j] / sum * vc[j * kvw + g * c.head_dim + d])
+                    .sum();
             }
         }
     }
@@ -47,8 +52,14 @@ fn reference(q: &[f32], kc: &[f64], vc: &[f64], c: &Case) -> Vec<f64> {
 }
 
 fn bf16(v: &[f32]) -> (Vec<u16>, Vec<f64>) {
-    let b: Vec<u16> = v.iter().map(|x| half::bf16::from_f32(*x).to_bits()).collect();
-    let f = b.iter().map(|x| half::bf16::from_bits(*x).to_f64()).collect();
+    let b: Vec<u16> = v
+        .iter()
+        .map(|x| half::bf16::from_f32(*x).to_bits())
+        .collect();
+    let f = b
+        .iter()
+        .map(|x| half::bf16::from_bits(*x).to_f64())
+        .collect();
     (b, f)
 }
 
@@ -60,10 +71,26 @@ fn kv_append_rounds_to_bf16_at_the_right_rows() {
         let (k, v) = (r.normal_vec(n * kvw, 1.0), r.normal_vec(n * kvw, 1.0));
         let kc = poisoned(&dev, (start + n + 3) * kvw, 0xdeadu16);
         let vc = poisoned(&dev, (start + n + 3) * kvw, 0xdeadu16);
-        attention::kv_append(&dev, &upload(&dev, &k), &upload(&dev, &v), &kc, &vc, start, n, kvw).unwrap();
+        attention::kv_append(
+            &dev,
+            &upload(&dev, &k),
+            &upload(&dev, &v),
+            &kc,
+            &vc,
+            start,
+            n,
+            kvw,
+        )
+        .unwrap();
         let (kb, vb) = (kc.to_vec().unwrap(), vc.to_vec().unwrap());
-        assert!(kb[..start * kvw].iter().all(|x| *x == 0xdead), "rows before start untouched");
-        assert!(kb[(start + n) * kvw..].iter().all(|x| *x == 0xdead), "rows after untouched");
+        assert!(
+            kb[..start * kvw].iter().all(|x| *x == 0xdead),
+            "rows before start untouched"
+        );
+        assert!(
+            kb[(start + n) * kvw..].iter().all(|x| *x == 0xdead),
+            "rows after untouched"
+        );
         assert_eq!(kb[start * kvw..(start + n) * kvw], bf16(&k).0[..]);
         assert_eq!(vb[start * kvw..(start + n) * kvw], bf16(&v).0[..]);
     }
@@ -72,11 +99,41 @@ fn kv_append_rounds_to_bf16_at_the_right_rows() {
 #[test]
 fn wave_attention_matches_f64_and_is_wave_and_chunk_invariant() {
     let cases = [
-        Case { n: 1, start_pos: 0, n_head: 4, n_kv: 2, head_dim: 128 },
-        Case { n: 5, start_pos: 0, n_head: 2, n_kv: 1, head_dim: 128 },
-        Case { n: 33, start_pos: 0, n_head: 4, n_kv: 1, head_dim: 64 },
-        Case { n: 33, start_pos: 9, n_head: 4, n_kv: 2, head_dim: 128 },
-        Case { n: 257, start_pos: 0, n_head: 2, n_kv: 1, head_dim: 64 },
+        Case {
+            n: 1,
+            start_pos: 0,
+            n_head: 4,
+            n_kv: 2,
+            head_dim: 128,
+        },
+        Case {
+            n: 5,
+            start_pos: 0,
+            n_head: 2,
+            n_kv: 1,
+            head_dim: 128,
+        },
+        Case {
+            n: 33,
+            start_pos: 0,
+            n_head: 4,
+            n_kv: 1,
+            head_dim: 64,
+        },
+        Case {
+            n: 33,
+            start_pos: 9,
+            n_head: 4,
+            n_kv: 2,
+            head_dim: 128,
+        },
+        Case {
+            n: 257,
+            start_pos: 0,
+            n_head: 2,
+            n_kv: 1,
+            head_dim: 64,
+        },
     ];
     for dev in devices() {
         for (ci, c) in cases.iter().enumerate() {
@@ -87,7 +144,13 @@ fn wave_attention_matches_f64_and_is_wave_and_chunk_invariant() {
             let (kb, kf) = bf16(&r.normal_vec(total * kvw, 1.0));
             let (vb, vf) = bf16(&r.normal_vec(total * kvw, 1.0));
             let (qd, kd, vd) = (upload(&dev, &q), upload(&dev, &kb), upload(&dev, &vb));
-            let shape = AttentionShape { n: c.n, start_pos: c.start_pos, n_head: c.n_head, n_kv: c.n_kv, head_dim: c.head_dim };
+            let shape = AttentionShape {
+                n: c.n,
+                start_pos: c.start_pos,
+                n_head: c.n_head,
+                n_kv: c.n_kv,
+                head_dim: c.head_dim,
+            };
             let run = |wave: usize| {
                 let scratch = poisoned(&dev, shape.scratch_len(wave.min(c.n)), f32::NAN);
                 let o = poisoned(&dev, q.len(), f32::NAN);
@@ -95,19 +158,30 @@ fn wave_attention_matches_f64_and_is_wave_and_chunk_invariant() {
                 o.to_vec().unwrap()
             };
             let whole = run(c.n);
-            let case = format!("attention n={} start={} heads={}/{} hd={}", c.n, c.start_pos, c.n_head, c.n_kv, c.head_dim);
+            let case = format!(
+                "attention n={} start={} heads={}/{} hd={}",
+                c.n, c.start_pos, c.n_head, c.n_kv, c.head_dim
+            );
             assert_close(&case, &dev, &whole, &reference(&q, &kf, &vf, c), TOL);
             // Tiny budgets: waves of 1 and 3 queries give the same bits.
             for wave in [1, 3] {
                 assert_eq!(bits(&run(wave)), bits(&whole), "{case}: wave {wave}");
             }
             // The last query as its own chunk (start_pos + n - 1) gives the same bits.
-            let last = AttentionShape { n: 1, start_pos: total - 1, ..shape };
+            let last = AttentionShape {
+                n: 1,
+                start_pos: total - 1,
+                ..shape
+            };
             let q1 = upload(&dev, &q[(c.n - 1) * c.n_head * c.head_dim..]);
             let o1 = poisoned(&dev, c.n_head * c.head_dim, f32::NAN);
             let s1 = poisoned(&dev, last.scratch_len(1), f32::NAN);
             attention::attention(&dev, &q1, &kd, &vd, &o1, &s1, last, 1).unwrap();
-            assert_eq!(bits(&o1.to_vec().unwrap()), bits(&whole[(c.n - 1) * c.n_head * c.head_dim..]), "{case}: chunked");
+            assert_eq!(
+                bits(&o1.to_vec().unwrap()),
+                bits(&whole[(c.n - 1) * c.n_head * c.head_dim..]),
+                "{case}: chunked"
+            );
         }
     }
 }

@@ -12,8 +12,15 @@ const ROWS: [usize; 4] = [1, 5, 33, 257];
 const TOL: f64 = 5e-6;
 
 fn bf16_weights(r: &mut kiln::rng::Rng, n: usize, std: f64) -> (Vec<u16>, Vec<f64>) {
-    let bits: Vec<u16> = r.normal_vec(n, std).iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect();
-    let vals = bits.iter().map(|b| half::bf16::from_bits(*b).to_f64()).collect();
+    let bits: Vec<u16> = r
+        .normal_vec(n, std)
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect();
+    let vals = bits
+        .iter()
+        .map(|b| half::bf16::from_bits(*b).to_f64())
+        .collect();
     (bits, vals)
 }
 
@@ -51,11 +58,21 @@ fn gemm_bf16_with_bias_and_residual_matches_f64_and_is_batch_invariant() {
                 let yb = poisoned(&dev, n * m, f32::NAN);
                 gemm::matmul_bf16(&dev, &xd, &wd, None, &yb, n, m, k, false).unwrap();
                 let batch = yb.to_vec().unwrap();
-                assert_close("gemm_bf16 plain", &dev, &batch, &matmul_ref(&x, &w, n, m, k), TOL);
+                assert_close(
+                    "gemm_bf16 plain",
+                    &dev,
+                    &batch,
+                    &matmul_ref(&x, &w, n, m, k),
+                    TOL,
+                );
                 let x1 = upload(&dev, &x[(n - 1) * k..]);
                 let y1 = poisoned(&dev, m, f32::NAN);
                 gemm::matmul_bf16(&dev, &x1, &wd, None, &y1, 1, m, k, false).unwrap();
-                assert_eq!(bits(&y1.to_vec().unwrap()), bits(&batch[(n - 1) * m..]), "gemm row invariance");
+                assert_eq!(
+                    bits(&y1.to_vec().unwrap()),
+                    bits(&batch[(n - 1) * m..]),
+                    "gemm row invariance"
+                );
             }
         }
     }
@@ -72,7 +89,13 @@ fn gemm_f32_matches_f64() {
             let y = poisoned(&dev, n * m, f32::NAN);
             gemm::matmul_f32(&dev, &upload(&dev, &x), &upload(&dev, &w), &y, n, m, k).unwrap();
             let w64: Vec<f64> = w.iter().map(|v| *v as f64).collect();
-            assert_close(&format!("gemm_f32 {n}"), &dev, &y.to_vec().unwrap(), &matmul_ref(&x, &w64, n, m, k), TOL);
+            assert_close(
+                &format!("gemm_f32 {n}"),
+                &dev,
+                &y.to_vec().unwrap(),
+                &matmul_ref(&x, &w64, n, m, k),
+                TOL,
+            );
         }
     }
 }
@@ -90,11 +113,25 @@ fn gated_gemm_fuses_swiglu_and_is_batch_invariant() {
             let y = poisoned(&dev, n * m, f32::NAN);
             gemm::matmul_gated_bf16(&dev, &xd, &gd, &ud, &y, n, m, k).unwrap();
             let (gr, ur) = (matmul_ref(&x, &g, n, m, k), matmul_ref(&x, &u, n, m, k));
-            let want: Vec<f64> = gr.iter().zip(&ur).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let want: Vec<f64> = gr
+                .iter()
+                .zip(&ur)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
             let got = y.to_vec().unwrap();
             assert_close(&format!("gated {n}"), &dev, &got, &want, TOL);
             let y1 = poisoned(&dev, m, f32::NAN);
-            gemm::matmul_gated_bf16(&dev, &upload(&dev, &x[(n - 1) * k..]), &gd, &ud, &y1, 1, m, k).unwrap();
+            gemm::matmul_gated_bf16(
+                &dev,
+                &upload(&dev, &x[(n - 1) * k..]),
+                &gd,
+                &ud,
+                &y1,
+                1,
+                m,
+                k,
+            )
+            .unwrap();
             assert_eq!(bits(&y1.to_vec().unwrap()), bits(&got[(n - 1) * m..]));
         }
     }
@@ -107,6 +144,13 @@ fn gemm_rejects_short_buffers() {
     let w = upload(&dev, &[0u16; 10]);
     let y = poisoned(&dev, 3, 0.0f32);
     let err = gemm::matmul_bf16(&dev, &x, &w, None, &y, 2, 2, 5, false).unwrap_err();
-    assert!(err.to_string().contains("y has 3 elements, needs 4"), "{err}");
-    assert_eq!(dev.launch_count(), 0, "nothing may launch after a failed check");
+    assert!(
+        err.to_string().contains("y has 3 elements, needs 4"),
+        "{err}"
+    );
+    assert_eq!(
+        dev.launch_count(),
+        0,
+        "nothing may launch after a failed check"
+    );
 }

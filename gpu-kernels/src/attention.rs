@@ -52,7 +52,15 @@ struct Wave {
 
 impl Wave {
     #[inline(always)]
-    fn new(first: u32, len: u32, start_pos: u32, n_head: u32, n_kv: u32, head_dim: u32, kv_stride: u32) -> Self {
+    fn new(
+        first: u32,
+        len: u32,
+        start_pos: u32,
+        n_head: u32,
+        n_kv: u32,
+        head_dim: u32,
+        kv_stride: u32,
+    ) -> Self {
         Wave {
             first: first as usize,
             len: len as usize,

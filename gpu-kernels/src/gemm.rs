@@ -58,7 +58,13 @@ impl Weight for u16 {
                 bf16_to_f32((b >> 16) as u16),
             ];
         }
-        core::array::from_fn(|i| if i < valid { bf16_to_f32(w.at(idx + i)) } else { 0.0 })
+        core::array::from_fn(|i| {
+            if i < valid {
+                bf16_to_f32(w.at(idx + i))
+            } else {
+                0.0
+            }
+        })
     }
 }
 
@@ -103,7 +109,11 @@ fn gemm_tile<W: Weight, const GATED: bool>(
     let (load_row, load_k) = (tid / 4, (tid % 4) * 4);
     let (ty, tx) = (tid / 16, tid % 16);
     let r = rows.first + load_row;
-    let x_base = if r < rows.end { Some(rows.src(r) * k) } else { None };
+    let x_base = if r < rows.end {
+        Some(rows.src(r) * k)
+    } else {
+        None
+    };
     let w_row = n0 + load_row;
     let mut acc = [[0.0f32; 4]; 4];
     let mut acc2 = [[0.0f32; 4]; 4];
@@ -115,13 +125,21 @@ fn gemm_tile<W: Weight, const GATED: bool>(
             Some(base) => f32::load4(x, base + kk, valid),
             None => [0.0; 4],
         };
-        let wv = if w_row < m { W::load4(wa, w_row * k + kk, valid) } else { [0.0; 4] };
+        let wv = if w_row < m {
+            W::load4(wa, w_row * k + kk, valid)
+        } else {
+            [0.0; 4]
+        };
         for i in 0..4 {
             xs.store((load_k + i) * STRIDE + load_row, xv[i]);
             ws.store((load_k + i) * STRIDE + load_row, wv[i]);
         }
         if GATED {
-            let wv2 = if w_row < m { W::load4(wb, w_row * k + kk, valid) } else { [0.0; 4] };
+            let wv2 = if w_row < m {
+                W::load4(wb, w_row * k + kk, valid)
+            } else {
+                [0.0; 4]
+            };
             for i in 0..4 {
                 ws2.store((load_k + i) * STRIDE + load_row, wv2[i]);
             }
@@ -152,7 +170,12 @@ fn gemm_tile<W: Weight, const GATED: bool>(
 
 /// Calls `store(row, col, i, j)` for each of this thread's in-range outputs.
 #[inline(always)]
-fn for_each_output(rows: Rows, n0: usize, m: usize, mut store: impl FnMut(usize, usize, usize, usize)) {
+fn for_each_output(
+    rows: Rows,
+    n0: usize,
+    m: usize,
+    mut store: impl FnMut(usize, usize, usize, usize),
+) {
     let tid = thread_idx().x as usize;
     let (ty, tx) = (tid / 16, tid % 16);
     for i in 0..4 {
@@ -171,7 +194,12 @@ fn for_each_output(rows: Rows, n0: usize, m: usize, mut store: impl FnMut(usize,
 #[inline(always)]
 fn dense_rows(n_rows: u32, pairs: In<u32>) -> Rows {
     let first = block_idx().y as usize * TILE_M;
-    Rows { first, end: (first + TILE_M).min(n_rows as usize), pairs, gather_div: 0 }
+    Rows {
+        first,
+        end: (first + TILE_M).min(n_rows as usize),
+        pairs,
+        gather_div: 0,
+    }
 }
 
 /// Flag bits of `gemm_bf16`.
@@ -225,7 +253,13 @@ kernel! {
 /// The grouped rows of tile `blockIdx.y`, or `None` past the table's end. `tiles` holds
 /// (expert, first row) pairs; an expert's rows end at `offsets[expert + 1]`.
 #[inline(always)]
-fn grouped_rows(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, pairs: In<u32>, gather_div: u32) -> Option<(usize, Rows)> {
+fn grouped_rows(
+    tiles: In<u32>,
+    num_tiles: In<u32>,
+    offsets: In<u32>,
+    pairs: In<u32>,
+    gather_div: u32,
+) -> Option<(usize, Rows)> {
     let t = block_idx().y as usize;
     if t >= num_tiles.at(0) as usize {
         return None;
@@ -233,7 +267,15 @@ fn grouped_rows(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, pairs: In<
     let expert = tiles.at(2 * t) as usize;
     let first = tiles.at(2 * t + 1) as usize;
     let end = (first + TILE_M).min(offsets.at(expert + 1) as usize);
-    Some((expert, Rows { first, end, pairs, gather_div }))
+    Some((
+        expert,
+        Rows {
+            first,
+            end,
+            pairs,
+            gather_div,
+        },
+    ))
 }
 
 kernel! {

@@ -75,7 +75,13 @@ kernel! {
 /// Pairs with expert `e`, counted (and, when `write`, placed) 32 at a time with a ballot, in
 /// ascending pair order. Returns the count.
 #[inline(always)]
-fn scan_expert(ids: In<u32>, n_pairs: usize, e: u32, base: u32, write: Option<(Out<u32>, Out<u32>)>) -> u32 {
+fn scan_expert(
+    ids: In<u32>,
+    n_pairs: usize,
+    e: u32,
+    base: u32,
+    write: Option<(Out<u32>, Out<u32>)>,
+) -> u32 {
     let lane = lane_id();
     let mut count = 0u32;
     let mut p0 = 0;

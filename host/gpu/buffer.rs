@@ -101,6 +101,46 @@ impl<T: Element> Buffer<T> {
         }
     }
 
+    /// Copies `len` elements from `src[src_offset..]` to `self[dst_offset..]` on the device.
+    pub fn copy_from(
+        &mut self,
+        src: &Buffer<T>,
+        src_offset: usize,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if src_offset + len > src.len || dst_offset + len > self.len {
+            return Err(GpuError::Shape {
+                kernel: "copy",
+                message: format!(
+                    "{len} elements from offset {src_offset} of {} into offset {dst_offset} of {}",
+                    src.len, self.len
+                ),
+            });
+        }
+        match (&mut self.storage, &src.storage) {
+            (Storage::Cuda(d), Storage::Cuda(s)) => {
+                let stream = d.stream().clone();
+                let from = s.slice(src_offset..src_offset + len);
+                let mut to = d.slice_mut(dst_offset..dst_offset + len);
+                stream
+                    .memcpy_dtod(&from, &mut to)
+                    .map_err(|e| GpuError::driver("copying on the device", e))
+            }
+            (Storage::Host(d), Storage::Host(s)) => {
+                for i in 0..len {
+                    // SAFETY: no emulated launch is running (they are synchronous).
+                    *d[dst_offset + i].get_mut() = unsafe { *s[src_offset + i].get() };
+                }
+                Ok(())
+            }
+            _ => Err(GpuError::WrongBackend {
+                buffer: "mixed",
+                device: "copy",
+            }),
+        }
+    }
+
     /// Copies the buffer back to the host (waits for queued work first).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match &self.storage {

@@ -24,6 +24,8 @@ pub enum GpuError {
         kernel: &'static str,
         message: String,
     },
+    #[error("{0}")]
+    Input(String),
     #[error("a buffer of the {buffer} backend was passed to a {device} device")]
     WrongBackend {
         buffer: &'static str,

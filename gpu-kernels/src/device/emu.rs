@@ -563,7 +563,11 @@ mod pool {
         let f: *const (dyn Fn(u32) + Sync + 'static) = unsafe { std::mem::transmute(per_thread) };
         let done = Arc::new((Mutex::new(0u32), Condvar::new()));
         for (rank, w) in workers.iter().enumerate() {
-            let job = Job { f, rank: rank as u32, done: done.clone() };
+            let job = Job {
+                f,
+                rank: rank as u32,
+                done: done.clone(),
+            };
             if w.send(job).is_err() {
                 unreachable!("emulator workers live as long as the process");
             }

@@ -28,7 +28,18 @@ pub fn kv_append(
     to_u32(K, "cache size", (start_pos + n) * kv_width)?;
     let cfg = LaunchConfig::covering(n * kv_width, 256);
     let (s, nn, w) = (start_pos as u32, n as u32, kv_width as u32);
-    launch!(dev, attention::kv_append, cfg, k.input(), v.input(), k_cache.output(), v_cache.output(), s, nn, w)
+    launch!(
+        dev,
+        attention::kv_append,
+        cfg,
+        k.input(),
+        v.input(),
+        k_cache.output(),
+        v_cache.output(),
+        s,
+        nn,
+        w
+    )
 }
 
 /// Attention geometry for one chunk.
@@ -74,8 +85,18 @@ pub fn attention(
     wave_len: usize,
 ) -> Result<()> {
     const K: &str = "attention";
-    let AttentionShape { n, start_pos, n_head, n_kv, head_dim } = shape;
-    ensure_shape!(n_kv > 0 && n_head % n_kv == 0, K, "{n_head} heads are not a multiple of {n_kv} KV heads");
+    let AttentionShape {
+        n,
+        start_pos,
+        n_head,
+        n_kv,
+        head_dim,
+    } = shape;
+    ensure_shape!(
+        n_kv > 0 && n_head % n_kv == 0,
+        K,
+        "{n_head} heads are not a multiple of {n_kv} KV heads"
+    );
     ensure_shape!(
         head_dim % 32 == 0 && head_dim <= 1024,
         K,
@@ -91,7 +112,13 @@ pub fn attention(
     to_u32(K, "cache size", kv_len * n_kv * head_dim)?;
     to_u32(K, "scratch size", shape.scratch_len(wave_len.min(n)))?;
     let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
-    let (sp, nh, nk, hd, stride) = (start_pos as u32, n_head as u32, n_kv as u32, head_dim as u32, kv_len as u32);
+    let (sp, nh, nk, hd, stride) = (
+        start_pos as u32,
+        n_head as u32,
+        n_kv as u32,
+        head_dim as u32,
+        kv_len as u32,
+    );
     let mut first = 0;
     while first < n {
         let len = wave_len.min(n - first);
@@ -103,12 +130,62 @@ pub fn attention(
             block: (KEY_TILE, 1, 1),
             shared_bytes: 0,
         };
-        ensure_shape!(q_tiles <= 65535, K, "wave of {len} queries is too long for one launch");
-        launch!(dev, attention::attn_scores, scores, q.input(), k_cache.input(), scratch.output(), f, l, sp, nh, nk, hd, stride, scale)?;
-        let softmax = LaunchConfig { grid: (nh, l, 1), block: (SOFTMAX_THREADS, 1, 1), shared_bytes: 0 };
-        launch!(dev, attention::attn_softmax, softmax, scratch.output(), f, sp, nh, stride)?;
-        let pv = LaunchConfig { grid: (nh, q_tiles, 1), block: (hd, 1, 1), shared_bytes: 0 };
-        launch!(dev, attention::attn_pv, pv, scratch.input(), v_cache.input(), o.output(), f, l, sp, nh, nk, hd, stride)?;
+        ensure_shape!(
+            q_tiles <= 65535,
+            K,
+            "wave of {len} queries is too long for one launch"
+        );
+        launch!(
+            dev,
+            attention::attn_scores,
+            scores,
+            q.input(),
+            k_cache.input(),
+            scratch.output(),
+            f,
+            l,
+            sp,
+            nh,
+            nk,
+            hd,
+            stride,
+            scale
+        )?;
+        let softmax = LaunchConfig {
+            grid: (nh, l, 1),
+            block: (SOFTMAX_THREADS, 1, 1),
+            shared_bytes: 0,
+        };
+        launch!(
+            dev,
+            attention::attn_softmax,
+            softmax,
+            scratch.output(),
+            f,
+            sp,
+            nh,
+            stride
+        )?;
+        let pv = LaunchConfig {
+            grid: (nh, q_tiles, 1),
+            block: (hd, 1, 1),
+            shared_bytes: 0,
+        };
+        launch!(
+            dev,
+            attention::attn_pv,
+            pv,
+            scratch.input(),
+            v_cache.input(),
+            o.output(),
+            f,
+            l,
+            sp,
+            nh,
+            nk,
+            hd,
+            stride
+        )?;
         first += len;
     }
     Ok(())

@@ -12,7 +12,14 @@ fn tiles(k: &'static str, n_rows: usize, m: usize) -> Result<LaunchConfig> {
     Ok(cfg)
 }
 
-fn check_dims(k: &'static str, x: &Buffer<f32>, y: &Buffer<f32>, n_rows: usize, m: usize, kd: usize) -> Result<()> {
+fn check_dims(
+    k: &'static str,
+    x: &Buffer<f32>,
+    y: &Buffer<f32>,
+    n_rows: usize,
+    m: usize,
+    kd: usize,
+) -> Result<()> {
     ensure_shape!(m > 0 && kd > 0, k, "m = {m} and k = {kd} must be positive");
     check_len(k, "x", x, n_rows * kd)?;
     check_len(k, "y", y, n_rows * m)?;
@@ -42,11 +49,28 @@ pub fn matmul_bf16(
     if n_rows == 0 {
         return Ok(());
     }
-    let flags = if bias.is_some() { GEMM_ADD_BIAS } else { 0 } | if add_to_y { GEMM_ADD_TO_Y } else { 0 };
+    let flags =
+        if bias.is_some() { GEMM_ADD_BIAS } else { 0 } | if add_to_y { GEMM_ADD_TO_Y } else { 0 };
     let bias = bias.unwrap_or(x); // unread without GEMM_ADD_BIAS
     let cfg = tiles(K, n_rows, m)?;
-    let (n_rows, m, k) = (to_u32(K, "rows", n_rows)?, to_u32(K, "m", m)?, to_u32(K, "k", k)?);
-    launch!(dev, gemm::gemm_bf16, cfg, x.input(), w.input(), bias.input(), y.output(), n_rows, m, k, flags)
+    let (n_rows, m, k) = (
+        to_u32(K, "rows", n_rows)?,
+        to_u32(K, "m", m)?,
+        to_u32(K, "k", k)?,
+    );
+    launch!(
+        dev,
+        gemm::gemm_bf16,
+        cfg,
+        x.input(),
+        w.input(),
+        bias.input(),
+        y.output(),
+        n_rows,
+        m,
+        k,
+        flags
+    )
 }
 
 /// `y = x · wᵀ` with f32 weights.
@@ -67,8 +91,22 @@ pub fn matmul_f32(
         return Ok(());
     }
     let cfg = tiles(K, n_rows, m)?;
-    let (n_rows, m, k) = (to_u32(K, "rows", n_rows)?, to_u32(K, "m", m)?, to_u32(K, "k", k)?);
-    launch!(dev, gemm::gemm_f32, cfg, x.input(), w.input(), y.output(), n_rows, m, k)
+    let (n_rows, m, k) = (
+        to_u32(K, "rows", n_rows)?,
+        to_u32(K, "m", m)?,
+        to_u32(K, "k", k)?,
+    );
+    launch!(
+        dev,
+        gemm::gemm_f32,
+        cfg,
+        x.input(),
+        w.input(),
+        y.output(),
+        n_rows,
+        m,
+        k
+    )
 }
 
 /// `y = silu(x · w_gateᵀ) ⊙ (x · w_upᵀ)`; both weights bf16 `[m][k]`.
@@ -91,6 +129,21 @@ pub fn matmul_gated_bf16(
         return Ok(());
     }
     let cfg = tiles(K, n_rows, m)?;
-    let (n_rows, m, k) = (to_u32(K, "rows", n_rows)?, to_u32(K, "m", m)?, to_u32(K, "k", k)?);
-    launch!(dev, gemm::gemm_gated_bf16, cfg, x.input(), w_gate.input(), w_up.input(), y.output(), n_rows, m, k)
+    let (n_rows, m, k) = (
+        to_u32(K, "rows", n_rows)?,
+        to_u32(K, "m", m)?,
+        to_u32(K, "k", k)?,
+    );
+    launch!(
+        dev,
+        gemm::gemm_gated_bf16,
+        cfg,
+        x.input(),
+        w_gate.input(),
+        w_up.input(),
+        y.output(),
+        n_rows,
+        m,
+        k
+    )
 }

@@ -49,17 +49,38 @@ impl Routing {
     }
 
     /// Routes `n` tokens from their router logits (`[n][n_expert]`) and groups the pairs.
-    pub fn route(&self, dev: &Device, logits: &Buffer<f32>, n: usize, renormalise: bool) -> Result<()> {
+    pub fn route(
+        &self,
+        dev: &Device,
+        logits: &Buffer<f32>,
+        n: usize,
+        renormalise: bool,
+    ) -> Result<()> {
         const K: &str = "moe_router_topk";
         let (ne, k) = (self.n_expert, self.top_k);
-        ensure_shape!(n * k <= self.max_pairs, K, "{n} tokens exceed the routing buffers");
+        ensure_shape!(
+            n * k <= self.max_pairs,
+            K,
+            "{n} tokens exceed the routing buffers"
+        );
         check_len(K, "logits", logits, n * ne)?;
         if n == 0 {
             return Ok(());
         }
         let cfg = LaunchConfig::covering(n, 128);
         let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
-        launch!(dev, moe::moe_router_topk, cfg, logits.input(), self.ids.output(), self.weights.output(), nn, nex, kk, renormalise as u32)?;
+        launch!(
+            dev,
+            moe::moe_router_topk,
+            cfg,
+            logits.input(),
+            self.ids.output(),
+            self.weights.output(),
+            nn,
+            nex,
+            kk,
+            renormalise as u32
+        )?;
         let group = LaunchConfig::linear(1, GROUP_THREADS);
         let pairs = to_u32(K, "pairs", n * k)?;
         launch!(
@@ -101,7 +122,11 @@ impl Routing {
             return Ok(());
         }
         let cfg = self.grouped_cfg(K, pairs, ff)?;
-        let (kk, m, kd) = (self.top_k as u32, to_u32(K, "ff", ff)?, to_u32(K, "hidden", hidden)?);
+        let (kk, m, kd) = (
+            self.top_k as u32,
+            to_u32(K, "ff", ff)?,
+            to_u32(K, "hidden", hidden)?,
+        );
         launch!(
             dev,
             gemm::moe_gemm_gated_bf16,
@@ -188,7 +213,11 @@ impl Routing {
         }
         let (s_out, s_gate) = shared.unwrap_or((expert_out, expert_out)); // unread without it
         let cfg = LaunchConfig::covering(n * hidden, 256);
-        let (nn, hh, kk) = (to_u32(K, "n·hidden", n * hidden).map(|_| n as u32)?, hidden as u32, self.top_k as u32);
+        let (nn, hh, kk) = (
+            to_u32(K, "n·hidden", n * hidden).map(|_| n as u32)?,
+            hidden as u32,
+            self.top_k as u32,
+        );
         launch!(
             dev,
             moe::moe_combine,

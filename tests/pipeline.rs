@@ -1,0 +1,242 @@
+//! The GPU prefill pipeline end to end: bit-identical final logits whether the prompt runs in
+//! one batch, token by token, in uneven chunks, or twice; agreement with the CPU reference and
+//! the fixture logits; and proof (chunk record, launch counts) that the batched path ran.
+//!
+//! On the emulator (CI) the short prompts run; on the GPU (`KILN_TEST_DEVICE=cuda`) every
+//! fixture prompt (1, 5, 33, 257 tokens) and a 4500-token prompt with many attention waves.
+//!
+//! Tolerances: the pipeline stores weights as bf16 (rounding each weight by up to 2^-9), K and V
+//! as bf16, and computes in f32. MANIFEST.md measures bf16 weight rounding alone at 3.3e-3 to
+//! 4.7e-3 rel L2 on these models' logits, so against F32 references we allow 2e-2 (≈4× that,
+//! for the KV rounding on top); for the BF16 file, whose weights need no rounding, 1e-2 against
+//! transformers_dequant. Wrong RoPE pairing or a dropped QK-norm moves logits ≥ 5e-2.
+
+mod common;
+use common::*;
+use kiln::gpu::Device;
+use kiln::model::{ModelConfig, Weights};
+use kiln::pipeline::{GpuModel, PrefillOptions, PrefillOutput, prefill};
+
+fn run(
+    model: &GpuModel,
+    dev: &Device,
+    tokens: &[u32],
+    chunk: Option<usize>,
+    budget: usize,
+) -> PrefillOutput {
+    let opts = PrefillOptions {
+        chunk,
+        wave_budget_bytes: budget,
+        ..Default::default()
+    };
+    prefill(model, dev, tokens, &opts).unwrap_or_else(|e| panic!("prefill on {}: {e}", dev.name()))
+}
+
+fn prompts_for(dev: &Device) -> Vec<&'static str> {
+    if dev.is_cuda() {
+        vec!["p1", "p5", "p33", "p257"]
+    } else {
+        vec!["p1", "p5"]
+    }
+}
+
+/// Batched, sequential, chunked (⌊n/3⌋ then the rest, and 2 at a time) and a repeat agree
+/// bit for bit; the batched run really was one chunk with far fewer launches.
+fn check_invariance(name: &str, model: &GpuModel, dev: &Device, tokens: &[u32]) -> Vec<f32> {
+    let n = tokens.len();
+    let batched = run(model, dev, tokens, None, 256 << 20);
+    assert_eq!(
+        batched.chunks,
+        vec![n],
+        "{name}: the batched path must run as one chunk"
+    );
+    let sequential = run(model, dev, tokens, Some(1), 256 << 20);
+    assert_eq!(sequential.chunks, vec![1; n]);
+    if n > 1 {
+        assert!(
+            batched.launches < sequential.launches,
+            "{name}: batched must launch less"
+        );
+    }
+    let want = bits(&batched.logits);
+    assert_eq!(
+        bits(&sequential.logits),
+        want,
+        "{name} n={n}: sequential vs batched"
+    );
+    assert_eq!(
+        bits(&run(model, dev, tokens, None, 256 << 20).logits),
+        want,
+        "{name}: second run"
+    );
+    let third = (n / 3).max(1);
+    if n > 2 {
+        let mut s =
+            kiln::pipeline::Session::new(model, dev, n, n - third, PrefillOptions::default())
+                .unwrap();
+        s.forward_chunk(&tokens[..third]).unwrap();
+        s.forward_chunk(&tokens[third..]).unwrap();
+        let out = s.finish().unwrap();
+        assert_eq!(out.chunks, vec![third, n - third]);
+        assert_eq!(
+            bits(&out.logits),
+            want,
+            "{name} n={n}: chunks {third} + {}",
+            n - third
+        );
+        assert_eq!(
+            bits(&run(model, dev, tokens, Some(2), 256 << 20).logits),
+            want,
+            "{name}: chunks of 2"
+        );
+    }
+    // A tiny attention budget (one query per wave) changes nothing.
+    let tiny = run(model, dev, tokens, None, 1);
+    assert_eq!(tiny.wave_len, 1);
+    assert_eq!(bits(&tiny.logits), want, "{name}: waves of one query");
+    batched.logits
+}
+
+fn upload(dev: &Device, cfg: &ModelConfig, w: &Weights) -> GpuModel {
+    GpuModel::upload(dev, cfg, w, false).expect("uploading weights")
+}
+
+#[test]
+fn fixture_models_are_batch_invariant_and_match_references() {
+    // (model file, reference source for its logits, tolerance)
+    let models = [
+        ("qwen3-f32", "numpy64", 2e-2),
+        ("qwen3moe-f32", "numpy64", 2e-2),
+        ("qwen2moe-f32", "numpy64", 2e-2),
+        ("qwen3moe-bf16", "transformers_dequant", 1e-2),
+    ];
+    for dev in devices() {
+        for (name, source, tol) in models {
+            let (_, cfg, w) = load(name);
+            let model = upload(&dev, &cfg, &w);
+            for p in prompts_for(&dev) {
+                let tokens = prompt(p);
+                let logits = check_invariance(name, &model, &dev, &tokens);
+                let want = reference(name, p, source);
+                let err = rel_l2_f32(&logits, &want.data);
+                eprintln!(
+                    "{name} {p} on {}: rel L2 vs {source} = {err:.3e}",
+                    dev.name()
+                );
+                assert!(
+                    err <= tol,
+                    "{name} {p}: rel L2 {err:.3e} vs {source} > {tol:.0e}"
+                );
+                assert_eq!(
+                    argmax(&logits),
+                    argmax(&want.data),
+                    "{name} {p}: top-1 differs from {source}"
+                );
+                // And against kiln's own CPU reference on the same file.
+                let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
+                let err = rel_l2_f32(&logits, cpu.last());
+                assert!(
+                    err <= tol,
+                    "{name} {p}: rel L2 {err:.3e} vs the CPU reference"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn all_position_logits_match_the_reference_per_row() {
+    for dev in devices() {
+        let (_, cfg, w) = load("qwen3moe-bf16");
+        let model = upload(&dev, &cfg, &w);
+        let tokens = prompt("p33");
+        let tokens = if dev.is_cuda() {
+            tokens
+        } else {
+            tokens[..6].to_vec()
+        };
+        let opts = PrefillOptions {
+            all_logits: true,
+            chunk: Some(4),
+            ..Default::default()
+        };
+        let out = prefill(&model, &dev, &tokens, &opts).unwrap();
+        assert_eq!(out.rows, tokens.len());
+        let want = reference("qwen3moe-bf16", "p33-all", "transformers_dequant");
+        for r in 0..tokens.len() {
+            let row = &out.logits[r * cfg.vocab..][..cfg.vocab];
+            let err = rel_l2_f32(row, &want.data[r * cfg.vocab..][..cfg.vocab]);
+            assert!(err <= 1e-2, "row {r}: rel L2 {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn bad_prompts_are_errors_not_panics() {
+    let dev = Device::emulator();
+    let (_, cfg, w) = load("qwen3-f32");
+    let model = upload(&dev, &cfg, &w);
+    let opts = PrefillOptions::default();
+    let e = prefill(&model, &dev, &[], &opts)
+        .err()
+        .expect("empty prompt");
+    assert!(e.to_string().contains("empty"), "{e}");
+    let e = prefill(&model, &dev, &[cfg.vocab as u32], &opts)
+        .err()
+        .expect("bad token");
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    let long = vec![1u32; cfg.ctx + 1];
+    let e = prefill(&model, &dev, &long, &opts).err().expect("too long");
+    assert!(e.to_string().contains("past the model's context"), "{e}");
+}
+
+/// Past 4096 tokens with a budget that forces many attention waves (GPU only: the emulator
+/// would take hours). The synthetic model's context is raised to fit the prompt.
+#[test]
+fn long_prompt_with_many_waves_is_chunk_invariant_on_gpu() {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        let spec = kiln::synth::SynthSpec {
+            arch: kiln::model::Arch::Qwen3Moe,
+            preset: kiln::synth::Preset::Tiny,
+            n_layer: 2,
+            dtype: kiln::gguf::GgmlType::BF16,
+            seed: common::seed(),
+        };
+        let file = kiln::gguf::GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap();
+        let mut cfg = ModelConfig::from_gguf(&file).unwrap();
+        cfg.ctx = 8192;
+        let w = Weights::load(&file, &cfg).unwrap();
+        let model = upload(&dev, &cfg, &w);
+        let mut r = rng(77);
+        let tokens: Vec<u32> = (0..4500)
+            .map(|_| r.below(cfg.vocab as u64) as u32)
+            .collect();
+        let budget = 4 << 20; // ≈ 4 MiB of scores: a handful of queries per wave
+        let batched = run(&model, &dev, &tokens, None, budget);
+        assert!(
+            batched.wave_len < 300,
+            "budget must force many waves (got {})",
+            batched.wave_len
+        );
+        let chunked = run(&model, &dev, &tokens, Some(1024), budget);
+        assert_eq!(chunked.chunks.len(), 5);
+        assert_eq!(
+            bits(&chunked.logits),
+            bits(&batched.logits),
+            "4500 tokens: chunks of 1024 vs one batch"
+        );
+        let roomy = run(&model, &dev, &tokens, None, 1 << 30);
+        assert_eq!(
+            bits(&roomy.logits),
+            bits(&batched.logits),
+            "4500 tokens: wave budget changes bits"
+        );
+        let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
+        let err = rel_l2_f32(&batched.logits, cpu.last());
+        eprintln!(
+            "4500 tokens: rel L2 vs CPU reference {err:.3e}, waves of {}",
+            batched.wave_len
+        );
+        assert!(err <= 2e-2 && argmax(&batched.logits) == argmax(cpu.last()));
+    }
+}
