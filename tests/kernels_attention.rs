@@ -163,8 +163,14 @@ fn wave_attention_matches_f64_and_is_wave_and_chunk_invariant() {
                 c.n, c.start_pos, c.n_head, c.n_kv, c.head_dim
             );
             assert_close(&case, &dev, &whole, &reference(&q, &kf, &vf, c), TOL);
-            // Tiny budgets: waves of 1 and 3 queries give the same bits.
-            for wave in [1, 3] {
+            // Small budgets give the same bits (waves of 1 query only where the emulator can
+            // afford hundreds of them).
+            let waves: &[usize] = if c.n <= 33 || dev.is_cuda() {
+                &[1, 3]
+            } else {
+                &[3, 100]
+            };
+            for &wave in waves {
                 assert_eq!(bits(&run(wave)), bits(&whole), "{case}: wave {wave}");
             }
             // The last query as its own chunk (start_pos + n - 1) gives the same bits.

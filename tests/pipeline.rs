@@ -7,9 +7,10 @@
 //!
 //! Tolerances: the pipeline stores weights as bf16 (rounding each weight by up to 2^-9), K and V
 //! as bf16, and computes in f32. MANIFEST.md measures bf16 weight rounding alone at 3.3e-3 to
-//! 4.7e-3 rel L2 on these models' logits, so against F32 references we allow 2e-2 (≈4× that,
-//! for the KV rounding on top); for the BF16 file, whose weights need no rounding, 1e-2 against
-//! transformers_dequant. Wrong RoPE pairing or a dropped QK-norm moves logits ≥ 5e-2.
+//! 4.7e-3 rel L2 on these models' logits (measured here: 3.1e-3 to 5.1e-3), so against F32
+//! references we allow 1e-2; for the BF16 file, whose weights need no rounding, what remains is
+//! the bf16 KV cache and f32 arithmetic (measured 1.8e-3), so 5e-3 against transformers_dequant.
+//! Wrong RoPE pairing, a dropped QK-norm or a flipped top-k renormalisation moves logits ≥ 5e-2.
 
 mod common;
 use common::*;
@@ -105,10 +106,10 @@ fn upload(dev: &Device, cfg: &ModelConfig, w: &Weights) -> GpuModel {
 fn fixture_models_are_batch_invariant_and_match_references() {
     // (model file, reference source for its logits, tolerance)
     let models = [
-        ("qwen3-f32", "numpy64", 2e-2),
-        ("qwen3moe-f32", "numpy64", 2e-2),
-        ("qwen2moe-f32", "numpy64", 2e-2),
-        ("qwen3moe-bf16", "transformers_dequant", 1e-2),
+        ("qwen3-f32", "numpy64", 1e-2),
+        ("qwen3moe-f32", "numpy64", 1e-2),
+        ("qwen2moe-f32", "numpy64", 1e-2),
+        ("qwen3moe-bf16", "transformers_dequant", 5e-3),
     ];
     for dev in devices() {
         for (name, source, tol) in models {
@@ -166,7 +167,7 @@ fn all_position_logits_match_the_reference_per_row() {
         for r in 0..tokens.len() {
             let row = &out.logits[r * cfg.vocab..][..cfg.vocab];
             let err = rel_l2_f32(row, &want.data[r * cfg.vocab..][..cfg.vocab]);
-            assert!(err <= 1e-2, "row {r}: rel L2 {err:.3e}");
+            assert!(err <= 5e-3, "row {r}: rel L2 {err:.3e}");
         }
     }
 }
@@ -237,6 +238,9 @@ fn long_prompt_with_many_waves_is_chunk_invariant_on_gpu() {
             "4500 tokens: rel L2 vs CPU reference {err:.3e}, waves of {}",
             batched.wave_len
         );
-        assert!(err <= 2e-2 && argmax(&batched.logits) == argmax(cpu.last()));
+        assert!(
+            err <= 1e-2 && argmax(&batched.logits) == argmax(cpu.last()),
+            "rel L2 {err:.3e}"
+        );
     }
 }

@@ -7,8 +7,10 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, ValueEnum};
 
 use crate::gguf::GgufFile;
+use crate::gpu::Device;
 use crate::model::{ModelConfig, Weights};
 use crate::npy;
+use crate::pipeline::{GpuModel, PrefillOptions, prefill};
 use crate::reference;
 use crate::synth;
 use crate::tokenizer::Tokenizer;
@@ -17,14 +19,20 @@ const DEFAULT_PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
-    Cpu,
+    /// The GPU if one is usable, else the CPU reference (saying so).
     Auto,
+    /// The CUDA GPU; an error if there is none.
+    Gpu,
+    /// The plain-Rust CPU reference forward.
+    Cpu,
+    /// The GPU pipeline on the CPU emulator (very slow; for tests of the pipeline itself).
+    Emulator,
 }
 
 /// What actually runs the forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     CpuReference,
+    Pipeline(Device),
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +48,16 @@ pub struct PrefillArgs {
     /// Prompt token ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
+    /// Tokens per chunk on the GPU (default: the whole prompt at once).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// Also run the prompt token by token on the GPU and report whether the final logits are
+    /// bit-identical to the batched run.
+    #[arg(long)]
+    pub check: bool,
+    /// MiB of attention-score scratch per wave of queries (GPU).
+    #[arg(long, default_value_t = 256)]
+    pub wave_budget_mib: usize,
     /// Compute logits for every position, not just the last.
     #[arg(long)]
     pub all_logits: bool,
@@ -48,19 +66,24 @@ pub struct PrefillArgs {
     pub dump_logits: Option<PathBuf>,
 }
 
-/// The one place the device is chosen. `auto` runs on the CPU until the GPU path lands.
-pub fn select_backend(device: DeviceArg) -> Backend {
-    match device {
+/// The one place the device is chosen.
+pub fn select_backend(device: DeviceArg) -> anyhow::Result<Backend> {
+    Ok(match device {
         DeviceArg::Cpu => Backend::CpuReference,
-        DeviceArg::Auto => {
-            println!("device: auto -> cpu (CPU reference; the GPU path is not wired in yet)");
-            Backend::CpuReference
-        }
-    }
+        DeviceArg::Emulator => Backend::Pipeline(Device::emulator()),
+        DeviceArg::Gpu => Backend::Pipeline(Device::cuda().context("--device gpu")?),
+        DeviceArg::Auto => match Device::cuda() {
+            Ok(dev) => Backend::Pipeline(dev),
+            Err(e) => {
+                println!("device: no usable GPU ({e}); running on the CPU reference");
+                Backend::CpuReference
+            }
+        },
+    })
 }
 
 pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
-    let backend = select_backend(args.device);
+    let backend = select_backend(args.device)?;
     let (file, label) = match &args.model {
         Some(p) => (super::open_gguf(p)?, p.display().to_string()),
         None => (
@@ -76,11 +99,15 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
     let weights =
         load_weights(&file, &cfg).with_context(|| format!("loading weights of {label}"))?;
 
-    let start = Instant::now();
-    let logits = match backend {
-        Backend::CpuReference => reference::forward(&cfg, &weights, &tokens, args.all_logits)?,
+    let (logits, secs) = match &backend {
+        Backend::CpuReference => {
+            println!("device: CPU reference (f64 accumulation)");
+            let start = Instant::now();
+            let l = reference::forward(&cfg, &weights, &tokens, args.all_logits)?;
+            (l.data, start.elapsed().as_secs_f64())
+        }
+        Backend::Pipeline(dev) => run_pipeline(args, dev, &cfg, &weights, &tokens)?,
     };
-    let secs = start.elapsed().as_secs_f64();
     println!(
         "prompt: {} tokens, {:.3} s, {:.1} tokens/s",
         tokens.len(),
@@ -88,7 +115,7 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
         tokens.len() as f64 / secs.max(1e-9)
     );
     println!("top-5 next tokens:");
-    let last = logits.last();
+    let last = &logits[logits.len() - cfg.vocab..];
     let mut order: Vec<usize> = (0..last.len()).collect();
     order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
     for &id in order.iter().take(5) {
@@ -100,14 +127,72 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.dump_logits {
         let shape = if args.all_logits {
-            vec![logits.n_rows(), logits.vocab]
+            vec![logits.len() / cfg.vocab, cfg.vocab]
         } else {
-            vec![logits.vocab]
+            vec![cfg.vocab]
         };
-        npy::write_f32(path, &shape, &logits.data)?;
+        npy::write_f32(path, &shape, &logits)?;
         println!("logits written to {}", path.display());
     }
     Ok(())
+}
+
+/// Uploads the weights and prefills on `dev`; with `--check`, also token by token, comparing
+/// the final logits bit for bit. Returns the logits and the prefill time (upload excluded).
+fn run_pipeline(
+    args: &PrefillArgs,
+    dev: &Device,
+    cfg: &ModelConfig,
+    weights: &Weights,
+    tokens: &[u32],
+) -> anyhow::Result<(Vec<f32>, f64)> {
+    println!("device: {}", dev.name());
+    let model = GpuModel::upload(dev, cfg, weights, true).context("uploading weights")?;
+    let opts = PrefillOptions {
+        chunk: args.chunk,
+        wave_budget_bytes: args.wave_budget_mib.max(1) << 20,
+        all_logits: args.all_logits,
+        profile: false,
+    };
+    // The first launch of each kernel pays for module setup; a one-token warm-up keeps that
+    // out of the timed prefill.
+    prefill(&model, dev, &tokens[..1], &PrefillOptions::default()).context("warm-up")?;
+    let start = Instant::now();
+    let out = prefill(&model, dev, tokens, &opts).context("prefill")?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "chunks: {} ({} tokens max), {} kernel launches, attention waves of {} queries",
+        out.chunks.len(),
+        out.chunks.iter().max().copied().unwrap_or(0),
+        out.launches,
+        out.wave_len
+    );
+    if args.check {
+        let seq_opts = PrefillOptions {
+            chunk: Some(1),
+            all_logits: false,
+            ..opts.clone()
+        };
+        let seq = prefill(&model, dev, tokens, &seq_opts).context("sequential check")?;
+        let last = &out.logits[out.logits.len() - cfg.vocab..];
+        let same = seq
+            .logits
+            .iter()
+            .zip(last)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            bail!(
+                "--check: token-by-token logits differ from the batched run ({} vs {} chunks)",
+                seq.chunks.len(),
+                out.chunks.len()
+            );
+        }
+        println!(
+            "check: token-by-token ({} chunks) and batched final logits are bit-identical",
+            seq.chunks.len()
+        );
+    }
+    Ok((out.logits, secs))
 }
 
 fn prompt_tokens(
