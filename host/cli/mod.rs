@@ -1,6 +1,7 @@
 //! Subcommands of the `kiln` binary, one per file. Library code returns typed errors; here
 //! they gain context with `anyhow` and `main` prints them on one line.
 
+pub mod bench;
 pub mod info;
 pub mod prefill;
 pub mod synth;
@@ -20,6 +21,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Measure GPU prefill throughput on synthetic models (see docs/bench.md).
+    Bench(bench::BenchArgs),
     /// Print a GGUF file's architecture, dims and tensor table.
     Info(info::InfoArgs),
     /// Run a prompt through the model and print the next-token candidates.
@@ -30,6 +33,7 @@ pub enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Bench(a) => bench::run(&a),
         Command::Info(a) => info::run(&a),
         Command::Prefill(a) => prefill::run(&a),
         Command::Synth(a) => synth::run(&a),
