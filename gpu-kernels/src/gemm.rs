@@ -37,7 +37,7 @@ pub trait Weight: Copy {
 impl Weight for f32 {
     #[inline(always)]
     fn load4(w: In<f32>, idx: usize, valid: usize) -> [f32; 4] {
-        if valid >= 4 && idx % 4 == 0 {
+        if valid >= 4 && idx.is_multiple_of(4) {
             return w.at4(idx);
         }
         core::array::from_fn(|i| if i < valid { w.at(idx + i) } else { 0.0 })
@@ -48,7 +48,7 @@ impl Weight for f32 {
 impl Weight for u16 {
     #[inline(always)]
     fn load4(w: In<u16>, idx: usize, valid: usize) -> [f32; 4] {
-        if valid >= 4 && idx % 2 == 0 {
+        if valid >= 4 && idx.is_multiple_of(2) {
             let pairs = w.cast::<u32>();
             let (a, b) = (pairs.at(idx / 2), pairs.at(idx / 2 + 1));
             return [
@@ -140,8 +140,8 @@ fn gemm_tile<W: Weight, const GATED: bool>(
             } else {
                 [0.0; 4]
             };
-            for i in 0..4 {
-                ws2.store((load_k + i) * STRIDE + load_row, wv2[i]);
+            for (i, v) in wv2.into_iter().enumerate() {
+                ws2.store((load_k + i) * STRIDE + load_row, v);
             }
         }
         sync_threads();

@@ -245,11 +245,8 @@ impl<'m> Session<'m> {
                 gemm::matmul_gated_bf16(dev, &s.xn, &d.gate, &d.up, &s.ffn_h, n, cfg.ff, h)?;
                 gemm::matmul_bf16(dev, &s.ffn_h, &d.down, None, &s.x, n, h, cfg.ff, true)
             }),
-            GpuFfn::Moe {
-                router,
-                experts,
-                shared,
-            } => {
+            GpuFfn::Moe(moe) => {
+                let (router, experts, shared) = (&moe.router, &moe.experts, &moe.shared);
                 let (ne, fe) = (cfg.n_expert, cfg.ff_exp);
                 self.stage("moe routing", |dev, s| {
                     let r = s

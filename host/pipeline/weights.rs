@@ -18,11 +18,13 @@ pub(super) struct SharedExpert {
 
 pub(super) enum GpuFfn {
     Dense(Dense),
-    Moe {
-        router: Buffer<f32>,
-        experts: Dense,
-        shared: Option<SharedExpert>,
-    },
+    Moe(Box<Moe>),
+}
+
+pub(super) struct Moe {
+    pub router: Buffer<f32>,
+    pub experts: Dense,
+    pub shared: Option<SharedExpert>,
 }
 
 pub(super) struct GpuLayer {
@@ -111,7 +113,7 @@ impl GpuModel {
                     up_exps,
                     down_exps,
                     shared,
-                } => GpuFfn::Moe {
+                } => GpuFfn::Moe(Box::new(Moe {
                     router: up.f32(router)?,
                     experts: up.dense(gate_exps, up_exps, down_exps)?,
                     shared: match shared {
@@ -121,7 +123,7 @@ impl GpuModel {
                         }),
                         None => None,
                     },
-                },
+                })),
             };
             layers.push(GpuLayer {
                 attn_norm: up.f32(&l.attn_norm)?,

@@ -439,13 +439,13 @@ impl<T: SharedWord> Shared<T> {
         self.word(i, "write").store(v.to_word(), Ordering::Relaxed)
     }
     pub fn load4(self, i: usize) -> [T; 4] {
-        if i % 4 != 0 {
+        if !i.is_multiple_of(4) {
             panic!("misaligned 16-byte shared read at element {i}");
         }
         std::array::from_fn(|k| self.load(i + k))
     }
     pub fn store4(self, i: usize, v: [T; 4]) {
-        if i % 4 != 0 {
+        if !i.is_multiple_of(4) {
             panic!("misaligned 16-byte shared write at element {i}");
         }
         for (k, x) in v.into_iter().enumerate() {

@@ -98,7 +98,7 @@ impl<T: Copy> In<T> {
     #[inline(always)]
     pub fn at4(self, i: usize) -> [T; 4] {
         #[cfg(not(target_arch = "nvptx64"))]
-        if i + 4 > self.len || i % 4 != 0 {
+        if i + 4 > self.len || !i.is_multiple_of(4) {
             out_of_bounds("4-wide read", i, self.len);
         }
         #[repr(C, align(16))]
@@ -185,7 +185,7 @@ impl<T: Copy> Out<T> {
     #[inline(always)]
     pub fn set4(self, i: usize, v: [T; 4]) {
         #[cfg(not(target_arch = "nvptx64"))]
-        if i + 4 > self.len || i % 4 != 0 {
+        if i + 4 > self.len || !i.is_multiple_of(4) {
             out_of_bounds("4-wide write", i, self.len);
         }
         #[repr(C, align(16))]

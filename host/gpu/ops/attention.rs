@@ -74,6 +74,7 @@ impl AttentionShape {
 /// Causal GQA attention of `q` (`[n][n_head][head_dim]` f32) over cache rows
 /// `0..start_pos + n`, into `o` (same shape as `q`), in waves of `wave_len` queries whose
 /// scores live in `scratch` (at least `shape.scratch_len(wave_len)` elements).
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     dev: &Device,
     q: &Buffer<f32>,

@@ -25,7 +25,7 @@ pub fn rope_neox(
 ) -> Result<()> {
     const K: &str = "rope_neox";
     ensure_shape!(
-        rot_dims > 0 && rot_dims % 2 == 0 && rot_dims <= head_dim,
+        rot_dims > 0 && rot_dims.is_multiple_of(2) && rot_dims <= head_dim,
         K,
         "rot_dims {rot_dims} must be even and in 2..={head_dim}"
     );
