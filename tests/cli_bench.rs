@@ -1,0 +1,149 @@
+//! `kiln bench` end to end on the CPU emulator (the GPU run is `gpu-bundle/run.sh bench`): the
+//! JSON it writes parses and holds every figure, the prompts file holds the ids it ran, and
+//! without a GPU the default device fails on one line.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("running kiln")
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn read_json(path: &std::path::Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()))
+}
+
+#[test]
+fn bench_on_the_emulator_writes_parseable_json() {
+    let dir = temp_dir("bench");
+    let json = dir.join("bench.json");
+    let logits = dir.join("logits");
+    let o = kiln(&[
+        "bench",
+        "--device",
+        "emulator",
+        "--models",
+        "tiny",
+        "--lengths",
+        "8",
+        "--repeats",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--logits-dir",
+        logits.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "kiln bench failed:\n{out}\n{err}");
+    assert!(out.contains("tokens/s"), "no table:\n{out}");
+
+    let doc = read_json(&json);
+    assert_eq!(doc["tool"], "kiln bench");
+    assert_eq!(doc["backend"], "emulator");
+    assert_eq!(doc["device"], "CPU emulator");
+    let results = doc["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1);
+    let r = &results[0];
+    assert_eq!(r["model"], "tiny");
+    assert_eq!(r["n"], 8);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["chunks"], 1);
+    assert_eq!(r["times_ms"].as_array().unwrap().len(), 1);
+    for key in ["median_ms", "tokens_per_s", "tflops", "weight_tbs"] {
+        let v = r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {r}"));
+        assert!(v > 0.0, "{key} = {v}");
+    }
+    assert!(r["launches"].as_u64().unwrap() > 0);
+    assert!(r["wave_len"].as_u64().unwrap() >= 1);
+    // FLOPs of the tiny model at N = 8 (2 layers, hidden 256, 4 heads x 128, 2 kv heads,
+    // top-2 of 4 experts x 256, vocab 512), counted by hand.
+    let attn_proj = 2.0 * 8.0 * 2.0 * (256.0 * 512.0 * 2.0 + 2.0 * 256.0 * 256.0);
+    assert_eq!(r["flops"]["attn_proj"].as_f64().unwrap(), attn_proj);
+    assert_eq!(
+        r["flops"]["attention"].as_f64().unwrap(),
+        2.0 * 4.0 * 64.0 / 2.0 * 512.0
+    );
+    assert_eq!(r["flops"]["lm_head"].as_f64().unwrap(), 2.0 * 256.0 * 512.0);
+    let stages = r["profile"]["stages"].as_array().expect("profile stages");
+    assert!(
+        stages.iter().any(|s| s["stage"] == "moe experts"),
+        "{stages:?}"
+    );
+    let npy = r["logits_npy"].as_str().expect("logits path");
+    let logits = kiln::npy::read_f32(npy).expect("reading the logits");
+    assert_eq!(logits.shape, vec![512]);
+    assert_eq!(r["top1"]["id"].as_u64().unwrap() as usize, {
+        let l = &logits.data;
+        (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap()
+    });
+
+    let prompts = read_json(&dir.join("prompts.json"));
+    let ids = prompts["models"]["tiny"]["lengths"]["8"]
+        .as_array()
+        .expect("prompt ids");
+    assert_eq!(ids.len(), 8);
+    assert!(ids.iter().all(|t| t.as_u64().unwrap() < 512));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_rejects_what_the_emulator_cannot_run() {
+    for (args, needle) in [
+        (&["--models", "30b"][..], "only the tiny model"),
+        (&["--lengths", "4096"][..], "at most 64 tokens"),
+        (&["--models", "7b"][..], "unknown bench model"),
+    ] {
+        let mut all = vec!["bench", "--device", "emulator"];
+        all.extend_from_slice(args);
+        let o = kiln(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{all:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "{all:?}: {err:?}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{all:?}: {err:?}"
+        );
+    }
+}
+
+/// Without a usable GPU (CI, this file's usual home) the default device is one line of error
+/// and a non-zero exit, never a panic. Where a GPU works this would run the real bench, so the
+/// test then has nothing to check.
+#[test]
+fn bench_without_a_gpu_fails_on_one_line() {
+    if kiln::gpu::Device::cuda().is_ok() {
+        eprintln!("a CUDA GPU is usable here: nothing to check");
+        return;
+    }
+    let dir = temp_dir("nogpu");
+    let json = dir.join("bench.json");
+    let o = kiln(&["bench", "--json", json.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(
+        err.starts_with("error: kiln bench needs a CUDA GPU"),
+        "{err:?}"
+    );
+    assert!(err.contains("--device emulator"), "{err:?}");
+    assert!(!err.contains("panicked"), "{err:?}");
+    assert!(!json.exists(), "no JSON without a run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
