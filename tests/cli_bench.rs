@@ -147,3 +147,46 @@ fn bench_without_a_gpu_fails_on_one_line() {
     assert!(!json.exists(), "no JSON without a run");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `--model-file` must hold the model the bench names: a file with other weights (another
+/// seed) is an error row in the JSON and a non-zero exit, before any prefill.
+#[test]
+fn bench_rejects_a_model_file_with_other_weights() {
+    let dir = temp_dir("seed");
+    let gguf = dir.join("tiny-seed1.gguf");
+    let o = kiln(&[
+        "synth",
+        "--arch",
+        "qwen3moe",
+        "--preset",
+        "tiny",
+        "--layers",
+        "2",
+        "--dtype",
+        "BF16",
+        "--seed",
+        "1",
+        "-o",
+        gguf.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = dir.join("bench.json");
+    let model_file = format!("tiny={}", gguf.display());
+    let o = kiln(&[
+        "bench",
+        "--device",
+        "emulator",
+        "--model-file",
+        &model_file,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a seed-1 file passed as seed 0");
+    assert!(err.contains("is not the tiny model"), "{err}");
+    let doc = read_json(&json);
+    let r = &doc["results"][0];
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["times_ms"].as_array().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

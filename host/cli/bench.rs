@@ -414,7 +414,7 @@ fn open_model(
         .with_context(|| format!("reading the config of the {} model", m.name))?;
     let mut want = synth::config(&m.spec);
     want.ctx = cfg.ctx;
-    if cfg != want {
+    if cfg != want || (file.is_some() && !same_seed(&gguf, &m.spec)?) {
         bail!(
             "{source} is not the {} model the bench describes ({} {}, {} layers, {}, seed {}): \
              write it with `kiln synth --arch qwen3moe --preset {} --layers {} --dtype BF16 \
@@ -461,6 +461,20 @@ fn open_model(
         upload_s,
         resident_bytes,
     })
+}
+
+/// Whether a file holds the spec's weights, judged by one small tensor (the final norm, F32 in
+/// every synthetic file) against the values `synth` draws for it.
+fn same_seed(gguf: &GgufFile, spec: &SynthSpec) -> anyhow::Result<bool> {
+    const NAME: &str = "output_norm.weight";
+    let writer = synth::build_writer(spec)?;
+    let (index, desc) = writer
+        .tensors()
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.name == NAME)
+        .ok_or_else(|| anyhow!("the synthetic spec has no {NAME}"))?;
+    Ok(gguf.dequantize_f32(NAME)? == synth::tensor_values(spec.seed, index, desc))
 }
 
 /// One prefill, timed on the host after synchronising.
@@ -626,10 +640,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let dev = open_device(args.device)?;
-    let device_name = dev.name();
-    let mem = dev.memory_info().ok();
+    let run = RunInfo {
+        start,
+        device_name: dev.name(),
+        emulator,
+        mem: dev.memory_info().ok(),
+        lengths: lengths.clone(),
+        prompts_path,
+    };
     println!(
-        "kiln bench on {device_name}: models {}, lengths {:?}, {} repeats (median), seed {}",
+        "kiln bench on {}: models {}, lengths {:?}, {} repeats (median), seed {}",
+        run.device_name,
         model_names.join(","),
         lengths,
         args.repeats,
@@ -675,6 +696,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     ("name", Json::str(m.name)),
                     ("error", Json::str(msg)),
                 ]));
+                write_reports(args, &run, &rows, &model_json, &prompt_json, false)?;
                 continue;
             }
         };
@@ -698,15 +720,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             ("build_seconds", Json::Num(loaded.build_s)),
             ("upload_seconds", Json::Num(loaded.upload_s)),
         ]));
-        let mut prompts = Vec::new();
+        let prompts: Vec<(String, Json)> = lengths
+            .iter()
+            .map(|&n| {
+                let ids = prompt_ids(args.seed, n, cfg.vocab);
+                (
+                    n.to_string(),
+                    Json::Arr(ids.iter().map(|&t| Json::int(t)).collect()),
+                )
+            })
+            .collect();
+        prompt_json.push((
+            m.name.to_string(),
+            Json::Obj(vec![
+                ("vocab".to_string(), Json::int(cfg.vocab)),
+                ("lengths".to_string(), Json::Obj(prompts)),
+            ]),
+        ));
         let mut skip: Option<String> = None;
         let mut prev: Option<(usize, f64)> = None;
         for &n in &lengths {
             let tokens = prompt_ids(args.seed, n, cfg.vocab);
-            prompts.push((
-                n.to_string(),
-                Json::Arr(tokens.iter().map(|&t| Json::int(t)).collect()),
-            ));
             let row = Row::new(m.name, n, cfg);
             if let Some(why) = &skip {
                 rows.push(row.not_run("skipped", why.clone()));
@@ -750,32 +784,64 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 }
             }
             rows.push(row);
+            write_reports(args, &run, &rows, &model_json, &prompt_json, false)?;
         }
-        prompt_json.push((
-            m.name.to_string(),
-            Json::Obj(vec![
-                ("vocab".to_string(), Json::int(cfg.vocab)),
-                ("lengths".to_string(), Json::Obj(prompts)),
-            ]),
-        ));
         drop(loaded);
     }
 
     print_table(&rows, args);
+    write_reports(args, &run, &rows, &model_json, &prompt_json, true)?;
     let total_s = start.elapsed().as_secs_f64();
+    let prompts_path = &run.prompts_path;
+    println!(
+        "wrote {} and {} ({total_s:.1} s)",
+        args.json.display(),
+        prompts_path.display()
+    );
+    let failed = rows.iter().filter(|r| r.status == "error").count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} runs failed (see {})",
+            rows.len(),
+            args.json.display()
+        );
+    }
+    Ok(())
+}
+
+/// What every report of one run shares.
+struct RunInfo {
+    start: Instant,
+    device_name: String,
+    emulator: bool,
+    mem: Option<(usize, usize)>,
+    lengths: Vec<usize>,
+    prompts_path: PathBuf,
+}
+
+/// Writes bench.json and prompts.json as they stand (after every row, so a run stopped by a
+/// time limit still leaves its figures; `complete` says whether it finished).
+fn write_reports(
+    args: &BenchArgs,
+    run: &RunInfo,
+    rows: &[Row],
+    model_json: &[Json],
+    prompt_json: &[(String, Json)],
+    complete: bool,
+) -> anyhow::Result<()> {
     let doc = Json::obj(vec![
         ("tool", Json::str("kiln bench")),
         ("kiln_version", Json::str(env!("CARGO_PKG_VERSION"))),
         ("git_commit", Json::opt_str(git_commit())),
-        ("device", Json::str(device_name)),
+        ("device", Json::str(run.device_name.clone())),
         (
             "backend",
-            Json::str(if emulator { "emulator" } else { "cuda" }),
+            Json::str(if run.emulator { "emulator" } else { "cuda" }),
         ),
         (
             "device_memory",
-            match mem {
-                Some((free, total)) if !emulator => Json::obj(vec![
+            match run.mem {
+                Some((free, total)) if !run.emulator => Json::obj(vec![
                     ("free_bytes_at_start", Json::int(free)),
                     ("total_bytes", Json::int(total)),
                 ]),
@@ -796,7 +862,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 ("seed", Json::int(args.seed)),
                 (
                     "lengths",
-                    Json::Arr(lengths.iter().map(|&n| Json::int(n)).collect()),
+                    Json::Arr(run.lengths.iter().map(|&n| Json::int(n)).collect()),
                 ),
                 ("skip_after_s", Json::Num(args.skip_after_s)),
                 ("deadline_s", Json::Num(args.deadline_s)),
@@ -804,7 +870,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     "prefill_options",
                     Json::str("default: one chunk, 256 MiB wave budget, last logits only"),
                 ),
-                ("prompts", Json::str(prompts_path.display().to_string())),
+                ("prompts", Json::str(run.prompts_path.display().to_string())),
             ]),
         ),
         (
@@ -832,36 +898,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 ),
             ]),
         ),
-        ("models", Json::Arr(model_json)),
+        ("models", Json::Arr(model_json.to_vec())),
         (
             "results",
             Json::Arr(rows.iter().map(|r| row_json(r, args)).collect()),
         ),
-        ("total_seconds", Json::Num(total_s)),
+        (
+            "total_seconds",
+            Json::Num(run.start.elapsed().as_secs_f64()),
+        ),
+        ("complete", Json::Bool(complete)),
     ]);
     write_file(&args.json, &doc.render())?;
     let prompts_doc = Json::obj(vec![
         ("seed", Json::int(args.seed)),
-        ("models", Json::Obj(prompt_json)),
+        ("models", Json::Obj(prompt_json.to_vec())),
         (
             "logits_dir",
             Json::opt_str(args.logits_dir.as_ref().map(|d| d.display().to_string())),
         ),
     ]);
-    write_file(&prompts_path, &prompts_doc.render())?;
-    println!(
-        "wrote {} and {} ({total_s:.1} s)",
-        args.json.display(),
-        prompts_path.display()
-    );
-    let failed = rows.iter().filter(|r| r.status == "error").count();
-    if failed > 0 {
-        bail!(
-            "{failed} of {} runs failed (see {})",
-            rows.len(),
-            args.json.display()
-        );
-    }
+    write_file(&run.prompts_path, &prompts_doc.render())?;
     Ok(())
 }
 
