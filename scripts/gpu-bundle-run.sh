@@ -4,7 +4,7 @@
 # SASS steps the CUDA toolkit (compute-sanitizer, ptxas, cuobjdump on PATH or /usr/local/cuda).
 #
 #   gpu-bundle/run.sh [OUTDIR]          everything below; OUTDIR defaults to $OUT, else ./gpu-logs
-#   gpu-bundle/run.sh bench [ARGS...]   the benchmark hook (see HOOK below)
+#   gpu-bundle/run.sh bench [OUTDIR]    kiln vs PyTorch prefill benchmark (bench.sh; HOOK below)
 #
 # Steps, in order (each log is also printed):
 #   env.txt        nvidia-smi, driver and CUDA versions, tool versions, the bundle's MANIFEST
@@ -38,11 +38,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ "${1:-}" == bench ]]; then
     shift
     # ---- HOOK: bench -------------------------------------------------------------------------
-    # Not implemented yet. Whoever adds the benchmark: have scripts/gpu-bundle.sh put its
-    # executable into the bundle, run it here with "$@" passed through, and write its results to
-    # "${OUT:-./gpu-logs}" (at most 8 files there in all).
-    echo "run.sh bench: no benchmark is bundled yet (hook in scripts/gpu-bundle-run.sh)" >&2
-    exit 2
+    # kiln vs PyTorch prefill: bench.sh is scripts/gpu-bench.sh (see its header and
+    # docs/bench.md); it writes at most 8 files to OUTDIR (default "${OUT:-./gpu-logs}").
+    if [[ ! -f "$here/bench.sh" ]]; then
+        echo "run.sh bench: no bench.sh in the bundle (rebuild it with scripts/gpu-bundle.sh)" >&2
+        exit 2
+    fi
+    exec bash "$here/bench.sh" "$@"
     # ------------------------------------------------------------------------------------------
 fi
 

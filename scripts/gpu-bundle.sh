@@ -8,10 +8,13 @@
 #   gpu-bundle/ptx/kernels.ptx      the PTX the binaries embed, and ptxas-report.txt
 #   gpu-bundle/fixtures/            the test fixtures (models/, refs/, the small top-level files)
 #   gpu-bundle/run.sh               the runner (a copy of scripts/gpu-bundle-run.sh)
+#   gpu-bundle/bench.sh             the benchmark (scripts/gpu-bench.sh; run.sh bench OUTDIR)
+#   gpu-bundle/bench_torch.py       its PyTorch peer (scripts/bench_torch.py)
 #   gpu-bundle/MANIFEST.txt         what was built, from which commit, and the sizes
 #   (gpu-bundle/bin.tar.xz          kiln and tests/, packed, when the bundle is over budget)
 #
 # Then, on the GPU machine:  gpu-bundle/run.sh OUTDIR     (see that script's header)
+#                      or:  gpu-bundle/run.sh bench OUTDIR   (the benchmark, docs/bench.md)
 #
 # Environment:
 #   KILN_BUNDLE_STRIP=auto|1|0   strip debug info from the binaries: auto (default) strips only
@@ -104,6 +107,10 @@ echo "$root/target/release/kiln" >"$bundle/kiln.path"
 
 cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
 chmod +x "$bundle/run.sh"
+# The benchmark (run.sh bench): its runner and the PyTorch peer.
+cp scripts/gpu-bench.sh "$bundle/bench.sh"
+cp scripts/bench_torch.py "$bundle/bench_torch.py"
+chmod +x "$bundle/bench.sh" "$bundle/bench_torch.py"
 
 bundle_bytes() { du -sb "$bundle" | cut -f1; }
 budget=$((max_mib * 1024 * 1024))

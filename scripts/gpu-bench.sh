@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The benchmark on the GPU machine: kiln vs PyTorch/transformers prefill, same weights, same
+# prompts. Copied into the bundle as gpu-bundle/bench.sh by scripts/gpu-bundle.sh (edit it
+# here); run through the bundle's runner:
+#
+#   gpu-bundle/run.sh bench [OUTDIR]      OUTDIR defaults to $OUT, else ./gpu-logs
+#
+# Steps (the whole run keeps inside KILN_BENCH_BUDGET seconds; later steps get what is left):
+#   1. kiln synth: the tiny model and the 30b model (Qwen3-30B-A3B dims, KILN_BENCH_LAYERS
+#      layers, BF16, seed 0) into a scratch folder
+#   2. kiln bench on both files: tokens/s, TFLOP/s, weight TB/s, stage breakdown -> bench.json;
+#      the prompt ids and last-position logits go to the scratch folder for step 3
+#   3. python3 bench_torch.py: kernel peers (matmul, bmm, SDPA, copy) and
+#      transformers.Qwen3MoeForCausalLM on the same files and prompts -> torch.json
+#   4. the side-by-side table -> combined.txt (printed last)
+# Files in OUTDIR (at most 8; the device tool brings back 8): env.txt, bench.json, torch.json,
+# combined.txt, prompts.json, kiln-bench.log, torch-bench.log.
+#
+# Environment (all optional):
+#   KILN_BENCH_BUDGET=510      seconds for everything (the device tool stops a command at 600)
+#   KILN_BENCH_LENGTHS=512,2048,4096,8192
+#   KILN_BENCH_MODELS=tiny,30b
+#   KILN_BENCH_LAYERS=2        layers of the 30b model
+#   KILN_BENCH_REPEATS=3       timed runs per (model, N); the median is reported
+#   KILN_BENCH_SKIP_AFTER=60   skip a model's longer lengths once one run takes longer (s)
+#   KILN_BENCH_TORCH=0         skip the PyTorch peer
+#   KILN_BENCH_EXPERTS=grouped_mm,eager   transformers experts backends to time
+#   KILN_BENCH_DEVICE=emulator a smoke test of this whole script without a GPU: kiln on its CPU
+#                              emulator, torch on the CPU (tiny model, N=8, 1 repeat by default)
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="${1:-${OUT:-./gpu-logs}}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+work="$(mktemp -d /tmp/kiln-bench.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+
+budget="${KILN_BENCH_BUDGET:-510}"
+if [[ "${KILN_BENCH_DEVICE:-cuda}" == emulator ]]; then
+    kiln_device=(--device emulator) torch_device=(--device cpu)
+    lengths="${KILN_BENCH_LENGTHS:-8}" models="${KILN_BENCH_MODELS:-tiny}"
+    repeats="${KILN_BENCH_REPEATS:-1}"
+else
+    kiln_device=() torch_device=()
+    lengths="${KILN_BENCH_LENGTHS:-512,2048,4096,8192}" models="${KILN_BENCH_MODELS:-tiny,30b}"
+    repeats="${KILN_BENCH_REPEATS:-3}"
+fi
+layers="${KILN_BENCH_LAYERS:-2}"
+skip_after="${KILN_BENCH_SKIP_AFTER:-60}"
+experts="${KILN_BENCH_EXPERTS:-grouped_mm,eager}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}" PYTHONUNBUFFERED=1
+
+left() { echo $((budget - SECONDS)); }
+say() { printf '\n== [%3ss] %s\n' "$SECONDS" "$*"; }
+
+# The kiln binary: packed into bin.tar.xz when the bundle was over budget.
+kiln="$here/kiln"
+if [[ ! -x "$kiln" && -f "$here/bin.tar.xz" ]]; then
+    if command -v xz >/dev/null; then
+        tar -C "$here" -xJf "$here/bin.tar.xz" kiln
+    else
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extract("kiln", sys.argv[2])' \
+            "$here/bin.tar.xz" "$here"
+    fi
+fi
+if [[ ! -x "$kiln" ]]; then
+    echo "bench: no kiln binary in $here (run scripts/gpu-bundle.sh first)" >&2
+    exit 1
+fi
+# The commit the bundle was built from, for the reports.
+if [[ -z "${KILN_GIT:-}" && -f "$here/MANIFEST.txt" ]]; then
+    KILN_GIT="$(awk '/^commit:/ {sub(/^commit: */, ""); print; exit}' "$here/MANIFEST.txt")"
+fi
+export KILN_GIT="${KILN_GIT:-}"
+
+{
+    echo "kiln bench: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname); commit ${KILN_GIT:-unknown}"
+    echo "models $models, lengths $lengths, 30b layers $layers, repeats $repeats, budget ${budget}s"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw \
+        --format=csv 2>&1 || echo "nvidia-smi: not available"
+    python3 -c 'import torch, transformers, numpy; print("torch", torch.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__, "cuda", torch.cuda.is_available())' 2>&1
+    nproc
+} 2>&1 | tee "$out/env.txt"
+
+# ---- 1. the models ----------------------------------------------------------------------------
+say "kiln synth"
+declare -A gguf=()
+model_args=()
+IFS=',' read -ra model_list <<<"$models"
+for m in "${model_list[@]}"; do
+    case "$m" in
+        tiny) preset=tiny; nl=2 ;;
+        30b) preset=qwen3-30b-a3b; nl="$layers" ;;
+        *) echo "bench: unknown model $m (tiny, 30b)" | tee -a "$out/kiln-bench.log"; continue ;;
+    esac
+    f="$work/$m.gguf"
+    if timeout "$(left)" "$kiln" synth --arch qwen3moe --preset "$preset" --layers "$nl" \
+        --dtype BF16 --seed 0 -o "$f" 2>&1 | tee -a "$out/kiln-bench.log"; then
+        gguf[$m]="$f"
+        model_args+=(--model-file "$m=$f")
+    else
+        echo "bench: kiln synth of $m failed" | tee -a "$out/kiln-bench.log"
+    fi
+done
+ran_models="$(IFS=,; echo "${!gguf[*]}")"
+if [[ -z "$ran_models" ]]; then
+    echo "bench: no model could be written" >&2
+    exit 1
+fi
+# Same order as asked.
+ordered=()
+for m in "${model_list[@]}"; do [[ -n "${gguf[$m]:-}" ]] && ordered+=("$m"); done
+ran_models="$(IFS=,; echo "${ordered[*]}")"
+
+# ---- 2. kiln ----------------------------------------------------------------------------------
+# Leave the torch peer at least 40% of what is left (it loads the same weights once more).
+torch_on="${KILN_BENCH_TORCH:-1}"
+kiln_deadline=$(( $(left) * (torch_on == 0 ? 95 : 55) / 100 ))
+say "kiln bench (deadline ${kiln_deadline}s)"
+timeout --kill-after=10 "$((kiln_deadline + 60))" "$kiln" bench "${kiln_device[@]}" \
+    --models "$ran_models" --lengths "$lengths" --layers "$layers" --repeats "$repeats" \
+    --seed 0 "${model_args[@]}" --json "$out/bench.json" --prompts "$work/prompts.json" \
+    --logits-dir "$work/logits" --skip-after-s "$skip_after" --deadline-s "$kiln_deadline" \
+    2>&1 | tee -a "$out/kiln-bench.log"
+kiln_rc=${PIPESTATUS[0]}
+echo "kiln bench exit $kiln_rc" | tee -a "$out/kiln-bench.log"
+[[ -f "$work/prompts.json" ]] && cp "$work/prompts.json" "$out/prompts.json"
+
+# ---- 3. PyTorch -------------------------------------------------------------------------------
+torch_rc=0
+if [[ "$torch_on" != 0 && -f "$work/prompts.json" ]]; then
+    torch_deadline=$(( $(left) - 25 ))
+    say "bench_torch.py (deadline ${torch_deadline}s)"
+    gguf_args=()
+    for m in "${ordered[@]}"; do gguf_args+=(--gguf "$m=${gguf[$m]}"); done
+    if ((torch_deadline > 20)); then
+        timeout --kill-after=10 "$((torch_deadline + 15))" python3 "$here/bench_torch.py" \
+            "${torch_device[@]}" --prompts "$work/prompts.json" "${gguf_args[@]}" --kiln-json "$out/bench.json" \
+            --json "$out/torch.json" --combined "$out/combined.txt" --repeats "$repeats" \
+            --experts-impls "$experts" --skip-after-s "$skip_after" \
+            --deadline-s "$torch_deadline" 2>&1 | tee "$out/torch-bench.log"
+        torch_rc=${PIPESTATUS[0]}
+    else
+        echo "no time left for the torch peer" | tee "$out/torch-bench.log"
+        torch_rc=1
+    fi
+    echo "bench_torch.py exit $torch_rc" | tee -a "$out/torch-bench.log"
+fi
+
+# ---- 4. the table (again, from whatever was written, if the torch step died) --------------------
+if [[ ! -s "$out/combined.txt" || $torch_rc != 0 ]]; then
+    python3 "$here/bench_torch.py" --combine-only --kiln-json "$out/bench.json" \
+        --json "$out/torch.json" --combined "$out/combined.txt" >/dev/null 2>&1 ||
+        echo "(could not write combined.txt)" >"$out/combined.txt"
+fi
+say "done: kiln exit $kiln_rc, torch exit $torch_rc; files in $out"
+ls -la "$out"
+echo
+cat "$out/combined.txt"
+((kiln_rc == 0 && torch_rc == 0))
