@@ -104,7 +104,10 @@ fn prefill_default_model_and_all_logits() {
     if kiln::gpu::Device::cuda().is_ok() {
         assert!(out.contains("chunks: 1"), "{out}");
     } else {
-        assert!(out.contains("no usable GPU") && out.contains("running on the CPU reference"), "{out}");
+        assert!(
+            out.contains("no usable GPU") && out.contains("running on the CPU reference"),
+            "{out}"
+        );
     }
     assert!(out.contains("embedded default"), "{out}");
     let dumped = kiln::npy::read_f32(&npy).unwrap();

@@ -37,12 +37,13 @@ fn prompts_for(dev: &Device) -> Vec<&'static str> {
     if dev.is_cuda() {
         vec!["p1", "p5", "p33", "p257"]
     } else {
-        vec!["p1", "p5"]
+        vec!["p5"]
     }
 }
 
-/// Batched, sequential, chunked (⌊n/3⌋ then the rest, and 2 at a time) and a repeat agree
-/// bit for bit; the batched run really was one chunk with far fewer launches.
+/// Batched, sequential and uneven chunks (⌊n/3⌋ then the rest) agree bit for bit; the batched
+/// run really was one chunk with fewer launches. On the GPU also: a second run, chunks of 2 and
+/// of 64, and attention waves of one query (the emulator skips these for CI time).
 fn check_invariance(name: &str, model: &GpuModel, dev: &Device, tokens: &[u32]) -> Vec<f32> {
     let n = tokens.len();
     let batched = run(model, dev, tokens, None, 256 << 20);
@@ -65,16 +66,10 @@ fn check_invariance(name: &str, model: &GpuModel, dev: &Device, tokens: &[u32]) 
         want,
         "{name} n={n}: sequential vs batched"
     );
-    assert_eq!(
-        bits(&run(model, dev, tokens, None, 256 << 20).logits),
-        want,
-        "{name}: second run"
-    );
     let third = (n / 3).max(1);
     if n > 2 {
-        let mut s =
-            kiln::pipeline::Session::new(model, dev, n, n - third, PrefillOptions::default())
-                .unwrap();
+        let opts = PrefillOptions::default();
+        let mut s = kiln::pipeline::Session::new(model, dev, n, n - third, opts).unwrap();
         s.forward_chunk(&tokens[..third]).unwrap();
         s.forward_chunk(&tokens[third..]).unwrap();
         let out = s.finish().unwrap();
@@ -85,16 +80,18 @@ fn check_invariance(name: &str, model: &GpuModel, dev: &Device, tokens: &[u32]) 
             "{name} n={n}: chunks {third} + {}",
             n - third
         );
-        assert_eq!(
-            bits(&run(model, dev, tokens, Some(2), 256 << 20).logits),
-            want,
-            "{name}: chunks of 2"
-        );
     }
-    // A tiny attention budget (one query per wave) changes nothing.
-    let tiny = run(model, dev, tokens, None, 1);
-    assert_eq!(tiny.wave_len, 1);
-    assert_eq!(bits(&tiny.logits), want, "{name}: waves of one query");
+    if dev.is_cuda() {
+        let again = run(model, dev, tokens, None, 256 << 20);
+        assert_eq!(bits(&again.logits), want, "{name} n={n}: second run");
+        for chunk in [2, 64] {
+            let out = run(model, dev, tokens, Some(chunk), 256 << 20);
+            assert_eq!(bits(&out.logits), want, "{name} n={n}: chunks of {chunk}");
+        }
+        let tiny = run(model, dev, tokens, None, 1);
+        assert_eq!(tiny.wave_len, 1);
+        assert_eq!(bits(&tiny.logits), want, "{name} n={n}: waves of one query");
+    }
     batched.logits
 }
 
@@ -112,7 +109,11 @@ fn fixture_models_are_batch_invariant_and_match_references() {
         ("qwen3moe-bf16", "transformers_dequant", 5e-3),
     ];
     for dev in devices() {
-        for (name, source, tol) in models {
+        // The emulator (CI) skips qwen3moe-f32: qwen3moe-bf16 covers the same graph.
+        let models = models
+            .iter()
+            .filter(|(name, ..)| dev.is_cuda() || *name != "qwen3moe-f32");
+        for &(name, source, tol) in models {
             let (_, cfg, w) = load(name);
             let model = upload(&dev, &cfg, &w);
             for p in prompts_for(&dev) {

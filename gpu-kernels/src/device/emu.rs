@@ -127,8 +127,14 @@ impl Barrier {
 struct Warp {
     barrier: Barrier,
     lanes: u32,
-    slots: [AtomicU32; WARP_SIZE as usize],
+    /// Words each lane publishes in a warp exchange (a shuffle value, a vote, or the ten
+    /// fragment words of an `mma`), in two sets used alternately: a lane cannot start the
+    /// exchange after next before every lane has passed the next one's barrier, so one barrier
+    /// per exchange suffices.
+    slots: [[[AtomicU32; EXCHANGE_WORDS]; WARP_SIZE as usize]; 2],
 }
+
+const EXCHANGE_WORDS: usize = 10;
 
 type SharedMemory = Arc<[AtomicU32]>;
 
@@ -154,7 +160,11 @@ impl Block {
                     Warp {
                         barrier: Barrier::new(lanes),
                         lanes,
-                        slots: std::array::from_fn(|_| AtomicU32::new(POISON_WORD)),
+                        slots: std::array::from_fn(|_| {
+                            std::array::from_fn(|_| {
+                                std::array::from_fn(|_| AtomicU32::new(POISON_WORD))
+                            })
+                        }),
                     }
                 })
                 .collect(),
@@ -179,6 +189,8 @@ struct ThreadContext {
     grid_dim: Dim3,
     rank: u32,
     block: Arc<Block>,
+    /// Warp exchanges this thread has made in this block (their parity picks the slot set).
+    exchanges: std::cell::Cell<u64>,
 }
 
 thread_local! {
@@ -246,6 +258,7 @@ pub fn launch<F: Fn() + Sync>(cfg: LaunchConfig, kernel: F) -> Result<(), EmuErr
                 grid_dim: grid,
                 rank,
                 block: blk.clone(),
+                exchanges: std::cell::Cell::new(0),
             };
             CONTEXT.with(|c| *c.borrow_mut() = Some(ctx));
             let result = catch_unwind(AssertUnwindSafe(&kernel));
@@ -312,23 +325,39 @@ pub fn sync_threads() {
     block.barrier.wait("sync_threads");
 }
 
-/// Every lane publishes `v`, then reads the value of lane `source(lane)`.
-fn warp_exchange(v: u32, source: impl Fn(u32) -> u32) -> u32 {
-    let (block, rank) = with_context(|c| (c.block.clone(), c.rank));
+/// Every lane of the warp publishes `words`, waits for the others, then `read(lane, word)`
+/// gives any lane's published word; returns `f`'s result.
+fn warp_exchange_words<R>(
+    what: &str,
+    words: &[u32],
+    f: impl FnOnce(u32, u32, &dyn Fn(u32, usize) -> u32) -> R,
+) -> R {
+    let (block, rank, set) = with_context(|c| {
+        let n = c.exchanges.get();
+        c.exchanges.set(n + 1);
+        (c.block.clone(), c.rank, (n % 2) as usize)
+    });
     let warp = &block.warps[(rank / WARP_SIZE) as usize];
     let lane = rank % WARP_SIZE;
-    warp.slots[lane as usize].store(v, Ordering::Relaxed);
-    warp.barrier.wait("warp shuffle");
-    let src = source(lane);
-    if src >= warp.lanes {
-        panic!(
-            "warp shuffle reads lane {src} of a warp with {} lanes (blocks must be whole warps)",
-            warp.lanes
-        );
+    for (slot, w) in warp.slots[set][lane as usize].iter().zip(words) {
+        slot.store(*w, Ordering::Relaxed);
     }
-    let r = warp.slots[src as usize].load(Ordering::Relaxed);
-    warp.barrier.wait("warp shuffle");
-    r
+    warp.barrier.wait(what);
+    let read = |l: u32, i: usize| warp.slots[set][l as usize][i].load(Ordering::Relaxed);
+    f(lane, warp.lanes, &read)
+}
+
+/// Every lane publishes `v`, then reads the value of lane `source(lane)`.
+fn warp_exchange(v: u32, source: impl Fn(u32) -> u32) -> u32 {
+    warp_exchange_words("warp shuffle", &[v], |lane, lanes, read| {
+        let src = source(lane);
+        if src >= lanes {
+            panic!(
+                "warp shuffle reads lane {src} of a warp with {lanes} lanes (blocks must be whole warps)"
+            );
+        }
+        read(src, 0)
+    })
 }
 
 pub fn shfl_xor_u32(v: u32, lane_mask: u32) -> u32 {
@@ -354,15 +383,9 @@ pub fn shfl_idx_f32(v: f32, lane: u32) -> f32 {
     f32::from_bits(shfl_idx_u32(v.to_bits(), lane))
 }
 pub fn ballot(pred: bool) -> u32 {
-    let (block, rank) = with_context(|c| (c.block.clone(), c.rank));
-    let warp = &block.warps[(rank / WARP_SIZE) as usize];
-    warp.slots[(rank % WARP_SIZE) as usize].store(pred as u32, Ordering::Relaxed);
-    warp.barrier.wait("warp vote");
-    let mask = (0..warp.lanes).fold(0u32, |m, l| {
-        m | ((warp.slots[l as usize].load(Ordering::Relaxed) & 1) << l)
-    });
-    warp.barrier.wait("warp vote");
-    mask
+    warp_exchange_words("warp vote", &[pred as u32], |_, lanes, read| {
+        (0..lanes).fold(0u32, |m, l| m | ((read(l, 0) & 1) << l))
+    })
 }
 pub fn vote_any(pred: bool) -> bool {
     ballot(pred) != 0
@@ -375,6 +398,52 @@ pub fn vote_all(pred: bool) -> bool {
         (1 << lanes) - 1
     };
     ballot(pred) == full
+}
+
+/// The tensor-core product of `nvptx::mma_bf16_m16n8k16`, computed from the whole warp's
+/// fragments (exchanged through the warp's slots). Products are exact in f64 and summed there,
+/// then added to C and rounded once: the hardware's internal summation differs in the last
+/// bits, so tests compare against references with a tolerance, never emulator bits to GPU bits.
+pub fn mma_bf16_m16n8k16(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+    let words = [
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        b[0],
+        b[1],
+        c[0].to_bits(),
+        c[1].to_bits(),
+        c[2].to_bits(),
+        c[3].to_bits(),
+    ];
+    warp_exchange_words("mma.sync", &words, |lane, lanes, read| {
+        if lanes != WARP_SIZE {
+            panic!("mma.sync needs a whole warp; this one has {lanes} lanes");
+        }
+        let half = |w: u32, hi: usize| f64::from(f32::from_bits(((w >> (16 * hi)) & 0xffff) << 16));
+        // A[i][k]: lane (i % 8)·4 + (k % 8)/2, register (i ≥ 8) + 2·(k ≥ 8), half k % 2.
+        let a_at = |i: usize, k: usize| {
+            half(
+                read(((i % 8) * 4 + (k % 8) / 2) as u32, (i / 8) + 2 * (k / 8)),
+                k % 2,
+            )
+        };
+        // B[k][j]: lane j·4 + (k % 8)/2, register 4 + (k ≥ 8), half k % 2.
+        let b_at = |k: usize, j: usize| half(read((j * 4 + (k % 8) / 2) as u32, 4 + k / 8), k % 2);
+        let (g, t) = ((lane / 4) as usize, (lane % 4) as usize);
+        let out = [
+            (g, 2 * t),
+            (g, 2 * t + 1),
+            (g + 8, 2 * t),
+            (g + 8, 2 * t + 1),
+        ];
+        std::array::from_fn(|r| {
+            let (i, j) = out[r];
+            let dot: f64 = (0..16).map(|k| a_at(i, k) * b_at(k, j)).sum();
+            (dot + f64::from(c[r])) as f32
+        })
+    })
 }
 
 fn atomic_word(p: *mut u32) -> &'static AtomicU32 {

@@ -22,8 +22,8 @@ use emu as backend;
 
 pub use backend::{
     Shared, atomic_add_f32, atomic_add_u32, ballot, block_dim, block_idx, dynamic_shared, grid_dim,
-    shfl_down_f32, shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32, sync_threads,
-    thread_idx, vote_all, vote_any,
+    mma_bf16_m16n8k16, shfl_down_f32, shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32,
+    sync_threads, thread_idx, vote_all, vote_any,
 };
 pub use ptr::{In, Out};
 

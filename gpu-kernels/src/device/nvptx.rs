@@ -239,3 +239,25 @@ pub fn dynamic_shared<T: SharedWord>(len: usize) -> Shared<T> {
     unsafe { core::arch::asm!("mov.u32 {0}, kiln_dyn_smem;", out(reg32) base) };
     Shared::from_raw(base, len)
 }
+
+/// One warp-wide tensor-core product `D = A·B + C` of a 16×16 bf16 tile of A (row-major), a
+/// 16×8 bf16 tile of B (column-major) and a 16×8 f32 accumulator, in the PTX fragment layout
+/// (`groupID = lane / 4`, `t = lane % 4`): `a[0..4]` hold A at (g, 2t..), (g+8, 2t..),
+/// (g, 2t+8..), (g+8, 2t+8..); `b[0..2]` hold B at k = 2t.., 2t+8.. of column g; `c`/result
+/// hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). The lower k of a pair sits in bits 0–15.
+/// All 32 lanes must call it together (warp-uniform control flow).
+#[inline(always)]
+pub fn mma_bf16_m16n8k16(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+    let (d0, d1, d2, d3): (f32, f32, f32, f32);
+    // SAFETY: register-only warp-synchronous instruction; callers keep it warp-uniform.
+    unsafe {
+        core::arch::asm!(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{10}, {11}, {12}, {13}}};",
+            lateout(reg32) d0, lateout(reg32) d1, lateout(reg32) d2, lateout(reg32) d3,
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3],
+        )
+    };
+    [d0, d1, d2, d3]
+}

@@ -1,12 +1,16 @@
 //! GEMM launch wrappers (kernels: gpu-kernels/src/gemm.rs). Weights are `[m][k]` (GGUF order).
+//! bf16-weight GEMMs run on tensor cores with activations rounded to bf16; the f32-weight GEMM
+//! (router, shared-expert gate) stays on CUDA cores in full f32.
 
 use super::{check_len, to_u32};
 use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{GEMM_ADD_BIAS, GEMM_ADD_TO_Y, THREADS, TILE_M, TILE_N};
+use gpu_kernels::gemm::{GEMM_ADD_BIAS, GEMM_ADD_TO_Y, MMA_THREADS, THREADS, TILE_M, TILE_N};
 
-fn tiles(k: &'static str, n_rows: usize, m: usize) -> Result<LaunchConfig> {
-    let mut cfg = LaunchConfig::linear(to_u32(k, "m tiles", m.div_ceil(TILE_N))?, THREADS);
+/// One block per 64 × 64 output tile; `threads`: `MMA_THREADS` for the tensor-core (bf16)
+/// kernels, `THREADS` for the f32 one.
+fn tiles(k: &'static str, n_rows: usize, m: usize, threads: u32) -> Result<LaunchConfig> {
+    let mut cfg = LaunchConfig::linear(to_u32(k, "m tiles", m.div_ceil(TILE_N))?, threads);
     cfg.grid.1 = to_u32(k, "row tiles", n_rows.div_ceil(TILE_M))?;
     ensure_shape!(cfg.grid.1 <= 65535, k, "{n_rows} rows exceed one launch");
     Ok(cfg)
@@ -52,7 +56,7 @@ pub fn matmul_bf16(
     let flags =
         if bias.is_some() { GEMM_ADD_BIAS } else { 0 } | if add_to_y { GEMM_ADD_TO_Y } else { 0 };
     let bias = bias.unwrap_or(x); // unread without GEMM_ADD_BIAS
-    let cfg = tiles(K, n_rows, m)?;
+    let cfg = tiles(K, n_rows, m, MMA_THREADS)?;
     let (n_rows, m, k) = (
         to_u32(K, "rows", n_rows)?,
         to_u32(K, "m", m)?,
@@ -90,7 +94,7 @@ pub fn matmul_f32(
     if n_rows == 0 {
         return Ok(());
     }
-    let cfg = tiles(K, n_rows, m)?;
+    let cfg = tiles(K, n_rows, m, THREADS)?;
     let (n_rows, m, k) = (
         to_u32(K, "rows", n_rows)?,
         to_u32(K, "m", m)?,
@@ -128,7 +132,7 @@ pub fn matmul_gated_bf16(
     if n_rows == 0 {
         return Ok(());
     }
-    let cfg = tiles(K, n_rows, m)?;
+    let cfg = tiles(K, n_rows, m, MMA_THREADS)?;
     let (n_rows, m, k) = (
         to_u32(K, "rows", n_rows)?,
         to_u32(K, "m", m)?,

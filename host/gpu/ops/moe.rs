@@ -3,7 +3,7 @@
 use super::{check_len, to_u32};
 use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{THREADS, TILE_M, TILE_N};
+use gpu_kernels::gemm::{MMA_THREADS, TILE_M, TILE_N};
 use gpu_kernels::moe::{GROUP_THREADS, MAX_EXPERTS};
 
 /// Device state of one chunk's routing: top-k choices, the expert grouping and its tile table.
@@ -184,7 +184,7 @@ impl Routing {
     }
 
     fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
-        let mut cfg = LaunchConfig::linear(to_u32(k, "m tiles", m.div_ceil(TILE_N))?, THREADS);
+        let mut cfg = LaunchConfig::linear(to_u32(k, "m tiles", m.div_ceil(TILE_N))?, MMA_THREADS);
         cfg.grid.1 = to_u32(k, "tiles", max_tiles(pairs, self.n_expert))?;
         ensure_shape!(cfg.grid.1 <= 65535, k, "{pairs} pairs exceed one launch");
         Ok(cfg)
