@@ -282,7 +282,7 @@ def sync(torch):
 
 def empty_cache(torch):
     if DEVICE == "cuda":
-        empty_cache(torch)
+        torch.cuda.empty_cache()
 
 
 def cuda_time_ms(torch, fn, warmup, reps):
