@@ -20,6 +20,13 @@ pub const KEY_TILE: u32 = 128;
 pub const SOFTMAX_THREADS: u32 = 256;
 
 shared_array!(fn attn_partials() -> [f32; 32]);
+// The query tile of `attn_scores`: QUERY_TILE rows of up to MAX_HEAD_DIM floats.
+shared_array!(fn attn_query_tile() -> [f32; 8 * 256]);
+
+/// Largest head_dim the attention kernels take.
+pub const MAX_HEAD_DIM: usize = 256;
+/// Head dimensions one `attn_pv` thread owns (so one P load feeds this many FMAs).
+pub const PV_DIMS: usize = 4;
 
 kernel! {
     /// Appends `n` tokens of K and V (`[n][kv_width]` f32) to the bf16 caches at rows
@@ -103,10 +110,19 @@ kernel! {
         let q0 = block_idx().z as usize * QUERY_TILE;
         let j = (block_idx().x * block_dim().x + thread_idx().x) as usize;
         let last_q = (q0 + QUERY_TILE).min(wave.len) - 1;
+        let hd = wave.head_dim;
+        // Stage the tile's queries (rows past the wave repeat the last one; never stored).
+        let qs = attn_query_tile();
+        let mut i = thread_idx().x as usize;
+        while i < QUERY_TILE * hd {
+            let qw = (q0 + i / hd).min(last_q);
+            qs.store(i, q.at(((wave.first + qw) * wave.n_head + h) * hd + i % hd));
+            i += block_dim().x as usize;
+        }
+        sync_threads();
         if j > wave.pos(last_q) {
             return;
         }
-        let hd = wave.head_dim;
         let kv_width = wave.n_head / wave.group * hd;
         // Eight bf16 of the key per 16-byte load.
         let key = k_cache.cast::<u32>().offset((j * kv_width + (h / wave.group) * hd) / 2);
@@ -116,10 +132,13 @@ kernel! {
             let packed = key.at4(d / 2);
             let kf: [f32; 8] = core::array::from_fn(|i| bf16_to_f32((packed[i / 2] >> (16 * (i % 2))) as u16));
             for (qi, a) in acc.iter_mut().enumerate() {
-                let qw = (q0 + qi).min(last_q);
-                let qrow = ((wave.first + qw) * wave.n_head + h) * hd + d;
-                for (i, kv) in kf.iter().enumerate() {
-                    *a = fma(q.at(qrow + i), *kv, *a);
+                let lo = qs.load4(qi * hd + d);
+                let hi = qs.load4(qi * hd + d + 4);
+                for i in 0..4 {
+                    *a = fma(lo[i], kf[i], *a);
+                }
+                for i in 0..4 {
+                    *a = fma(hi[i], kf[4 + i], *a);
                 }
             }
             d += 8;
@@ -165,7 +184,8 @@ kernel! {
 
 kernel! {
     /// `o[first + qw, h, d] = Σ_{j ≤ pos(qw)} p[qw, h, j] · v[j, h / group, d]`, keys in
-    /// ascending order. Grid: (n_head, ⌈len/QUERY_TILE⌉); block: head_dim threads.
+    /// ascending order, one accumulator per (query, dim). Grid: (n_head, ⌈len/QUERY_TILE⌉);
+    /// block: head_dim / PV_DIMS threads, each owning PV_DIMS consecutive dims.
     pub fn attn_pv(
         p: In<f32>,
         v_cache: In<u16>,
@@ -181,25 +201,40 @@ kernel! {
         let wave = Wave::new(first, len, start_pos, n_head, n_kv, head_dim, kv_stride);
         let h = block_idx().x as usize;
         let q0 = block_idx().y as usize * QUERY_TILE;
-        let d = thread_idx().x as usize;
+        let d0 = thread_idx().x as usize * PV_DIMS;
         let hd = wave.head_dim;
         let kv_width = wave.n_head / wave.group * hd;
         let last_q = (q0 + QUERY_TILE).min(wave.len) - 1;
-        let v_col = (h / wave.group) * hd + d;
-        let mut acc = [0.0f32; QUERY_TILE];
+        // Two bf16 pairs: the thread's four dims of one value row.
+        let v_pairs = v_cache.cast::<u32>();
+        let v_col = ((h / wave.group) * hd + d0) / 2;
+        // Keys each query of the tile reads (0 for rows past the wave), and their score rows.
+        let keys: [usize; QUERY_TILE] = core::array::from_fn(|qi| {
+            if q0 + qi <= last_q { wave.pos(q0 + qi) + 1 } else { 0 }
+        });
+        let rows: [usize; QUERY_TILE] =
+            core::array::from_fn(|qi| wave.score_row((q0 + qi).min(last_q), h));
+        let mut acc = [[0.0f32; PV_DIMS]; QUERY_TILE];
         for j in 0..=wave.pos(last_q) {
-            let v = bf16_to_f32(v_cache.at(j * kv_width + v_col));
-            for (qi, a) in acc.iter_mut().enumerate() {
-                let qw = q0 + qi;
-                if qw <= last_q && j <= wave.pos(qw) {
-                    *a = fma(p.at(wave.score_row(qw, h) + j), v, *a);
+            let (a, b) = (v_pairs.at(j * kv_width / 2 + v_col), v_pairs.at(j * kv_width / 2 + v_col + 1));
+            let v = [bf16_to_f32(a as u16), bf16_to_f32((a >> 16) as u16), bf16_to_f32(b as u16), bf16_to_f32((b >> 16) as u16)];
+            #[allow(clippy::needless_range_loop)] // constant indices keep `acc` in registers
+            for qi in 0..QUERY_TILE {
+                if j < keys[qi] {
+                    let pj = p.at(rows[qi] + j);
+                    for i in 0..PV_DIMS {
+                        acc[qi][i] = fma(pj, v[i], acc[qi][i]);
+                    }
                 }
             }
         }
-        for (qi, a) in acc.iter().enumerate() {
+        for (qi, row) in acc.iter().enumerate() {
             let qw = q0 + qi;
             if qw <= last_q {
-                o.set(((wave.first + qw) * wave.n_head + h) * hd + d, *a);
+                let base = ((wave.first + qw) * wave.n_head + h) * hd + d0;
+                for (i, a) in row.iter().enumerate() {
+                    o.set(base + i, *a);
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 use super::{check_len, to_u32};
 use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::attention::{KEY_TILE, QUERY_TILE, SOFTMAX_THREADS};
+use gpu_kernels::attention::{KEY_TILE, MAX_HEAD_DIM, PV_DIMS, QUERY_TILE, SOFTMAX_THREADS};
 
 /// Appends `n` rows of K and V (`[n][kv_width]` f32) to the bf16 caches at `start_pos`.
 #[allow(clippy::too_many_arguments)]
@@ -99,9 +99,9 @@ pub fn attention(
         "{n_head} heads are not a multiple of {n_kv} KV heads"
     );
     ensure_shape!(
-        head_dim % 32 == 0 && head_dim <= 1024,
+        head_dim % 32 == 0 && head_dim <= MAX_HEAD_DIM,
         K,
-        "head_dim {head_dim} must be a multiple of 32 up to 1024"
+        "head_dim {head_dim} must be a multiple of 32 up to {MAX_HEAD_DIM}"
     );
     ensure_shape!(wave_len > 0, K, "wave length must be positive");
     let kv_len = shape.kv_len();
@@ -169,7 +169,7 @@ pub fn attention(
         )?;
         let pv = LaunchConfig {
             grid: (nh, q_tiles, 1),
-            block: (hd, 1, 1),
+            block: (hd / PV_DIMS as u32, 1, 1),
             shared_bytes: 0,
         };
         launch!(
