@@ -1,15 +1,16 @@
-//! Tiled GEMMs on CUDA cores: `y[r, n] = Σ_k x[src(r), k] · w[n, k]`, with f32 activations and
-//! bf16 (or f32) weights stored `[out][in]` as in GGUF. Variants, all from one tile routine:
-//! dense (+ bias, + residual), dense gated (SwiGLU fused into the epilogue), and the grouped
-//! MoE forms that walk a tile table built by `moe::moe_group` and gather token rows.
+//! Tiled GEMMs: `y[r, n] = Σ_k x[src(r), k] · w[n, k]`, f32 activations, weights stored
+//! `[out][in]` as in GGUF. bf16 weights go through one tensor-core tile routine (`mma_tile`:
+//! dense + bias + residual, dense gated with SwiGLU in the epilogue, and the grouped MoE forms
+//! that walk a tile table built by `moe::moe_group` and gather token rows); f32 weights (router,
+//! shared-expert gate) through an FMA tile (`fma_tile`).
 //!
 //! Batch invariance: every output element is accumulated by one thread, in one register, in
-//! ascending k order (tile by tile, then within the tile), with one fused multiply-add per k.
-//! Nothing about that order depends on the number of rows, on which tile a row falls in, or on
-//! its neighbours; zero padding past `k` depends on `k` alone. So a row's bits are the same
-//! whether it is computed alone, in a batch, or inside any expert group.
+//! ascending k order (tile by tile, then within the tile). Nothing about that order depends on
+//! the number of rows, on which tile a row falls in, or on its neighbours; zero padding past
+//! `k` depends on `k` alone. So a row's bits are the same whether it is computed alone, in a
+//! batch, or inside any expert group.
 
-use crate::device::float::{bf16_to_f32, f32_to_bf16};
+use crate::device::float::f32_to_bf16;
 use crate::device::math::{fma, silu};
 use crate::device::*;
 
@@ -26,46 +27,14 @@ pub const THREADS: u32 = 256;
 
 shared_array!(fn gemm_tile_x() -> [f32; 16 * 68]);
 shared_array!(fn gemm_tile_w() -> [f32; 16 * 68]);
-shared_array!(fn gemm_tile_w2() -> [f32; 16 * 68]);
 
-/// A weight storage type, widened to f32 four at a time.
-pub trait Weight: Copy {
-    /// `w[idx..idx + 4]`, with elements at and beyond `valid` read as zero.
-    fn load4(w: In<Self>, idx: usize, valid: usize) -> [f32; 4];
-}
-
-impl Weight for f32 {
-    #[inline(always)]
-    fn load4(w: In<f32>, idx: usize, valid: usize) -> [f32; 4] {
-        if valid >= 4 && idx.is_multiple_of(4) {
-            return w.at4(idx);
-        }
-        core::array::from_fn(|i| if i < valid { w.at(idx + i) } else { 0.0 })
+/// `x[idx..idx + 4]`, with elements at and beyond `valid` read as zero.
+#[inline(always)]
+fn load4(x: In<f32>, idx: usize, valid: usize) -> [f32; 4] {
+    if valid >= 4 && idx.is_multiple_of(4) {
+        return x.at4(idx);
     }
-}
-
-/// bf16 bits.
-impl Weight for u16 {
-    #[inline(always)]
-    fn load4(w: In<u16>, idx: usize, valid: usize) -> [f32; 4] {
-        if valid >= 4 && idx.is_multiple_of(2) {
-            let pairs = w.cast::<u32>();
-            let (a, b) = (pairs.at(idx / 2), pairs.at(idx / 2 + 1));
-            return [
-                bf16_to_f32(a as u16),
-                bf16_to_f32((a >> 16) as u16),
-                bf16_to_f32(b as u16),
-                bf16_to_f32((b >> 16) as u16),
-            ];
-        }
-        core::array::from_fn(|i| {
-            if i < valid {
-                bf16_to_f32(w.at(idx + i))
-            } else {
-                0.0
-            }
-        })
-    }
+    core::array::from_fn(|i| if i < valid { x.at(idx + i) } else { 0.0 })
 }
 
 /// The rows a block computes: `first..end` of the output, reading activation row `src(r)`.
@@ -91,20 +60,13 @@ impl Rows {
 
 type Acc = [[f32; 4]; 4];
 
-/// One 64 × 64 output tile at feature offset `n0`: returns this thread's accumulators for
-/// `wa` and (when `GATED`) `wb`. Block: `THREADS` threads.
+/// One 64 × 64 output tile at feature offset `n0` on CUDA cores, f32 throughout (the f32
+/// weights: router and shared-expert gate): this thread's 4 × 4 accumulators.
+/// Block: `THREADS` threads.
 #[inline(always)]
-fn gemm_tile<W: Weight, const GATED: bool>(
-    x: In<f32>,
-    wa: In<W>,
-    wb: In<W>,
-    rows: Rows,
-    n0: usize,
-    m: usize,
-    k: usize,
-) -> (Acc, Acc) {
+fn fma_tile(x: In<f32>, w: In<f32>, rows: Rows, n0: usize, m: usize, k: usize) -> Acc {
     let tid = thread_idx().x as usize;
-    let (xs, ws, ws2) = (gemm_tile_x(), gemm_tile_w(), gemm_tile_w2());
+    let (xs, ws) = (gemm_tile_x(), gemm_tile_w());
     // Loading: thread → (row, 4 consecutive k) of both tiles. Computing: thread → 4 × 4 patch.
     let (load_row, load_k) = (tid / 4, (tid % 4) * 4);
     let (ty, tx) = (tid / 16, tid % 16);
@@ -116,33 +78,22 @@ fn gemm_tile<W: Weight, const GATED: bool>(
     };
     let w_row = n0 + load_row;
     let mut acc = [[0.0f32; 4]; 4];
-    let mut acc2 = [[0.0f32; 4]; 4];
     let mut k0 = 0;
     while k0 < k {
         let kk = k0 + load_k;
         let valid = if kk < k { (k - kk).min(4) } else { 0 };
         let xv = match x_base {
-            Some(base) => f32::load4(x, base + kk, valid),
+            Some(base) => load4(x, base + kk, valid),
             None => [0.0; 4],
         };
         let wv = if w_row < m {
-            W::load4(wa, w_row * k + kk, valid)
+            load4(w, w_row * k + kk, valid)
         } else {
             [0.0; 4]
         };
         for i in 0..4 {
             xs.store((load_k + i) * STRIDE + load_row, xv[i]);
             ws.store((load_k + i) * STRIDE + load_row, wv[i]);
-        }
-        if GATED {
-            let wv2 = if w_row < m {
-                W::load4(wb, w_row * k + kk, valid)
-            } else {
-                [0.0; 4]
-            };
-            for (i, v) in wv2.into_iter().enumerate() {
-                ws2.store((load_k + i) * STRIDE + load_row, v);
-            }
         }
         sync_threads();
         for kt in 0..TILE_K {
@@ -153,19 +104,11 @@ fn gemm_tile<W: Weight, const GATED: bool>(
                     acc[i][j] = fma(a[i], b[j], acc[i][j]);
                 }
             }
-            if GATED {
-                let b2 = ws2.load4(kt * STRIDE + tx * 4);
-                for i in 0..4 {
-                    for j in 0..4 {
-                        acc2[i][j] = fma(a[i], b2[j], acc2[i][j]);
-                    }
-                }
-            }
         }
         sync_threads();
         k0 += TILE_K;
     }
-    (acc, acc2)
+    acc
 }
 
 /// Calls `store(row, col, i, j)` for each of this thread's in-range outputs.
@@ -212,7 +155,7 @@ fn pack(lo: f32, hi: f32) -> u32 {
 fn load_x_pairs(x: In<f32>, idx: usize, valid: usize) -> [u32; 8] {
     let mut p = [0u32; 8];
     for q in 0..4 {
-        let v = f32::load4(x, idx + 4 * q, valid.saturating_sub(4 * q));
+        let v = load4(x, idx + 4 * q, valid.saturating_sub(4 * q));
         p[2 * q] = pack(v[0], v[1]);
         p[2 * q + 1] = pack(v[2], v[3]);
     }
@@ -398,7 +341,7 @@ kernel! {
         let rows = dense_rows(n_rows, x.cast::<u32>());
         let n0 = block_idx().x as usize * TILE_N;
         let (m, k) = (m as usize, k as usize);
-        let (acc, _) = gemm_tile::<f32, false>(x, w, w, rows, n0, m, k);
+        let acc = fma_tile(x, w, rows, n0, m, k);
         for_each_output(rows, n0, m, |r, n, i, j| y.set(r * m + n, acc[i][j]));
     }
 }
