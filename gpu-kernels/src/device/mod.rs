@@ -127,11 +127,24 @@ pub fn warp_max_f32(mut v: f32) -> f32 {
 }
 
 /// Sum over a whole block (block size a multiple of 32, at most 1024) in a fixed order: warp
-/// butterflies, then warp 0 adds the per-warp partials in warp order. `scratch` needs 32
+/// butterflies, then warp 0 combines the per-warp partials in warp order. `scratch` needs 32
 /// elements and is free again when this returns. Every thread gets the result.
 #[inline(always)]
 pub fn block_sum_f32(v: f32, scratch: Shared<f32>) -> f32 {
-    let w = warp_sum_f32(v);
+    block_reduce_f32(v, scratch, 0.0, warp_sum_f32)
+}
+
+/// Max over a whole block, as `block_sum_f32` (max is exact, so its order does not matter).
+#[inline(always)]
+pub fn block_max_f32(v: f32, scratch: Shared<f32>) -> f32 {
+    block_reduce_f32(v, scratch, f32::NEG_INFINITY, warp_max_f32)
+}
+
+/// The shape both block reductions share: `warp_op` within each warp, partials through
+/// `scratch`, `warp_op` again over them in warp 0 (missing warps contribute `identity`).
+#[inline(always)]
+fn block_reduce_f32(v: f32, scratch: Shared<f32>, identity: f32, warp_op: fn(f32) -> f32) -> f32 {
+    let w = warp_op(v);
     let n_warps = block_dim().x.div_ceil(WARP_SIZE);
     if lane_id() == 0 {
         scratch.store(warp_id() as usize, w);
@@ -142,9 +155,9 @@ pub fn block_sum_f32(v: f32, scratch: Shared<f32>) -> f32 {
         let part = if lane < n_warps {
             scratch.load(lane as usize)
         } else {
-            0.0
+            identity
         };
-        let total = warp_sum_f32(part);
+        let total = warp_op(part);
         if lane == 0 {
             scratch.store(0, total);
         }
@@ -153,32 +166,4 @@ pub fn block_sum_f32(v: f32, scratch: Shared<f32>) -> f32 {
     let total = scratch.load(0);
     sync_threads();
     total
-}
-
-/// Max over a whole block (block size a multiple of 32); `scratch` needs 32 elements. Max is
-/// exact, so its order does not matter; this mirrors `block_sum_f32`'s shape.
-#[inline(always)]
-pub fn block_max_f32(v: f32, scratch: Shared<f32>) -> f32 {
-    let w = warp_max_f32(v);
-    let n_warps = block_dim().x.div_ceil(WARP_SIZE);
-    if lane_id() == 0 {
-        scratch.store(warp_id() as usize, w);
-    }
-    sync_threads();
-    if warp_id() == 0 {
-        let lane = lane_id();
-        let part = if lane < n_warps {
-            scratch.load(lane as usize)
-        } else {
-            f32::NEG_INFINITY
-        };
-        let m = warp_max_f32(part);
-        if lane == 0 {
-            scratch.store(0, m);
-        }
-    }
-    sync_threads();
-    let m = scratch.load(0);
-    sync_threads();
-    m
 }
