@@ -66,33 +66,43 @@ fn bf16(v: &[f32]) -> (Vec<u16>, Vec<f64>) {
 #[test]
 fn kv_append_rounds_to_bf16_at_the_right_rows() {
     for dev in devices() {
-        let (kvw, start, n) = (256, 7, 33);
-        let mut r = rng(1);
-        let (k, v) = (r.normal_vec(n * kvw, 1.0), r.normal_vec(n * kvw, 1.0));
-        let kc = poisoned(&dev, (start + n + 3) * kvw, 0xdeadu16);
-        let vc = poisoned(&dev, (start + n + 3) * kvw, 0xdeadu16);
-        attention::kv_append(
-            &dev,
-            &upload(&dev, &k),
-            &upload(&dev, &v),
-            &kc,
-            &vc,
-            start,
-            n,
-            kvw,
-        )
-        .unwrap();
-        let (kb, vb) = (kc.to_vec().unwrap(), vc.to_vec().unwrap());
-        assert!(
-            kb[..start * kvw].iter().all(|x| *x == 0xdead),
-            "rows before start untouched"
-        );
-        assert!(
-            kb[(start + n) * kvw..].iter().all(|x| *x == 0xdead),
-            "rows after untouched"
-        );
-        assert_eq!(kb[start * kvw..(start + n) * kvw], bf16(&k).0[..]);
-        assert_eq!(vb[start * kvw..(start + n) * kvw], bf16(&v).0[..]);
+        for (i, n) in [1usize, 5, 33, 257].into_iter().enumerate() {
+            let (kvw, start) = (256, 7 * i);
+            let mut r = rng(1 + i as u64);
+            let (k, v) = (r.normal_vec(n * kvw, 1.0), r.normal_vec(n * kvw, 1.0));
+            let kc = poisoned(&dev, (start + n + 3) * kvw, 0xdeadu16);
+            let vc = poisoned(&dev, (start + n + 3) * kvw, 0xdeadu16);
+            attention::kv_append(
+                &dev,
+                &upload(&dev, &k),
+                &upload(&dev, &v),
+                &kc,
+                &vc,
+                start,
+                n,
+                kvw,
+            )
+            .unwrap();
+            let (kb, vb) = (kc.to_vec().unwrap(), vc.to_vec().unwrap());
+            assert!(
+                kb[..start * kvw].iter().all(|x| *x == 0xdead),
+                "rows before start untouched"
+            );
+            assert!(
+                kb[(start + n) * kvw..].iter().all(|x| *x == 0xdead),
+                "rows after untouched"
+            );
+            assert_eq!(
+                kb[start * kvw..(start + n) * kvw],
+                bf16(&k).0[..],
+                "K rows, n={n}"
+            );
+            assert_eq!(
+                vb[start * kvw..(start + n) * kvw],
+                bf16(&v).0[..],
+                "V rows, n={n}"
+            );
+        }
     }
 }
 
