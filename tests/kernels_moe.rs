@@ -44,7 +44,7 @@ fn route_ref(logits: &[f32], k: usize, renorm: bool) -> (Vec<u32>, Vec<f64>) {
         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
         let e: Vec<f64> = row.iter().map(|l| (*l as f64 - m).exp()).collect();
         let sum: f64 = e.iter().sum();
-        let mut taken = vec![false; N_EXPERT];
+        let mut taken = [false; N_EXPERT];
         let mut picked = Vec::new();
         for _ in 0..k {
             let best = (0..N_EXPERT)
