@@ -51,18 +51,6 @@ fn reference(q: &[f32], kc: &[f64], vc: &[f64], c: &Case) -> Vec<f64> {
     o
 }
 
-fn bf16(v: &[f32]) -> (Vec<u16>, Vec<f64>) {
-    let b: Vec<u16> = v
-        .iter()
-        .map(|x| half::bf16::from_f32(*x).to_bits())
-        .collect();
-    let f = b
-        .iter()
-        .map(|x| half::bf16::from_bits(*x).to_f64())
-        .collect();
-    (b, f)
-}
-
 #[test]
 fn kv_append_rounds_to_bf16_at_the_right_rows() {
     for dev in devices() {
@@ -94,12 +82,12 @@ fn kv_append_rounds_to_bf16_at_the_right_rows() {
             );
             assert_eq!(
                 kb[start * kvw..(start + n) * kvw],
-                bf16(&k).0[..],
+                bf16_bits_and_values(&k).0[..],
                 "K rows, n={n}"
             );
             assert_eq!(
                 vb[start * kvw..(start + n) * kvw],
-                bf16(&v).0[..],
+                bf16_bits_and_values(&v).0[..],
                 "V rows, n={n}"
             );
         }
@@ -151,8 +139,8 @@ fn wave_attention_matches_f64_and_is_wave_and_chunk_invariant() {
             let total = c.start_pos + c.n;
             let mut r = rng(100 + ci as u64);
             let q = r.normal_vec(c.n * c.n_head * c.head_dim, 1.0);
-            let (kb, kf) = bf16(&r.normal_vec(total * kvw, 1.0));
-            let (vb, vf) = bf16(&r.normal_vec(total * kvw, 1.0));
+            let (kb, kf) = bf16_bits_and_values(&r.normal_vec(total * kvw, 1.0));
+            let (vb, vf) = bf16_bits_and_values(&r.normal_vec(total * kvw, 1.0));
             let (qd, kd, vd) = (upload(&dev, &q), upload(&dev, &kb), upload(&dev, &vb));
             let shape = AttentionShape {
                 n: c.n,

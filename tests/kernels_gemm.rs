@@ -15,23 +15,7 @@ const ROWS: [usize; 4] = [1, 5, 33, 257];
 const TOL: f64 = 5e-6;
 
 fn bf16_weights(r: &mut kiln::rng::Rng, n: usize, std: f64) -> (Vec<u16>, Vec<f64>) {
-    let bits: Vec<u16> = r
-        .normal_vec(n, std)
-        .iter()
-        .map(|v| half::bf16::from_f32(*v).to_bits())
-        .collect();
-    let vals = bits
-        .iter()
-        .map(|b| half::bf16::from_bits(*b).to_f64())
-        .collect();
-    (bits, vals)
-}
-
-/// x rounded to bf16, as the tensor-core GEMMs stage it.
-fn bf16_round(x: &[f32]) -> Vec<f32> {
-    x.iter()
-        .map(|v| half::bf16::from_f32(*v).to_f32())
-        .collect()
+    bf16_bits_and_values(&r.normal_vec(n, std))
 }
 
 fn matmul_ref(x: &[f32], w: &[f64], n: usize, m: usize, k: usize) -> Vec<f64> {
@@ -57,7 +41,7 @@ fn gemm_bf16_with_bias_and_residual_matches_f64_and_is_batch_invariant() {
                 let (xd, wd, bd) = (upload(&dev, &x), upload(&dev, &wb), upload(&dev, &bias));
                 let y = upload(&dev, &resid);
                 gemm::matmul_bf16(&dev, &xd, &wd, Some(&bd), &y, n, m, k, true).unwrap();
-                let xr = bf16_round(&x);
+                let xr = bf16_rounded(&x);
                 let mut want = matmul_ref(&xr, &w, n, m, k);
                 for (i, v) in want.iter_mut().enumerate() {
                     *v += bias[i % m] as f64 + resid[i] as f64;
@@ -124,7 +108,7 @@ fn gated_gemm_fuses_swiglu_and_is_batch_invariant() {
             let (xd, gd, ud) = (upload(&dev, &x), upload(&dev, &gb), upload(&dev, &ub));
             let y = poisoned(&dev, n * m, f32::NAN);
             gemm::matmul_gated_bf16(&dev, &xd, &gd, &ud, &y, n, m, k).unwrap();
-            let xr = bf16_round(&x);
+            let xr = bf16_rounded(&x);
             let (gr, ur) = (matmul_ref(&xr, &g, n, m, k), matmul_ref(&xr, &u, n, m, k));
             let want: Vec<f64> = gr
                 .iter()

@@ -19,24 +19,6 @@ const N_EXPERT: usize = 8;
 const HIDDEN: usize = 128;
 const FF: usize = 96;
 
-fn bf16(v: &[f32]) -> (Vec<u16>, Vec<f64>) {
-    let b: Vec<u16> = v
-        .iter()
-        .map(|x| half::bf16::from_f32(*x).to_bits())
-        .collect();
-    let f = b
-        .iter()
-        .map(|x| half::bf16::from_bits(*x).to_f64())
-        .collect();
-    (b, f)
-}
-
-fn bf16_round(v: &[f32]) -> Vec<f64> {
-    v.iter()
-        .map(|x| half::bf16::from_f32(*x).to_f64())
-        .collect()
-}
-
 /// Softmax over each row, top-k by probability with ties to the lower id, optional renorm.
 fn route_ref(logits: &[f32], k: usize, renorm: bool) -> (Vec<u32>, Vec<f64>) {
     let (mut ids, mut weights) = (Vec::new(), Vec::new());
@@ -64,6 +46,10 @@ fn route_ref(logits: &[f32], k: usize, renorm: bool) -> (Vec<u32>, Vec<f64>) {
         }
     }
     (ids, weights)
+}
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|x| *x as f64).collect()
 }
 
 fn silu(x: f64) -> f64 {
@@ -95,9 +81,15 @@ impl Case {
             k,
             logits,
             x: r.normal_vec(n * HIDDEN, 1.0),
-            gate: bf16(&r.normal_vec(N_EXPERT * FF * HIDDEN, 1.0 / (HIDDEN as f64).sqrt())),
-            up: bf16(&r.normal_vec(N_EXPERT * FF * HIDDEN, 1.0 / (HIDDEN as f64).sqrt())),
-            down: bf16(&r.normal_vec(N_EXPERT * HIDDEN * FF, 1.0 / (FF as f64).sqrt())),
+            gate: bf16_bits_and_values(
+                &r.normal_vec(N_EXPERT * FF * HIDDEN, 1.0 / (HIDDEN as f64).sqrt()),
+            ),
+            up: bf16_bits_and_values(
+                &r.normal_vec(N_EXPERT * FF * HIDDEN, 1.0 / (HIDDEN as f64).sqrt()),
+            ),
+            down: bf16_bits_and_values(
+                &r.normal_vec(N_EXPERT * HIDDEN * FF, 1.0 / (FF as f64).sqrt()),
+            ),
         }
     }
 }
@@ -226,7 +218,7 @@ fn grouped_expert_gemms_and_combine_match_f64() {
                 );
                 let weights = routing.weights.to_vec().unwrap();
                 let row_of_pair = routing.row_of_pair.to_vec().unwrap();
-                let x = bf16_round(&c.x);
+                let x = to_f64(&bf16_rounded(&c.x));
                 // Gate/up + SwiGLU per grouped row, from its token and its expert.
                 let mut want_h = vec![0.0; n * 2 * FF];
                 for (row, &p) in sorted[..n * 2].iter().enumerate() {
@@ -249,7 +241,7 @@ fn grouped_expert_gemms_and_combine_match_f64() {
                 }
                 assert_close(&format!("grouped gate/up n={n}"), &dev, &h, &want_h, 5e-6);
                 // Down projection of each grouped row with its expert (from the kernel's h).
-                let hr = bf16_round(&h);
+                let hr = to_f64(&bf16_rounded(&h));
                 let mut want_out = vec![0.0; n * 2 * HIDDEN];
                 for (row, &p) in sorted[..n * 2].iter().enumerate() {
                     let e = ids[p as usize] as usize;

@@ -196,3 +196,23 @@ pub fn rewrite(file: &GgufFile, edit: impl FnOnce(&mut GgufWriter)) -> Vec<u8> {
 pub fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()))
 }
+
+/// `v` rounded to bf16 (nearest even): the bits to upload and their exact values.
+pub fn bf16_bits_and_values(v: &[f32]) -> (Vec<u16>, Vec<f64>) {
+    let bits: Vec<u16> = v
+        .iter()
+        .map(|x| half::bf16::from_f32(*x).to_bits())
+        .collect();
+    let values = bits
+        .iter()
+        .map(|b| half::bf16::from_bits(*b).to_f64())
+        .collect();
+    (bits, values)
+}
+
+/// `v` rounded to bf16, as the tensor-core GEMMs stage their activations.
+pub fn bf16_rounded(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|x| half::bf16::from_f32(*x).to_f32())
+        .collect()
+}
