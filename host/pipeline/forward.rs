@@ -249,18 +249,12 @@ impl<'m> Session<'m> {
                 let (router, experts, shared) = (&moe.router, &moe.experts, &moe.shared);
                 let (ne, fe) = (cfg.n_expert, cfg.ff_exp);
                 self.stage("moe routing", |dev, s| {
-                    let r = s
-                        .routing
-                        .as_ref()
-                        .ok_or_else(|| GpuError::Input("MoE buffers missing".into()))?;
+                    let r = s.routing()?;
                     gemm::matmul_f32(dev, &s.xn, router, &s.router_logits, n, ne, h)?;
                     r.route(dev, &s.router_logits, n, cfg.norm_topk)
                 })?;
                 self.stage("moe experts", |dev, s| {
-                    let r = s
-                        .routing
-                        .as_ref()
-                        .ok_or_else(|| GpuError::Input("MoE buffers missing".into()))?;
+                    let r = s.routing()?;
                     r.experts_gated(dev, &s.xn, &experts.gate, &experts.up, &s.ffn_h, n, fe, h)?;
                     r.experts_down(dev, &s.ffn_h, &experts.down, &s.expert_out, n, fe, h)
                 })?;
@@ -292,10 +286,7 @@ impl<'m> Session<'m> {
                     })?;
                 }
                 self.stage("moe combine", |dev, s| {
-                    let r = s
-                        .routing
-                        .as_ref()
-                        .ok_or_else(|| GpuError::Input("MoE buffers missing".into()))?;
+                    let r = s.routing()?;
                     let sh = shared.as_ref().map(|_| (&s.shared_out, &s.shared_gate));
                     r.combine(dev, &s.expert_out, sh, &s.x, n, h)
                 })

@@ -4,7 +4,7 @@
 use crate::gpu::ops::attention::AttentionShape;
 use crate::gpu::ops::moe::Routing;
 use crate::gpu::ops::rope::rope_inv_freq;
-use crate::gpu::{Buffer, Device, Result};
+use crate::gpu::{Buffer, Device, GpuError, Result};
 use crate::model::ModelConfig;
 
 pub(super) struct Scratch {
@@ -96,5 +96,12 @@ impl Scratch {
             final_rows: dev.alloc(logit_rows * cfg.hidden, "final normed rows")?,
             logits: dev.alloc(logit_rows * cfg.vocab, "logits")?,
         })
+    }
+
+    /// The MoE routing buffers (allocated for MoE models only).
+    pub fn routing(&self) -> Result<&Routing> {
+        self.routing
+            .as_ref()
+            .ok_or_else(|| GpuError::Input("MoE buffers missing for a MoE layer".into()))
     }
 }
