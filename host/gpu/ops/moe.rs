@@ -213,11 +213,9 @@ impl Routing {
         }
         let (s_out, s_gate) = shared.unwrap_or((expert_out, expert_out)); // unread without it
         let cfg = LaunchConfig::covering(n * hidden, 256);
-        let (nn, hh, kk) = (
-            to_u32(K, "n·hidden", n * hidden).map(|_| n as u32)?,
-            hidden as u32,
-            self.top_k as u32,
-        );
+        // n·hidden fitting in u32 bounds both factors.
+        to_u32(K, "n·hidden", n * hidden)?;
+        let (nn, hh, kk) = (n as u32, hidden as u32, self.top_k as u32);
         launch!(
             dev,
             moe::moe_combine,
