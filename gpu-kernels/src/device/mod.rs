@@ -6,9 +6,18 @@
 
 #[macro_use]
 mod kernel_macro;
+pub mod async_copy;
 pub mod float;
+#[cfg(not(target_arch = "nvptx64"))]
+mod hopper_emu;
 pub mod math;
 mod ptr;
+pub mod tensor_core;
+mod wgmma_shapes;
+#[cfg(not(target_arch = "nvptx64"))]
+pub use hopper_emu::dynamic_shared_address;
+#[cfg(target_arch = "nvptx64")]
+pub use nvptx::dynamic_shared_address;
 
 #[cfg(target_arch = "nvptx64")]
 mod nvptx;
@@ -26,6 +35,41 @@ pub use backend::{
     sync_threads, thread_idx, vote_all, vote_any,
 };
 pub use ptr::{In, Out};
+
+/// Aborts the kernel: `trap` on the GPU (the launch fails with an error), a panic naming
+/// `why` on the host.
+#[inline(always)]
+pub fn trap(why: &str) -> ! {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        let _ = why;
+        // SAFETY: `trap` ends the kernel; nothing after it runs.
+        unsafe { core::arch::asm!("trap;", options(noreturn)) }
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    panic!("{why}")
+}
+
+/// This multiprocessor's cycle counter (`%clock64`), for watchdogs. (`%globaltimer` does not
+/// advance on the H200 virtual machines: measured 0 ns over a million-iteration loop.)
+#[inline(always)]
+pub fn clock_cycles() -> u64 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        let t: u64;
+        // SAFETY: reads a special register.
+        unsafe { core::arch::asm!("mov.u64 {0}, %clock64;", out(reg64) t) };
+        t
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        // The emulator's clock: nanoseconds, about the GPU's cycle rate.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+}
 
 /// Threads per warp on every NVIDIA GPU kiln targets.
 pub const WARP_SIZE: u32 = 32;

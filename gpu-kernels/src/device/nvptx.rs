@@ -55,11 +55,16 @@ pub fn grid_dim() -> Dim3 {
     }
 }
 
-/// `bar.sync 0`: every non-exited thread of the block must reach it.
+/// `barrier.sync 0`: every non-exited thread of the block must reach it.
+///
+/// Not `bar.sync` (`__syncthreads`, which is `barrier.sync.aligned`): LLVM may tail-duplicate a
+/// barrier into both arms of a branch (seen: a `tid == 0` setup block got its own copy), and the
+/// `.aligned` form is undefined when the threads of a warp reach different copies: the block
+/// hung on the H200. The non-aligned form counts threads, wherever each one arrives.
 #[inline(always)]
 pub fn sync_threads() {
-    // SAFETY: a barrier; callers keep it in block-uniform control flow.
-    unsafe { nvptx::_syncthreads() }
+    // SAFETY: a block barrier; every live thread reaches one of its copies.
+    unsafe { core::arch::asm!("barrier.sync 0;") }
 }
 
 const FULL_MASK: u32 = 0xffff_ffff;
@@ -230,6 +235,15 @@ impl<T: SharedWord> Shared<T> {
 }
 
 core::arch::global_asm!(".extern .shared .align 16 .b8 kiln_dyn_smem[];");
+
+/// The shared-window address of the block's dynamic shared memory.
+#[inline(always)]
+pub fn dynamic_shared_address() -> u32 {
+    let base: u32;
+    // SAFETY: reads the address of the dynamic shared window declared above.
+    unsafe { core::arch::asm!("mov.u32 {0}, kiln_dyn_smem;", out(reg32) base) };
+    base
+}
 
 /// The block's dynamic shared memory (sized at launch) as `len` elements of `T`.
 #[inline(always)]

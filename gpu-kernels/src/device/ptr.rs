@@ -125,6 +125,12 @@ impl<T: Copy> In<T> {
 }
 
 impl<T: Copy> In<T> {
+    /// The generic address of element 0 (what PTX instructions that take an address want).
+    #[inline(always)]
+    pub fn address(self) -> u64 {
+        self.ptr as u64
+    }
+
     /// The same bytes viewed as elements of another type (e.g. pairs of bf16 as `u32`, so one
     /// 16-byte load fetches eight of them). The offset must be aligned for `U`.
     #[inline(always)]

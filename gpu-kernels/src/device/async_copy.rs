@@ -1,0 +1,198 @@
+//! Asynchronous copies into shared memory and the barriers that track them: Hopper's tensor
+//! memory accelerator (TMA: `cp.async.bulk.tensor`, a whole tile per instruction, described by
+//! a tensor map the host encodes), `mbarrier` (a shared-memory barrier with a phase bit and a
+//! transaction-byte count), and the proxy fences that order ordinary and async accesses.
+//!
+//! An `mbarrier` completes a phase when its expected arrivals have arrived AND the bytes
+//! announced with `arrive_expect_tx` have landed. Waiters name the phase parity they wait for:
+//! a pipeline slot used for the `u`-th time waits for parity `u % 2`.
+
+use super::In;
+
+/// A CUDA tensor map (`CUtensorMap`, 128 bytes, 64-byte aligned) in global memory, encoded on
+/// the host (`cuTensorMapEncodeTiled`). The kernel only passes its address to TMA instructions.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct TensorMap(pub [u64; 16]);
+
+/// How long (in SM cycles, ≈ 2 s at 2 GHz) a barrier wait may take before the kernel traps:
+/// far beyond any real copy or pipeline step (microseconds), short enough that a deadlock
+/// fails fast.
+const WAIT_LIMIT_CYCLES: u64 = 4_000_000_000;
+
+/// A shared-memory `mbarrier` (8 bytes at a shared-window address).
+#[derive(Clone, Copy, Debug)]
+pub struct Mbarrier(pub u32);
+
+impl Mbarrier {
+    /// `mbarrier.init`: expects `arrivals` arrivals per phase. One thread initialises; then
+    /// [`fence_mbarrier_init`] and a block barrier before anyone uses it.
+    #[inline(always)]
+    pub fn init(self, arrivals: u32) {
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: `self.0` is an 8-byte-aligned shared address reserved for this barrier.
+        unsafe {
+            core::arch::asm!("mbarrier.init.shared::cta.b64 [{0}], {1};", in(reg32) self.0, in(reg32) arrivals)
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::hopper_emu::mbarrier_init(self.0, arrivals);
+    }
+
+    /// One arrival.
+    #[inline(always)]
+    pub fn arrive(self) {
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: as `init`.
+        unsafe {
+            core::arch::asm!("mbarrier.arrive.shared::cta.b64 _, [{0}];", in(reg32) self.0)
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::hopper_emu::mbarrier_arrive(self.0, 0);
+    }
+
+    /// One arrival that also announces `bytes` more to land in this phase (by TMA copies that
+    /// name this barrier).
+    #[inline(always)]
+    pub fn arrive_expect_tx(self, bytes: u32) {
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: as `init`.
+        unsafe {
+            core::arch::asm!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{0}], {1};", in(reg32) self.0, in(reg32) bytes)
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::hopper_emu::mbarrier_arrive(self.0, bytes);
+    }
+
+    /// Whether the phase with parity `parity` has completed (non-blocking for long: the
+    /// hardware may suspend the thread for a while).
+    #[inline(always)]
+    pub fn try_wait(self, parity: u32) -> bool {
+        #[cfg(target_arch = "nvptx64")]
+        {
+            let done: u32;
+            // SAFETY: as `init`.
+            unsafe {
+                core::arch::asm!(
+                    "{{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [{1}], {2}; selp.u32 {0}, 1, 0, p; }}",
+                    out(reg32) done, in(reg32) self.0, in(reg32) parity
+                )
+            };
+            done != 0
+        }
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::hopper_emu::mbarrier_try_wait(self.0, parity)
+    }
+
+    /// Blocks until the phase with parity `parity` has completed. A wait that never ends (a
+    /// pipeline bug: a copy that never lands, an arrival that never comes) traps after
+    /// two seconds, so the launch fails with an error instead of hanging the process.
+    #[inline(always)]
+    pub fn wait(self, parity: u32) {
+        if self.try_wait(parity) {
+            return;
+        }
+        let start = super::clock_cycles();
+        loop {
+            for _ in 0..64 {
+                if self.try_wait(parity) {
+                    return;
+                }
+            }
+            if super::clock_cycles().wrapping_sub(start) > WAIT_LIMIT_CYCLES {
+                super::trap("mbarrier wait never completed (deadlocked pipeline)");
+            }
+        }
+    }
+}
+
+/// Makes `mbarrier.init`s visible to the async proxy (TMA) and to the other threads once a
+/// block barrier follows.
+#[inline(always)]
+pub fn fence_mbarrier_init() {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a fence.
+    unsafe {
+        core::arch::asm!("fence.mbarrier_init.release.cluster;")
+    };
+}
+
+/// Orders this thread's ordinary shared-memory writes before later async-proxy reads of them
+/// (`wgmma` operands, TMA stores).
+#[inline(always)]
+pub fn fence_proxy_async_shared() {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a fence.
+    unsafe {
+        core::arch::asm!("fence.proxy.async.shared::cta;")
+    };
+}
+
+/// The generic address of a tensor map, as TMA instructions take it.
+#[inline(always)]
+#[cfg(target_arch = "nvptx64")]
+fn tensor_map_address(map: In<TensorMap>) -> u64 {
+    map.address()
+}
+
+/// Starts loading the 2-D box at coordinates (`x` innermost, `y`) of `map` into shared memory
+/// at `dst`; its bytes count towards `bar`'s current phase. Elements outside the tensor read as
+/// zero. Issued by one thread.
+#[inline(always)]
+pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: Mbarrier) {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: `dst` is a 1024-aligned shared buffer the size of the map's box, `bar` a live
+    // barrier, `map` a valid tensor map in global memory (encoded by the host).
+    unsafe {
+        core::arch::asm!(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [{0}], [{1}, {{{2}, {3}}}], [{4}];",
+            in(reg32) dst, in(reg64) tensor_map_address(map), in(reg32) x, in(reg32) y, in(reg32) bar.0
+        )
+    };
+    #[cfg(not(target_arch = "nvptx64"))]
+    super::hopper_emu::tma_load_2d(dst, map, x, y, bar.0);
+}
+
+/// Makes a tensor map that the host copied into global memory visible to the TMA unit (the
+/// "tensormap proxy"). Each thread that issues TMA with `map` calls this once before its first
+/// use; without it the unit may read a stale descriptor and the copy never completes.
+#[inline(always)]
+pub fn acquire_tensor_map(map: In<TensorMap>) {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a fence over the 128 bytes of a valid tensor map.
+    unsafe {
+        core::arch::asm!("fence.proxy.tensormap::generic.acquire.sys [{0}], 128;", in(reg64) tensor_map_address(map))
+    };
+    #[cfg(not(target_arch = "nvptx64"))]
+    let _ = map;
+}
+
+/// Starts copying `bytes` (a multiple of 16) from global memory at `src` to shared memory at
+/// `dst` (both 16-byte aligned); the bytes count towards `bar`'s current phase. One thread.
+#[inline(always)]
+pub fn bulk_load<T: Copy>(dst: u32, src: In<T>, bytes: u32, bar: Mbarrier) {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: the caller sized `dst` and `src` for `bytes`; `bar` is a live barrier.
+    unsafe {
+        core::arch::asm!(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [{0}], [{1}], {2}, [{3}];",
+            in(reg32) dst, in(reg64) src.address(), in(reg32) bytes, in(reg32) bar.0
+        )
+    };
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        let _ = (dst, src, bytes, bar);
+        super::trap("bulk_load is not emulated yet");
+    }
+}
+
+/// Prefetches a tensor map's descriptor into the TMA unit's cache.
+#[inline(always)]
+pub fn prefetch_tensor_map(map: In<TensorMap>) {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a prefetch hint on a valid address.
+    unsafe {
+        core::arch::asm!("prefetch.tensormap [{0}];", in(reg64) tensor_map_address(map))
+    };
+    #[cfg(not(target_arch = "nvptx64"))]
+    let _ = map;
+}

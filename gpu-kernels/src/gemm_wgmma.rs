@@ -1,0 +1,242 @@
+//! Hopper GEMM: `y[r, c] = Σ_k x[r, k] · w[c, k]` with bf16 `x` and `w` (GGUF `[out][in]`
+//! order), f32 accumulation on tensor cores (`wgmma`), tiles brought in by TMA.
+//!
+//! Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread streams 64-wide
+//! K slices of the x tile (`BM` rows) and the w tile (`BN` rows) into a ring of `STAGES`
+//! shared-memory slots, each guarded by a "full" and an "empty" mbarrier. Warpgroups 1 and 2
+//! are consumers: each owns 64 rows of the tile and runs four `m64nBNk16` products per slot,
+//! keeping one batch in flight, then releases the slot. The epilogue goes from registers
+//! straight to global memory.
+//!
+//! Batch invariance: every output element is one accumulator in one thread, fed by the same
+//! sequence of `wgmma` instructions (K slices in ascending order, four k16 steps each) whatever
+//! the number of rows, the tile a row falls in, or its neighbours; rows past the end of `x`
+//! read as zeros (TMA's out-of-bounds fill) and are never stored; K past the end is zero-filled,
+//! which depends on K alone. No split-K.
+
+use crate::device::async_copy::{
+    Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
+};
+use crate::device::float::f32_to_bf16;
+use crate::device::math::silu;
+use crate::device::tensor_core::{
+    Accumulators, WgmmaDesc, wgmma_commit, wgmma_fence, wgmma_m64n128k16_ss, wgmma_wait,
+};
+use crate::device::*;
+use seq_macro::seq;
+
+/// Rows (tokens) per block: two consumer warpgroups of 64.
+pub const BM: usize = 128;
+/// Output columns per block.
+pub const BN: usize = 128;
+/// K per pipeline slot: one 128-byte swizzled row of bf16.
+pub const BK: usize = 64;
+/// Pipeline depth.
+pub const STAGES: usize = 5;
+/// Threads per block: producer + two consumer warpgroups.
+pub const THREADS: u32 = 384;
+const A_BYTES: u32 = (BM * BK * 2) as u32;
+const B_BYTES: u32 = (BN * BK * 2) as u32;
+/// Dynamic shared memory a launch must provide (tiles, barriers, and slack to align to 1024).
+pub const SHARED_BYTES: u32 = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32 + 1024;
+
+/// Epilogue flags.
+pub const EPI_BIAS: u32 = 1;
+pub const EPI_ADD_TO_Y: u32 = 2;
+
+/// Shared-memory layout of one block.
+#[derive(Clone, Copy)]
+struct Smem {
+    base: u32,
+}
+
+impl Smem {
+    #[inline(always)]
+    fn new() -> Self {
+        Smem {
+            base: (dynamic_shared_address() + 1023) & !1023,
+        }
+    }
+    #[inline(always)]
+    fn a(self, s: usize) -> u32 {
+        self.base + s as u32 * A_BYTES
+    }
+    #[inline(always)]
+    fn b(self, s: usize) -> u32 {
+        self.base + STAGES as u32 * A_BYTES + s as u32 * B_BYTES
+    }
+    #[inline(always)]
+    fn full(self, s: usize) -> Mbarrier {
+        Mbarrier(self.base + STAGES as u32 * (A_BYTES + B_BYTES) + 8 * s as u32)
+    }
+    #[inline(always)]
+    fn empty(self, s: usize) -> Mbarrier {
+        Mbarrier(self.base + STAGES as u32 * (A_BYTES + B_BYTES) + 8 * (STAGES + s) as u32)
+    }
+}
+
+/// The accumulators of one consumer thread: 64 rows × BN columns per warpgroup.
+type Acc = [f32; BN / 2];
+
+/// Runs the pipeline for the tile at (`row0`, `col0`); in the consumer warpgroups, hands the
+/// finished accumulators to `epilogue` (the producer warpgroup returns without calling it).
+#[inline(always)]
+fn mainloop(
+    map_x: In<TensorMap>,
+    map_w: In<TensorMap>,
+    row0: u32,
+    col0: u32,
+    k: u32,
+    epilogue: impl FnOnce(&Acc),
+) {
+    let tid = thread_idx().x;
+    let wg = tid / 128;
+    let sm = Smem::new();
+    if tid == 0 {
+        acquire_tensor_map(map_x);
+        acquire_tensor_map(map_w);
+        prefetch_tensor_map(map_x);
+        prefetch_tensor_map(map_w);
+        for s in 0..STAGES {
+            sm.full(s).init(1);
+            sm.empty(s).init(2);
+        }
+        fence_mbarrier_init();
+    }
+    sync_threads();
+    let k_tiles = k.div_ceil(BK as u32) as usize;
+    if wg == 0 {
+        if tid == 0 {
+            for kt in 0..k_tiles {
+                let s = kt % STAGES;
+                if kt >= STAGES {
+                    sm.empty(s).wait(((kt / STAGES) as u32 + 1) & 1);
+                }
+                let full = sm.full(s);
+                full.arrive_expect_tx(A_BYTES + B_BYTES);
+                let kx = (kt * BK) as u32;
+                tma_load_2d(sm.a(s), map_x, kx, row0, full);
+                tma_load_2d(sm.b(s), map_w, kx, col0, full);
+            }
+        }
+        return;
+    }
+    let consumer = wg - 1;
+    let mut acc: Acc = [0.0; BN / 2];
+    for kt in 0..k_tiles {
+        let s = kt % STAGES;
+        sm.full(s).wait((kt / STAGES) as u32 & 1);
+        let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + consumer * 64 * 128);
+        let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s));
+        wgmma_fence();
+        seq!(KK in 0..4 {
+            wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
+        });
+        wgmma_commit();
+        // Keep this batch in flight; the previous one is done, so its slot can be refilled.
+        wgmma_wait::<1>();
+        acc.keep_in_registers();
+        if kt > 0 && tid % 128 == 0 {
+            sm.empty((kt - 1) % STAGES).arrive();
+        }
+    }
+    wgmma_wait::<0>();
+    acc.keep_in_registers();
+    epilogue(&acc);
+}
+
+/// Where a consumer thread's accumulators land in the tile: `d[4j + e]` is row
+/// `row + 8·(e/2)`, column `8j + col + e%2`.
+#[inline(always)]
+fn fragment_origin() -> (u32, u32) {
+    let t = thread_idx().x % 128;
+    let consumer = thread_idx().x / 128 - 1;
+    let (warp, lane) = (t / 32, t % 32);
+    (consumer * 64 + warp * 16 + lane / 4, 2 * (lane % 4))
+}
+
+/// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
+/// (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
+#[inline(always)]
+fn for_each_pair(acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
+    let (row, col) = fragment_origin();
+    seq!(J in 0..16 {
+        store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
+        store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
+    });
+}
+
+kernel! {
+    /// `y = x · wᵀ [+ bias] [+ y]` (flags `EPI_BIAS`, `EPI_ADD_TO_Y`), f32 out. `map_x`: bf16
+    /// `[n_rows][k]`, box 64 × `BM`; `map_w`: bf16 `[m][k]`, box 64 × `BN`; both 128B-swizzled.
+    /// Grid: (⌈m / BN⌉, ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
+    pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
+        mainloop(map_x, map_w, row0, col0, k, |acc| for_each_pair(acc, |r, c, v0, v1| {
+            let (r, c) = (row0 + r, col0 + c);
+            if r >= n_rows {
+                return;
+            }
+            let at = (r * m + c) as usize;
+            for (i, mut v) in [(0, v0), (1, v1)] {
+                if c + i < m {
+                    if flags & EPI_BIAS != 0 {
+                        v += bias.at((c + i) as usize);
+                    }
+                    if flags & EPI_ADD_TO_Y != 0 {
+                        v += y.at(at + i as usize);
+                    }
+                    y.set(at + i as usize, v);
+                }
+            }
+        }));
+    }
+}
+
+kernel! {
+    /// `y = bf16(x · wᵀ [+ bias])`, bf16 out (activations that feed another GEMM).
+    pub fn gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
+        mainloop(map_x, map_w, row0, col0, k, |acc| for_each_pair(acc, |r, c, v0, v1| {
+            let (r, c) = (row0 + r, col0 + c);
+            if r >= n_rows {
+                return;
+            }
+            let at = (r * m + c) as usize;
+            for (i, mut v) in [(0, v0), (1, v1)] {
+                if c + i < m {
+                    if flags & EPI_BIAS != 0 {
+                        v += bias.at((c + i) as usize);
+                    }
+                    y.set(at + i as usize, f32_to_bf16(v));
+                }
+            }
+        }));
+    }
+}
+
+kernel! {
+    /// `h = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with gate and up interleaved in `map_w` in
+    /// blocks of 64 rows (rows `128i..128i+64` gate features `64i..`, the next 64 rows up), so a
+    /// 128-column tile holds 64 gate and the matching 64 up columns in the same thread.
+    /// `m` is the number of output features (half of `map_w`'s rows).
+    pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
+        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
+        let out0 = block_idx().x * (BN / 2) as u32;
+        mainloop(map_x, map_w, row0, col0, k, |acc| {
+            let (row, col) = fragment_origin();
+            let (row, col) = (row0 + row, out0 + col);
+            // Tile columns 8j.. (j < 8) are gate features, 64 + 8j.. the matching up features.
+            seq!(J in 0..8 {
+                seq!(E in 0..4 {
+                    let r = row + 8 * (E / 2);
+                    let c = col + 8 * J + E % 2;
+                    let (g, u) = (acc[4 * J + E], acc[4 * (J + 8) + E]);
+                    if r < n_rows && c < m {
+                        h.set((r * m + c) as usize, f32_to_bf16(silu(g) * u));
+                    }
+                });
+            });
+        });
+    }
+}
