@@ -45,10 +45,14 @@ def gen(n, kind):
                      "a2 = in(reg32) a[2], a3 = in(reg32) a[3],")
         doc_a = "A from registers (the m64k16 fragment of `super::tensor_core`)"
         emu = f"super::hopper_emu::wgmma_rs(d, a, b, {n})"
+    # Immediate operands after scale-d: scale-a, scale-b (1 = no negation), then transpose
+    # flags (0 = K-major): trans-a and trans-b with A in shared memory, trans-b only with A in
+    # registers.
+    trans = "0, 0" if kind == "ss" else "0"
     # Braces for PTX's vector syntax are doubled in a Rust format template.
     tmpl = (f"{{{{ .reg .pred p; setp.ne.b32 p, {{scale_d}}, 0; "
             f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 "
-            f"{{{{{operand_list(0, regs)}}}}}, {a_tmpl}, {{b}}, p, 1, 1, 0, 0; }}}}")
+            f"{{{{{operand_list(0, regs)}}}}}, {a_tmpl}, {{b}}, p, 1, 1, {trans}; }}}}")
     outs = "\n".join(f"            inout(reg32) d[{i}]," for i in range(regs))
     return f'''
 /// `d += A·B` for a 64 × {n} tile ({doc_a}, B from `b`).
@@ -72,11 +76,11 @@ pub fn {name}(d: &mut [f32; {regs}], {a_param}, b: WgmmaDesc) {{
 '''
 
 
-def gen_fence(regs):
+def gen_fence(regs, ty="f32"):
     comment = " ".join("{%d}" % i for i in range(regs))
     ops = "\n".join(f"                inout(reg32) self[{i}]," for i in range(regs))
     return f'''
-impl Accumulators for [f32; {regs}] {{
+impl Accumulators for [{ty}; {regs}] {{
     #[inline(always)]
     fn keep_in_registers(&mut self) {{
         #[cfg(target_arch = "nvptx64")]
@@ -96,7 +100,9 @@ def main():
     root = pathlib.Path(__file__).resolve().parent.parent
     out = root / "gpu-kernels/src/device/wgmma_shapes.rs"
     regs = sorted({n // 2 for n, _ in SHAPES})
-    text = HEADER + "".join(gen(n, k) for n, k in SHAPES) + "".join(gen_fence(r) for r in regs)
+    text = (HEADER + "".join(gen(n, k) for n, k in SHAPES) + "".join(gen_fence(r) for r in regs)
+            # Register-A fragments of a 64 × 128 A tile (8 k-steps × 4 words).
+            + gen_fence(32, "u32"))
     out.write_text(text)
     print(f"wrote {out}")
 

@@ -136,8 +136,8 @@ fn mainloop(
         // Keep this batch in flight; the previous one is done, so its slot can be refilled.
         wgmma_wait::<1>();
         acc.keep_in_registers();
-        if kt > 0 && tid % 128 == 0 {
-            sm.empty((kt - 1) % STAGES).arrive();
+        if kt > 0 {
+            sm.empty((kt - 1) % STAGES).arrive_if(tid % 128 == 0);
         }
     }
     wgmma_wait::<0>();

@@ -24,6 +24,7 @@ pub mod device;
 pub mod attention;
 pub mod convert;
 pub mod embedding;
+pub mod flash_attention;
 pub mod gemm;
 pub mod gemm_wgmma;
 pub mod moe;

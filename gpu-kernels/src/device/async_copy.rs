@@ -18,6 +18,7 @@ pub struct TensorMap(pub [u64; 16]);
 /// How long (in SM cycles, ≈ 2 s at 2 GHz) a barrier wait may take before the kernel traps:
 /// far beyond any real copy or pipeline step (microseconds), short enough that a deadlock
 /// fails fast.
+#[cfg(target_arch = "nvptx64")]
 const WAIT_LIMIT_CYCLES: u64 = 4_000_000_000;
 
 /// A shared-memory `mbarrier` (8 bytes at a shared-window address).
@@ -48,6 +49,25 @@ impl Mbarrier {
         };
         #[cfg(not(target_arch = "nvptx64"))]
         super::hopper_emu::mbarrier_arrive(self.0, 0);
+    }
+
+    /// One arrival if `pred`, without a branch: a predicated instruction, so code that runs
+    /// while a `wgmma` batch is in flight stays convergent (a branch around the arrival made
+    /// ptxas serialise the `wgmma`s, C7518).
+    #[inline(always)]
+    pub fn arrive_if(self, pred: bool) {
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: as `init`.
+        unsafe {
+            core::arch::asm!(
+                "{{ .reg .pred p; setp.ne.b32 p, {1}, 0; @p mbarrier.arrive.shared::cta.b64 _, [{0}]; }}",
+                in(reg32) self.0, in(reg32) pred as u32
+            )
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        if pred {
+            super::hopper_emu::mbarrier_arrive(self.0, 0);
+        }
     }
 
     /// One arrival that also announces `bytes` more to land in this phase (by TMA copies that
@@ -85,23 +105,39 @@ impl Mbarrier {
 
     /// Blocks until the phase with parity `parity` has completed. A wait that never ends (a
     /// pipeline bug: a copy that never lands, an arrival that never comes) traps after
-    /// two seconds, so the launch fails with an error instead of hanging the process.
+    /// `WAIT_LIMIT_CYCLES`, so the launch fails with an error instead of hanging the process.
+    ///
+    /// The poll loop is one `asm!` block, in the shape ptxas recognises: spelled as a Rust loop
+    /// around `try_wait`, ptxas treated the loop as divergent code and serialised the `wgmma`
+    /// batch in flight across it (C7518).
     #[inline(always)]
+    // PTX labels declared inside `{ }` are local to that block, so every inlined copy of this
+    // `asm!` has its own (the lint is about assemblers where labels are global).
+    #[cfg_attr(target_arch = "nvptx64", allow(named_asm_labels))]
     pub fn wait(self, parity: u32) {
-        if self.try_wait(parity) {
-            return;
-        }
-        let start = super::clock_cycles();
-        loop {
-            for _ in 0..64 {
-                if self.try_wait(parity) {
-                    return;
-                }
-            }
-            if super::clock_cycles().wrapping_sub(start) > WAIT_LIMIT_CYCLES {
-                super::trap("mbarrier wait never completed (deadlocked pipeline)");
-            }
-        }
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: as `init`; the block's labels are local to its braces.
+        unsafe {
+            core::arch::asm!(
+                "{{",
+                ".reg .pred p;",
+                ".reg .u64 t0, t1;",
+                "mov.u64 t0, %clock64;",
+                "KILN_WAIT:",
+                "mbarrier.try_wait.parity.shared::cta.b64 p, [{0}], {1};",
+                "@p bra KILN_DONE;",
+                "mov.u64 t1, %clock64;",
+                "sub.u64 t1, t1, t0;",
+                "setp.lt.u64 p, t1, {2};",
+                "@p bra KILN_WAIT;",
+                "trap;",
+                "KILN_DONE:",
+                "}}",
+                in(reg32) self.0, in(reg32) parity, in(reg64) WAIT_LIMIT_CYCLES,
+            )
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::hopper_emu::mbarrier_wait(self.0, parity);
     }
 }
 

@@ -36,6 +36,9 @@ pub fn mbarrier_arrive(_bar: u32, _tx_bytes: u32) {
 pub fn mbarrier_try_wait(_bar: u32, _parity: u32) -> bool {
     missing("mbarrier")
 }
+pub fn mbarrier_wait(_bar: u32, _parity: u32) {
+    missing("mbarrier")
+}
 pub fn tma_load_2d(_dst: u32, _map: In<TensorMap>, _x: u32, _y: u32, _bar: u32) {
     missing("TMA")
 }

@@ -43,8 +43,10 @@ pub fn trap(why: &str) -> ! {
     #[cfg(target_arch = "nvptx64")]
     {
         let _ = why;
-        // SAFETY: `trap` ends the kernel; nothing after it runs.
-        unsafe { core::arch::asm!("trap;", options(noreturn)) }
+        // SAFETY: `trap` ends the kernel; nothing after it runs. The `exit` tells ptxas so:
+        // with `trap` alone it assumed the path falls through into the next block (an
+        // epilogue reading `wgmma` accumulators) and serialised the `wgmma`s (C7518).
+        unsafe { core::arch::asm!("trap;", "exit;", options(noreturn)) }
     }
     #[cfg(not(target_arch = "nvptx64"))]
     panic!("{why}")

@@ -94,7 +94,7 @@ pub fn wgmma_wait<const N: u32>() {
     super::hopper_emu::wgmma_wait(N);
 }
 
-/// Accumulator arrays of the `wgmma` shapes.
+/// Register arrays that `wgmma` reads or writes (accumulators, register-A fragments).
 pub trait Accumulators {
     /// Tells the compiler every value may have changed here (an empty `asm!` that reads and
     /// writes each register), so no access to the accumulators moves across a `wgmma` fence

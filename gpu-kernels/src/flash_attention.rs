@@ -1,0 +1,292 @@
+//! Flash attention for prefill on Hopper tensor cores: causal, GQA, head_dim 128, queries of a
+//! chunk at absolute positions `start_pos..start_pos + n` over keys `0..start_pos + n` of a
+//! bf16 KV cache; output bf16 (it feeds the output projection's TMA loads).
+//!
+//! Block: 288 threads. Warpgroups 0 and 1 are consumers, 64 query rows each (a 128-row tile of
+//! one query head); warp 8 is the producer: one thread brings the Q tile, then K and V blocks of
+//! `BLOCK_KV` keys through a two-slot ring (TMA, 128B swizzle, full/empty mbarriers). Per key
+//! block a consumer computes `S = Q·Kᵀ` (`wgmma` m64n128k16 from shared memory), masks and
+//! scales it, updates the online softmax in registers, and accumulates `O += P·V` with P taken
+//! straight from the S registers as the A operand (`wgmma` register-A form). With 288 threads a
+//! thread may use up to 227 registers, so the two 64-value accumulators need no `setmaxnreg`.
+//!
+//! Cache layouts: K is `[position][n_kv · head_dim]` (row-major, so a key block is K-major for
+//! `S = Q·Kᵀ`); V is stored transposed, `[n_kv · head_dim][capacity]`, so a value block is
+//! K-major (keys contiguous) for `O += P·V` as well: both products use the one descriptor form
+//! the GEMM uses. Cache entries past the written positions must be finite (the host zeroes the
+//! cache once): masked keys get probability 0, and 0 · V must stay 0.
+//!
+//! Batch invariance: key blocks are `BLOCK_KV` wide, aligned to absolute position 0, and always
+//! visited in ascending order from block 0. A query's state after a block depends only on its
+//! row of Q, the block's keys and its own absolute position (the causal mask); a block that is
+//! entirely in a query's future leaves its state bit-identical (row max unchanged, rescale
+//! factor exp2(0) = 1, probabilities exactly 0, `+ 0` on O and on the row sum). So the result
+//! does not depend on N, on the chunking, or on which tile or tile row a query lands in. The
+//! row sums reduce in a fixed order (own 32 values in order, then lanes xor 1, xor 2).
+
+use crate::device::async_copy::{
+    Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
+};
+use crate::device::float::f32_to_bf16;
+use crate::device::math::{exp2, max};
+use crate::device::tensor_core::{
+    Accumulators, WgmmaDesc, wgmma_commit, wgmma_fence, wgmma_m64n128k16_rs, wgmma_m64n128k16_ss,
+    wgmma_wait,
+};
+use crate::device::*;
+use seq_macro::seq;
+
+/// Head dimension of this kernel.
+pub const HEAD_DIM: usize = 128;
+/// Query rows per block (two consumer warpgroups of 64).
+pub const BLOCK_Q: usize = 128;
+/// Keys per block; blocks start at multiples of this absolute position.
+pub const BLOCK_KV: usize = 128;
+/// Threads per block: two consumer warpgroups and one producer warp.
+pub const THREADS: u32 = 288;
+/// A swizzled chunk: 128 rows of 64 bf16 (128 bytes).
+const CHUNK_BYTES: u32 = 128 * 128;
+const STAGE_BYTES: u32 = 2 * CHUNK_BYTES;
+const KV_STAGES: usize = 2;
+/// Dynamic shared memory a launch must provide.
+pub const SHARED_BYTES: u32 = (1 + 2 * KV_STAGES as u32) * STAGE_BYTES + 64 + 1024;
+/// Every tensor map this kernel reads has a box of 64 × 128 elements.
+pub const BOX_INNER: u32 = 64;
+pub const BOX_OUTER: u32 = 128;
+
+#[derive(Clone, Copy)]
+struct Smem {
+    base: u32,
+}
+
+impl Smem {
+    #[inline(always)]
+    fn new() -> Self {
+        Smem {
+            base: (dynamic_shared_address() + 1023) & !1023,
+        }
+    }
+    /// Chunk `c` of the Q tile (head dims `64c..64c + 64` of 128 rows).
+    #[inline(always)]
+    fn q(self, c: u32) -> u32 {
+        self.base + c * CHUNK_BYTES
+    }
+    /// Chunk `c` of K slot `s`: head dims `64c..` of 128 keys.
+    #[inline(always)]
+    fn k(self, s: usize, c: u32) -> u32 {
+        self.base + STAGE_BYTES * (1 + s as u32) + c * CHUNK_BYTES
+    }
+    /// Chunk `c` of V slot `s`: keys `64c..` of all 128 head dims (V transposed).
+    #[inline(always)]
+    fn v(self, s: usize, c: u32) -> u32 {
+        self.base + STAGE_BYTES * (1 + KV_STAGES as u32 + s as u32) + c * CHUNK_BYTES
+    }
+    #[inline(always)]
+    fn barrier(self, i: u32) -> Mbarrier {
+        Mbarrier(self.base + STAGE_BYTES * (1 + 2 * KV_STAGES as u32) + 8 * i)
+    }
+    #[inline(always)]
+    fn q_full(self) -> Mbarrier {
+        self.barrier(0)
+    }
+    #[inline(always)]
+    fn full(self, s: usize) -> Mbarrier {
+        self.barrier(1 + s as u32)
+    }
+    #[inline(always)]
+    fn empty(self, s: usize) -> Mbarrier {
+        self.barrier(1 + KV_STAGES as u32 + s as u32)
+    }
+}
+
+#[inline(always)]
+fn pack_bf16(lo: f32, hi: f32) -> u32 {
+    f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16
+}
+
+/// Max over the four lanes that share a fragment row (lanes `4g..4g + 4`).
+#[inline(always)]
+fn quad_max(v: f32) -> f32 {
+    let v = max(v, shfl_xor_f32(v, 1));
+    max(v, shfl_xor_f32(v, 2))
+}
+
+/// Sum over the four lanes that share a fragment row, in a fixed order.
+#[inline(always)]
+fn quad_sum(v: f32) -> f32 {
+    let v = v + shfl_xor_f32(v, 1);
+    v + shfl_xor_f32(v, 2)
+}
+
+kernel! {
+    /// Causal GQA attention of `n` queries at positions `start_pos..` over the cache.
+    /// `map_q`: bf16 `[rows ≥ n][n_head · 128]`; `map_k`: bf16 K cache `[capacity][n_kv · 128]`;
+    /// `map_v`: bf16 V cache transposed, `[n_kv · 128][capacity]`; every map has box
+    /// `BOX_INNER × BOX_OUTER` and 128B swizzle. `o`: bf16 `[n][n_head · 128]`.
+    /// `scale_log2` = softmax scale · log2(e). Grid: (⌈n / BLOCK_Q⌉, n_head); `THREADS`
+    /// threads; `SHARED_BYTES` of dynamic shared memory.
+    pub fn flash_attention_hd128(map_q: In<TensorMap>, map_k: In<TensorMap>, map_v: In<TensorMap>, o: Out<u16>, n: u32, start_pos: u32, n_head: u32, n_kv: u32, scale_log2: f32) {
+        let tid = thread_idx().x;
+        let head = block_idx().y;
+        let kv_head = head / (n_head / n_kv);
+        let row0 = block_idx().x * BLOCK_Q as u32;
+        let last_pos = start_pos + (row0 + BLOCK_Q as u32).min(n) - 1;
+        let n_blocks = (last_pos / BLOCK_KV as u32 + 1) as usize;
+        let sm = Smem::new();
+        if tid == 0 {
+            sm.q_full().init(1);
+            for s in 0..KV_STAGES {
+                sm.full(s).init(1);
+                sm.empty(s).init(2);
+            }
+            fence_mbarrier_init();
+        }
+        sync_threads();
+        if tid >= 256 {
+            if tid == 256 {
+                produce(map_q, map_k, map_v, sm, row0, head, kv_head, n_blocks);
+            }
+            return;
+        }
+        // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
+        let wg = tid / 128;
+        let (warp, lane) = (tid % 128 / 32, tid % 32);
+        let r = wg * 64 + warp * 16 + lane / 4;
+        let q_pos = [start_pos + row0 + r, start_pos + row0 + r + 8];
+        let col = 2 * (lane % 4);
+        sm.q_full().wait(0);
+        let qa = [
+            WgmmaDesc::k_major_swizzle_128b(sm.q(0) + wg * 8192),
+            WgmmaDesc::k_major_swizzle_128b(sm.q(1) + wg * 8192),
+        ];
+        let mut acc_o = [0.0f32; 64];
+        let mut row_max = [f32::NEG_INFINITY; 2];
+        let mut row_sum = [0.0f32; 2];
+        for kb in 0..n_blocks {
+            let s = kb % KV_STAGES;
+            sm.full(s).wait((kb / KV_STAGES) as u32 & 1);
+            let kd = [
+                WgmmaDesc::k_major_swizzle_128b(sm.k(s, 0)),
+                WgmmaDesc::k_major_swizzle_128b(sm.k(s, 1)),
+            ];
+            let mut acc_s = [0.0f32; 64];
+            wgmma_fence();
+            seq!(KK in 0..8 {
+                wgmma_m64n128k16_ss(
+                    &mut acc_s,
+                    qa[KK / 4].advance(32 * (KK % 4)),
+                    kd[KK / 4].advance(32 * (KK % 4)),
+                );
+            });
+            wgmma_commit();
+            wgmma_wait::<0>();
+            acc_s.keep_in_registers();
+            // Scale into the exp2 domain and mask the future (by absolute position).
+            let key0 = (kb * BLOCK_KV) as u32 + col;
+            let mut block_max = [f32::NEG_INFINITY; 2];
+            seq!(I in 0..64 {
+                let key = key0 + 8 * (I / 4) + I % 2;
+                let v = if key > q_pos[I % 4 / 2] {
+                    f32::NEG_INFINITY
+                } else {
+                    acc_s[I] * scale_log2
+                };
+                acc_s[I] = v;
+                block_max[I % 4 / 2] = max(block_max[I % 4 / 2], v);
+            });
+            let mut alpha = [0.0f32; 2];
+            let mut new_max = [0.0f32; 2];
+            seq!(R in 0..2 {
+                new_max[R] = max(row_max[R], quad_max(block_max[R]));
+                alpha[R] = exp2(row_max[R] - new_max[R]);
+                row_max[R] = new_max[R];
+            });
+            let mut block_sum = [0.0f32; 2];
+            seq!(I in 0..64 {
+                let p = exp2(acc_s[I] - new_max[I % 4 / 2]);
+                acc_s[I] = p;
+                block_sum[I % 4 / 2] += p;
+            });
+            seq!(R in 0..2 {
+                row_sum[R] = row_sum[R] * alpha[R] + quad_sum(block_sum[R]);
+            });
+            seq!(I in 0..64 {
+                acc_o[I] *= alpha[I % 4 / 2];
+            });
+            // P as the A operand, k-step KK = keys 16·KK..: fragment blocks 2·KK and 2·KK + 1.
+            let vd = [
+                WgmmaDesc::k_major_swizzle_128b(sm.v(s, 0)),
+                WgmmaDesc::k_major_swizzle_128b(sm.v(s, 1)),
+            ];
+            // All of P is packed before the fence: a register written between `wgmma`s of one
+            // batch makes ptxas serialise them.
+            let mut pa = [0u32; 32];
+            seq!(KK in 0..8 {
+                pa[4 * KK] = pack_bf16(acc_s[8 * KK], acc_s[8 * KK + 1]);
+                pa[4 * KK + 1] = pack_bf16(acc_s[8 * KK + 2], acc_s[8 * KK + 3]);
+                pa[4 * KK + 2] = pack_bf16(acc_s[8 * KK + 4], acc_s[8 * KK + 5]);
+                pa[4 * KK + 3] = pack_bf16(acc_s[8 * KK + 6], acc_s[8 * KK + 7]);
+            });
+            pa.keep_in_registers();
+            acc_o.keep_in_registers();
+            wgmma_fence();
+            seq!(KK in 0..8 {
+                let a = [pa[4 * KK], pa[4 * KK + 1], pa[4 * KK + 2], pa[4 * KK + 3]];
+                wgmma_m64n128k16_rs(&mut acc_o, a, vd[KK / 4].advance(32 * (KK % 4)));
+            });
+            wgmma_commit();
+            wgmma_wait::<0>();
+            acc_o.keep_in_registers();
+            sm.empty(s).arrive_if(tid % 128 == 0);
+        }
+        let inv = [1.0 / row_sum[0], 1.0 / row_sum[1]];
+        let width = (n_head * HEAD_DIM as u32) as usize;
+        let base_col = (head * HEAD_DIM as u32 + col) as usize;
+        seq!(R in 0..2 {
+            let row = row0 + r + 8 * R;
+            if row < n {
+                let at = row as usize * width + base_col;
+                seq!(J in 0..16 {
+                    o.set(at + 8 * J, f32_to_bf16(acc_o[4 * J + 2 * R] * inv[R]));
+                    o.set(at + 8 * J + 1, f32_to_bf16(acc_o[4 * J + 2 * R + 1] * inv[R]));
+                });
+            }
+        });
+    }
+}
+
+/// The producer thread: the Q tile once, then K and V blocks `0..n_blocks` through the ring.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one call site, inside the kernel above
+fn produce(
+    map_q: In<TensorMap>,
+    map_k: In<TensorMap>,
+    map_v: In<TensorMap>,
+    sm: Smem,
+    row0: u32,
+    head: u32,
+    kv_head: u32,
+    n_blocks: usize,
+) {
+    for map in [map_q, map_k, map_v] {
+        acquire_tensor_map(map);
+        prefetch_tensor_map(map);
+    }
+    let hd = HEAD_DIM as u32;
+    sm.q_full().arrive_expect_tx(STAGE_BYTES);
+    tma_load_2d(sm.q(0), map_q, head * hd, row0, sm.q_full());
+    tma_load_2d(sm.q(1), map_q, head * hd + 64, row0, sm.q_full());
+    for kb in 0..n_blocks {
+        let s = kb % KV_STAGES;
+        if kb >= KV_STAGES {
+            sm.empty(s).wait(((kb / KV_STAGES) as u32 + 1) & 1);
+        }
+        let full = sm.full(s);
+        full.arrive_expect_tx(2 * STAGE_BYTES);
+        let key0 = (kb * BLOCK_KV) as u32;
+        tma_load_2d(sm.k(s, 0), map_k, kv_head * hd, key0, full);
+        tma_load_2d(sm.k(s, 1), map_k, kv_head * hd + 64, key0, full);
+        tma_load_2d(sm.v(s, 0), map_v, key0, kv_head * hd, full);
+        tma_load_2d(sm.v(s, 1), map_v, key0 + 64, kv_head * hd, full);
+    }
+}
