@@ -50,7 +50,10 @@ def gen(n, kind):
     # registers.
     trans = "0, 0" if kind == "ss" else "0"
     # Braces for PTX's vector syntax are doubled in a Rust format template.
-    tmpl = (f"{{{{ .reg .pred p; setp.ne.b32 p, {{scale_d}}, 0; "
+    # scale-d = 1 (accumulate) as a predicate set from immediates: a register operand would be
+    # materialised by a `mov` between `wgmma.fence` and the `wgmma`, which makes ptxas insert
+    # its own fence and serialise the batch (C7520).
+    tmpl = (f"{{{{ .reg .pred p; setp.ne.b32 p, 1, 0; "
             f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 "
             f"{{{{{operand_list(0, regs)}}}}}, {a_tmpl}, {{b}}, p, 1, 1, {trans}; }}}}")
     outs = "\n".join(f"            inout(reg32) d[{i}]," for i in range(regs))
@@ -67,7 +70,6 @@ pub fn {name}(d: &mut [f32; {regs}], {a_param}, b: WgmmaDesc) {{
 {outs}
             {a_operand}
             b = in(reg64) b.0,
-            scale_d = in(reg32) 1u32,
         );
     }}
     #[cfg(not(target_arch = "nvptx64"))]

@@ -170,6 +170,7 @@ kernel! {
                 WgmmaDesc::k_major_swizzle_128b(sm.k(s, 1)),
             ];
             let mut acc_s = [0.0f32; 64];
+            acc_s.keep_in_registers();
             wgmma_fence();
             seq!(KK in 0..8 {
                 wgmma_m64n128k16_ss(

@@ -123,6 +123,9 @@ fn mainloop(
     }
     let consumer = wg - 1;
     let mut acc: Acc = [0.0; BN / 2];
+    // The zeros must be in their registers before the first `wgmma.fence` (see
+    // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
+    acc.keep_in_registers();
     for kt in 0..k_tiles {
         let s = kt % STAGES;
         sm.full(s).wait((kt / STAGES) as u32 & 1);
@@ -134,8 +137,9 @@ fn mainloop(
         });
         wgmma_commit();
         // Keep this batch in flight; the previous one is done, so its slot can be refilled.
+        // (No register fence here: with a batch in flight, any instruction that names the
+        // accumulators, even the copies LLVM makes around an empty `asm!`, serialises.)
         wgmma_wait::<1>();
-        acc.keep_in_registers();
         if kt > 0 {
             sm.empty((kt - 1) % STAGES).arrive_if(tid % 128 == 0);
         }

@@ -71,6 +71,7 @@ kernel! {
         }
         bar.wait(0);
         let mut acc = [0.0f32; 64];
+        acc.keep_in_registers();
         let a = WgmmaDesc::k_major_swizzle_128b(a_tile);
         let b = WgmmaDesc::k_major_swizzle_128b(b_tile);
         wgmma_fence();
