@@ -2,13 +2,18 @@
 //! chunk at absolute positions `start_pos..start_pos + n` over keys `0..start_pos + n` of a
 //! bf16 KV cache; output bf16 (it feeds the output projection's TMA loads).
 //!
-//! Block: 288 threads. Warpgroups 0 and 1 are consumers, 64 query rows each (a 128-row tile of
-//! one query head); warp 8 is the producer: one thread brings the Q tile, then K and V blocks of
-//! `BLOCK_KV` keys through a two-slot ring (TMA, 128B swizzle, full/empty mbarriers). Per key
+//! Block: 256 threads, two warpgroups of 64 query rows each (a 128-row tile of one query head).
+//! Thread 0 also issues the TMA loads: the Q tile, then K and V blocks of `BLOCK_KV` keys
+//! through a two-slot ring (128B swizzle, full/empty mbarriers), refilling a slot as soon as
+//! both warpgroups have released it. Per key
 //! block a consumer computes `S = Q·Kᵀ` (`wgmma` m64n128k16 from shared memory), masks and
 //! scales it, updates the online softmax in registers, and accumulates `O += P·V` with P taken
-//! straight from the S registers as the A operand (`wgmma` register-A form). With 288 threads a
-//! thread may use up to 227 registers, so the two 64-value accumulators need no `setmaxnreg`.
+//! straight from the S registers as the A operand (`wgmma` register-A form).
+//!
+//! Why no separate producer warp: registers are allocated per SM sub-partition (16 K each, warps
+//! dealt round-robin), so a 9-warp block gives 3 warps to one sub-partition and caps a thread at
+//! 168 registers; this kernel needs ~200 (two 64-value accumulators), and a 288-thread launch
+//! failed with "too many resources" on the H200. Eight warps allow 256 per thread.
 //!
 //! Cache layouts: K is `[position][n_kv · head_dim]` (row-major, so a key block is K-major for
 //! `S = Q·Kᵀ`); V is stored transposed, `[n_kv · head_dim][capacity]`, so a value block is
@@ -42,8 +47,8 @@ pub const HEAD_DIM: usize = 128;
 pub const BLOCK_Q: usize = 128;
 /// Keys per block; blocks start at multiples of this absolute position.
 pub const BLOCK_KV: usize = 128;
-/// Threads per block: two consumer warpgroups and one producer warp.
-pub const THREADS: u32 = 288;
+/// Threads per block: two warpgroups.
+pub const THREADS: u32 = 256;
 /// A swizzled chunk: 128 rows of 64 bf16 (128 bytes).
 const CHUNK_BYTES: u32 = 128 * 128;
 const STAGE_BYTES: u32 = 2 * CHUNK_BYTES;
@@ -142,11 +147,9 @@ kernel! {
             fence_mbarrier_init();
         }
         sync_threads();
-        if tid >= 256 {
-            if tid == 256 {
-                produce(map_q, map_k, map_v, sm, row0, head, kv_head, n_blocks);
-            }
-            return;
+        let loads = Loads { map_q, map_k, map_v, sm, head, kv_head };
+        if tid == 0 {
+            loads.start(row0, n_blocks);
         }
         // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
         let wg = tid / 128;
@@ -239,6 +242,9 @@ kernel! {
             wgmma_wait::<0>();
             acc_o.keep_in_registers();
             sm.empty(s).arrive_if(tid % 128 == 0);
+            if tid == 0 && kb + KV_STAGES < n_blocks {
+                loads.refill(kb + KV_STAGES);
+            }
         }
         let inv = [1.0 / row_sum[0], 1.0 / row_sum[1]];
         let width = (n_head * HEAD_DIM as u32) as usize;
@@ -256,38 +262,54 @@ kernel! {
     }
 }
 
-/// The producer thread: the Q tile once, then K and V blocks `0..n_blocks` through the ring.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)] // one call site, inside the kernel above
-fn produce(
+/// The TMA loads of one block, all issued by thread 0.
+#[derive(Clone, Copy)]
+struct Loads {
     map_q: In<TensorMap>,
     map_k: In<TensorMap>,
     map_v: In<TensorMap>,
     sm: Smem,
-    row0: u32,
     head: u32,
     kv_head: u32,
-    n_blocks: usize,
-) {
-    for map in [map_q, map_k, map_v] {
-        acquire_tensor_map(map);
-        prefetch_tensor_map(map);
-    }
-    let hd = HEAD_DIM as u32;
-    sm.q_full().arrive_expect_tx(STAGE_BYTES);
-    tma_load_2d(sm.q(0), map_q, head * hd, row0, sm.q_full());
-    tma_load_2d(sm.q(1), map_q, head * hd + 64, row0, sm.q_full());
-    for kb in 0..n_blocks {
-        let s = kb % KV_STAGES;
-        if kb >= KV_STAGES {
-            sm.empty(s).wait(((kb / KV_STAGES) as u32 + 1) & 1);
+}
+
+impl Loads {
+    /// The Q tile, and the first key blocks into every ring slot.
+    #[inline(always)]
+    fn start(self, row0: u32, n_blocks: usize) {
+        for map in [self.map_q, self.map_k, self.map_v] {
+            acquire_tensor_map(map);
+            prefetch_tensor_map(map);
         }
+        let hd = HEAD_DIM as u32;
+        let q_full = self.sm.q_full();
+        q_full.arrive_expect_tx(STAGE_BYTES);
+        tma_load_2d(self.sm.q(0), self.map_q, self.head * hd, row0, q_full);
+        tma_load_2d(self.sm.q(1), self.map_q, self.head * hd + 64, row0, q_full);
+        for kb in 0..KV_STAGES.min(n_blocks) {
+            self.load_block(kb);
+        }
+    }
+
+    /// Key block `kb` into slot `kb % KV_STAGES`, once both warpgroups released its last use.
+    #[inline(always)]
+    fn refill(self, kb: usize) {
+        let s = kb % KV_STAGES;
+        self.sm.empty(s).wait(((kb / KV_STAGES) as u32 + 1) & 1);
+        self.load_block(kb);
+    }
+
+    #[inline(always)]
+    fn load_block(self, kb: usize) {
+        let (sm, hd) = (self.sm, HEAD_DIM as u32);
+        let s = kb % KV_STAGES;
         let full = sm.full(s);
         full.arrive_expect_tx(2 * STAGE_BYTES);
         let key0 = (kb * BLOCK_KV) as u32;
-        tma_load_2d(sm.k(s, 0), map_k, kv_head * hd, key0, full);
-        tma_load_2d(sm.k(s, 1), map_k, kv_head * hd + 64, key0, full);
-        tma_load_2d(sm.v(s, 0), map_v, key0, kv_head * hd, full);
-        tma_load_2d(sm.v(s, 1), map_v, key0 + 64, kv_head * hd, full);
+        let col = self.kv_head * hd;
+        tma_load_2d(sm.k(s, 0), self.map_k, col, key0, full);
+        tma_load_2d(sm.k(s, 1), self.map_k, col + 64, key0, full);
+        tma_load_2d(sm.v(s, 0), self.map_v, key0, col, full);
+        tma_load_2d(sm.v(s, 1), self.map_v, key0 + 64, col, full);
     }
 }

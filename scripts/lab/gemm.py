@@ -77,6 +77,14 @@ def correctness():
         same = torch.equal(part.view(torch.int32), full[:n_rows].view(torch.int32))
         ok &= same
         inv_rows.append((n_rows, "bit-identical" if same else "DIFFERENT"))
+    # The same rows at other positions inside their 128-row tile (as chunked prefill puts them).
+    for off, n_rows in [(3, 1), (5, 300), (77, 129)]:
+        part, l3 = run_f32(x[off:off + n_rows].contiguous(), w)
+        l3()
+        torch.cuda.synchronize()
+        same = torch.equal(part.view(torch.int32), full[off:off + n_rows].view(torch.int32))
+        ok &= same
+        inv_rows.append((f"{n_rows} from row {off}", "bit-identical" if same else "DIFFERENT"))
     table(inv_rows, ("M", "rows vs M=4096"))
     return ok
 
