@@ -7,7 +7,8 @@
 //! A barrier that not every live thread reaches is reported as a deadlock instead of hanging.
 //! Blocks run one after another (kernels must not depend on inter-block ordering anyway).
 
-use super::{Dim3, Out, SharedWord, WARP_SIZE};
+use super::ptr::Out;
+use super::types::{Dim3, SharedWord, WARP_SIZE};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -563,6 +564,20 @@ pub fn static_shared<T: SharedWord>(name: &'static str, len: usize) -> Shared<T>
         }
     };
     Shared::new(&mem, len)
+}
+
+/// The emulator's half of `shared_array!` (the nvptx backend has its own): nothing to
+/// `declare`; the `handle` is the running block's copy, found by the array's path.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __kiln_static_shared {
+    (declare $name:ident, $n:expr) => {};
+    (handle $name:ident, $t:ty, $n:expr) => {
+        $crate::device::emu::static_shared::<$t>(
+            concat!(module_path!(), "::", stringify!($name)),
+            $n,
+        )
+    };
 }
 
 /// The block's dynamic shared memory as `len` elements; `len` must fit the launch's size.
