@@ -228,6 +228,12 @@ impl<T: SharedWord> Shared<T> {
             _t: PhantomData,
         }
     }
+
+    /// The shared-window byte address of element 0 (for descriptors).
+    #[inline(always)]
+    pub fn addr(self) -> u32 {
+        self.base
+    }
 }
 
 /// The nvptx half of `shared_array!` (the emulator has its own): `declare` (item position) is a
