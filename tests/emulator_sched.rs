@@ -207,6 +207,55 @@ fn warpgroup_collectives_exchange_between_128_threads() {
     assert!((128..160).contains(&t), "{msg}");
 }
 
+/// Each warpgroup computes, once, the sum over its members of their words (the way an mma tile
+/// is computed once per warp); `runs` counts the computations. Threads of rank ≥ `exit_from`
+/// return first.
+fn sum_once(y: Out<u32>, runs: Out<u32>, exit_from: u32) {
+    let rank = thread_rank();
+    if rank >= exit_from {
+        return;
+    }
+    for round in 0..3u32 {
+        let total = emu::collective("test.once", Group::Warpgroup, &[rank + round], |ex| {
+            let r = ex.once(|ex, out| {
+                atomic_add_u32(runs, 0, 1);
+                out.push(ex.all_words().iter().sum());
+            });
+            r[0]
+        });
+        y.set(
+            (block_idx().x * block_dim().x + rank) as usize * 3 + round as usize,
+            total,
+        );
+    }
+}
+
+#[test]
+fn a_result_computed_once_per_collective_is_shared_by_all_members() {
+    let (blocks, n) = (2u32, 256u32);
+    let mut y = vec![0u32; (blocks * n * 3) as usize];
+    let mut runs = vec![0u32; 1];
+    let (yo, ro) = (Out::from_slice(&mut y), Out::from_slice(&mut runs));
+    emu::launch(cfg(blocks, n, 0), || sum_once(yo, ro, n)).unwrap();
+    // 2 blocks × 2 warpgroups × 3 rounds.
+    assert_eq!(runs[0], 12);
+    for b in 0..blocks {
+        for rank in 0..n {
+            let g = rank / 128 * 128;
+            for round in 0..3 {
+                let want: u32 = (g..g + 128).map(|r| r + round).sum();
+                assert_eq!(y[((b * n + rank) * 3 + round) as usize], want);
+            }
+        }
+    }
+    // `all_words` insists that every member took part: here the last 8 threads have exited.
+    let msg = expect_err(emu::launch(cfg(1, 128, 0), || sum_once(yo, ro, 120)));
+    assert!(
+        msg.contains("test.once reads lane 120, which has exited"),
+        "{msg}"
+    );
+}
+
 shared_array!(fn operand_tile() -> [u32; 128]);
 
 /// A warpgroup "instruction" with a shared-memory operand and result, addressed the way wgmma

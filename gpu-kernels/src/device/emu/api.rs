@@ -103,38 +103,59 @@ pub fn mma_bf16_m16n8k16(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
         c[3].to_bits(),
     ];
     collective("mma.sync.m16n8k16", Group::Warp, &words, |ex| {
-        mma_fragment(ex, c)
+        mma_fragment(ex)
     })
 }
 
-fn mma_fragment(ex: &Exchange<'_>, c: [f32; 4]) -> [f32; 4] {
+fn mma_fragment(ex: &Exchange<'_>) -> [f32; 4] {
     if ex.members() != WARP_SIZE {
         panic!(
             "mma.sync needs a whole warp; this one has {} lanes",
             ex.members()
         );
     }
-    let half = |w: u32, hi: usize| f64::from(f32::from_bits(((w >> (16 * hi)) & 0xffff) << 16));
+    // The whole 16×8 tile D, row-major as f32 bits, computed once for the warp.
+    let d = ex.once(|ex, d| {
+        // Lane l's register r is word 10·l + r.
+        let words = ex.all_words();
+        let half = |w: u32, hi: usize| f64::from(f32::from_bits(((w >> (16 * hi)) & 0xffff) << 16));
+        // A[i][k]: lane (i % 8)·4 + (k % 8)/2, register (i ≥ 8) + 2·(k ≥ 8), half k % 2.
+        let mut a = [[0f64; 16]; 16];
+        for (i, row) in a.iter_mut().enumerate() {
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = half(
+                    words[10 * ((i % 8) * 4 + (k % 8) / 2) + i / 8 + 2 * (k / 8)],
+                    k % 2,
+                );
+            }
+        }
+        // B[k][j]: lane j·4 + (k % 8)/2, register 4 + (k ≥ 8), half k % 2.
+        let mut b = [[0f64; 16]; 8];
+        for (j, col) in b.iter_mut().enumerate() {
+            for (k, v) in col.iter_mut().enumerate() {
+                *v = half(words[10 * (j * 4 + (k % 8) / 2) + 4 + k / 8], k % 2);
+            }
+        }
+        // Each dot product summed in k order (k outermost, so the 128 sums pipeline).
+        let mut dot = [[-0.0f64; 8]; 16];
+        for k in 0..16 {
+            for (i, row) in dot.iter_mut().enumerate() {
+                for (j, acc) in row.iter_mut().enumerate() {
+                    *acc += a[i][k] * b[j][k];
+                }
+            }
+        }
+        // C[i][j]: lane (i % 8)·4 + j/2, register 6 + 2·(i ≥ 8) + j % 2.
+        for (i, row) in dot.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let c = f32::from_bits(words[10 * ((i % 8) * 4 + j / 2) + 6 + 2 * (i / 8) + j % 2]);
+                d.push(((v + f64::from(c)) as f32).to_bits());
+            }
+        }
+    });
+    // This lane's fragment: row g + 8·(r ≥ 2), column 2t + r % 2.
     let (g, t) = ((ex.member() / 4) as usize, (ex.member() % 4) as usize);
-    // A[i][k]: lane (i % 8)·4 + (k % 8)/2, register (i ≥ 8) + 2·(k ≥ 8), half k % 2.
-    let a_row = |i: usize| -> [f64; 16] {
-        std::array::from_fn(|k| {
-            let lane = ((i % 8) * 4 + (k % 8) / 2) as u32;
-            half(ex.read(lane, (i / 8) + 2 * (k / 8)), k % 2)
-        })
-    };
-    // B[k][j]: lane j·4 + (k % 8)/2, register 4 + (k ≥ 8), half k % 2.
-    let b_col = |j: usize| -> [f64; 16] {
-        std::array::from_fn(|k| half(ex.read((j * 4 + (k % 8) / 2) as u32, 4 + k / 8), k % 2))
-    };
-    let rows = [a_row(g), a_row(g + 8)];
-    let cols = [b_col(2 * t), b_col(2 * t + 1)];
-    // Output r: row g + 8·(r ≥ 2), column 2t + r % 2.
-    std::array::from_fn(|r| {
-        let (row, col) = (&rows[r / 2], &cols[r % 2]);
-        let dot: f64 = (0..16).map(|k| row[k] * col[k]).sum();
-        (dot + f64::from(c[r])) as f32
-    })
+    std::array::from_fn(|r| f32::from_bits(d[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2]))
 }
 
 fn atomic_word(p: *mut u32) -> &'static AtomicU32 {

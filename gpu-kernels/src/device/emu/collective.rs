@@ -47,6 +47,8 @@ struct GroupState {
     words: [RefCell<Vec<u32>>; 2],
     /// Per member: 1 + the sequence number of its last publication in that set (0: none).
     stamps: [RefCell<Vec<u64>>; 2],
+    /// A result computed once per collective (`Exchange::once`), with the stamp it is for.
+    results: [RefCell<(u64, Vec<u32>)>; 2],
 }
 
 impl GroupState {
@@ -58,6 +60,7 @@ impl GroupState {
             width: Cell::new(0),
             words: Default::default(),
             stamps: Default::default(),
+            results: Default::default(),
         }
     }
 }
@@ -85,6 +88,9 @@ impl Groups {
             g.gate.reset(g.members);
             for s in &mut g.stamps {
                 s.get_mut().fill(0);
+            }
+            for r in &mut g.results {
+                r.get_mut().0 = 0;
             }
         }
     }
@@ -125,6 +131,7 @@ pub struct Exchange<'a> {
     stamp: u64,
     words: Ref<'a, Vec<u32>>,
     stamps: Ref<'a, Vec<u64>>,
+    result: &'a RefCell<(u64, Vec<u32>)>,
     shared: SharedWindow,
 }
 
@@ -156,6 +163,30 @@ impl Exchange<'_> {
         }
         let at = member as usize * self.width;
         &self.words[at..at + self.width]
+    }
+    /// Every member's words, member-major (`members() × width`), checked once: for
+    /// collectives that read many words of every member (`mma.sync`), where a check per read
+    /// would cost more than the arithmetic. Every member must have taken part.
+    pub fn all_words(&self) -> &[u32] {
+        if let Some(m) = (0..self.members).find(|&m| !self.took_part(m)) {
+            panic!("{} reads lane {m}, which has exited", self.what);
+        }
+        &self.words[..self.members as usize * self.width]
+    }
+    /// A result computed once per collective, by the first member to ask, and shared by all
+    /// (`f` fills the empty buffer it is given): for instructions whose result is one value for
+    /// the whole group, an `mma` or `wgmma` tile, so that members do not each recompute it.
+    /// Every member must ask for the same thing. `f` must not wait.
+    pub fn once(&self, f: impl FnOnce(&Self, &mut Vec<u32>)) -> Ref<'_, [u32]> {
+        {
+            let mut r = self.result.borrow_mut();
+            if r.0 != self.stamp {
+                r.1.clear();
+                f(self, &mut r.1);
+                r.0 = self.stamp;
+            }
+        }
+        Ref::map(self.result.borrow(), |r| r.1.as_slice())
     }
     /// Word `i` of `member`'s publication.
     pub fn read(&self, member: u32, i: usize) -> u32 {
@@ -197,7 +228,7 @@ pub fn collective<R>(
     if g.gate.waiting() == 0 {
         g.what.set(what);
         g.width.set(width);
-    } else if g.what.get() != what || g.width.get() != width {
+    } else if !same(g.what.get(), what) || g.width.get() != width {
         panic!(
             "mismatched {} collective: this thread is at {what} ({width} words), others at {} ({} words)",
             group.noun().0,
@@ -230,6 +261,12 @@ pub fn collective<R>(
         stamp: seq + 1,
         words: g.words[set].borrow(),
         stamps: g.stamps[set].borrow(),
+        result: &g.results[set],
         shared: block.shared.window(),
     })
+}
+
+/// Whether two collective names are the same (by address first: usually the same literal).
+fn same(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }

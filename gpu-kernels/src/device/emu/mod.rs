@@ -28,8 +28,10 @@
 //!
 //! **Extension points** for emulating more of Hopper:
 //! - [`collective`] over a [`Group`] (`Warp` or `Warpgroup`): every member publishes words,
-//!   then reads any member's, and the block's shared memory through [`Exchange::shared`]
-//!   ([`SharedWindow`], by shared-window address as `Shared::addr` gives it);
+//!   then reads any member's ([`Exchange::read`], or [`Exchange::all_words`] checked once),
+//!   and the block's shared memory through [`Exchange::shared`] ([`SharedWindow`], by
+//!   shared-window address as `Shared::addr` gives it); [`Exchange::once`] computes a result
+//!   once for the whole group (as `mma.sync` computes its tile once per warp);
 //! - [`yield_now`] and [`spin_wait`] for polling loops (`mbarrier.try_wait`,
 //!   `cp.async.wait_group`);
 //! - [`with_block_state`]: per-block state of type `S: BlockExtension + Default`, with hooks
