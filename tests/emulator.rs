@@ -4,8 +4,11 @@
 //! They prove the emulator is faithful where kernel correctness depends on it (barriers really
 //! order, warp exchange and atomics compute what the hardware does, every (block, thread) runs
 //! exactly once) and that it catches the bugs a GPU would hide or turn into silent corruption
-//! (out-of-range global and shared accesses, reads of unwritten shared memory, shuffles across a
-//! partial warp, launches the hardware refuses), each reported with the failing coordinates.
+//! (out-of-range global and shared accesses, reads of unwritten shared memory, a missing
+//! barrier, shuffles across a partial warp or from exited lanes, lanes at different collectives,
+//! barriers that never complete, launches the hardware refuses), each reported with the failing
+//! coordinates. The scheduler and the extension points have their own tests in
+//! `emulator_sched.rs`.
 
 use gpu_kernels::device::emu::{self, EmuError, LaunchConfig};
 use gpu_kernels::device::{
@@ -172,8 +175,8 @@ fn out_of_range_vector_access_and_offset_are_reported() {
     );
 }
 
-/// One failing thread must not leave the rest of its block stuck at a barrier (which would only
-/// surface as a 60 s "deadlock"): the block is aborted promptly and the real error reported.
+/// One failing thread must not leave the rest of its block stuck at a barrier (which would
+/// surface as a "deadlock"): the block is aborted promptly and the real error reported.
 fn fail_before_barrier(x: In<f32>, y: Out<f32>) {
     let t = thread_idx().x as usize;
     let v = if t == 5 { x.at(1_000) } else { x.at(t) };
@@ -324,15 +327,13 @@ fn shared_memory_starts_poisoned_in_every_block() {
 shared_array!(fn handoff() -> [f32; 64]);
 
 /// Thread t reads what thread t-1 wrote. `with_barrier` false is the bug: no `sync_threads`.
-/// To make the race deterministic, thread 0 then writes only after thread 1 has read (it
-/// signals through `flag`), so thread 1 must see poison.
+/// To make the race deterministic whatever the schedule, thread 0 writes only after thread 1
+/// has read (it signals through `flag`; thread 0 polls with `spin_wait`, which lets the other
+/// threads run), so thread 1 must see poison.
 fn neighbour_handoff(y: Out<f32>, flag: Out<u32>, with_barrier: bool) {
     let t = thread_idx().x as usize;
     if t == 0 && !with_barrier {
-        let start = Instant::now();
-        while atomic_add_u32(flag, 0, 0) == 0 && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        emu::spin_wait("flag", || atomic_add_u32(flag, 0, 0) != 0);
     }
     handoff().store(t, t as f32);
     if with_barrier {
@@ -359,6 +360,37 @@ fn a_missing_barrier_shows_up_as_poison() {
     emu::launch(linear(1, 64), || neighbour_handoff(yo, fo, true)).unwrap();
     let want: Vec<f32> = (0..64).map(|t| ((t + 63) % 64) as f32).collect();
     assert_eq!(y, want);
+}
+
+shared_array!(fn unsynced() -> [f32; 64]);
+
+/// The missing-barrier bug with no help at all: thread t writes slot t, then (no
+/// `sync_threads`) reads the slot of thread t + `step`.
+fn read_neighbour_without_barrier(y: Out<f32>, step: usize) {
+    let t = thread_idx().x as usize;
+    unsynced().store(t, t as f32);
+    y.set(
+        block_idx().x as usize * 64 + t,
+        unsynced().load((t + step) % 64),
+    );
+}
+
+#[test]
+fn a_missing_barrier_shows_up_as_poison_whichever_neighbour_is_read() {
+    // Threads start in rank order in even blocks and in reverse order in odd ones, so some
+    // reader runs before its writer in both blocks, whichever neighbour it reads.
+    for step in [1, 63] {
+        let mut y = vec![0.0f32; 128];
+        let yo = Out::from_slice(&mut y);
+        emu::launch(linear(2, 64), || read_neighbour_without_barrier(yo, step)).unwrap();
+        for b in 0..2 {
+            let block = &y[b * 64..(b + 1) * 64];
+            assert!(
+                block.iter().any(|v| v.is_nan()),
+                "step {step}, block {b}: no thread read poison: {block:?}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,17 +497,20 @@ fn split_barriers() {
     }
 }
 
-/// Takes the emulator's deadlock timeout (60 s): run with `cargo test --release --test emulator
-/// -- --ignored`.
+/// No waiting out a timeout: the moment no thread can run, the launch fails.
 #[test]
-#[ignore = "waits out the emulator's 60 s deadlock timeout"]
 fn a_barrier_not_every_thread_reaches_is_reported_as_deadlock() {
+    let start = Instant::now();
     let msg = expect_err(emu::launch(linear(1, 32), split_barriers));
-    assert!(msg.contains("deadlock:"), "{msg}");
+    assert_eq!(
+        msg,
+        "block (0, 0, 0): deadlock: sync_threads reached by 31 of 32 live threads; \
+         shfl.sync.bfly.b32 in warp 0 reached by 1 of 32 live lanes"
+    );
     assert!(
-        msg.contains("sync_threads reached by 31 of 32 live threads")
-            || msg.contains("warp shuffle reached by 1 of 32 live threads"),
-        "{msg}"
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
     );
 }
 
@@ -723,6 +758,64 @@ fn shuffles_across_a_partial_warp_are_errors() {
     // The full warp 0 alone is fine.
     emu::launch(linear(1, 32), || warp_sum_only(yo)).unwrap();
     assert!(y[..32].iter().all(|v| *v == 32.0));
+}
+
+/// Lanes 16..31 return at once; the rest vote, then shuffle with `xor_mask`.
+fn half_warp_exits(y: Out<u32>, xor_mask: u32) {
+    let lane = lane_id();
+    if lane >= 16 {
+        return;
+    }
+    let base = lane as usize * 4;
+    y.set(base, ballot(lane.is_multiple_of(3)));
+    y.set(base + 1, vote_all(true) as u32);
+    y.set(base + 2, vote_any(lane == 7) as u32);
+    y.set(base + 3, shfl_xor_u32(lane * 10, xor_mask));
+}
+
+#[test]
+fn exited_lanes_take_no_part_in_warp_collectives() {
+    let mut y = vec![u32::MAX; 64];
+    let yo = Out::from_slice(&mut y);
+    // Shuffles within the lanes still there are fine; exited lanes vote nothing.
+    emu::launch(linear(1, 32), || half_warp_exits(yo, 1)).unwrap();
+    let ballot_want = (0..16u32)
+        .filter(|l| l.is_multiple_of(3))
+        .fold(0u32, |m, l| m | 1 << l);
+    for lane in 0..16u32 {
+        let got = &y[lane as usize * 4..lane as usize * 4 + 4];
+        assert_eq!(got, [ballot_want, 1, 1, (lane ^ 1) * 10], "lane {lane}");
+    }
+    // Reading an exited lane is an error (on the GPU: garbage).
+    let msg = expect_err(emu::launch(linear(1, 32), || half_warp_exits(yo, 16)));
+    assert!(
+        msg.starts_with("block (0, 0, 0) thread (")
+            && msg.contains("shfl.sync.bfly.b32 reads lane")
+            && msg.contains("which has exited"),
+        "{msg}"
+    );
+}
+
+/// Lanes 0..15 ballot, lanes 16..31 shuffle: a collective the warp never completes.
+fn mismatched_collectives(y: Out<u32>) {
+    let lane = lane_id();
+    let v = if lane < 16 {
+        ballot(true)
+    } else {
+        shfl_xor_u32(lane, 1)
+    };
+    y.set(lane as usize, v);
+}
+
+#[test]
+fn lanes_at_different_collectives_are_an_error() {
+    let mut y = vec![0u32; 32];
+    let yo = Out::from_slice(&mut y);
+    let msg = expect_err(emu::launch(linear(1, 32), || mismatched_collectives(yo)));
+    assert!(
+        msg.contains("mismatched warp collective: this thread is at shfl.sync.bfly.b32 (1 words), others at vote.sync.ballot.b32 (1 words)"),
+        "{msg}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! - for `nvptx64-nvidia-cuda` (pinned nightly, driven by the root `build.rs`): `no_std`, every
 //!   `kernel!` becomes a `.visible .entry` in one PTX module;
 //! - for the host (stable): the device API is emulated ([`device::emu`]) so kernel logic is
-//!   unit-tested on the CPU with real per-block concurrency, shared memory and warp exchange.
+//!   unit-tested on the CPU with real barriers, poisoned shared memory and warp exchange.
 #![cfg_attr(target_arch = "nvptx64", no_std)]
 #![cfg_attr(
     target_arch = "nvptx64",

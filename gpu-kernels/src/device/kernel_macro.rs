@@ -24,40 +24,18 @@ macro_rules! kernel {
 
 /// Declares a statically sized shared-memory array and a function returning a handle to it:
 /// `shared_array!(fn tile() -> [f32; 1024]);`. The name must be unique within the crate (it is
-/// a PTX symbol). On nvptx it is a `.shared` variable declared with module-level assembly
-/// (a `#[link_section]` static would silently land in global memory); on the host each block
-/// gets its own poisoned copy.
+/// a PTX symbol). Both backends provide the one constructor, `__kiln_static_shared!`, in two
+/// parts: `declare` the storage (nvptx: a `.shared` variable; host: nothing) and make the
+/// `handle` (host: the running block's own poisoned copy).
 #[macro_export]
 macro_rules! shared_array {
     (fn $name:ident() -> [$t:ty; $n:expr]) => {
-        #[cfg(target_arch = "nvptx64")]
-        core::arch::global_asm!(
-            concat!(".shared .align 16 .b8 kiln_smem_", stringify!($name), "[{bytes}];"),
-            bytes = const ($n) * 4
-        );
+        $crate::__kiln_static_shared!(declare $name, $n);
 
         #[inline(always)]
         fn $name() -> $crate::device::Shared<$t> {
             const _: () = assert!(core::mem::size_of::<$t>() == 4);
-            #[cfg(target_arch = "nvptx64")]
-            {
-                let base: u32;
-                // SAFETY: reads the shared-window address of the symbol declared just above.
-                unsafe {
-                    core::arch::asm!(
-                        concat!("mov.u32 {0}, kiln_smem_", stringify!($name), ";"),
-                        out(reg32) base
-                    )
-                };
-                $crate::device::Shared::<$t>::from_raw(base, $n)
-            }
-            #[cfg(not(target_arch = "nvptx64"))]
-            {
-                $crate::device::emu::static_shared::<$t>(
-                    concat!(module_path!(), "::", stringify!($name)),
-                    $n,
-                )
-            }
+            $crate::__kiln_static_shared!(handle $name, $t, $n)
         }
     };
 }

@@ -2,7 +2,8 @@
 //! shared memory, barriers, warp exchange, atomics, math and float conversions.
 //!
 //! Each primitive has two implementations with one signature: `nvptx` (PTX instructions and
-//! LLVM NVVM intrinsics) and `emu` (the host emulator). Kernels see only this module.
+//! LLVM NVVM intrinsics) and `emu` (the host emulator). Both take the types they share
+//! (`Dim3`, `SharedWord`, `WARP_SIZE`) from `types`; kernels see only this module.
 
 #[macro_use]
 mod kernel_macro;
@@ -13,6 +14,7 @@ mod hopper_emu;
 pub mod math;
 mod ptr;
 pub mod tensor_core;
+mod types;
 mod wgmma_shapes;
 #[cfg(not(target_arch = "nvptx64"))]
 pub use hopper_emu::dynamic_shared_address;
@@ -35,6 +37,7 @@ pub use backend::{
     sync_threads, thread_idx, vote_all, vote_any,
 };
 pub use ptr::{In, Out};
+pub use types::{Dim3, SharedWord, WARP_SIZE};
 
 /// Aborts the kernel: `trap` on the GPU (the launch fails with an error), a panic naming
 /// `why` on the host.
@@ -73,61 +76,6 @@ pub fn clock_cycles() -> u64 {
     }
 }
 
-/// Threads per warp on every NVIDIA GPU kiln targets.
-pub const WARP_SIZE: u32 = 32;
-
-/// Elements of shared arrays: plain 4-byte values, moved as one 32-bit word.
-pub trait SharedWord: Copy {
-    fn to_word(self) -> u32;
-    fn from_word(w: u32) -> Self;
-}
-impl SharedWord for f32 {
-    #[inline(always)]
-    fn to_word(self) -> u32 {
-        self.to_bits()
-    }
-    #[inline(always)]
-    fn from_word(w: u32) -> Self {
-        f32::from_bits(w)
-    }
-}
-impl SharedWord for u32 {
-    #[inline(always)]
-    fn to_word(self) -> u32 {
-        self
-    }
-    #[inline(always)]
-    fn from_word(w: u32) -> Self {
-        w
-    }
-}
-impl SharedWord for i32 {
-    #[inline(always)]
-    fn to_word(self) -> u32 {
-        self as u32
-    }
-    #[inline(always)]
-    fn from_word(w: u32) -> Self {
-        w as i32
-    }
-}
-
-/// A launch dimension or index triple, as CUDA's `dim3`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dim3 {
-    pub x: u32,
-    pub y: u32,
-    pub z: u32,
-}
-
-impl Dim3 {
-    pub const fn new(x: u32, y: u32, z: u32) -> Self {
-        Dim3 { x, y, z }
-    }
-    pub const fn count(self) -> u64 {
-        self.x as u64 * self.y as u64 * self.z as u64
-    }
-}
 
 /// Linear thread index within the block (x fastest), as the hardware numbers lanes.
 #[inline(always)]

@@ -3,7 +3,8 @@
 //! Warp-synchronous operations go through LLVM intrinsics rather than `asm!`, because rustc does
 //! not mark inline assembly `convergent` and LLVM could otherwise sink it under a branch.
 
-use super::{Dim3, SharedWord};
+use super::ptr::Out;
+use super::types::{Dim3, SharedWord};
 use core::arch::nvptx;
 use core::marker::PhantomData;
 
@@ -121,7 +122,7 @@ pub fn vote_all(pred: bool) -> bool {
 
 /// `atom.global.add.f32`; returns the old value.
 #[inline(always)]
-pub fn atomic_add_f32(p: super::Out<f32>, i: usize, v: f32) -> f32 {
+pub fn atomic_add_f32(p: Out<f32>, i: usize, v: f32) -> f32 {
     let old: f32;
     // SAFETY: the element pointer is in bounds (launch-checked) and 4-byte aligned.
     unsafe {
@@ -132,7 +133,7 @@ pub fn atomic_add_f32(p: super::Out<f32>, i: usize, v: f32) -> f32 {
 
 /// `atom.add.u32`; returns the old value.
 #[inline(always)]
-pub fn atomic_add_u32(p: super::Out<u32>, i: usize, v: u32) -> u32 {
+pub fn atomic_add_u32(p: Out<u32>, i: usize, v: u32) -> u32 {
     let old: u32;
     // SAFETY: as above.
     unsafe {
@@ -232,6 +233,37 @@ impl<T: SharedWord> Shared<T> {
             _t: PhantomData,
         }
     }
+
+    /// The shared-window byte address of element 0 (for descriptors).
+    #[inline(always)]
+    pub fn addr(self) -> u32 {
+        self.base
+    }
+}
+
+/// The nvptx half of `shared_array!` (the emulator has its own): `declare` (item position) is a
+/// `.shared` variable declared with module-level assembly (a `#[link_section]` static would
+/// silently land in global memory); `handle` addresses it with `mov.u32`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __kiln_static_shared {
+    (declare $name:ident, $n:expr) => {
+        core::arch::global_asm!(
+            concat!(".shared .align 16 .b8 kiln_smem_", stringify!($name), "[{bytes}];"),
+            bytes = const ($n) * 4
+        );
+    };
+    (handle $name:ident, $t:ty, $n:expr) => {{
+        let base: u32;
+        // SAFETY: reads the shared-window address of the symbol `declare` made.
+        unsafe {
+            core::arch::asm!(
+                concat!("mov.u32 {0}, kiln_smem_", stringify!($name), ";"),
+                out(reg32) base
+            )
+        };
+        $crate::device::Shared::<$t>::from_raw(base, $n)
+    }};
 }
 
 core::arch::global_asm!(".extern .shared .align 16 .b8 kiln_dyn_smem[];");
