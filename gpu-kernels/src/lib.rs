@@ -1,7 +1,8 @@
 //! kiln's device kernels, one kernel family per file, over the small device API in [`device`].
 //!
 //! Every `src/NAME.rs` is the public module `NAME` (declared by `build.rs`: adding a kernel
-//! family is adding its file).
+//! family is adding its file). Each `kernel!` in it is a PTX entry point and, on the host, also
+//! a module of the same name with the typed launcher (see [`device::entry`]).
 //!
 //! The same source compiles twice:
 //! - for `nvptx64-nvidia-cuda` (pinned nightly, driven by the root `build.rs`): `no_std`, every

@@ -6,6 +6,8 @@
 
 #[macro_use]
 mod kernel_macro;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod entry;
 pub mod float;
 pub mod math;
 mod ptr;
