@@ -1,9 +1,11 @@
 //! NEOX RoPE against the float64 reference (`kiln::reference::ops`), including positions up to
 //! 120 000 (the sin/cos range reduction) and partial rotation (rot_dims < head_dim).
 //!
-//! The reference keeps the kernel's precision policy for the angle (f32 `pos · inv_freq`, as
-//! transformers does) and evaluates sin/cos and the rotation in f64. Tolerance 2e-6 (observed
-//! ~3e-7).
+//! The reference computes its own frequencies in f64 (`ops::rope_inv_freq`), independently of
+//! the host's `rope_inv_freq` that feeds the kernel, and keeps only the precision policy of the
+//! angle (NOTES: f32 `pos · inv_freq`, inv_freq rounded once from f64, as transformers does);
+//! sin/cos and the rotation are f64. Tolerance 2e-6 (observed ~3e-7); a wrong frequency or
+//! pairing gives ≥ 1e-2.
 
 mod common;
 use common::*;
@@ -14,11 +16,15 @@ const TOKENS: [usize; 4] = [1, 5, 33, 257];
 const TOL: f64 = 2e-6;
 const BASE: f64 = 1e6;
 
-fn reference(x: &[f32], pos: &[u32], inv_freq: &[f32], s: RopeShape) -> Vec<f64> {
+fn reference(x: &[f32], pos: &[u32], s: RopeShape) -> Vec<f64> {
+    let inv_freq = ops::rope_inv_freq(BASE, s.rot_dims);
     let mut y = ops::widen(x);
     for (t, &p) in pos.iter().enumerate() {
         // The kernel's angle: f32 position times f32 frequency, rounded in f32.
-        let angles: Vec<f64> = inv_freq.iter().map(|f| f64::from(p as f32 * f)).collect();
+        let angles: Vec<f64> = inv_freq
+            .iter()
+            .map(|f| f64::from(p as f32 * *f as f32))
+            .collect();
         for h in 0..s.n_heads {
             ops::rope_neox(
                 &mut y[(t * s.n_heads + h) * s.head_dim..][..s.head_dim],
@@ -44,16 +50,18 @@ fn rope_neox_matches_f64_including_large_positions() {
                 let x = r.normal_vec(tokens * 3 * head_dim, 1.0);
                 // Positions up to 120 000 exercise the sin/cos range reduction.
                 let pos: Vec<u32> = (0..tokens).map(|_| r.below(120_000) as u32).collect();
-                let inv_freq = rope::rope_inv_freq(BASE, rot_dims);
                 let xb = upload(&dev, &x);
-                let (pb, fb) = (upload(&dev, &pos), upload(&dev, &inv_freq));
+                let (pb, fb) = (
+                    upload(&dev, &pos),
+                    upload(&dev, &rope::rope_inv_freq(BASE, rot_dims)),
+                );
                 rope::rope_neox(&dev, &xb, &pb, &fb, shape).unwrap();
                 let got = xb.to_vec().unwrap();
                 assert_close(
                     &format!("rope {tokens}x3x{head_dim} rot {rot_dims}"),
                     &dev,
                     &got,
-                    &reference(&x, &pos, &inv_freq, shape),
+                    &reference(&x, &pos, shape),
                     TOL,
                 );
                 // Past rot_dims every element passes through untouched, bit for bit.
