@@ -6,6 +6,9 @@
 //! rounding to x and then compute exactly in f64, so what is left is f32 accumulation error.
 //! Tolerance 5e-6: over k ≤ 300 that error is ~√k·2^-24 ≈ 1e-6 typical; an indexing error, or
 //! a kernel that skipped the rounding the policy asks for (≈1e-3), fails it.
+//!
+//! Shapes: k not a multiple of 4 (1, 3, 17, 33, 130) and odd m run the partial-load and
+//! zero-padding paths of the tile loaders; 67 rows cross a 64-row tile.
 
 mod common;
 use common::*;
@@ -134,6 +137,67 @@ fn gated_gemm_fuses_swiglu_and_is_batch_invariant() {
             assert_last_row_invariant(&dev, &x, &got, s, |x, y, s| {
                 gemm::matmul_gated_bf16(&dev, x, &gd, &ud, y, s).unwrap()
             });
+        }
+    }
+}
+
+/// Every GEMM kernel at k not a multiple of 4 and odd m: the element-wise partial loads and
+/// the zero padding past k (a padding that read garbage, or a partial load that dropped an
+/// element, moves results by ≥ 1e-2).
+#[test]
+fn every_gemm_handles_ragged_k_and_odd_m() {
+    for dev in devices() {
+        for (case, &rows) in [1usize, 5, 67].iter().enumerate() {
+            for (m, k) in [(1, 1), (3, 3), (65, 17), (33, 33), (7, 130)] {
+                let s = GemmShape { rows, m, k };
+                let mut r = rng(5000 + case as u64 * 100 + k as u64);
+                let x = r.normal_vec(rows * k, 1.0);
+                let xd = upload(&dev, &x);
+                let std = 1.0 / (k as f64).sqrt();
+
+                let (wb, w) = bf16_weights(&mut r, m * k, std);
+                let bias = r.normal_vec(m, 0.1);
+                let (wd, bd) = (upload(&dev, &wb), upload(&dev, &bias));
+                let y = poisoned(&dev, rows * m, f32::NAN);
+                gemm::matmul_bf16(&dev, &xd, &wd, &y, s, Epilogue::bias(Some(&bd))).unwrap();
+                let want: Vec<f64> = bf16_matmul(&x, &w, s)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + f64::from(bias[i % m]))
+                    .collect();
+                let got = y.to_vec().unwrap();
+                assert_close(&format!("gemm_bf16 {s:?}"), &dev, &got, &want, TOL);
+                assert_last_row_invariant(&dev, &x, &got, s, |x, y, s| {
+                    let e = Epilogue::bias(Some(&bd));
+                    gemm::matmul_bf16(&dev, x, &wd, y, s, e).unwrap()
+                });
+
+                let wf = r.normal_vec(m * k, std);
+                let y = poisoned(&dev, rows * m, f32::NAN);
+                gemm::matmul_f32(&dev, &xd, &upload(&dev, &wf), &y, s).unwrap();
+                let want = matmul(&widen(&x), &widen(&wf), rows, m, k);
+                assert_close(
+                    &format!("gemm_f32 {s:?}"),
+                    &dev,
+                    &y.to_vec().unwrap(),
+                    &want,
+                    TOL,
+                );
+
+                let (gb, g) = bf16_weights(&mut r, m * k, std);
+                let (ub, u) = bf16_weights(&mut r, m * k, std);
+                let y = poisoned(&dev, rows * m, f32::NAN);
+                let (gd, ud) = (upload(&dev, &gb), upload(&dev, &ub));
+                gemm::matmul_gated_bf16(&dev, &xd, &gd, &ud, &y, s).unwrap();
+                let want = gated_reference(&x, &g, &u, s);
+                assert_close(
+                    &format!("gated {s:?}"),
+                    &dev,
+                    &y.to_vec().unwrap(),
+                    &want,
+                    TOL,
+                );
+            }
         }
     }
 }
