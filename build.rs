@@ -1,16 +1,24 @@
 //! Compiles `gpu-kernels/` to one PTX module for sm_90 with rustc's NVPTX backend and checks it.
 //!
 //! The host stays on stable Rust; this script drives a second, pinned nightly toolchain for the
-//! kernel crate (installed here, visibly, if missing). The build fails with a clear message when
-//! a kernel entry is missing from the PTX, when the PTX calls something unresolved, or when
-//! `ptxas` rejects it. `ptxas` comes from the PATH, CUDA, or NVIDIA's PyPI wheel (installed into
-//! `.tools/`); only when none can be had is validation skipped, with a warning.
+//! kernel crate (installed here, visibly, if missing). What the PTX must contain comes from the
+//! code, not from its text: gpu-kernels is also a build-dependency, and every `kernel!` in it
+//! registers its entry name and parameter list (`gpu_kernels::device::entry::entries()`). The
+//! build fails with a clear message when a registered kernel is missing from the PTX or its
+//! parameters differ, when the PTX has an entry no `kernel!` declared, when the PTX calls
+//! something unresolved, or when `ptxas` rejects it. `ptxas` comes from the PATH, CUDA, or
+//! NVIDIA's PyPI wheel (installed into `.tools/`); only when none can be had is validation
+//! skipped, with a warning.
 //!
-//! Outputs: `$OUT_DIR/kernels.ptx` (embedded by the host), `$OUT_DIR/kernel_names.rs`, and for
+//! It also declares the launch wrappers: every `host/gpu/ops/*.rs` becomes a public module of
+//! `gpu::ops` (`$OUT_DIR/ops_modules.rs`), so adding a wrapper is adding its file.
+//!
+//! Outputs: `$OUT_DIR/kernels.ptx` (embedded by the host), `$OUT_DIR/ops_modules.rs`, and for
 //! people and the GPU bundle `target/ptx/kernels.ptx` plus `target/ptx/ptxas-report.txt`.
 //!
 //! `KILN_SKIP_PTX=1` builds the host without kernels (the GPU path then reports that clearly).
 
+use gpu_kernels::device::entry::{Entry, entries};
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,12 +43,16 @@ fn main() {
     println!("cargo:rerun-if-changed=gpu-kernels/Cargo.toml");
     println!("cargo:rerun-if-env-changed=KILN_SKIP_PTX");
     println!("cargo:rerun-if-env-changed=KILN_PTXAS");
+    println!("cargo:rerun-if-changed=host/gpu/ops");
 
-    let names = kernel_names(&kernels_dir.join("src"));
     write(
-        &out_dir.join("kernel_names.rs"),
-        &kernel_names_source(&names),
+        &out_dir.join("ops_modules.rs"),
+        &ops_modules(&root.join("host/gpu/ops")),
     );
+    let kernels = entries();
+    if kernels.is_empty() {
+        fail("gpu-kernels registered no kernel! entries (is inventory linked into build.rs?)");
+    }
 
     if env::var_os("KILN_SKIP_PTX").is_some() {
         println!("cargo:warning=KILN_SKIP_PTX is set: building without GPU kernels");
@@ -57,7 +69,7 @@ fn main() {
     compile_ptx(&kernels_dir, &target_dir, &ptx_path);
     let ptx = fs::read_to_string(&ptx_path)
         .unwrap_or_else(|e| fail(&format!("reading {}: {e}", ptx_path.display())));
-    check_ptx(&ptx, &names);
+    check_ptx(&ptx, &kernels);
     validate_with_ptxas(&root, &ptx_path, &target_dir.join("ptxas-report.txt"));
     write(&out_dir.join("kernels.ptx"), &ptx);
 }
@@ -67,58 +79,47 @@ fn fail(msg: &str) -> ! {
     exit(1)
 }
 
+fn write_bytes(path: &Path, contents: &[u8]) {
+    fs::write(path, contents).unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+}
+
 fn write(path: &Path, contents: &str) {
     fs::write(path, contents).unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
 }
 
-/// Every `kernel! { ... pub fn NAME(` under `src`: the entries the PTX must export.
-fn kernel_names(src: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    collect_rs_files(src, &mut files);
-    files.sort();
-    let mut names = Vec::new();
-    for file in files {
-        let text = fs::read_to_string(&file)
-            .unwrap_or_else(|e| fail(&format!("reading {}: {e}", file.display())));
-        let mut rest = text.as_str();
-        while let Some(at) = rest.find("kernel! {") {
-            rest = &rest[at..];
-            let Some(f) = rest.find("pub fn ") else { break };
-            let after = &rest[f + "pub fn ".len()..];
-            let name: String = after
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if name.is_empty() {
-                fail(&format!("cannot read a kernel name in {}", file.display()));
-            }
-            names.push(name);
-            rest = after;
-        }
-    }
-    names
-}
-
-fn collect_rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// `pub mod NAME;` for every `NAME.rs` in `dir` except `mod.rs`, sorted.
+fn ops_modules(dir: &Path) -> String {
     let entries =
         fs::read_dir(dir).unwrap_or_else(|e| fail(&format!("reading {}: {e}", dir.display())));
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_rs_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "rs"))
+        .filter(|p| p.file_stem().is_some_and(|s| s != "mod"))
+        .collect();
+    files.sort();
+    let mut text = String::from("// Generated by build.rs from the files in host/gpu/ops/.\n");
+    for path in files {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            fail(&format!(
+                "{}: a wrapper file's name must be a lowercase Rust identifier",
+                path.display()
+            ));
         }
+        text += &format!(
+            "#[path = {:?}]\npub mod {name};\n",
+            path.display().to_string()
+        );
     }
-}
-
-fn kernel_names_source(names: &[String]) -> String {
-    let list: Vec<String> = names.iter().map(|n| format!("    {n:?},\n")).collect();
-    format!(
-        "/// Kernel entry points declared with `kernel!` in gpu-kernels (generated by build.rs).\n\
-         pub const KERNEL_NAMES: &[&str] = &[\n{}];\n",
-        list.concat()
-    )
+    text
 }
 
 /// A `Command` for the pinned nightly with nothing inherited from this (outer) cargo build:
@@ -229,23 +230,69 @@ fn compile_ptx(kernels_dir: &Path, target_dir: &Path, ptx_path: &Path) {
     }
 }
 
-fn check_ptx(ptx: &str, names: &[String]) {
+/// The `.visible .entry` functions of `ptx` with their parameter types (`.u64`, `.u32`, ...).
+fn ptx_entries(ptx: &str) -> Vec<(&str, Vec<&str>)> {
+    let mut found = Vec::new();
+    let mut lines = ptx.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.trim().strip_prefix(".visible .entry ") else {
+            continue;
+        };
+        let name = rest.split('(').next().unwrap_or(rest).trim();
+        let mut params = Vec::new();
+        if !rest.trim_end().ends_with("()") {
+            for p in lines.by_ref() {
+                let p = p.trim();
+                if let Some(decl) = p.strip_prefix(".param ") {
+                    params.push(decl.split_whitespace().next().unwrap_or(""));
+                }
+                if p.ends_with(')') || p.is_empty() {
+                    break;
+                }
+            }
+        }
+        found.push((name, params));
+    }
+    found
+}
+
+fn check_ptx(ptx: &str, kernels: &[&'static Entry]) {
     if !ptx
         .lines()
         .any(|l| l.trim() == format!(".target {GPU_ARCH}"))
     {
         fail(&format!("the PTX does not target {GPU_ARCH}"));
     }
-    let missing: Vec<&str> = names
-        .iter()
-        .filter(|n| !ptx.contains(&format!(".visible .entry {n}(")))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        fail(&format!(
-            "kernels declared with kernel! but absent from the PTX: {}",
-            missing.join(", ")
-        ));
+    let in_ptx = ptx_entries(ptx);
+    let mut problems = Vec::new();
+    for k in kernels {
+        let want: Vec<&str> = k.params.iter().map(|(_, kind)| kind.ptx_type()).collect();
+        match in_ptx.iter().find(|(name, _)| *name == k.name) {
+            None => problems.push(format!(
+                "kernel {} ({}:{}) is absent from the PTX",
+                k.name, k.file, k.line
+            )),
+            Some((_, got)) if *got != want => problems.push(format!(
+                "kernel {} ({}:{}): the PTX entry takes ({}), kernel! declares ({})",
+                k.name,
+                k.file,
+                k.line,
+                got.join(", "),
+                want.join(", ")
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &in_ptx {
+        if !kernels.iter().any(|k| k.name == *name) {
+            problems.push(format!(
+                "the PTX has an entry `{name}` that no kernel! declares (kernels are declared \
+                 only with kernel!, so the host can launch them)"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        fail(&problems.join("\n"));
     }
     let unresolved: Vec<&str> = ptx
         .lines()
@@ -260,6 +307,13 @@ fn check_ptx(ptx: &str, names: &[String]) {
 }
 
 fn validate_with_ptxas(root: &Path, ptx_path: &Path, report_path: &Path) {
+    // The exact PTX ptxas last accepted: this script also reruns when only a wrapper file
+    // changed, and then there is nothing new to validate.
+    let accepted = ptx_path.with_extension("accepted.ptx");
+    let ptx = fs::read(ptx_path).ok();
+    if report_path.is_file() && ptx.is_some() && fs::read(&accepted).ok() == ptx {
+        return;
+    }
     let Some(ptxas) = find_or_install_ptxas(root) else {
         println!(
             "cargo:warning=ptxas unavailable (no PATH/CUDA copy, and the {PTXAS_WHEEL} wheel \
@@ -280,8 +334,17 @@ fn validate_with_ptxas(root: &Path, ptx_path: &Path, report_path: &Path) {
     }
     // ptxas serialises `wgmma` batches it cannot prove convergent or fenced (C7510–C7520):
     // correct, but the tensor cores then idle. Every such kernel is named.
-    for line in report.lines().filter(|l| l.contains("Potential Performance Loss")) {
-        println!("cargo:warning=ptxas: {}", line.trim_start_matches("ptxas info    : "));
+    for line in report
+        .lines()
+        .filter(|l| l.contains("Potential Performance Loss"))
+    {
+        println!(
+            "cargo:warning=ptxas: {}",
+            line.trim_start_matches("ptxas info    : ")
+        );
+    }
+    if let Some(ptx) = ptx {
+        write_bytes(&accepted, &ptx);
     }
     if report.contains("bytes spill stores") && !report.contains(" 0 bytes spill stores") {
         println!(

@@ -16,6 +16,11 @@
 #   summary.txt    one line per step: exit code, tests passed/failed/ignored, seconds
 # At most 8 files are written to OUTDIR (the device tool brings back 8).
 #
+# The last line says ALL STEPS PASSED (exit 0) only when every step ran and passed. A step
+# that did not run (the deadline came, a tool such as ptxas or compute-sanitizer is missing,
+# or an option below turned it off) makes it "N STEP(S) SKIPPED" and exit 3; a failed step
+# "N STEP(S) FAILED" and exit 1.
+#
 # Environment (all optional):
 #   KILN_TEST_DEVICE=cuda        device for the tests (cuda | all | emulator)
 #   KILN_TEST_FILTER=SUBSTR      libtest name filter for the test step
@@ -31,6 +36,8 @@
 #   KILN_DEADLINE=540            seconds for the whole run: later steps are skipped, not cut
 #                                off, so the summary is always written (the device tool stops a
 #                                command at 600 s)
+#   KILN_TOOL_DIRS='/usr/local/cuda/bin /usr/local/cuda-*/bin'   where CUDA tools are looked
+#                                for after PATH (empty: PATH only)
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -87,12 +94,19 @@ deadline="${KILN_DEADLINE:-540}"
 sanitize_exes="${KILN_SANITIZE_EXES:-kernels_*}"
 racecheck_exes="${KILN_RACECHECK_EXES:-$sanitize_exes}"
 
-# A CUDA tool from PATH or the usual toolkit folders.
+# A CUDA tool from PATH or the toolkit folders (KILN_TOOL_DIRS).
 tool() {
-    local t
-    for t in "$(command -v "$1" 2>/dev/null)" /usr/local/cuda/bin/"$1" /usr/local/cuda-*/bin/"$1"; do
-        if [[ -n "$t" && -x "$t" ]]; then
-            echo "$t"
+    local d t
+    t="$(command -v "$1" 2>/dev/null)"
+    if [[ -n "$t" && -x "$t" ]]; then
+        echo "$t"
+        return 0
+    fi
+    # shellcheck disable=SC2206 # split on spaces and expand the globs
+    local dirs=(${KILN_TOOL_DIRS-/usr/local/cuda/bin /usr/local/cuda-*/bin})
+    for d in "${dirs[@]}"; do
+        if [[ -x "$d/$1" ]]; then
+            echo "$d/$1"
             return 0
         fi
     done
@@ -102,6 +116,14 @@ tool() {
 # Summary rows: step, exit, passed, failed, ignored, seconds.
 rows=()
 failed_steps=0
+skipped_steps=0
+
+# skip_step NAME WHY [LOGFILE]: records a step that did not run (never a pass).
+skip_step() {
+    rows+=("$1|SKIPPED: $2|-|-|-|0")
+    skipped_steps=$((skipped_steps + 1))
+    echo "=== $1: SKIPPED ($2)" | tee -a "${3:-/dev/null}"
+}
 
 # run_step NAME LOGFILE CMD...: runs CMD under the step timeout, appends its output to LOGFILE
 # (and prints it), and records a summary row with the libtest counts found in its output.
@@ -110,8 +132,7 @@ run_step() {
     shift 2
     local left=$((deadline - SECONDS))
     if ((left < 15)); then
-        rows+=("$name|skipped (deadline)|-|-|-|0")
-        echo "=== $name: skipped, the ${deadline}s deadline is near" | tee -a "$log"
+        skip_step "$name" "the ${deadline}s deadline is near" "$log"
         return
     fi
     local limit=$((left < step_timeout ? left : step_timeout))
@@ -161,14 +182,22 @@ run_step() {
 
 # ---- tests ---------------------------------------------------------------------------------
 : >"$out/tests.log"
+test_exes=0
 for exe in "$here"/tests/*; do
     [[ -x "$exe" ]] || continue
+    test_exes=$((test_exes + 1))
     run_step "test $(basename "$exe")" "$out/tests.log" \
         "$exe" ${KILN_TEST_FILTER:+"$KILN_TEST_FILTER"}
 done
+if ((test_exes == 0)); then
+    rows+=("tests|no test executables in $here/tests|-|-|-|0")
+    failed_steps=$((failed_steps + 1))
+fi
 
 # ---- sanitizers ----------------------------------------------------------------------------
-if [[ "${KILN_SANITIZE:-1}" != 0 ]]; then
+if [[ "${KILN_SANITIZE:-1}" == 0 ]]; then
+    skip_step "memcheck/racecheck" "KILN_SANITIZE=0"
+else
     if sanitizer="$(tool compute-sanitizer)"; then
         : >"$out/memcheck.log"
         for exe in "$here"/tests/$sanitize_exes; do
@@ -182,7 +211,9 @@ if [[ "${KILN_SANITIZE:-1}" != 0 ]]; then
                     "$exe" ${KILN_MEMCHECK_FILTER:+"$KILN_MEMCHECK_FILTER"}
             done
         done
-        if [[ "${KILN_RACECHECK:-1}" != 0 ]]; then
+        if [[ "${KILN_RACECHECK:-1}" == 0 ]]; then
+            skip_step "racecheck" "KILN_RACECHECK=0"
+        else
             : >"$out/racecheck.log"
             for exe in "$here"/tests/$racecheck_exes; do
                 [[ -x "$exe" ]] || continue
@@ -192,14 +223,14 @@ if [[ "${KILN_SANITIZE:-1}" != 0 ]]; then
             done
         fi
     else
-        rows+=("sanitizers|not found|-|-|-|0")
-        failed_steps=$((failed_steps + 1))
-        echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee "$out/memcheck.log"
+        skip_step "memcheck/racecheck" "compute-sanitizer not found" "$out/memcheck.log"
     fi
 fi
 
 # ---- ptxas / SASS --------------------------------------------------------------------------
-if [[ "${KILN_SASS:-1}" != 0 ]]; then
+if [[ "${KILN_SASS:-1}" == 0 ]]; then
+    skip_step "ptxas/cuobjdump" "KILN_SASS=0"
+else
     if [[ ! -f "$here/ptx/kernels.ptx" ]]; then
         rows+=("ptxas|no PTX in bundle|-|-|-|0")
         failed_steps=$((failed_steps + 1))
@@ -214,9 +245,11 @@ if [[ "${KILN_SASS:-1}" != 0 ]]; then
             head -c 15000000 "$work/sass.txt" >"$out/sass.txt"
             ((rc != 0)) && failed_steps=$((failed_steps + 1))
             rows+=("cuobjdump -sass|$rc|-|-|-|0")
+        else
+            skip_step "cuobjdump -sass" "ptxas wrote no cubin"
         fi
     else
-        rows+=("ptxas/cuobjdump|not found|-|-|-|0")
+        skip_step "ptxas/cuobjdump" "not found" "$out/ptxas.txt"
     fi
 fi
 
@@ -232,11 +265,18 @@ fi
     grep -h -E '^test .* FAILED$|^---- .* stdout ----$|SUMMARY: [1-9]|^========= (Invalid|Race|Error|Warning|Program hit|Barrier|Uninitialized)' \
         "$out/tests.log" "$out/memcheck.log" "$out/racecheck.log" 2>/dev/null | sort -u | head -40
     echo
-    if ((failed_steps == 0)); then
-        echo "ALL STEPS PASSED (${SECONDS}s)"
+    if ((failed_steps > 0)); then
+        echo "$failed_steps STEP(S) FAILED, $skipped_steps SKIPPED (${SECONDS}s); logs in $out"
+    elif ((skipped_steps > 0)); then
+        echo "$skipped_steps STEP(S) SKIPPED, none failed: NOT a full pass (${SECONDS}s)"
     else
-        echo "$failed_steps STEP(S) FAILED (${SECONDS}s); logs in $out"
+        echo "ALL STEPS PASSED (${SECONDS}s)"
     fi
 } | tee "$out/summary.txt"
 
-((failed_steps == 0))
+if ((failed_steps > 0)); then
+    exit 1
+elif ((skipped_steps > 0)); then
+    exit 3
+fi
+exit 0

@@ -1,4 +1,5 @@
-//! MoE kernels one by one against float64 references at N ∈ {1, 5, 33, 257}: router top-k
+//! MoE kernels one by one against the float64 references (`kiln::reference::ops`) at
+//! N ∈ {1, 5, 33, 257}: router top-k
 //! (with planted exact ties → lower expert id), the expert grouping and its tile table, the
 //! grouped gate/up (+SwiGLU) and down GEMMs, and the one-launch weighted scatter-reduce with the
 //! shared expert last; then the whole chain for the last token alone vs inside the batch, bit
@@ -12,48 +13,30 @@
 mod common;
 use common::*;
 use kiln::gpu::Device;
-use kiln::gpu::ops::moe::Routing;
+use kiln::gpu::ops::moe::{MoeShape, Routing};
+use kiln::reference::ops::{self, dot, widen};
 
 const ROWS: [usize; 4] = [1, 5, 33, 257];
 const N_EXPERT: usize = 8;
 const HIDDEN: usize = 128;
 const FF: usize = 96;
 
-/// Softmax over each row, top-k by probability with ties to the lower id, optional renorm.
+/// Each token's routing by the reference (softmax, top-k with ties to the lower id, optional
+/// renormalisation): ids and weights in selection order.
 fn route_ref(logits: &[f32], k: usize, renorm: bool) -> (Vec<u32>, Vec<f64>) {
-    let (mut ids, mut weights) = (Vec::new(), Vec::new());
-    for row in logits.chunks(N_EXPERT) {
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let e: Vec<f64> = row.iter().map(|l| (*l as f64 - m).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        let mut taken = [false; N_EXPERT];
-        let mut picked = Vec::new();
-        for _ in 0..k {
-            let best = (0..N_EXPERT)
-                .filter(|&i| !taken[i])
-                .fold(None, |b: Option<usize>, i| match b {
-                    Some(j) if row[j] >= row[i] => Some(j),
-                    _ => Some(i),
-                })
-                .unwrap();
-            taken[best] = true;
-            picked.push((best as u32, e[best] / sum));
-        }
-        let total: f64 = picked.iter().map(|p| p.1).sum();
-        for (id, w) in picked {
-            ids.push(id);
-            weights.push(if renorm { w / total } else { w });
-        }
+    logits
+        .chunks(N_EXPERT)
+        .flat_map(|row| ops::route(&widen(row), k, renorm))
+        .map(|(e, w)| (e as u32, w))
+        .unzip()
+}
+
+fn shape(n: usize) -> MoeShape {
+    MoeShape {
+        tokens: n,
+        hidden: HIDDEN,
+        ff: FF,
     }
-    (ids, weights)
-}
-
-fn to_f64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|x| *x as f64).collect()
-}
-
-fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
 }
 
 struct Case {
@@ -182,16 +165,14 @@ fn run_chain(
     );
     let h = poisoned(dev, n * k * FF, f32::NAN);
     routing
-        .experts_gated(dev, &x, &g, &u, &h, n, FF, HIDDEN)
+        .experts_gated(dev, &x, &g, &u, &h, shape(n))
         .unwrap();
     let out = poisoned(dev, n * k * HIDDEN, f32::NAN);
-    routing
-        .experts_down(dev, &h, &d, &out, n, FF, HIDDEN)
-        .unwrap();
+    routing.experts_down(dev, &h, &d, &out, shape(n)).unwrap();
     let y = upload(dev, resid);
     let (so, sg) = (upload(dev, sh_out), upload(dev, sh_gate));
     routing
-        .combine(dev, &out, shared.then_some((&so, &sg)), &y, n, HIDDEN)
+        .combine(dev, &out, shared.then_some((&so, &sg)), &y, shape(n))
         .unwrap();
     (
         h.to_vec().unwrap(),
@@ -218,7 +199,7 @@ fn grouped_expert_gemms_and_combine_match_f64() {
                 );
                 let weights = routing.weights.to_vec().unwrap();
                 let row_of_pair = routing.row_of_pair.to_vec().unwrap();
-                let x = to_f64(&bf16_rounded(&c.x));
+                let x = widen(&bf16_rounded(&c.x));
                 // Gate/up + SwiGLU per grouped row, from its token and its expert.
                 let mut want_h = vec![0.0; n * 2 * FF];
                 for (row, &p) in sorted[..n * 2].iter().enumerate() {
@@ -226,29 +207,20 @@ fn grouped_expert_gemms_and_combine_match_f64() {
                     for f in 0..FF {
                         let w = (e * FF + f) * HIDDEN;
                         let xr = &x[t * HIDDEN..][..HIDDEN];
-                        let gv: f64 = xr
-                            .iter()
-                            .zip(&c.gate.1[w..w + HIDDEN])
-                            .map(|(a, b)| a * b)
-                            .sum();
-                        let uv: f64 = xr
-                            .iter()
-                            .zip(&c.up.1[w..w + HIDDEN])
-                            .map(|(a, b)| a * b)
-                            .sum();
-                        want_h[row * FF + f] = silu(gv) * uv;
+                        let gv = dot(xr, &c.gate.1[w..w + HIDDEN]);
+                        let uv = dot(xr, &c.up.1[w..w + HIDDEN]);
+                        want_h[row * FF + f] = ops::swiglu(gv, uv);
                     }
                 }
                 assert_close(&format!("grouped gate/up n={n}"), &dev, &h, &want_h, 5e-6);
                 // Down projection of each grouped row with its expert (from the kernel's h).
-                let hr = to_f64(&bf16_rounded(&h));
+                let hr = widen(&bf16_rounded(&h));
                 let mut want_out = vec![0.0; n * 2 * HIDDEN];
                 for (row, &p) in sorted[..n * 2].iter().enumerate() {
                     let e = ids[p as usize] as usize;
                     for o in 0..HIDDEN {
                         let w = &c.down.1[(e * HIDDEN + o) * FF..][..FF];
-                        want_out[row * HIDDEN + o] =
-                            hr[row * FF..][..FF].iter().zip(w).map(|(a, b)| a * b).sum();
+                        want_out[row * HIDDEN + o] = dot(&hr[row * FF..][..FF], w);
                     }
                 }
                 assert_close(&format!("grouped down n={n}"), &dev, &out, &want_out, 5e-6);
@@ -263,8 +235,8 @@ fn grouped_expert_gemms_and_combine_match_f64() {
                             })
                             .sum();
                         if shared {
-                            acc += 1.0 / (1.0 + (-sh_gate[t] as f64).exp())
-                                * sh_out[t * HIDDEN + d] as f64;
+                            acc += ops::sigmoid(f64::from(sh_gate[t]))
+                                * f64::from(sh_out[t * HIDDEN + d]);
                         }
                         want_y[t * HIDDEN + d] = resid[t * HIDDEN + d] as f64 + acc;
                     }

@@ -23,7 +23,7 @@
 mod common;
 
 use common::{argmax, load, prompt, reference, rel_l2_f32};
-use kiln::reference::{KvCache, forward, forward_with_cache};
+use kiln::reference::{KvCache, Logits, forward, forward_with_cache};
 
 const F32_TOL: f64 = 2e-6;
 const QUANT_TOL: f64 = 2e-6;
@@ -50,26 +50,53 @@ fn check(model: &str, source: &str, tol: f64, max_flips: usize) -> f64 {
     let ours = forward(&cfg, &w, &prompt("p33"), true).expect("forward");
     let want = reference(model, "p33-all", source);
     assert_eq!(want.shape, vec![33, cfg.vocab]);
-    let mut flips = 0;
-    for i in 0..33 {
-        let row = &want.data[i * cfg.vocab..(i + 1) * cfg.vocab];
+    let (row_worst, flips) = compare_rows(model, &ours, &want.data, tol);
+    assert!(flips <= max_flips, "{model}: {flips} positions off");
+    let worst = worst.max(row_worst);
+    println!("{model} vs {source}: worst rel L2 {worst:.3e}, {flips} flipped positions");
+    worst
+}
+
+/// Compares every row of `ours` with `want`. A row above `tol` counts as an expert flip and
+/// must still be below 0.5; the others must keep the reference's top-1. A non-finite error (a
+/// NaN or infinity anywhere in the row) fails outright: NaN compares false both ways, so
+/// `err > tol` alone would pass it. Returns the worst in-tolerance error and the flips.
+fn compare_rows(model: &str, ours: &Logits, want: &[f32], tol: f64) -> (f64, usize) {
+    assert_eq!(ours.data.len(), want.len(), "{model}: logits shape");
+    let (mut worst, mut flips) = (0.0f64, 0);
+    for i in 0..ours.n_rows() {
+        let row = &want[i * ours.vocab..(i + 1) * ours.vocab];
         let err = rel_l2_f32(ours.row(i), row);
+        assert!(
+            err.is_finite(),
+            "{model} position {i}: rel L2 is {err} (a non-finite logit)"
+        );
         if err > tol {
-            println!("{model} p33-all position {i}: rel L2 {err:.3e} (counted as an expert flip)");
-            assert!(err < 0.5, "{model} p33-all position {i}: rel L2 {err:.3e}");
+            println!("{model} position {i}: rel L2 {err:.3e} (counted as an expert flip)");
+            assert!(err < 0.5, "{model} position {i}: rel L2 {err:.3e}");
             flips += 1;
         } else {
             assert_eq!(
                 argmax(ours.row(i)),
                 argmax(row),
-                "{model} p33 position {i}: top-1"
+                "{model} position {i}: top-1"
             );
             worst = worst.max(err);
         }
     }
-    assert!(flips <= max_flips, "{model}: {flips} positions off");
-    println!("{model} vs {source}: worst rel L2 {worst:.3e}, {flips} flipped positions");
-    worst
+    (worst, flips)
+}
+
+/// The row comparison cannot pass a NaN: one NaN logit in an otherwise exact row fails it.
+#[test]
+#[should_panic(expected = "non-finite logit")]
+fn a_nan_logit_fails_the_row_comparison() {
+    // Two rows of 64 logits; the second row of ours has one NaN.
+    let want: Vec<f32> = (0..128).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut data = want.clone();
+    data[64 + 5] = f32::NAN;
+    let ours = Logits { vocab: 64, data };
+    compare_rows("synthetic", &ours, &want, F32_TOL);
 }
 
 #[test]

@@ -1,5 +1,9 @@
 //! kiln's device kernels, one kernel family per file, over the small device API in [`device`].
 //!
+//! Every `src/NAME.rs` is the public module `NAME` (declared by `build.rs`: adding a kernel
+//! family is adding its file). Each `kernel!` in it is a PTX entry point and, on the host, also
+//! a module of the same name with the typed launcher (see [`device::entry`]).
+//!
 //! The same source compiles twice:
 //! - for `nvptx64-nvidia-cuda` (pinned nightly, driven by the root `build.rs`): `no_std`, every
 //!   `kernel!` becomes a `.visible .entry` in one PTX module;
@@ -21,14 +25,5 @@
 #[macro_use]
 pub mod device;
 
-pub mod attention;
-pub mod convert;
-pub mod embedding;
-pub mod flash_attention;
-pub mod gemm;
-pub mod gemm_wgmma;
-pub mod moe;
-pub mod norm;
-pub mod probe;
-pub mod rope;
-pub mod swiglu;
+// `pub mod attention; pub mod convert; ...`: one module per file in src/.
+include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));

@@ -6,11 +6,18 @@
 use crate::device::math::{fma, sqrt};
 use crate::device::*;
 
+/// Threads per row of `rms_norm_rows`. Fixed (not derived from the row count or width) so each
+/// row's reduction order is the same in every launch: a condition of batch invariance.
+pub const ROW_THREADS: u32 = 256;
+/// Threads per block of `rms_norm_heads` (a warp per head vector, so any multiple of 32 gives
+/// the same bits; fixed like the others).
+pub const HEAD_THREADS: u32 = 256;
+
 shared_array!(fn norm_partials() -> [f32; 32]);
 
 kernel! {
-    /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w`. Grid: one block per row; block: a
-    /// multiple of 32 threads (256 is typical).
+    /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w`. Grid: one block per row; block:
+    /// `ROW_THREADS` (any multiple of 32 works; the bits depend on it).
     pub fn rms_norm_rows(x: In<f32>, w: In<f32>, y: Out<f32>, cols: u32, eps: f32) {
         let cols = cols as usize;
         let base = block_idx().x as usize * cols;

@@ -157,13 +157,14 @@ impl<T: Element> Buffer<T> {
         }
     }
 
-    /// A kernel argument that reads this buffer.
-    pub fn input(&self) -> Input<'_, T> {
+    /// A kernel argument that reads this buffer (a kernel parameter `In<T>`). Crate-private:
+    /// only the `ops` wrappers, which check lengths first, hand buffers to kernels.
+    pub(crate) fn input(&self) -> Input<'_, T> {
         Input(self)
     }
 
-    /// A kernel argument that writes this buffer.
-    pub fn output(&self) -> Output<'_, T> {
+    /// A kernel argument that writes this buffer (a kernel parameter `Out<T>`).
+    pub(crate) fn output(&self) -> Output<'_, T> {
         Output(self)
     }
 
@@ -203,5 +204,7 @@ impl<T: Element> Buffer<T> {
     }
 }
 
+/// A buffer passed to a kernel as `In<T>` (see `launch.rs`).
 pub struct Input<'a, T: Element>(pub(crate) &'a Buffer<T>);
+/// A buffer passed to a kernel as `Out<T>`.
 pub struct Output<'a, T: Element>(pub(crate) &'a Buffer<T>);

@@ -7,11 +7,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/kernel_names.rs"));
-}
-pub use generated::KERNEL_NAMES;
-
 /// The PTX of every kernel in gpu-kernels, built by build.rs for sm_90.
 pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
@@ -48,11 +43,12 @@ impl CudaRuntime {
             .load_module(cudarc::nvrtc::Ptx::from_src(KERNELS_PTX))
             .map_err(|e| GpuError::driver("loading the kernel PTX", e))?;
         let mut functions = HashMap::new();
-        for &kernel in KERNEL_NAMES {
+        // Every kernel declared with `kernel!` (build.rs checked each is in the PTX).
+        for entry in gpu_kernels::device::entry::entries() {
             let f = module
-                .load_function(kernel)
-                .map_err(|e| GpuError::driver(format!("loading kernel {kernel}"), e))?;
-            functions.insert(kernel, f);
+                .load_function(entry.name)
+                .map_err(|e| GpuError::driver(format!("loading kernel {}", entry.name), e))?;
+            functions.insert(entry.name, f);
         }
         Ok(CudaRuntime {
             stream: ctx.default_stream(),

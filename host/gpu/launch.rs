@@ -1,13 +1,17 @@
-//! The one place where kernels are launched: `launch!` marshals arguments either into CUDA
-//! kernel parameters or into the typed `In`/`Out` views the emulator passes to the same Rust
-//! function. Launch wrappers (`ops/`) check every shape before they call it.
+//! The one place where kernels are launched. Every `kernel!` in gpu-kernels comes with a typed
+//! launcher, `gpu_kernels::FAMILY::NAME::launch(dev, cfg, args...)`; this file makes a
+//! [`Device`] its backend: CUDA parameters and `cuLaunchKernel` on the device's stream, or the
+//! emulator running the very same Rust function. Arguments are `buffer.input()`,
+//! `buffer.output()` (kernel parameters `In<T>` / `Out<T>`), `u32`, `i32` or `f32`; the compiler
+//! checks them against the kernel's signature. Only the wrappers in `ops/` launch: they check
+//! every shape and length first, and only this crate can make the pointer arguments.
 
 use super::buffer::{Element, Input, Output};
-use super::device::CudaRuntime;
+use super::device::{Backend, CudaRuntime, Device};
 use super::error::{GpuError, Result};
 use cudarc::driver::sys::CUfunction_attribute;
-use gpu_kernels::device::emu;
-use gpu_kernels::device::{Dim3, In, Out};
+use gpu_kernels::device::entry::{Arg, Entry, Launcher};
+use gpu_kernels::device::{Dim3, In, Out, emu};
 use std::ffi::c_void;
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -39,56 +43,76 @@ impl LaunchConfig {
     }
 }
 
-/// A kernel parameter as the CUDA driver takes it.
-#[derive(Clone, Copy)]
-pub enum Param {
-    Word(u32),
-    Pointer(u64),
+// SAFETY: kernels can only be given pointers through `Input`/`Output`, which only this crate
+// can make (`Buffer::input`/`output` are crate-private), and the crate makes them only in the
+// `ops` wrappers, after checking every buffer against the index range the kernel touches.
+unsafe impl Launcher for Device {
+    type Config = LaunchConfig;
+    type Error = GpuError;
+
+    fn is_emulator(&self) -> bool {
+        matches!(self.backend(), Backend::Emulator)
+    }
+
+    fn launch_cuda(&self, entry: &'static Entry, cfg: LaunchConfig, params: &[u64]) -> Result<()> {
+        let Backend::Cuda(rt) = self.backend() else {
+            return Err(GpuError::WrongBackend {
+                buffer: "cuda",
+                device: "emulator",
+            });
+        };
+        self.count_launch();
+        rt.launch_raw(entry.name, cfg, params)
+    }
+
+    fn launch_emulated(
+        &self,
+        entry: &'static Entry,
+        cfg: LaunchConfig,
+        kernel: &(dyn Fn() + Sync),
+    ) -> Result<()> {
+        self.count_launch();
+        let dim = |(x, y, z)| Dim3::new(x, y, z);
+        let emu_cfg = emu::LaunchConfig {
+            grid: dim(cfg.grid),
+            block: dim(cfg.block),
+            dynamic_shared_bytes: cfg.shared_bytes,
+        };
+        emu::launch(emu_cfg, kernel).map_err(|e| GpuError::Emulator {
+            kernel: entry.name,
+            message: e.0,
+        })
+    }
 }
 
-/// Something that can be passed to a kernel on either backend.
-pub trait KernelArg {
-    type Emulated: Copy + Send + Sync;
-    fn param(&self, rt: &CudaRuntime) -> Result<Param>;
-    fn emulated(&self) -> Result<Self::Emulated>;
-}
-
-impl KernelArg for u32 {
-    type Emulated = u32;
-    fn param(&self, _: &CudaRuntime) -> Result<Param> {
-        Ok(Param::Word(*self))
-    }
-    fn emulated(&self) -> Result<u32> {
-        Ok(*self)
+fn cuda_address<T: Element>(dev: &Device, buf: &super::Buffer<T>) -> Result<u64> {
+    match dev.backend() {
+        Backend::Cuda(rt) => buf.device_address(rt.stream()),
+        Backend::Emulator => Err(GpuError::WrongBackend {
+            buffer: "emulator",
+            device: "cuda",
+        }),
     }
 }
 
-impl KernelArg for f32 {
-    type Emulated = f32;
-    fn param(&self, _: &CudaRuntime) -> Result<Param> {
-        Ok(Param::Word(self.to_bits()))
+// SAFETY: `cuda` gives the address of the buffer's live device allocation (an error for a
+// buffer of the other backend); `emulated` a view of its host storage, which the borrow in
+// `Input` keeps alive for the (synchronous) emulated launch.
+unsafe impl<T: Element> Arg<Device, In<T>> for Input<'_, T> {
+    fn cuda(&self, dev: &Device) -> Result<u64> {
+        cuda_address(dev, self.0)
     }
-    fn emulated(&self) -> Result<f32> {
-        Ok(*self)
-    }
-}
-
-impl<T: Element> KernelArg for Input<'_, T> {
-    type Emulated = In<T>;
-    fn param(&self, rt: &CudaRuntime) -> Result<Param> {
-        self.0.device_address(rt.stream()).map(Param::Pointer)
-    }
-    fn emulated(&self) -> Result<In<T>> {
+    fn emulated(&self, _: &Device) -> Result<In<T>> {
         self.0.host_in()
     }
 }
 
-impl<T: Element> KernelArg for Output<'_, T> {
-    type Emulated = Out<T>;
-    fn param(&self, rt: &CudaRuntime) -> Result<Param> {
-        self.0.device_address(rt.stream()).map(Param::Pointer)
+// SAFETY: as for `Input`.
+unsafe impl<T: Element> Arg<Device, Out<T>> for Output<'_, T> {
+    fn cuda(&self, dev: &Device) -> Result<u64> {
+        cuda_address(dev, self.0)
     }
-    fn emulated(&self) -> Result<Out<T>> {
+    fn emulated(&self, _: &Device) -> Result<Out<T>> {
         self.0.host_out()
     }
 }
@@ -96,13 +120,8 @@ impl<T: Element> KernelArg for Output<'_, T> {
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
 impl CudaRuntime {
-    /// Queues one launch on the stream.
-    pub(crate) fn launch_raw(
-        &self,
-        kernel: &'static str,
-        cfg: LaunchConfig,
-        params: &[Param],
-    ) -> Result<()> {
+    /// Queues one launch of `kernel` on the stream; `params` one slot per kernel parameter.
+    fn launch_raw(&self, kernel: &'static str, cfg: LaunchConfig, params: &[u64]) -> Result<()> {
         let f = self.function(kernel)?;
         if cfg.shared_bytes > DEFAULT_SHARED_LIMIT {
             f.set_attribute(
@@ -111,23 +130,18 @@ impl CudaRuntime {
             )
             .map_err(|e| GpuError::driver(format!("raising {kernel}'s shared-memory limit"), e))?;
         }
-        let mut values: Vec<u64> = params
-            .iter()
-            .map(|p| match *p {
-                Param::Word(w) => w as u64,
-                Param::Pointer(a) => a,
-            })
-            .collect();
-        // The driver reads each parameter through a pointer to its value; words are read as
-        // their low 4 bytes, which on little-endian x86-64 / aarch64 hosts is where they sit.
+        let mut values = params.to_vec();
+        // The driver reads each parameter through a pointer to its value; 32-bit parameters are
+        // read as their low 4 bytes, which on little-endian x86-64 / aarch64 hosts is where
+        // they sit.
         let mut pointers: Vec<*mut c_void> = values
             .iter_mut()
             .map(|v| v as *mut u64 as *mut c_void)
             .collect();
-        // SAFETY: the parameters match the kernel's signature (the `launch!` macro builds them
-        // from the same argument list as the emulated call, which the Rust compiler type-checks
-        // against the kernel function), pointers are live device allocations whose lengths the
-        // calling wrapper checked, and `values` outlives the call (the driver copies them).
+        // SAFETY: `params` has one slot per parameter of `kernel`, each made by the `Arg` impl
+        // for that parameter's type (the kernel's `launch`, generated from its signature by
+        // `kernel!`); pointers are live device allocations whose lengths the calling wrapper
+        // checked (see `Launcher for Device`); `values` outlives the call (the driver copies).
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),
@@ -141,99 +155,3 @@ impl CudaRuntime {
         .map_err(|e| GpuError::driver(format!("launching {kernel}"), e))
     }
 }
-
-pub(crate) fn emulate(
-    kernel: &'static str,
-    cfg: LaunchConfig,
-    body: impl Fn() + Sync,
-) -> Result<()> {
-    let dim = |(x, y, z)| Dim3::new(x, y, z);
-    let emu_cfg = emu::LaunchConfig {
-        grid: dim(cfg.grid),
-        block: dim(cfg.block),
-        dynamic_shared_bytes: cfg.shared_bytes,
-    };
-    emu::launch(emu_cfg, body).map_err(|e| GpuError::Emulator {
-        kernel,
-        message: e.0,
-    })
-}
-
-/// `launch!(device, module::kernel, cfg, arg, ...)`: launches `gpu_kernels::module::kernel` on
-/// the device's backend. Arguments are `buffer.input()`, `buffer.output()`, `u32` or `f32`.
-macro_rules! launch {
-    ($device:expr, $module:ident :: $kernel:ident, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let device: &$crate::gpu::Device = $device;
-        let cfg: $crate::gpu::LaunchConfig = $cfg;
-        device.count_launch();
-        match device.backend() {
-            $crate::gpu::Backend::Cuda(rt) => {
-                let params = [$($crate::gpu::launch::KernelArg::param(&$arg, rt)?),+];
-                rt.launch_raw(stringify!($kernel), cfg, &params)
-            }
-            $crate::gpu::Backend::Emulator => {
-                let args = ($($crate::gpu::launch::KernelArg::emulated(&$arg)?,)+);
-                $crate::gpu::launch::emulate(stringify!($kernel), cfg, move || {
-                    $crate::gpu::launch::call_with!(gpu_kernels::$module::$kernel, args, $($arg),+)
-                })
-            }
-        }
-    }};
-}
-pub(crate) use launch;
-
-/// Calls `f` with the elements of the tuple `args`, one per listed argument.
-macro_rules! call_with {
-    ($f:path, $args:ident, $a0:expr) => {
-        $f($args.0)
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr) => {
-        $f($args.0, $args.1)
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr) => {
-        $f($args.0, $args.1, $args.2)
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr) => {
-        $f($args.0, $args.1, $args.2, $args.3)
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr) => {
-        $f($args.0, $args.1, $args.2, $args.3, $args.4)
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr) => {
-        $f($args.0, $args.1, $args.2, $args.3, $args.4, $args.5)
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr) => {
-        $f(
-            $args.0, $args.1, $args.2, $args.3, $args.4, $args.5, $args.6,
-        )
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr) => {
-        $f(
-            $args.0, $args.1, $args.2, $args.3, $args.4, $args.5, $args.6, $args.7,
-        )
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr) => {
-        $f(
-            $args.0, $args.1, $args.2, $args.3, $args.4, $args.5, $args.6, $args.7, $args.8,
-        )
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr) => {
-        $f(
-            $args.0, $args.1, $args.2, $args.3, $args.4, $args.5, $args.6, $args.7, $args.8,
-            $args.9,
-        )
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr, $a10:expr) => {
-        $f(
-            $args.0, $args.1, $args.2, $args.3, $args.4, $args.5, $args.6, $args.7, $args.8,
-            $args.9, $args.10,
-        )
-    };
-    ($f:path, $args:ident, $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr, $a10:expr, $a11:expr) => {
-        $f(
-            $args.0, $args.1, $args.2, $args.3, $args.4, $args.5, $args.6, $args.7, $args.8,
-            $args.9, $args.10, $args.11,
-        )
-    };
-}
-pub(crate) use call_with;

@@ -8,7 +8,7 @@ pub(crate) mod launch;
 pub mod ops;
 
 pub use buffer::{Buffer, Element, Input, Output};
-pub use device::{Backend, CudaRuntime, Device, KERNEL_NAMES, KERNELS_PTX};
+pub use device::{Backend, CudaRuntime, Device, KERNELS_PTX};
 pub(crate) use error::ensure_shape;
 pub use error::{GpuError, Result};
 pub use launch::LaunchConfig;

@@ -4,7 +4,11 @@
 use super::scratch::Scratch;
 use super::weights::{GpuFfn, GpuLayer, GpuModel};
 use crate::gpu::ops::attention::{self, AttentionShape};
-use crate::gpu::ops::{embedding, gemm, norm, rope};
+use crate::gpu::ops::embedding;
+use crate::gpu::ops::gemm::{self, Epilogue, GemmShape};
+use crate::gpu::ops::moe::MoeShape;
+use crate::gpu::ops::norm::{self, NormShape};
+use crate::gpu::ops::rope::{self, RopeShape};
 use crate::gpu::{Device, GpuError, Result};
 use std::time::Instant;
 
@@ -155,14 +159,11 @@ impl<'m> Session<'m> {
             )));
         }
         let model = self.model;
-        let cfg = &model.cfg;
         let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
         self.s.positions.write(&positions)?;
         embedding::embed_tokens(
             &self.dev,
             &model.token_embd,
-            cfg.vocab,
-            cfg.hidden,
             tokens,
             &mut self.s.tokens,
             &self.s.x,
@@ -184,111 +185,94 @@ impl<'m> Session<'m> {
         let cfg = &self.model.cfg;
         let (h, hd, qd, kvd, eps) = (cfg.hidden, cfg.head_dim, cfg.q_dim(), cfg.kv_dim(), cfg.eps);
         let (nh, nkv) = (cfg.n_head, cfg.n_head_kv);
+        // The chunk's shapes: `rows` vectors of `width` to normalise; projections of its n rows
+        // to m outputs from k inputs; its heads to rotate.
+        let vectors = |rows, width| NormShape { rows, width, eps };
+        let proj = |m, k| GemmShape { rows: n, m, k };
+        let bias = Epilogue::bias;
+        let heads = |n_heads| RopeShape {
+            tokens: n,
+            n_heads,
+            head_dim: hd,
+            rot_dims: hd,
+        };
+        let shape = AttentionShape {
+            n,
+            start_pos: start,
+            n_head: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        };
         self.stage("qkv projection", |dev, s| {
-            norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn, n, h, eps)?;
-            gemm::matmul_bf16(dev, &s.xn, &l.wq, l.bq.as_ref(), &s.q, n, qd, h, false)?;
-            gemm::matmul_bf16(dev, &s.xn, &l.wk, l.bk.as_ref(), &s.k, n, kvd, h, false)?;
-            gemm::matmul_bf16(dev, &s.xn, &l.wv, l.bv.as_ref(), &s.v, n, kvd, h, false)
+            norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn, vectors(n, h))?;
+            gemm::matmul_bf16(dev, &s.xn, &l.wq, &s.q, proj(qd, h), bias(l.bq.as_ref()))?;
+            gemm::matmul_bf16(dev, &s.xn, &l.wk, &s.k, proj(kvd, h), bias(l.bk.as_ref()))?;
+            gemm::matmul_bf16(dev, &s.xn, &l.wv, &s.v, proj(kvd, h), bias(l.bv.as_ref()))
         })?;
         self.stage("qk-norm, rope, kv append", |dev, s| {
             if let Some(w) = &l.q_norm {
-                norm::rms_norm_heads(dev, &s.q, w, &s.q, n * nh, hd, eps)?;
+                norm::rms_norm_heads(dev, &s.q, w, &s.q, vectors(n * nh, hd))?;
             }
             if let Some(w) = &l.k_norm {
-                norm::rms_norm_heads(dev, &s.k, w, &s.k, n * nkv, hd, eps)?;
+                norm::rms_norm_heads(dev, &s.k, w, &s.k, vectors(n * nkv, hd))?;
             }
-            rope::rope_neox(dev, &s.q, &s.positions, &s.inv_freq, n, nh, hd, hd)?;
-            rope::rope_neox(dev, &s.k, &s.positions, &s.inv_freq, n, nkv, hd, hd)?;
-            attention::kv_append(
-                dev,
-                &s.k,
-                &s.v,
-                &s.k_cache[li],
-                &s.v_cache[li],
-                start,
-                n,
-                kvd,
-            )
+            rope::rope_neox(dev, &s.q, &s.positions, &s.inv_freq, heads(nh))?;
+            rope::rope_neox(dev, &s.k, &s.positions, &s.inv_freq, heads(nkv))?;
+            attention::kv_append(dev, &s.k, &s.v, &s.kv[li], shape)
         })?;
         self.stage("attention", |dev, s| {
-            let shape = AttentionShape {
-                n,
-                start_pos: start,
-                n_head: nh,
-                n_kv: nkv,
-                head_dim: hd,
-            };
-            attention::attention(
-                dev,
-                &s.q,
-                &s.k_cache[li],
-                &s.v_cache[li],
-                &s.attn,
-                &s.scores,
-                shape,
-                s.wave_len,
-            )
+            attention::attention(dev, &s.q, &s.kv[li], &s.attn, &s.scores, shape, s.wave_len)
         })?;
         self.stage("output projection", |dev, s| {
-            gemm::matmul_bf16(dev, &s.attn, &l.wo, None, &s.x, n, h, qd, true)
+            gemm::matmul_bf16(dev, &s.attn, &l.wo, &s.x, proj(h, qd), Epilogue::ADD_TO_Y)
         })
     }
 
     fn ffn_block(&mut self, l: &GpuLayer, n: usize) -> Result<()> {
         let cfg = &self.model.cfg;
         let (h, eps) = (cfg.hidden, cfg.eps);
+        let vectors = |rows, width| NormShape { rows, width, eps };
+        let proj = |m, k| GemmShape { rows: n, m, k };
         self.stage("ffn norm", |dev, s| {
-            norm::rms_norm_rows(dev, &s.x, &l.ffn_norm, &s.xn, n, h, eps)
+            norm::rms_norm_rows(dev, &s.x, &l.ffn_norm, &s.xn, vectors(n, h))
         })?;
         match &l.ffn {
             GpuFfn::Dense(d) => self.stage("dense ffn", |dev, s| {
-                gemm::matmul_gated_bf16(dev, &s.xn, &d.gate, &d.up, &s.ffn_h, n, cfg.ff, h)?;
-                gemm::matmul_bf16(dev, &s.ffn_h, &d.down, None, &s.x, n, h, cfg.ff, true)
+                let (ff, add) = (cfg.ff, Epilogue::ADD_TO_Y);
+                gemm::matmul_gated_bf16(dev, &s.xn, &d.gate, &d.up, &s.ffn_h, proj(ff, h))?;
+                gemm::matmul_bf16(dev, &s.ffn_h, &d.down, &s.x, proj(h, ff), add)
             }),
             GpuFfn::Moe(moe) => {
                 let (router, experts, shared) = (&moe.router, &moe.experts, &moe.shared);
-                let (ne, fe) = (cfg.n_expert, cfg.ff_exp);
+                let shape = MoeShape {
+                    tokens: n,
+                    hidden: h,
+                    ff: cfg.ff_exp,
+                };
                 self.stage("moe routing", |dev, s| {
                     let r = s.routing()?;
-                    gemm::matmul_f32(dev, &s.xn, router, &s.router_logits, n, ne, h)?;
-                    r.route(dev, &s.router_logits, n, cfg.norm_topk)
+                    let logits = &s.router_logits;
+                    gemm::matmul_f32(dev, &s.xn, router, logits, proj(cfg.n_expert, h))?;
+                    r.route(dev, logits, n, cfg.norm_topk)
                 })?;
                 self.stage("moe experts", |dev, s| {
                     let r = s.routing()?;
-                    r.experts_gated(dev, &s.xn, &experts.gate, &experts.up, &s.ffn_h, n, fe, h)?;
-                    r.experts_down(dev, &s.ffn_h, &experts.down, &s.expert_out, n, fe, h)
+                    r.experts_gated(dev, &s.xn, &experts.gate, &experts.up, &s.ffn_h, shape)?;
+                    r.experts_down(dev, &s.ffn_h, &experts.down, &s.expert_out, shape)
                 })?;
                 if let Some(se) = shared {
-                    let fs = cfg.ff_shexp;
+                    let (ffn, fs) = (&se.ffn, cfg.ff_shexp);
                     self.stage("shared expert", |dev, s| {
-                        gemm::matmul_gated_bf16(
-                            dev,
-                            &s.xn,
-                            &se.ffn.gate,
-                            &se.ffn.up,
-                            &s.shared_h,
-                            n,
-                            fs,
-                            h,
-                        )?;
-                        gemm::matmul_bf16(
-                            dev,
-                            &s.shared_h,
-                            &se.ffn.down,
-                            None,
-                            &s.shared_out,
-                            n,
-                            h,
-                            fs,
-                            false,
-                        )?;
-                        gemm::matmul_f32(dev, &s.xn, &se.gate_inp, &s.shared_gate, n, 1, h)
+                        let (x, mid, out) = (&s.xn, &s.shared_h, &s.shared_out);
+                        gemm::matmul_gated_bf16(dev, x, &ffn.gate, &ffn.up, mid, proj(fs, h))?;
+                        gemm::matmul_bf16(dev, mid, &ffn.down, out, proj(h, fs), Epilogue::STORE)?;
+                        gemm::matmul_f32(dev, x, &se.gate_inp, &s.shared_gate, proj(1, h))
                     })?;
                 }
                 self.stage("moe combine", |dev, s| {
                     let r = s.routing()?;
                     let sh = shared.as_ref().map(|_| (&s.shared_out, &s.shared_gate));
-                    r.combine(dev, &s.expert_out, sh, &s.x, n, h)
+                    r.combine(dev, &s.expert_out, sh, &s.x, shape)
                 })
             }
         }
@@ -302,26 +286,15 @@ impl<'m> Session<'m> {
         let s = &mut self.s;
         s.final_rows.copy_from(&s.x, first * h, 0, rows * h)?;
         let dev = &self.dev;
-        norm::rms_norm_rows(
-            dev,
-            &s.final_rows,
-            &model.output_norm,
-            &s.final_rows,
+        let (x, norm) = (&s.final_rows, &model.output_norm);
+        let shape = NormShape {
             rows,
-            h,
-            cfg.eps,
-        )?;
-        gemm::matmul_bf16(
-            dev,
-            &s.final_rows,
-            &model.output,
-            None,
-            &s.logits,
-            rows,
-            v,
-            h,
-            false,
-        )?;
+            width: h,
+            eps: cfg.eps,
+        };
+        norm::rms_norm_rows(dev, x, norm, x, shape)?;
+        let head = GemmShape { rows, m: v, k: h };
+        gemm::matmul_bf16(dev, x, &model.output, &s.logits, head, Epilogue::STORE)?;
         let mut out = s.logits.to_vec()?;
         out.truncate(rows * v);
         Ok(out)

@@ -1,15 +1,15 @@
 //! Device buffers a prompt needs: the KV cache for its whole length and per-chunk activations
 //! sized for the largest chunk. Allocated once per prompt, reused by every chunk and layer.
 
-use crate::gpu::ops::attention::AttentionShape;
+use crate::gpu::ops::attention::{AttentionShape, KvCache};
 use crate::gpu::ops::moe::Routing;
 use crate::gpu::ops::rope::rope_inv_freq;
 use crate::gpu::{Buffer, Device, GpuError, Result};
 use crate::model::ModelConfig;
 
 pub(super) struct Scratch {
-    pub k_cache: Vec<Buffer<u16>>,
-    pub v_cache: Vec<Buffer<u16>>,
+    /// One K/V cache per layer, for the whole prompt.
+    pub kv: Vec<KvCache>,
     pub x: Buffer<f32>,
     pub xn: Buffer<f32>,
     pub q: Buffer<f32>,
@@ -44,7 +44,6 @@ impl Scratch {
         logit_rows: usize,
     ) -> Result<Self> {
         let n = max_chunk;
-        let kv = capacity * cfg.kv_dim();
         // The widest wave any chunk will use: chunks later in the prompt see more keys, so
         // size for the full capacity (fewer queries per wave, never more memory).
         let shape = AttentionShape {
@@ -59,11 +58,8 @@ impl Scratch {
         let pairs = if moe { n * cfg.n_expert_used } else { 0 };
         let ff_rows = if moe { pairs * cfg.ff_exp } else { n * cfg.ff };
         Ok(Scratch {
-            k_cache: (0..cfg.n_layer)
-                .map(|_| dev.alloc(kv, "K cache"))
-                .collect::<Result<_>>()?,
-            v_cache: (0..cfg.n_layer)
-                .map(|_| dev.alloc(kv, "V cache"))
+            kv: (0..cfg.n_layer)
+                .map(|_| KvCache::new(dev, capacity, cfg.kv_dim()))
                 .collect::<Result<_>>()?,
             x: dev.alloc(n * cfg.hidden, "residual stream")?,
             xn: dev.alloc(n * cfg.hidden, "normed activations")?,

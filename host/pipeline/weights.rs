@@ -1,6 +1,6 @@
 //! Uploading a model's weights to the device once: matrices as bf16, vectors as f32.
 
-use crate::gpu::ops::embedding::EmbeddingTable;
+use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::{Buffer, Device, Result};
 use crate::model::{Ffn, HostTensor, ModelConfig, Weights};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -142,7 +142,11 @@ impl GpuModel {
         }
         let model = GpuModel {
             cfg: cfg.clone(),
-            token_embd: EmbeddingTable::Bf16(up.bf16(&weights.token_embd)?),
+            token_embd: EmbeddingTable::new(
+                TableData::Bf16(up.bf16(&weights.token_embd)?),
+                cfg.vocab,
+                cfg.hidden,
+            )?,
             output_norm: up.f32(&weights.output_norm)?,
             output: up.bf16(&weights.output)?,
             layers,

@@ -3,6 +3,7 @@
 
 use crate::model::{Ffn, HostTensor, LayerWeights, ModelConfig, SharedExpert, Weights};
 
+use super::ops::{self, rms_norm, sigmoid};
 use super::{Logits, ReferenceError};
 
 /// Keys and values (after QK-norm and RoPE) of every position seen so far, per layer.
@@ -75,6 +76,7 @@ pub fn forward_with_cache(
         });
     }
 
+    let eps = f64::from(cfg.eps);
     let mut rows = Vec::new();
     for (i, &tok) in tokens.iter().enumerate() {
         let pos = cache.len;
@@ -84,15 +86,15 @@ pub fn forward_with_cache(
             .map(|&v| v.into())
             .collect();
         for (l, layer) in weights.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm.data, cfg.eps);
+            let h = rms_norm(&x, &layer.attn_norm.data, eps);
             let attn = attention(cfg, layer, cache, l, pos, &h);
             add_assign(&mut x, &matvec(&layer.wo, 0, &attn));
-            let h = rms_norm(&x, &layer.ffn_norm.data, cfg.eps);
+            let h = rms_norm(&x, &layer.ffn_norm.data, eps);
             add_assign(&mut x, &ffn(cfg, &layer.ffn, &h));
         }
         cache.len += 1;
         if all_positions || i + 1 == tokens.len() {
-            let h = rms_norm(&x, &weights.output_norm.data, cfg.eps);
+            let h = rms_norm(&x, &weights.output_norm.data, eps);
             rows.extend(matvec(&weights.output, 0, &h).into_iter().map(|v| v as f32));
         }
     }
@@ -124,13 +126,18 @@ fn attention(
     if let Some(b) = &layer.bk {
         k = add(&k, &b.data);
     }
+    // NEOX RoPE over the whole head: angle pos · base^(-2i/head_dim), all in f64.
+    let angles: Vec<f64> = ops::rope_inv_freq(f64::from(cfg.rope_base), hd)
+        .iter()
+        .map(|f| pos as f64 * f)
+        .collect();
     for (x, norm) in [(&mut q, &layer.q_norm), (&mut k, &layer.k_norm)] {
         for head in x.chunks_exact_mut(hd) {
             if let Some(w) = norm {
-                let n = rms_norm(head, &w.data, cfg.eps);
+                let n = rms_norm(head, &w.data, f64::from(cfg.eps));
                 head.copy_from_slice(&n);
             }
-            rope_neox(head, pos, cfg.rope_base);
+            ops::rope_neox(head, &angles);
         }
     }
     cache.k[l].extend_from_slice(&k);
@@ -139,27 +146,21 @@ fn attention(
     let kv_dim = cfg.kv_dim();
     let group = cfg.n_head / cfg.n_head_kv;
     let scale = 1.0 / (hd as f64).sqrt();
-    let mut out = vec![0.0; cfg.q_dim()];
+    let (keys, values) = (&cache.k[l], &cache.v[l]);
+    let mut out = Vec::with_capacity(cfg.q_dim());
     for head in 0..cfg.n_head {
-        let kvh = head / group;
+        let at = head / group * hd; // this head's KV head within a cache row
         let qh = &q[head * hd..(head + 1) * hd];
-        let key = |t: usize| &cache.k[l][t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
-        let scores: Vec<f64> = (0..=pos).map(|t| dot(qh, key(t)) * scale).collect();
-        let p = softmax(&scores);
-        let o = &mut out[head * hd..(head + 1) * hd];
-        for (t, &pt) in p.iter().enumerate() {
-            let val = &cache.v[l][t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
-            for (oi, &vi) in o.iter_mut().zip(val) {
-                *oi += pt * vi;
-            }
-        }
+        let key = |t: usize| &keys[t * kv_dim + at..][..hd];
+        let value = |t: usize| &values[t * kv_dim + at..][..hd];
+        out.extend(ops::attend(qh, pos + 1, key, value, scale));
     }
     out
 }
 
 fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
     match ffn {
-        Ffn::Dense { gate, up, down } => swiglu(gate, up, down, 0, h),
+        Ffn::Dense { gate, up, down } => gated_ffn(gate, up, down, 0, h),
         Ffn::Moe {
             router,
             gate_exps,
@@ -167,16 +168,10 @@ fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
             down_exps,
             shared,
         } => {
-            let probs = softmax(&matvec(router, 0, h));
-            let chosen = top_k(&probs, cfg.n_expert_used);
-            let mut weights: Vec<f64> = chosen.iter().map(|&e| probs[e]).collect();
-            if cfg.norm_topk {
-                let sum: f64 = weights.iter().sum();
-                weights.iter_mut().for_each(|w| *w /= sum);
-            }
+            let chosen = ops::route(&matvec(router, 0, h), cfg.n_expert_used, cfg.norm_topk);
             let mut out = vec![0.0; cfg.hidden];
-            for (&e, &w) in chosen.iter().zip(&weights) {
-                let y = swiglu(gate_exps, up_exps, down_exps, e, h);
+            for (e, w) in chosen {
+                let y = gated_ffn(gate_exps, up_exps, down_exps, e, h);
                 out.iter_mut().zip(&y).for_each(|(o, yi)| *o += w * yi);
             }
             if let Some(SharedExpert {
@@ -187,7 +182,7 @@ fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
             }) = shared
             {
                 let g = sigmoid(dot_f32(&gate_inp.data, h));
-                let y = swiglu(gate, up, down, 0, h);
+                let y = gated_ffn(gate, up, down, 0, h);
                 out.iter_mut().zip(&y).for_each(|(o, yi)| *o += g * yi);
             }
             out
@@ -195,20 +190,17 @@ fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
     }
 }
 
-/// Indices of the `k` largest values, largest first; ties go to the lower index.
-pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    // Stable sort on descending value keeps equal values in index order.
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
-    idx.truncate(k);
-    idx
-}
-
 /// down · (silu(gate · h) ⊙ (up · h)), with matrix `e` of each (expert) stack.
-fn swiglu(gate: &HostTensor, up: &HostTensor, down: &HostTensor, e: usize, h: &[f64]) -> Vec<f64> {
+fn gated_ffn(
+    gate: &HostTensor,
+    up: &HostTensor,
+    down: &HostTensor,
+    e: usize,
+    h: &[f64],
+) -> Vec<f64> {
     let g = matvec(gate, e, h);
     let u = matvec(up, e, h);
-    let act: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| silu(g) * u).collect();
+    let act: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| ops::swiglu(g, u)).collect();
     matvec(down, e, &act)
 }
 
@@ -224,51 +216,10 @@ fn dot_f32(w: &[f32], x: &[f64]) -> f64 {
     w.iter().zip(x).map(|(&a, &b)| f64::from(a) * b).sum()
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 fn add(a: &[f64], b: &[f32]) -> Vec<f64> {
     a.iter().zip(b).map(|(&x, &y)| x + f64::from(y)).collect()
 }
 
 fn add_assign(x: &mut [f64], y: &[f64]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-/// x / sqrt(mean(x²) + eps) ⊙ w.
-fn rms_norm(x: &[f64], w: &[f32], eps: f32) -> Vec<f64> {
-    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-    let r = 1.0 / (ms + f64::from(eps)).sqrt();
-    x.iter()
-        .zip(w)
-        .map(|(&v, &w)| v * r * f64::from(w))
-        .collect()
-}
-
-/// NEOX ("rotate half") RoPE: element i pairs with i + d/2, rotated by pos · base^(-2i/d).
-fn rope_neox(x: &mut [f64], pos: usize, base: f32) {
-    let half = x.len() / 2;
-    for i in 0..half {
-        let theta = pos as f64 * f64::from(base).powf(-2.0 * i as f64 / x.len() as f64);
-        let (s, c) = theta.sin_cos();
-        let (a, b) = (x[i], x[i + half]);
-        x[i] = a * c - b * s;
-        x[i + half] = a * s + b * c;
-    }
-}
-
-fn softmax(x: &[f64]) -> Vec<f64> {
-    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
-}
-
-fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }

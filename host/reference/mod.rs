@@ -1,8 +1,10 @@
-//! Plain-Rust CPU reference forward.
+//! Plain-Rust CPU reference: the forward pass (`forward`), built from the float64 reference
+//! operations (`ops`) that the kernel tests also compare against.
 
 pub mod forward;
+pub mod ops;
 
-pub use forward::{KvCache, forward, forward_with_cache, top_k};
+pub use forward::{KvCache, forward, forward_with_cache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {

@@ -1,10 +1,12 @@
 //! `kernel!`: the one way to declare a kernel entry point.
 //!
 //! On nvptx the function becomes `#[no_mangle] extern "ptx-kernel"` (a `.visible .entry` in the
-//! PTX); on the host it stays a plain function that the emulator calls once per thread.
-//! Entry points must be monomorphic: write a generic body and one `kernel!` per instance.
-//! The root `build.rs` scans for `kernel!` blocks to learn which entries the PTX must contain,
-//! so keep the `pub fn NAME(` on the first line after any doc comments.
+//! PTX). On the host it stays a plain function that the emulator calls once per thread, and a
+//! module of the same name carries what the host needs to launch it (see `device::entry`):
+//! `NAME::ENTRY` (entry name and parameter list, registered for the root `build.rs` and the
+//! CUDA loader) and `NAME::launch(launcher, config, args...)`, one typed call for both backends.
+//! Any number of parameters works. Entry points must be monomorphic: write a generic body and
+//! one `kernel!` per instance.
 
 #[macro_export]
 macro_rules! kernel {
@@ -19,6 +21,45 @@ macro_rules! kernel {
         #[cfg(not(target_arch = "nvptx64"))]
         #[allow(clippy::too_many_arguments)]
         pub fn $name($($arg: $ty),*) $body
+
+        #[cfg(not(target_arch = "nvptx64"))]
+        #[doc = concat!("Host side of the `", stringify!($name), "` kernel: its entry and launcher.")]
+        pub mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The PTX entry and its parameters, as declared (registered for the host).
+            pub const ENTRY: $crate::device::entry::Entry = $crate::device::entry::Entry {
+                name: stringify!($name),
+                file: file!(),
+                line: line!(),
+                params: &[$((
+                    stringify!($arg),
+                    <$ty as $crate::device::entry::Param>::KIND,
+                )),*],
+            };
+
+            $crate::device::entry::inventory::submit! { ENTRY }
+
+            #[doc = concat!("Launches `", stringify!($name), "` with `config` on `launcher`'s \
+                backend. Each argument must convert to its parameter's type (`Arg`): checked \
+                at compile time, for both backends.")]
+            #[allow(clippy::too_many_arguments)]
+            pub fn launch<L: $crate::device::entry::Launcher>(
+                launcher: &L,
+                config: L::Config,
+                $($arg: impl $crate::device::entry::Arg<L, $ty>),*
+            ) -> ::core::result::Result<(), L::Error> {
+                if launcher.is_emulator() {
+                    $(let $arg = $crate::device::entry::Arg::<L, $ty>::emulated(&$arg, launcher)?;)*
+                    launcher.launch_emulated(&ENTRY, config, &move || super::$name($($arg),*))
+                } else {
+                    let params: &[u64] =
+                        &[$($crate::device::entry::Arg::<L, $ty>::cuda(&$arg, launcher)?),*];
+                    launcher.launch_cuda(&ENTRY, config, params)
+                }
+            }
+        }
     };
 }
 

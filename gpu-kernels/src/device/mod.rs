@@ -8,6 +8,8 @@
 #[macro_use]
 mod kernel_macro;
 pub mod async_copy;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod entry;
 pub mod float;
 #[cfg(not(target_arch = "nvptx64"))]
 mod hopper_emu;
@@ -75,7 +77,6 @@ pub fn clock_cycles() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64)
     }
 }
-
 
 /// Linear thread index within the block (x fastest), as the hardware numbers lanes.
 #[inline(always)]

@@ -1,8 +1,8 @@
 //! f32 ↔ bf16 conversion launch wrappers (kernels: gpu-kernels/src/convert.rs).
 
 use super::{check_len, to_u32};
-use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result};
+use gpu_kernels::convert;
 
 /// `y[i] = bf16(x[i])` (round to nearest even) for `i < n`.
 pub fn f32_to_bf16(dev: &Device, x: &Buffer<f32>, y: &Buffer<u16>, n: usize) -> Result<()> {
@@ -13,14 +13,8 @@ pub fn f32_to_bf16(dev: &Device, x: &Buffer<f32>, y: &Buffer<u16>, n: usize) -> 
         return Ok(());
     }
     let cfg = LaunchConfig::covering(n, 256);
-    launch!(
-        dev,
-        convert::f32_to_bf16_kernel,
-        cfg,
-        x.input(),
-        y.output(),
-        to_u32(K, "n", n)?
-    )
+    let n = to_u32(K, "n", n)?;
+    convert::f32_to_bf16_kernel::launch(dev, cfg, x.input(), y.output(), n)
 }
 
 /// `y[i] = f32(x[i])` (exact) for `i < n`.
@@ -32,12 +26,6 @@ pub fn bf16_to_f32(dev: &Device, x: &Buffer<u16>, y: &Buffer<f32>, n: usize) -> 
         return Ok(());
     }
     let cfg = LaunchConfig::covering(n, 256);
-    launch!(
-        dev,
-        convert::bf16_to_f32_kernel,
-        cfg,
-        x.input(),
-        y.output(),
-        to_u32(K, "n", n)?
-    )
+    let n = to_u32(K, "n", n)?;
+    convert::bf16_to_f32_kernel::launch(dev, cfg, x.input(), y.output(), n)
 }

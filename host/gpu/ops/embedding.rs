@@ -1,22 +1,57 @@
 //! Embedding-gather launch wrapper (kernels: gpu-kernels/src/embedding.rs).
 
 use super::{check_len, to_u32};
-use crate::gpu::launch::launch;
-use crate::gpu::{Buffer, Device, GpuError, LaunchConfig, Result};
+use crate::gpu::{Buffer, Device, GpuError, LaunchConfig, Result, ensure_shape};
+use gpu_kernels::embedding;
 
-/// A `[vocab][hidden]` table on the device, in its storage type.
-pub enum EmbeddingTable {
+/// A table's elements on the device, in its storage type.
+pub enum TableData {
     F32(Buffer<f32>),
     F16(Buffer<u16>),
     Bf16(Buffer<u16>),
 }
 
-impl EmbeddingTable {
+impl TableData {
     fn len(&self) -> usize {
         match self {
-            EmbeddingTable::F32(b) => b.len(),
-            EmbeddingTable::F16(b) | EmbeddingTable::Bf16(b) => b.len(),
+            TableData::F32(b) => b.len(),
+            TableData::F16(b) | TableData::Bf16(b) => b.len(),
         }
+    }
+}
+
+/// A `[vocab][hidden]` embedding table on the device, checked once when made.
+pub struct EmbeddingTable {
+    data: TableData,
+    vocab: usize,
+    hidden: usize,
+}
+
+impl EmbeddingTable {
+    /// Fails unless `data` holds `vocab × hidden` elements and `hidden` is positive.
+    pub fn new(data: TableData, vocab: usize, hidden: usize) -> Result<Self> {
+        const K: &str = "embed_rows";
+        ensure_shape!(vocab > 0 && hidden > 0, K, "empty table {vocab}×{hidden}");
+        ensure_shape!(
+            data.len() >= vocab * hidden,
+            K,
+            "table has {} elements, needs {vocab}×{hidden}",
+            data.len()
+        );
+        to_u32(K, "hidden", hidden)?;
+        Ok(EmbeddingTable {
+            data,
+            vocab,
+            hidden,
+        })
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
     }
 }
 
@@ -25,19 +60,12 @@ impl EmbeddingTable {
 pub fn embed_tokens(
     dev: &Device,
     table: &EmbeddingTable,
-    vocab: usize,
-    hidden: usize,
     tokens: &[u32],
     token_buf: &mut Buffer<u32>,
     y: &Buffer<f32>,
 ) -> Result<()> {
     const K: &str = "embed_rows";
-    if table.len() < vocab * hidden {
-        return Err(GpuError::Shape {
-            kernel: K,
-            message: format!("table has {} elements, needs {vocab}×{hidden}", table.len()),
-        });
-    }
+    let (vocab, hidden) = (table.vocab, table.hidden);
     if let Some((i, t)) = tokens
         .iter()
         .enumerate()
@@ -55,41 +83,12 @@ pub fn embed_tokens(
     }
     token_buf.write(tokens)?;
     let cfg = LaunchConfig::linear(to_u32(K, "tokens", tokens.len())?, 256);
-    let hidden = to_u32(K, "hidden", hidden)?;
-    let tok = &*token_buf;
-    match table {
-        EmbeddingTable::F32(t) => {
-            launch!(
-                dev,
-                embedding::embed_rows_f32,
-                cfg,
-                t.input(),
-                tok.input(),
-                y.output(),
-                hidden
-            )
-        }
-        EmbeddingTable::F16(t) => {
-            launch!(
-                dev,
-                embedding::embed_rows_f16,
-                cfg,
-                t.input(),
-                tok.input(),
-                y.output(),
-                hidden
-            )
-        }
-        EmbeddingTable::Bf16(t) => {
-            launch!(
-                dev,
-                embedding::embed_rows_bf16,
-                cfg,
-                t.input(),
-                tok.input(),
-                y.output(),
-                hidden
-            )
+    let (tok, y, hidden) = (token_buf.input(), y.output(), hidden as u32);
+    match &table.data {
+        TableData::F32(t) => embedding::embed_rows_f32::launch(dev, cfg, t.input(), tok, y, hidden),
+        TableData::F16(t) => embedding::embed_rows_f16::launch(dev, cfg, t.input(), tok, y, hidden),
+        TableData::Bf16(t) => {
+            embedding::embed_rows_bf16::launch(dev, cfg, t.input(), tok, y, hidden)
         }
     }
 }

@@ -3,143 +3,151 @@
 //! (router, shared-expert gate) stays on CUDA cores in full f32.
 
 use super::{check_len, to_u32};
-use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{GEMM_ADD_BIAS, GEMM_ADD_TO_Y, MMA_THREADS, THREADS, TILE_M, TILE_N};
+use gpu_kernels::gemm::{self, GEMM_ADD_BIAS, GEMM_ADD_TO_Y, MMA_THREADS, THREADS, TILE_M, TILE_N};
 
-/// Checks `x` (`[n_rows][k]`) and `y` (`[n_rows][m]`) and returns the launch: one block per
-/// 64 × 64 output tile with `threads` threads (`MMA_THREADS` for the tensor-core kernels,
-/// `THREADS` for the f32 one), and `(n_rows, m, k)` as the kernels take them; `None` when there
-/// are no rows. Callers check their weights first.
-fn gemm_launch(
-    kernel: &'static str,
-    x: &Buffer<f32>,
-    y: &Buffer<f32>,
-    (n_rows, m, k): (usize, usize, usize),
-    threads: u32,
-) -> Result<Option<(LaunchConfig, u32, u32, u32)>> {
-    ensure_shape!(
-        m > 0 && k > 0,
-        kernel,
-        "m = {m} and k = {k} must be positive"
-    );
-    check_len(kernel, "x", x, n_rows * k)?;
-    check_len(kernel, "y", y, n_rows * m)?;
-    to_u32(kernel, "rows × m", n_rows * m)?;
-    if n_rows == 0 {
-        return Ok(None);
-    }
-    let mut cfg = LaunchConfig::linear(to_u32(kernel, "m tiles", m.div_ceil(TILE_N))?, threads);
-    cfg.grid.1 = to_u32(kernel, "row tiles", n_rows.div_ceil(TILE_M))?;
-    ensure_shape!(
-        cfg.grid.1 <= 65535,
-        kernel,
-        "{n_rows} rows exceed one launch"
-    );
-    let dims = (
-        to_u32(kernel, "rows", n_rows)?,
-        to_u32(kernel, "m", m)?,
-        to_u32(kernel, "k", k)?,
-    );
-    Ok(Some((cfg, dims.0, dims.1, dims.2)))
+/// `y[rows][m] = x[rows][k] · w[m][k]ᵀ`: rows of activations, output features, input features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub rows: usize,
+    pub m: usize,
+    pub k: usize,
 }
 
-/// `y = x · wᵀ (+ bias) (+ y when add_to_y)`; `w`: bf16 `[m][k]`.
-#[allow(clippy::too_many_arguments)]
+/// A validated GEMM launch: one block per 64 × 64 output tile, and the sizes as u32.
+struct GemmLaunch {
+    cfg: LaunchConfig,
+    rows: u32,
+    m: u32,
+    k: u32,
+}
+
+impl GemmShape {
+    /// Checks the shape against `x` (`[rows][k]`), `w` (`w_len` elements per weight matrix,
+    /// `[m][k]`) and `y` (`[rows][m]`); `None` when there are no rows. `threads`: the kernel's
+    /// block size (`MMA_THREADS` for the tensor-core kernels, `THREADS` for the f32 one).
+    fn validate<W: crate::gpu::Element>(
+        &self,
+        kernel: &'static str,
+        x: &Buffer<f32>,
+        weights: &[(&str, &Buffer<W>)],
+        y: &Buffer<f32>,
+        threads: u32,
+    ) -> Result<Option<GemmLaunch>> {
+        let GemmShape { rows, m, k } = *self;
+        ensure_shape!(
+            m > 0 && k > 0,
+            kernel,
+            "m = {m} and k = {k} must be positive"
+        );
+        for (name, w) in weights {
+            check_len(kernel, name, w, m * k)?;
+        }
+        check_len(kernel, "x", x, rows * k)?;
+        check_len(kernel, "y", y, rows * m)?;
+        to_u32(kernel, "rows × m", rows * m)?;
+        to_u32(kernel, "rows × k", rows * k)?;
+        to_u32(kernel, "m × k", m * k)?;
+        if rows == 0 {
+            return Ok(None);
+        }
+        let mut cfg = LaunchConfig::linear(m.div_ceil(TILE_N) as u32, threads);
+        cfg.grid.1 = to_u32(kernel, "row tiles", rows.div_ceil(TILE_M))?;
+        ensure_shape!(cfg.grid.1 <= 65535, kernel, "{rows} rows exceed one launch");
+        Ok(Some(GemmLaunch {
+            cfg,
+            rows: rows as u32,
+            m: m as u32,
+            k: k as u32,
+        }))
+    }
+}
+
+/// What a bf16 GEMM adds to the product before it stores it in `y`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// `+ bias[m]` (f32).
+    pub bias: Option<&'a Buffer<f32>>,
+    /// `+ y`: the residual add (`y` is read, then overwritten).
+    pub add_to_y: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    /// `y = x · wᵀ`.
+    pub const STORE: Epilogue<'static> = Epilogue {
+        bias: None,
+        add_to_y: false,
+    };
+    /// `y += x · wᵀ` (the residual stream).
+    pub const ADD_TO_Y: Epilogue<'static> = Epilogue {
+        bias: None,
+        add_to_y: true,
+    };
+
+    /// `y = x · wᵀ + bias` (plain product without a bias).
+    pub fn bias(bias: Option<&'a Buffer<f32>>) -> Self {
+        Epilogue {
+            bias,
+            add_to_y: false,
+        }
+    }
+}
+
+/// `y = x · wᵀ (+ bias) (+ y)` with bf16 weights `w[m][k]`.
 pub fn matmul_bf16(
     dev: &Device,
     x: &Buffer<f32>,
     w: &Buffer<u16>,
-    bias: Option<&Buffer<f32>>,
     y: &Buffer<f32>,
-    n_rows: usize,
-    m: usize,
-    k: usize,
-    add_to_y: bool,
+    shape: GemmShape,
+    epilogue: Epilogue<'_>,
 ) -> Result<()> {
     const K: &str = "gemm_bf16";
-    check_len(K, "w", w, m * k)?;
-    if let Some(b) = bias {
-        check_len(K, "bias", b, m)?;
+    if let Some(b) = epilogue.bias {
+        check_len(K, "bias", b, shape.m)?;
     }
-    let Some((cfg, n_rows, m, k)) = gemm_launch(K, x, y, (n_rows, m, k), MMA_THREADS)? else {
+    let Some(g) = shape.validate(K, x, &[("w", w)], y, MMA_THREADS)? else {
         return Ok(());
     };
-    let flags =
-        if bias.is_some() { GEMM_ADD_BIAS } else { 0 } | if add_to_y { GEMM_ADD_TO_Y } else { 0 };
-    let bias = bias.unwrap_or(x); // unread without GEMM_ADD_BIAS
-    launch!(
-        dev,
-        gemm::gemm_bf16,
-        cfg,
-        x.input(),
-        w.input(),
-        bias.input(),
-        y.output(),
-        n_rows,
-        m,
-        k,
-        flags
-    )
+    let flags = if epilogue.bias.is_some() {
+        GEMM_ADD_BIAS
+    } else {
+        0
+    } | if epilogue.add_to_y { GEMM_ADD_TO_Y } else { 0 };
+    let bias = epilogue.bias.unwrap_or(x); // unread without GEMM_ADD_BIAS
+    let (x, w, bias, y) = (x.input(), w.input(), bias.input(), y.output());
+    gemm::gemm_bf16::launch(dev, g.cfg, x, w, bias, y, g.rows, g.m, g.k, flags)
 }
 
-/// `y = x · wᵀ` with f32 weights.
-#[allow(clippy::too_many_arguments)]
+/// `y = x · wᵀ` with f32 weights `w[m][k]`.
 pub fn matmul_f32(
     dev: &Device,
     x: &Buffer<f32>,
     w: &Buffer<f32>,
     y: &Buffer<f32>,
-    n_rows: usize,
-    m: usize,
-    k: usize,
+    shape: GemmShape,
 ) -> Result<()> {
-    const K: &str = "gemm_f32";
-    check_len(K, "w", w, m * k)?;
-    let Some((cfg, n_rows, m, k)) = gemm_launch(K, x, y, (n_rows, m, k), THREADS)? else {
+    let Some(g) = shape.validate("gemm_f32", x, &[("w", w)], y, THREADS)? else {
         return Ok(());
     };
-    launch!(
-        dev,
-        gemm::gemm_f32,
-        cfg,
-        x.input(),
-        w.input(),
-        y.output(),
-        n_rows,
-        m,
-        k
-    )
+    let (x, w, y) = (x.input(), w.input(), y.output());
+    gemm::gemm_f32::launch(dev, g.cfg, x, w, y, g.rows, g.m, g.k)
 }
 
 /// `y = silu(x · w_gateᵀ) ⊙ (x · w_upᵀ)`; both weights bf16 `[m][k]`.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_gated_bf16(
     dev: &Device,
     x: &Buffer<f32>,
     w_gate: &Buffer<u16>,
     w_up: &Buffer<u16>,
     y: &Buffer<f32>,
-    n_rows: usize,
-    m: usize,
-    k: usize,
+    shape: GemmShape,
 ) -> Result<()> {
     const K: &str = "gemm_gated_bf16";
-    check_len(K, "w_gate", w_gate, m * k)?;
-    check_len(K, "w_up", w_up, m * k)?;
-    let Some((cfg, n_rows, m, k)) = gemm_launch(K, x, y, (n_rows, m, k), MMA_THREADS)? else {
+    let weights = [("w_gate", w_gate), ("w_up", w_up)];
+    let Some(g) = shape.validate(K, x, &weights, y, MMA_THREADS)? else {
         return Ok(());
     };
-    launch!(
-        dev,
-        gemm::gemm_gated_bf16,
-        cfg,
-        x.input(),
-        w_gate.input(),
-        w_up.input(),
-        y.output(),
-        n_rows,
-        m,
-        k
-    )
+    let (x, wg, wu, y) = (x.input(), w_gate.input(), w_up.input(), y.output());
+    gemm::gemm_gated_bf16::launch(dev, g.cfg, x, wg, wu, y, g.rows, g.m, g.k)
 }

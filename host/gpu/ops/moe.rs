@@ -1,10 +1,9 @@
 //! MoE launch wrappers (kernels: gpu-kernels/src/moe.rs and the grouped GEMMs in gemm.rs).
 
 use super::{check_len, to_u32};
-use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{MMA_THREADS, TILE_M, TILE_N};
-use gpu_kernels::moe::{GROUP_THREADS, MAX_EXPERTS};
+use gpu_kernels::gemm::{self, MMA_THREADS, TILE_M, TILE_N};
+use gpu_kernels::moe::{self, GROUP_THREADS, MAX_EXPERTS};
 
 /// Device state of one chunk's routing: top-k choices, the expert grouping and its tile table.
 pub struct Routing {
@@ -18,6 +17,40 @@ pub struct Routing {
     max_pairs: usize,
     n_expert: usize,
     top_k: usize,
+}
+
+/// The expert part of one chunk: `tokens` rows of `hidden` in and out, experts `ff` wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeShape {
+    pub tokens: usize,
+    pub hidden: usize,
+    pub ff: usize,
+}
+
+impl MoeShape {
+    /// Checks the shape against the routing buffers; `(hidden, ff)` as u32.
+    fn validate(&self, kernel: &'static str, routing: &Routing) -> Result<(u32, u32)> {
+        let MoeShape { tokens, hidden, ff } = *self;
+        ensure_shape!(
+            hidden > 0 && ff > 0,
+            kernel,
+            "hidden {hidden} and ff {ff} must be positive"
+        );
+        ensure_shape!(
+            tokens * routing.top_k <= routing.max_pairs,
+            kernel,
+            "{tokens} tokens exceed the routing buffers"
+        );
+        let pairs = tokens * routing.top_k;
+        to_u32(kernel, "pairs × hidden", pairs * hidden)?;
+        to_u32(kernel, "pairs × ff", pairs * ff)?;
+        to_u32(kernel, "expert weights", routing.n_expert * ff * hidden)?;
+        Ok((hidden as u32, ff as u32))
+    }
+
+    fn pairs(&self, routing: &Routing) -> usize {
+        self.tokens * routing.top_k
+    }
 }
 
 /// Tiles of the grouped GEMM in the worst case: Σ⌈count_e / TILE_M⌉ ≤ ⌈pairs / TILE_M⌉ + experts.
@@ -69,23 +102,13 @@ impl Routing {
         }
         let cfg = LaunchConfig::covering(n, 128);
         let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
-        launch!(
-            dev,
-            moe::moe_router_topk,
-            cfg,
-            logits.input(),
-            self.ids.output(),
-            self.weights.output(),
-            nn,
-            nex,
-            kk,
-            renormalise as u32
-        )?;
+        let (ids, weights) = (self.ids.output(), self.weights.output());
+        let renorm = renormalise as u32;
+        moe::moe_router_topk::launch(dev, cfg, logits.input(), ids, weights, nn, nex, kk, renorm)?;
         let group = LaunchConfig::linear(1, GROUP_THREADS);
         let pairs = to_u32(K, "pairs", n * k)?;
-        launch!(
+        moe::moe_group::launch(
             dev,
-            moe::moe_group,
             group,
             self.ids.input(),
             self.sorted.output(),
@@ -94,13 +117,12 @@ impl Routing {
             self.tiles.output(),
             self.num_tiles.output(),
             pairs,
-            nex
+            nex,
         )
     }
 
     /// Expert gate/up + SwiGLU over the grouped rows: `h[row] = swiglu(x[token(row)])` with
-    /// the row's expert; `w_*`: `[n_expert][ff][hidden]` bf16; `h`: `[n·k][ff]`.
-    #[allow(clippy::too_many_arguments)]
+    /// the row's expert; `w_*`: `[n_expert][ff][hidden]` bf16; `h`: `[tokens·k][ff]`.
     pub fn experts_gated(
         &self,
         dev: &Device,
@@ -108,28 +130,22 @@ impl Routing {
         w_gate: &Buffer<u16>,
         w_up: &Buffer<u16>,
         h: &Buffer<f32>,
-        n: usize,
-        ff: usize,
-        hidden: usize,
+        shape: MoeShape,
     ) -> Result<()> {
         const K: &str = "moe_gemm_gated_bf16";
-        let pairs = n * self.top_k;
-        check_len(K, "x", x, n * hidden)?;
-        check_len(K, "w_gate", w_gate, self.n_expert * ff * hidden)?;
-        check_len(K, "w_up", w_up, self.n_expert * ff * hidden)?;
-        check_len(K, "h", h, pairs * ff)?;
-        if n == 0 {
+        let (hidden, ff) = shape.validate(K, self)?;
+        let pairs = shape.pairs(self);
+        let experts = self.n_expert * shape.ff * shape.hidden;
+        check_len(K, "x", x, shape.tokens * shape.hidden)?;
+        check_len(K, "w_gate", w_gate, experts)?;
+        check_len(K, "w_up", w_up, experts)?;
+        check_len(K, "h", h, pairs * shape.ff)?;
+        if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(K, pairs, ff)?;
-        let (kk, m, kd) = (
-            self.top_k as u32,
-            to_u32(K, "ff", ff)?,
-            to_u32(K, "hidden", hidden)?,
-        );
-        launch!(
+        let cfg = self.grouped_cfg(K, pairs, shape.ff)?;
+        gemm::moe_gemm_gated_bf16::launch(
             dev,
-            gemm::moe_gemm_gated_bf16,
             cfg,
             x.input(),
             w_gate.input(),
@@ -139,48 +155,39 @@ impl Routing {
             self.tiles.input(),
             self.num_tiles.input(),
             self.offsets.input(),
-            kk,
-            m,
-            kd
+            self.top_k as u32,
+            ff,
+            hidden,
         )
     }
 
     /// Expert down projections over the grouped rows: `out[row] = h[row] · w_down[e]ᵀ`;
-    /// `w_down`: `[n_expert][hidden][ff]`; `out`: `[n·k][hidden]`.
-    #[allow(clippy::too_many_arguments)]
+    /// `w_down`: `[n_expert][hidden][ff]`; `out`: `[tokens·k][hidden]`.
     pub fn experts_down(
         &self,
         dev: &Device,
         h: &Buffer<f32>,
         w_down: &Buffer<u16>,
         out: &Buffer<f32>,
-        n: usize,
-        ff: usize,
-        hidden: usize,
+        shape: MoeShape,
     ) -> Result<()> {
         const K: &str = "moe_gemm_bf16";
-        let pairs = n * self.top_k;
-        check_len(K, "h", h, pairs * ff)?;
-        check_len(K, "w_down", w_down, self.n_expert * hidden * ff)?;
-        check_len(K, "out", out, pairs * hidden)?;
-        if n == 0 {
+        let (hidden, ff) = shape.validate(K, self)?;
+        let pairs = shape.pairs(self);
+        check_len(K, "h", h, pairs * shape.ff)?;
+        check_len(K, "w_down", w_down, self.n_expert * shape.hidden * shape.ff)?;
+        check_len(K, "out", out, pairs * shape.hidden)?;
+        if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(K, pairs, hidden)?;
-        let (m, kd) = (to_u32(K, "hidden", hidden)?, to_u32(K, "ff", ff)?);
-        launch!(
-            dev,
-            gemm::moe_gemm_bf16,
-            cfg,
-            h.input(),
-            w_down.input(),
-            out.output(),
+        let cfg = self.grouped_cfg(K, pairs, shape.hidden)?;
+        let (tiles, num_tiles, offsets) = (
             self.tiles.input(),
             self.num_tiles.input(),
             self.offsets.input(),
-            m,
-            kd
-        )
+        );
+        let (h, w, out) = (h.input(), w_down.input(), out.output());
+        gemm::moe_gemm_bf16::launch(dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff)
     }
 
     fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
@@ -190,35 +197,37 @@ impl Routing {
         Ok(cfg)
     }
 
-    /// The weighted scatter-reduce into the residual stream `y` (`[n][hidden]`), shared expert
-    /// last: `shared` = (its output `[n][hidden]`, its gate logits `[n]`).
+    /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`), shared
+    /// expert last: `shared` = (its output `[tokens][hidden]`, its gate logits `[tokens]`).
     pub fn combine(
         &self,
         dev: &Device,
         expert_out: &Buffer<f32>,
         shared: Option<(&Buffer<f32>, &Buffer<f32>)>,
         y: &Buffer<f32>,
-        n: usize,
-        hidden: usize,
+        shape: MoeShape,
     ) -> Result<()> {
         const K: &str = "moe_combine";
-        check_len(K, "expert_out", expert_out, n * self.top_k * hidden)?;
-        check_len(K, "y", y, n * hidden)?;
+        let (hidden, _) = shape.validate(K, self)?;
+        let n = shape.tokens;
+        check_len(
+            K,
+            "expert_out",
+            expert_out,
+            shape.pairs(self) * shape.hidden,
+        )?;
+        check_len(K, "y", y, n * shape.hidden)?;
         if let Some((out, gate)) = shared {
-            check_len(K, "shared_out", out, n * hidden)?;
+            check_len(K, "shared_out", out, n * shape.hidden)?;
             check_len(K, "shared_gate", gate, n)?;
         }
         if n == 0 {
             return Ok(());
         }
         let (s_out, s_gate) = shared.unwrap_or((expert_out, expert_out)); // unread without it
-        let cfg = LaunchConfig::covering(n * hidden, 256);
-        // n·hidden fitting in u32 bounds both factors.
-        to_u32(K, "n·hidden", n * hidden)?;
-        let (nn, hh, kk) = (n as u32, hidden as u32, self.top_k as u32);
-        launch!(
+        let cfg = LaunchConfig::covering(n * shape.hidden, 256);
+        moe::moe_combine::launch(
             dev,
-            moe::moe_combine,
             cfg,
             expert_out.input(),
             self.row_of_pair.input(),
@@ -226,10 +235,10 @@ impl Routing {
             s_out.input(),
             s_gate.input(),
             y.output(),
-            nn,
-            hh,
-            kk,
-            shared.is_some() as u32
+            n as u32,
+            hidden,
+            self.top_k as u32,
+            shared.is_some() as u32,
         )
     }
 }

@@ -1,79 +1,73 @@
 //! RMSNorm launch wrappers (kernels: gpu-kernels/src/norm.rs).
 
 use super::{check_len, to_u32};
-use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
+use gpu_kernels::norm::{self, HEAD_THREADS, ROW_THREADS};
 
-/// Threads per row. Fixed (not derived from the row count or width) so each row's reduction
-/// order is the same in every launch: a condition of batch invariance.
-const ROW_THREADS: u32 = 256;
-const HEAD_THREADS: u32 = 256;
+/// `rows` contiguous vectors of `width` f32, each normalised as `x / sqrt(mean(x²) + eps) · w`
+/// with one weight vector `w[width]`: the rows of a chunk (`rms_norm_rows`) or its head
+/// vectors (`rms_norm_heads`, Qwen3's QK-norm).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormShape {
+    pub rows: usize,
+    pub width: usize,
+    pub eps: f32,
+}
 
-/// `y[r] = rmsnorm(x[r]) * w` for `rows` rows of `cols`. `y` may be `x`.
+impl NormShape {
+    /// Checks the shape against `x`, `w` and `y`; `(rows, width)` as the kernels take them, or
+    /// `None` when there are no rows.
+    fn validate(
+        &self,
+        kernel: &'static str,
+        x: &Buffer<f32>,
+        w: &Buffer<f32>,
+        y: &Buffer<f32>,
+    ) -> Result<Option<(u32, u32)>> {
+        let NormShape { rows, width, eps } = *self;
+        ensure_shape!(width > 0, kernel, "width must be positive");
+        ensure_shape!(
+            eps.is_finite() && eps >= 0.0,
+            kernel,
+            "eps {eps} must be finite and not negative"
+        );
+        check_len(kernel, "x", x, rows * width)?;
+        check_len(kernel, "w", w, width)?;
+        check_len(kernel, "y", y, rows * width)?;
+        to_u32(kernel, "rows × width", rows * width)?;
+        Ok((rows > 0).then_some((rows as u32, width as u32)))
+    }
+}
+
+/// `y[r] = rmsnorm(x[r]) * w` for each of `shape.rows` rows. `y` may be `x`.
 pub fn rms_norm_rows(
     dev: &Device,
     x: &Buffer<f32>,
     w: &Buffer<f32>,
     y: &Buffer<f32>,
-    rows: usize,
-    cols: usize,
-    eps: f32,
+    shape: NormShape,
 ) -> Result<()> {
-    const K: &str = "rms_norm_rows";
-    ensure_shape!(cols > 0, K, "cols must be positive");
-    check_len(K, "x", x, rows * cols)?;
-    check_len(K, "w", w, cols)?;
-    check_len(K, "y", y, rows * cols)?;
-    if rows == 0 {
+    let Some((rows, cols)) = shape.validate("rms_norm_rows", x, w, y)? else {
         return Ok(());
-    }
-    let cfg = LaunchConfig::linear(to_u32(K, "rows", rows)?, ROW_THREADS);
-    let cols = to_u32(K, "cols", cols)?;
-    launch!(
-        dev,
-        norm::rms_norm_rows,
-        cfg,
-        x.input(),
-        w.input(),
-        y.output(),
-        cols,
-        eps
-    )
+    };
+    let cfg = LaunchConfig::linear(rows, ROW_THREADS);
+    norm::rms_norm_rows::launch(dev, cfg, x.input(), w.input(), y.output(), cols, shape.eps)
 }
 
-/// Per-head RMSNorm of `groups` vectors of `head_dim` with a shared weight. `y` may be `x`.
+/// Per-head RMSNorm: `shape.rows` head vectors of `shape.width`, one shared weight. `y` may
+/// be `x`.
 pub fn rms_norm_heads(
     dev: &Device,
     x: &Buffer<f32>,
     w: &Buffer<f32>,
     y: &Buffer<f32>,
-    groups: usize,
-    head_dim: usize,
-    eps: f32,
+    shape: NormShape,
 ) -> Result<()> {
-    const K: &str = "rms_norm_heads";
-    ensure_shape!(head_dim > 0, K, "head_dim must be positive");
-    check_len(K, "x", x, groups * head_dim)?;
-    check_len(K, "w", w, head_dim)?;
-    check_len(K, "y", y, groups * head_dim)?;
-    if groups == 0 {
+    let Some((groups, head_dim)) = shape.validate("rms_norm_heads", x, w, y)? else {
         return Ok(());
-    }
-    let warps = (HEAD_THREADS / 32) as usize;
-    let cfg = LaunchConfig::linear(to_u32(K, "groups", groups.div_ceil(warps))?, HEAD_THREADS);
-    let (groups, head_dim) = (
-        to_u32(K, "groups", groups)?,
-        to_u32(K, "head_dim", head_dim)?,
-    );
-    launch!(
-        dev,
-        norm::rms_norm_heads,
-        cfg,
-        x.input(),
-        w.input(),
-        y.output(),
-        groups,
-        head_dim,
-        eps
-    )
+    };
+    let warps = HEAD_THREADS / 32;
+    let cfg = LaunchConfig::linear(groups.div_ceil(warps), HEAD_THREADS);
+    let (x, w, y) = (x.input(), w.input(), y.output());
+    norm::rms_norm_heads::launch(dev, cfg, x, w, y, groups, head_dim, shape.eps)
 }

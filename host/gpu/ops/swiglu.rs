@@ -1,8 +1,8 @@
 //! SwiGLU launch wrapper (kernel: gpu-kernels/src/swiglu.rs).
 
 use super::{check_len, to_u32};
-use crate::gpu::launch::launch;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result};
+use gpu_kernels::swiglu;
 
 /// `y[i] = silu(gate[i]) * up[i]` for `i < n`.
 pub fn swiglu(
@@ -20,13 +20,6 @@ pub fn swiglu(
         return Ok(());
     }
     let cfg = LaunchConfig::covering(n, 256);
-    launch!(
-        dev,
-        swiglu::swiglu,
-        cfg,
-        gate.input(),
-        up.input(),
-        y.output(),
-        to_u32(K, "n", n)?
-    )
+    let n = to_u32(K, "n", n)?;
+    swiglu::swiglu::launch(dev, cfg, gate.input(), up.input(), y.output(), n)
 }
