@@ -11,9 +11,53 @@ use super::In;
 
 /// A CUDA tensor map (`CUtensorMap`, 128 bytes, 64-byte aligned) in global memory, encoded on
 /// the host (`cuTensorMapEncodeTiled`). The kernel only passes its address to TMA instructions.
+/// The emulator reads its own encoding instead ([`TensorMap::emulated_2d`]).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub struct TensorMap(pub [u64; 16]);
+
+/// How TMA lays a box out in shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Swizzle {
+    /// Rows packed one after another.
+    None = 0,
+    /// 128-byte swizzle: within each 1024-byte group of 8 rows of 128 bytes, the 16-byte chunk
+    /// `c` of row `r` lands at chunk `c ^ (r % 8)` (byte address bits 4–6 ^= bits 7–9).
+    B128 = 3,
+}
+
+/// First word of an emulator tensor map (so a GPU map handed to the emulator is caught).
+pub const EMULATED_TENSOR_MAP_MAGIC: u64 = 0x6b69_6c6e_5f74_6d61; // "kiln_tma"
+
+impl TensorMap {
+    /// The emulator's encoding of a 2-D tiled map (the GPU's is opaque, made by the driver):
+    /// word 0 `EMULATED_TENSOR_MAP_MAGIC`; 1 the base address (a host pointer); 2 `cols` and
+    /// 3 `rows` (elements, innermost first); 4 the row stride in bytes; 5 `box_cols |
+    /// box_rows << 32`; 6 `elem_bytes | swizzle << 8`. Elements outside `cols × rows` read as
+    /// zero, as `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE` does.
+    #[allow(clippy::too_many_arguments)] // mirrors cuTensorMapEncodeTiled's own argument list
+    pub const fn emulated_2d(
+        base: u64,
+        elem_bytes: u32,
+        cols: u64,
+        rows: u64,
+        row_stride_bytes: u64,
+        box_cols: u32,
+        box_rows: u32,
+        swizzle: Swizzle,
+    ) -> Self {
+        let mut w = [0u64; 16];
+        w[0] = EMULATED_TENSOR_MAP_MAGIC;
+        w[1] = base;
+        w[2] = cols;
+        w[3] = rows;
+        w[4] = row_stride_bytes;
+        w[5] = box_cols as u64 | (box_rows as u64) << 32;
+        w[6] = elem_bytes as u64 | (swizzle as u64) << 8;
+        TensorMap(w)
+    }
+}
 
 /// How long (in SM cycles, ≈ 2 s at 2 GHz) a barrier wait may take before the kernel traps:
 /// far beyond any real copy or pipeline step (microseconds), short enough that a deadlock
