@@ -170,52 +170,65 @@ fn for_each_pair(acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
     });
 }
 
+/// The f32 epilogue: `y[r, c] = acc [+ bias[c]] [+ y[r, c]]` for rows `row0 + r < end` and
+/// columns `col0 + c < m`.
+#[inline(always)]
+fn store_f32(
+    acc: &Acc,
+    y: Out<f32>,
+    bias: In<f32>,
+    (row0, end): (u32, u32),
+    col0: u32,
+    m: u32,
+    flags: u32,
+) {
+    for_each_pair(acc, |r, c, v0, v1| {
+        let (r, c) = (row0 + r, col0 + c);
+        if r >= end {
+            return;
+        }
+        let at = (r * m + c) as usize;
+        for (i, mut v) in [(0, v0), (1, v1)] {
+            if c + i < m {
+                if flags & EPI_BIAS != 0 {
+                    v += bias.at((c + i) as usize);
+                }
+                if flags & EPI_ADD_TO_Y != 0 {
+                    v += y.at(at + i as usize);
+                }
+                y.set(at + i as usize, v);
+            }
+        }
+    });
+}
+
+/// The SwiGLU epilogue of a gate|up tile (64 gate columns, then the matching 64 up columns):
+/// `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end` and `out0 + c < m`.
+#[inline(always)]
+fn store_swiglu(acc: &Acc, h: Out<u16>, (row0, end): (u32, u32), out0: u32, m: u32) {
+    let (row, col) = fragment_origin();
+    let (row, col) = (row0 + row, out0 + col);
+    seq!(J in 0..8 {
+        seq!(E in 0..4 {
+            let r = row + 8 * (E / 2);
+            let c = col + 8 * J + E % 2;
+            let (g, u) = (acc[4 * J + E], acc[4 * (J + 8) + E]);
+            if r < end && c < m {
+                h.set((r * m + c) as usize, f32_to_bf16(silu(g) * u));
+            }
+        });
+    });
+}
+
 kernel! {
     /// `y = x · wᵀ [+ bias] [+ y]` (flags `EPI_BIAS`, `EPI_ADD_TO_Y`), f32 out. `map_x`: bf16
     /// `[n_rows][k]`, box 64 × `BM`; `map_w`: bf16 `[m][k]`, box 64 × `BN`; both 128B-swizzled.
     /// Grid: (⌈m / BN⌉, ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        mainloop(map_x, map_w, row0, col0, k, |acc| for_each_pair(acc, |r, c, v0, v1| {
-            let (r, c) = (row0 + r, col0 + c);
-            if r >= n_rows {
-                return;
-            }
-            let at = (r * m + c) as usize;
-            for (i, mut v) in [(0, v0), (1, v1)] {
-                if c + i < m {
-                    if flags & EPI_BIAS != 0 {
-                        v += bias.at((c + i) as usize);
-                    }
-                    if flags & EPI_ADD_TO_Y != 0 {
-                        v += y.at(at + i as usize);
-                    }
-                    y.set(at + i as usize, v);
-                }
-            }
-        }));
-    }
-}
-
-kernel! {
-    /// `y = bf16(x · wᵀ [+ bias])`, bf16 out (activations that feed another GEMM).
-    pub fn gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        mainloop(map_x, map_w, row0, col0, k, |acc| for_each_pair(acc, |r, c, v0, v1| {
-            let (r, c) = (row0 + r, col0 + c);
-            if r >= n_rows {
-                return;
-            }
-            let at = (r * m + c) as usize;
-            for (i, mut v) in [(0, v0), (1, v1)] {
-                if c + i < m {
-                    if flags & EPI_BIAS != 0 {
-                        v += bias.at((c + i) as usize);
-                    }
-                    y.set(at + i as usize, f32_to_bf16(v));
-                }
-            }
-        }));
+        mainloop(map_x, map_w, row0, col0, k, |acc| {
+            store_f32(acc, y, bias, (row0, n_rows), col0, m, flags)
+        });
     }
 }
 
@@ -223,24 +236,56 @@ kernel! {
     /// `h = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with gate and up interleaved in `map_w` in
     /// blocks of 64 rows (rows `128i..128i+64` gate features `64i..`, the next 64 rows up), so a
     /// 128-column tile holds 64 gate and the matching 64 up columns in the same thread.
-    /// `m` is the number of output features (half of `map_w`'s rows).
+    /// `m` is the number of output features (`map_w` has `2·⌈m/64⌉·64` rows).
+    /// Grid: (⌈m / 64⌉, ⌈n_rows / BM⌉).
     pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
         let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        let out0 = block_idx().x * (BN / 2) as u32;
         mainloop(map_x, map_w, row0, col0, k, |acc| {
-            let (row, col) = fragment_origin();
-            let (row, col) = (row0 + row, out0 + col);
-            // Tile columns 8j.. (j < 8) are gate features, 64 + 8j.. the matching up features.
-            seq!(J in 0..8 {
-                seq!(E in 0..4 {
-                    let r = row + 8 * (E / 2);
-                    let c = col + 8 * J + E % 2;
-                    let (g, u) = (acc[4 * J + E], acc[4 * (J + 8) + E]);
-                    if r < n_rows && c < m {
-                        h.set((r * m + c) as usize, f32_to_bf16(silu(g) * u));
-                    }
-                });
-            });
+            store_swiglu(acc, h, (row0, n_rows), block_idx().x * (BN / 2) as u32, m)
+        });
+    }
+}
+
+/// Tile `blockIdx.y` of a grouped GEMM: (expert, first row, end of the expert's rows), from the
+/// table `moe::moe_group` builds (`tiles[2t] = expert`, `tiles[2t + 1] = first row`, `BM` rows
+/// per tile); `None` past `num_tiles[0]` (the grid is sized for the worst case).
+#[inline(always)]
+fn grouped_tile(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>) -> Option<(u32, u32, u32)> {
+    let t = block_idx().y as usize;
+    if t >= num_tiles.at(0) as usize {
+        return None;
+    }
+    let expert = tiles.at(2 * t);
+    Some((expert, tiles.at(2 * t + 1), offsets.at(expert as usize + 1)))
+}
+
+kernel! {
+    /// MoE gate|up for every expert in one launch, SwiGLU fused: expert-grouped rows of `map_x`
+    /// (bf16 `[pairs][k]`, the gathered activations), expert `e`'s interleaved gate|up rows
+    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: (⌈m / 64⌉, max tiles).
+    pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
+        let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
+            return;
+        };
+        let rows_per_expert = 2 * m.div_ceil(64) * 64;
+        let col0 = e * rows_per_expert + block_idx().x * BN as u32;
+        mainloop(map_x, map_w, row0, col0, k, |acc| {
+            store_swiglu(acc, h, (row0, end), block_idx().x * (BN / 2) as u32, m)
+        });
+    }
+}
+
+kernel! {
+    /// MoE down projection for every expert in one launch: expert-grouped rows of `map_x`
+    /// (bf16 `[pairs][k]`), expert `e`'s weights rows `e·m..` of `map_w` (`[experts·m][k]`).
+    /// `y`: f32 `[pairs][m]`. Grid: (⌈m / BN⌉, max tiles).
+    pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
+        let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
+            return;
+        };
+        let col0 = block_idx().x * BN as u32;
+        mainloop(map_x, map_w, row0, e * m + col0, k, |acc| {
+            store_f32(acc, y, y.as_in(), (row0, end), col0, m, 0)
         });
     }
 }

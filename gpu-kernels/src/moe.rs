@@ -9,7 +9,8 @@
 
 use crate::device::math::{exp, fma, max, sigmoid};
 use crate::device::*;
-use crate::gemm::TILE_M;
+/// Rows per tile of the grouped GEMMs (the block tile of `gemm_wgmma`).
+pub const GROUP_TILE_ROWS: usize = crate::gemm_wgmma::BM;
 
 /// Experts a model may have (the grouping kernel keeps per-expert state in shared memory).
 pub const MAX_EXPERTS: usize = 1024;
@@ -141,7 +142,7 @@ kernel! {
                     tiles.set(2 * t, e as u32);
                     tiles.set(2 * t + 1, first);
                     t += 1;
-                    first += TILE_M as u32;
+                    first += GROUP_TILE_ROWS as u32;
                 }
                 acc += count;
                 shared.store(e + 1, acc);
@@ -192,5 +193,21 @@ kernel! {
             acc = fma(sigmoid(shared_gate.at(t)), shared_out.at(i), acc);
         }
         y.set(i, y.at(i) + acc);
+    }
+}
+
+kernel! {
+    /// The grouped GEMM's input: `xg[row] = x[sorted[row] / top_k]` (bf16 rows of `hidden`,
+    /// moved as 32-bit pairs). Grid: one block per row (`n_rows` of them); any block size.
+    pub fn moe_gather_rows(x: In<u16>, sorted: In<u32>, xg: Out<u16>, top_k: u32, hidden: u32) {
+        let row = block_idx().x as usize;
+        let words = hidden as usize / 2;
+        let token = sorted.at(row) as usize / top_k as usize;
+        let (src, dst) = (x.cast::<u32>(), xg.cast::<u32>());
+        let mut i = thread_idx().x as usize;
+        while i < words {
+            dst.set(row * words + i, src.at(token * words + i));
+            i += block_dim().x as usize;
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Batch invariance: each row's sum of squares is reduced in an order fixed by the block size
 //! alone (per-thread strided partials, then a fixed warp/block tree), never by the row count.
 
+use crate::device::float::f32_to_bf16;
 use crate::device::math::{fma, sqrt};
 use crate::device::*;
 
@@ -34,6 +35,36 @@ kernel! {
         let mut i = t;
         while i < cols {
             y.set(base + i, x.at(base + i) * scale * w.at(i));
+            i += stride;
+        }
+    }
+}
+
+kernel! {
+    /// `rms_norm_rows` with bf16 output, the input of the tensor-core GEMMs (the same bits
+    /// they used to round to themselves), and optionally (`f32_too != 0`) the f32 row in
+    /// `y32` as well (the MoE router keeps full precision). The same reduction as
+    /// `rms_norm_rows`. Grid: one block per row; block: `ROW_THREADS`.
+    pub fn rms_norm_rows_bf16(x: In<f32>, w: In<f32>, y16: Out<u16>, y32: Out<f32>, cols: u32, eps: f32, f32_too: u32) {
+        let cols = cols as usize;
+        let base = block_idx().x as usize * cols;
+        let (t, stride) = (thread_idx().x as usize, block_dim().x as usize);
+        let mut sum_sq = 0.0f32;
+        let mut i = t;
+        while i < cols {
+            let v = x.at(base + i);
+            sum_sq = fma(v, v, sum_sq);
+            i += stride;
+        }
+        let total = block_sum_f32(sum_sq, norm_partials());
+        let scale = 1.0 / sqrt(total / cols as f32 + eps);
+        let mut i = t;
+        while i < cols {
+            let v = x.at(base + i) * scale * w.at(i);
+            y16.set(base + i, f32_to_bf16(v));
+            if f32_too != 0 {
+                y32.set(base + i, v);
+            }
             i += stride;
         }
     }

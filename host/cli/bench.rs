@@ -322,7 +322,6 @@ struct Row {
     times_ms: Vec<f64>,
     warmup_ms: f64,
     launches: u64,
-    wave_len: usize,
     chunks: usize,
     flops: Flops,
     weight_bytes: f64,
@@ -342,7 +341,6 @@ impl Row {
             times_ms: Vec::new(),
             warmup_ms: f64::NAN,
             launches: 0,
-            wave_len: 0,
             chunks: 0,
             flops: prefill_flops(cfg, n),
             weight_bytes: weight_bytes_read(cfg, n),
@@ -519,7 +517,6 @@ fn run_row(
     }
     let last = last.ok_or_else(|| anyhow!("no prefill ran"))?;
     row.launches = last.launches;
-    row.wave_len = last.wave_len;
     row.chunks = last.chunks.len();
     if last.chunks != [tokens.len()] {
         bail!(
@@ -868,7 +865,7 @@ fn write_reports(
                 ("deadline_s", Json::Num(args.deadline_s)),
                 (
                     "prefill_options",
-                    Json::str("default: one chunk, 256 MiB wave budget, last logits only"),
+                    Json::str("default: one chunk, last logits only"),
                 ),
                 ("prompts", Json::str(run.prompts_path.display().to_string())),
             ]),
@@ -979,7 +976,6 @@ fn row_json(r: &Row, args: &BenchArgs) -> Json {
         ),
         ("tokens_per_s", Json::Num(r.n as f64 / secs)),
         ("launches", Json::int(r.launches)),
-        ("wave_len", Json::int(r.wave_len)),
         ("chunks", Json::int(r.chunks)),
         (
             "flops",
@@ -1047,17 +1043,8 @@ fn row_json(r: &Row, args: &BenchArgs) -> Json {
 
 fn print_table(rows: &[Row], args: &BenchArgs) {
     println!(
-        "\n{:<6} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>7} {:>7} {:>6}",
-        "model",
-        "N",
-        "median ms",
-        "tokens/s",
-        "launches",
-        "wave",
-        "TFLOP/s",
-        "%peak",
-        "TB/s",
-        "%bw"
+        "\n{:<6} {:>6} {:>10} {:>11} {:>8} {:>8} {:>7} {:>7} {:>6}",
+        "model", "N", "median ms", "tokens/s", "launches", "TFLOP/s", "%peak", "TB/s", "%bw"
     );
     for r in rows {
         if r.status != "ok" {
@@ -1075,13 +1062,12 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         let tflops = r.flops.total() / secs / 1e12;
         let tbs = r.weight_bytes / secs / 1e12;
         println!(
-            "{:<6} {:>6} {:>10.3} {:>11.0} {:>8} {:>6} {:>8.2} {:>6.2}% {:>7.3} {:>5.1}%",
+            "{:<6} {:>6} {:>10.3} {:>11.0} {:>8} {:>8.2} {:>6.2}% {:>7.3} {:>5.1}%",
             r.model,
             r.n,
             med,
             r.n as f64 / secs,
             r.launches,
-            r.wave_len,
             tflops,
             100.0 * tflops / args.peak_tflops,
             tbs,

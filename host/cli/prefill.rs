@@ -55,9 +55,10 @@ pub struct PrefillArgs {
     /// bit-identical to the batched run.
     #[arg(long)]
     pub check: bool,
-    /// MiB of attention-score scratch per wave of queries (GPU).
-    #[arg(long, default_value_t = 256)]
-    pub wave_budget_mib: usize,
+    /// Removed: attention is one fused kernel now and needs no score scratch. Kept only so
+    /// that passing it says so instead of "unexpected argument".
+    #[arg(long, hide = true)]
+    pub wave_budget_mib: Option<usize>,
     /// Compute logits for every position, not just the last.
     #[arg(long)]
     pub all_logits: bool,
@@ -83,6 +84,12 @@ pub fn select_backend(device: DeviceArg) -> anyhow::Result<Backend> {
 }
 
 pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
+    if args.wave_budget_mib.is_some() {
+        anyhow::bail!(
+            "--wave-budget-mib was removed: attention is one fused flash-attention kernel and \
+             uses no score scratch; drop the option"
+        );
+    }
     let backend = select_backend(args.device)?;
     let (file, label) = match &args.model {
         Some(p) => (super::open_gguf(p)?, p.display().to_string()),
@@ -150,7 +157,6 @@ fn run_pipeline(
     let model = GpuModel::upload(dev, cfg, weights, true).context("uploading weights")?;
     let opts = PrefillOptions {
         chunk: args.chunk,
-        wave_budget_bytes: args.wave_budget_mib.max(1) << 20,
         all_logits: args.all_logits,
         profile: false,
     };
@@ -161,11 +167,10 @@ fn run_pipeline(
     let out = prefill(&model, dev, tokens, &opts).context("prefill")?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "chunks: {} ({} tokens max), {} kernel launches, attention waves of {} queries",
+        "chunks: {} ({} tokens max), {} kernel launches",
         out.chunks.len(),
         out.chunks.iter().max().copied().unwrap_or(0),
         out.launches,
-        out.wave_len
     );
     if args.check {
         let seq_opts = PrefillOptions {

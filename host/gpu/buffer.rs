@@ -16,6 +16,9 @@ pub struct Buffer<T: Element> {
     storage: Storage<T>,
     /// Elements visible to kernels and the host (CUDA allocations are at least 1 element).
     len: usize,
+    /// The address of element 0 (device or host): identifies the allocation (tensor maps
+    /// record which buffer they describe).
+    address: usize,
 }
 
 enum Storage<T: Element> {
@@ -56,7 +59,16 @@ impl Device {
                     .collect(),
             ),
         };
-        Ok(Buffer { storage, len })
+        let address = match (&storage, self.backend()) {
+            (Storage::Cuda(slice), Backend::Cuda(rt)) => slice.device_ptr(rt.stream()).0 as usize,
+            (Storage::Host(h), _) => h.as_ptr() as usize,
+            (Storage::Cuda(_), Backend::Emulator) => unreachable!("CUDA storage on the emulator"),
+        };
+        Ok(Buffer {
+            storage,
+            len,
+            address,
+        })
     }
 
     /// A buffer holding a copy of `data`.
@@ -74,6 +86,11 @@ impl<T: Element> Buffer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The address of element 0 (device or host): identifies the allocation.
+    pub(crate) fn identity(&self) -> usize {
+        self.address
     }
 
     /// Overwrites the first `data.len()` elements.

@@ -85,7 +85,7 @@ unsafe impl Launcher for Device {
     }
 }
 
-fn cuda_address<T: Element>(dev: &Device, buf: &super::Buffer<T>) -> Result<u64> {
+pub(crate) fn cuda_address<T: Element>(dev: &Device, buf: &super::Buffer<T>) -> Result<u64> {
     match dev.backend() {
         Backend::Cuda(rt) => buf.device_address(rt.stream()),
         Backend::Emulator => Err(GpuError::WrongBackend {

@@ -3,12 +3,13 @@
 
 use super::scratch::Scratch;
 use super::weights::{GpuFfn, GpuLayer, GpuModel};
-use crate::gpu::ops::attention::{self, AttentionShape};
+use crate::gpu::ops::attention_input::{Projected, QkNorm, attention_input};
 use crate::gpu::ops::embedding;
+use crate::gpu::ops::flash_attention::{AttentionShape, flash_attention};
 use crate::gpu::ops::gemm::{self, Epilogue, GemmShape};
+use crate::gpu::ops::gemm_wgmma::{matmul, matmul_swiglu};
 use crate::gpu::ops::moe::MoeShape;
 use crate::gpu::ops::norm::{self, NormShape};
-use crate::gpu::ops::rope::{self, RopeShape};
 use crate::gpu::{Device, GpuError, Result};
 use std::time::Instant;
 
@@ -17,8 +18,6 @@ use std::time::Instant;
 pub struct PrefillOptions {
     /// Tokens per chunk (`None`: the whole prompt in one chunk).
     pub chunk: Option<usize>,
-    /// Bytes of attention-score scratch a wave of queries may use.
-    pub wave_budget_bytes: usize,
     /// Logits for every position instead of the last one only.
     pub all_logits: bool,
     /// Synchronise after each stage and time it (slower; for `kiln bench` breakdowns).
@@ -29,7 +28,6 @@ impl Default for PrefillOptions {
     fn default() -> Self {
         PrefillOptions {
             chunk: None,
-            wave_budget_bytes: 256 << 20,
             all_logits: false,
             profile: false,
         }
@@ -47,8 +45,6 @@ pub struct PrefillOutput {
     pub chunks: Vec<usize>,
     /// Kernel launches made for this prompt.
     pub launches: u64,
-    /// Queries per attention wave.
-    pub wave_len: usize,
     pub stage_seconds: StageTimes,
 }
 
@@ -106,14 +102,7 @@ impl<'m> Session<'m> {
         let max_chunk = max_chunk.clamp(1, capacity);
         let logit_rows = if opts.all_logits { max_chunk } else { 1 };
         let dev = dev.fresh_counter();
-        let s = Scratch::new(
-            &dev,
-            cfg,
-            capacity,
-            max_chunk,
-            opts.wave_budget_bytes,
-            logit_rows,
-        )?;
+        let s = Scratch::new(&dev, cfg, capacity, max_chunk, logit_rows)?;
         Ok(Session {
             model,
             dev,
@@ -159,8 +148,6 @@ impl<'m> Session<'m> {
             )));
         }
         let model = self.model;
-        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
-        self.s.positions.write(&positions)?;
         embedding::embed_tokens(
             &self.dev,
             &model.token_embd,
@@ -183,64 +170,66 @@ impl<'m> Session<'m> {
 
     fn attention_block(&mut self, li: usize, l: &GpuLayer, n: usize, start: usize) -> Result<()> {
         let cfg = &self.model.cfg;
-        let (h, hd, qd, kvd, eps) = (cfg.hidden, cfg.head_dim, cfg.q_dim(), cfg.kv_dim(), cfg.eps);
-        let (nh, nkv) = (cfg.n_head, cfg.n_head_kv);
-        // The chunk's shapes: `rows` vectors of `width` to normalise; projections of its n rows
-        // to m outputs from k inputs; its heads to rotate.
-        let vectors = |rows, width| NormShape { rows, width, eps };
-        let proj = |m, k| GemmShape { rows: n, m, k };
-        let bias = Epilogue::bias;
-        let heads = |n_heads| RopeShape {
-            tokens: n,
-            n_heads,
-            head_dim: hd,
-            rot_dims: hd,
+        let rows = NormShape {
+            rows: n,
+            width: cfg.hidden,
+            eps: cfg.eps,
         };
         let shape = AttentionShape {
             n,
             start_pos: start,
-            n_head: nh,
-            n_kv: nkv,
-            head_dim: hd,
+            n_head: cfg.n_head,
+            n_kv: cfg.n_head_kv,
+            head_dim: cfg.head_dim,
+        };
+        let qk_norm = match (&l.q_norm, &l.k_norm) {
+            (Some(q), Some(k)) => Some(QkNorm { q, k, eps: cfg.eps }),
+            _ => None,
         };
         self.stage("qkv projection", |dev, s| {
-            norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn, vectors(n, h))?;
-            gemm::matmul_bf16(dev, &s.xn, &l.wq, &s.q, proj(qd, h), bias(l.bq.as_ref()))?;
-            gemm::matmul_bf16(dev, &s.xn, &l.wk, &s.k, proj(kvd, h), bias(l.bk.as_ref()))?;
-            gemm::matmul_bf16(dev, &s.xn, &l.wv, &s.v, proj(kvd, h), bias(l.bv.as_ref()))
+            norm::rms_norm_rows_bf16(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
+            matmul(
+                dev,
+                &s.xn16,
+                &l.wqkv,
+                &s.qkv,
+                n,
+                Epilogue::bias(l.bqkv.as_ref()),
+            )
         })?;
         self.stage("qk-norm, rope, kv append", |dev, s| {
-            if let Some(w) = &l.q_norm {
-                norm::rms_norm_heads(dev, &s.q, w, &s.q, vectors(n * nh, hd))?;
-            }
-            if let Some(w) = &l.k_norm {
-                norm::rms_norm_heads(dev, &s.k, w, &s.k, vectors(n * nkv, hd))?;
-            }
-            rope::rope_neox(dev, &s.q, &s.positions, &s.inv_freq, heads(nh))?;
-            rope::rope_neox(dev, &s.k, &s.positions, &s.inv_freq, heads(nkv))?;
-            attention::kv_append(dev, &s.k, &s.v, &s.kv[li], shape)
+            let input = Projected {
+                qkv: &s.qkv,
+                inv_freq: &s.inv_freq,
+                norm: qk_norm,
+            };
+            attention_input(dev, input, &s.q16, &s.kv[li], shape)
         })?;
         self.stage("attention", |dev, s| {
-            attention::attention(dev, &s.q, &s.kv[li], &s.attn, &s.scores, shape, s.wave_len)
+            flash_attention(dev, &s.q16, &s.kv[li], &s.attn16, shape)
         })?;
         self.stage("output projection", |dev, s| {
-            gemm::matmul_bf16(dev, &s.attn, &l.wo, &s.x, proj(h, qd), Epilogue::ADD_TO_Y)
+            matmul(dev, &s.attn16, &l.wo, &s.x, n, Epilogue::ADD_TO_Y)
         })
     }
 
     fn ffn_block(&mut self, l: &GpuLayer, n: usize) -> Result<()> {
         let cfg = &self.model.cfg;
-        let (h, eps) = (cfg.hidden, cfg.eps);
-        let vectors = |rows, width| NormShape { rows, width, eps };
-        let proj = |m, k| GemmShape { rows: n, m, k };
+        let h = cfg.hidden;
+        let rows = NormShape {
+            rows: n,
+            width: h,
+            eps: cfg.eps,
+        };
+        let moe = matches!(l.ffn, GpuFfn::Moe(_));
         self.stage("ffn norm", |dev, s| {
-            norm::rms_norm_rows(dev, &s.x, &l.ffn_norm, &s.xn, vectors(n, h))
+            let xn = moe.then_some(&s.xn);
+            norm::rms_norm_rows_bf16(dev, &s.x, &l.ffn_norm, &s.xn16, xn, rows)
         })?;
         match &l.ffn {
             GpuFfn::Dense(d) => self.stage("dense ffn", |dev, s| {
-                let (ff, add) = (cfg.ff, Epilogue::ADD_TO_Y);
-                gemm::matmul_gated_bf16(dev, &s.xn, &d.gate, &d.up, &s.ffn_h, proj(ff, h))?;
-                gemm::matmul_bf16(dev, &s.ffn_h, &d.down, &s.x, proj(h, ff), add)
+                matmul_swiglu(dev, &s.xn16, &d.gate_up, &s.ffn_h16, n)?;
+                matmul(dev, &s.ffn_h16, &d.down, &s.x, n, Epilogue::ADD_TO_Y)
             }),
             GpuFfn::Moe(moe) => {
                 let (router, experts, shared) = (&moe.router, &moe.experts, &moe.shared);
@@ -249,24 +238,26 @@ impl<'m> Session<'m> {
                     hidden: h,
                     ff: cfg.ff_exp,
                 };
+                let f32_proj = |m| GemmShape { rows: n, m, k: h };
                 self.stage("moe routing", |dev, s| {
                     let r = s.routing()?;
                     let logits = &s.router_logits;
-                    gemm::matmul_f32(dev, &s.xn, router, logits, proj(cfg.n_expert, h))?;
+                    gemm::matmul_f32(dev, &s.xn, router, logits, f32_proj(cfg.n_expert))?;
                     r.route(dev, logits, n, cfg.norm_topk)
                 })?;
                 self.stage("moe experts", |dev, s| {
                     let r = s.routing()?;
-                    r.experts_gated(dev, &s.xn, &experts.gate, &experts.up, &s.ffn_h, shape)?;
-                    r.experts_down(dev, &s.ffn_h, &experts.down, &s.expert_out, shape)
+                    let xg = Scratch::needed(&s.xg16, "expert-ordered rows")?;
+                    r.gather(dev, &s.xn16, xg, shape)?;
+                    r.experts_swiglu(dev, xg, &experts.gate_up, &s.ffn_h16, shape)?;
+                    r.experts_down(dev, &s.ffn_h16, &experts.down, &s.expert_out, shape)
                 })?;
                 if let Some(se) = shared {
-                    let (ffn, fs) = (&se.ffn, cfg.ff_shexp);
                     self.stage("shared expert", |dev, s| {
-                        let (x, mid, out) = (&s.xn, &s.shared_h, &s.shared_out);
-                        gemm::matmul_gated_bf16(dev, x, &ffn.gate, &ffn.up, mid, proj(fs, h))?;
-                        gemm::matmul_bf16(dev, mid, &ffn.down, out, proj(h, fs), Epilogue::STORE)?;
-                        gemm::matmul_f32(dev, x, &se.gate_inp, &s.shared_gate, proj(1, h))
+                        let mid = Scratch::needed(&s.shared_h16, "shared-expert hidden")?;
+                        matmul_swiglu(dev, &s.xn16, &se.ffn.gate_up, mid, n)?;
+                        matmul(dev, mid, &se.ffn.down, &s.shared_out, n, Epilogue::STORE)?;
+                        gemm::matmul_f32(dev, &s.xn, &se.gate_inp, &s.shared_gate, f32_proj(1))
                     })?;
                 }
                 self.stage("moe combine", |dev, s| {
@@ -286,15 +277,27 @@ impl<'m> Session<'m> {
         let s = &mut self.s;
         s.final_rows.copy_from(&s.x, first * h, 0, rows * h)?;
         let dev = &self.dev;
-        let (x, norm) = (&s.final_rows, &model.output_norm);
         let shape = NormShape {
             rows,
             width: h,
             eps: cfg.eps,
         };
-        norm::rms_norm_rows(dev, x, norm, x, shape)?;
-        let head = GemmShape { rows, m: v, k: h };
-        gemm::matmul_bf16(dev, x, &model.output, &s.logits, head, Epilogue::STORE)?;
+        norm::rms_norm_rows_bf16(
+            dev,
+            &s.final_rows,
+            &model.output_norm,
+            &s.final16,
+            None,
+            shape,
+        )?;
+        matmul(
+            dev,
+            &s.final16,
+            &model.output,
+            &s.logits,
+            rows,
+            Epilogue::STORE,
+        )?;
         let mut out = s.logits.to_vec()?;
         out.truncate(rows * v);
         Ok(out)
@@ -316,7 +319,6 @@ impl<'m> Session<'m> {
             rows,
             chunks: self.chunks,
             launches: self.dev.launch_count(),
-            wave_len: self.s.wave_len,
             stage_seconds: self.stages,
         })
     }

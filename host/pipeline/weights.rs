@@ -1,14 +1,24 @@
-//! Uploading a model's weights to the device once: matrices as bf16, vectors as f32.
+//! Uploading a model's weights to the device once, in the layouts the kernels read: matrices as
+//! bf16 [`TmaMatrix`]es (Q, K and V stacked into one projection; gate and up interleaved for the
+//! fused SwiGLU GEMM), vectors and the MoE router as f32.
 
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
-use crate::gpu::{Buffer, Device, Result};
+use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
+use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::{Ffn, HostTensor, ModelConfig, Weights};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A SwiGLU FFN: gate|up interleaved `[interleaved_rows(ff)][hidden]`, down `[hidden][ff]`.
 pub(super) struct Dense {
-    pub gate: Buffer<u16>,
-    pub up: Buffer<u16>,
-    pub down: Buffer<u16>,
+    pub gate_up: TmaMatrix,
+    pub down: TmaMatrix,
+}
+
+/// Every expert of a MoE layer, stacked: gate|up `[n_expert · interleaved_rows(ff)][hidden]`,
+/// down `[n_expert · hidden][ff]`.
+pub(super) struct Experts {
+    pub gate_up: TmaMatrix,
+    pub down: TmaMatrix,
 }
 
 pub(super) struct SharedExpert {
@@ -23,21 +33,18 @@ pub(super) enum GpuFfn {
 
 pub(super) struct Moe {
     pub router: Buffer<f32>,
-    pub experts: Dense,
+    pub experts: Experts,
     pub shared: Option<SharedExpert>,
 }
 
 pub(super) struct GpuLayer {
     pub attn_norm: Buffer<f32>,
-    pub wq: Buffer<u16>,
-    pub wk: Buffer<u16>,
-    pub wv: Buffer<u16>,
-    pub bq: Option<Buffer<f32>>,
-    pub bk: Option<Buffer<f32>>,
-    pub bv: Option<Buffer<f32>>,
+    /// Q, K and V stacked: `[q_dim + 2·kv_dim][hidden]`, and their biases (qwen2) likewise.
+    pub wqkv: TmaMatrix,
+    pub bqkv: Option<Buffer<f32>>,
     pub q_norm: Option<Buffer<f32>>,
     pub k_norm: Option<Buffer<f32>>,
-    pub wo: Buffer<u16>,
+    pub wo: TmaMatrix,
     pub ffn_norm: Buffer<f32>,
     pub ffn: GpuFfn,
 }
@@ -47,8 +54,14 @@ pub struct GpuModel {
     pub cfg: ModelConfig,
     pub(super) token_embd: EmbeddingTable,
     pub(super) output_norm: Buffer<f32>,
-    pub(super) output: Buffer<u16>,
+    pub(super) output: TmaMatrix,
     pub(super) layers: Vec<GpuLayer>,
+}
+
+fn bf16_bits(data: &[f32]) -> Vec<u16> {
+    data.iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect()
 }
 
 struct Uploader<'a> {
@@ -57,15 +70,17 @@ struct Uploader<'a> {
 }
 
 impl Uploader<'_> {
-    fn bf16(&self, t: &HostTensor) -> Result<Buffer<u16>> {
-        let bits: Vec<u16> = t
-            .data
-            .iter()
-            .map(|v| half::bf16::from_f32(*v).to_bits())
-            .collect();
-        let b = self.dev.upload(&bits, &t.name)?;
+    /// A bf16 matrix of `rows × cols` from already converted bits.
+    fn matrix(&self, bits: &[u16], rows: usize, cols: usize, what: &str) -> Result<TmaMatrix> {
+        let buf = self.dev.upload(bits, what)?;
+        self.dev.tma_matrix(buf, rows, cols)
+    }
+    /// One weight matrix `[rows][cols]` (GGUF `ne = [cols, rows]`).
+    fn bf16(&self, t: &HostTensor) -> Result<TmaMatrix> {
+        let cols = t.cols();
+        let m = self.matrix(&bf16_bits(&t.data), t.data.len() / cols, cols, &t.name)?;
         self.bar.inc(1);
-        Ok(b)
+        Ok(m)
     }
     fn f32(&self, t: &HostTensor) -> Result<Buffer<f32>> {
         let b = self.dev.upload(&t.data, &t.name)?;
@@ -75,12 +90,60 @@ impl Uploader<'_> {
     fn opt_f32(&self, t: &Option<HostTensor>) -> Result<Option<Buffer<f32>>> {
         t.as_ref().map(|t| self.f32(t)).transpose()
     }
+    /// `experts` stacked (gate, up) pairs of `[ff][hidden]`, interleaved per expert.
+    fn gate_up(&self, gate: &HostTensor, up: &HostTensor, experts: usize) -> Result<TmaMatrix> {
+        let hidden = gate.cols();
+        let ff = gate.data.len() / hidden / experts;
+        let (g, u) = (bf16_bits(&gate.data), bf16_bits(&up.data));
+        let per = ff * hidden;
+        let mut bits = Vec::with_capacity(experts * interleaved_rows(ff) * hidden);
+        for e in 0..experts {
+            let span = e * per..(e + 1) * per;
+            bits.extend(interleave_gate_up(&g[span.clone()], &u[span], ff, hidden));
+        }
+        let name = format!("{} | {}", gate.name, up.name);
+        let m = self.matrix(&bits, experts * interleaved_rows(ff), hidden, &name)?;
+        self.bar.inc(2);
+        Ok(m)
+    }
     fn dense(&self, gate: &HostTensor, up: &HostTensor, down: &HostTensor) -> Result<Dense> {
         Ok(Dense {
-            gate: self.bf16(gate)?,
-            up: self.bf16(up)?,
+            gate_up: self.gate_up(gate, up, 1)?,
             down: self.bf16(down)?,
         })
+    }
+    /// Q, K and V stacked into one `[q + 2·kv][hidden]` projection.
+    fn qkv(&self, wq: &HostTensor, wk: &HostTensor, wv: &HostTensor) -> Result<TmaMatrix> {
+        let hidden = wq.cols();
+        let data: Vec<f32> = [wq, wk, wv]
+            .iter()
+            .flat_map(|t| t.data.iter().copied())
+            .collect();
+        let name = format!("{} | {} | {}", wq.name, wk.name, wv.name);
+        let m = self.matrix(&bf16_bits(&data), data.len() / hidden, hidden, &name)?;
+        self.bar.inc(3);
+        Ok(m)
+    }
+    /// The Q, K, V biases stacked (zeros for a missing one), if any is present.
+    fn qkv_bias(
+        &self,
+        l: &crate::model::LayerWeights,
+        cfg: &ModelConfig,
+    ) -> Result<Option<Buffer<f32>>> {
+        if l.bq.is_none() && l.bk.is_none() && l.bv.is_none() {
+            return Ok(None);
+        }
+        let part = |b: &Option<HostTensor>, len: usize| match b {
+            Some(t) => {
+                self.bar.inc(1);
+                t.data.clone()
+            }
+            None => vec![0.0; len],
+        };
+        let mut data = part(&l.bq, cfg.q_dim());
+        data.extend(part(&l.bk, cfg.kv_dim()));
+        data.extend(part(&l.bv, cfg.kv_dim()));
+        Ok(Some(self.dev.upload(&data, "Q|K|V bias")?))
     }
 }
 
@@ -115,7 +178,10 @@ impl GpuModel {
                     shared,
                 } => GpuFfn::Moe(Box::new(Moe {
                     router: up.f32(router)?,
-                    experts: up.dense(gate_exps, up_exps, down_exps)?,
+                    experts: Experts {
+                        gate_up: up.gate_up(gate_exps, up_exps, cfg.n_expert)?,
+                        down: up.bf16(down_exps)?,
+                    },
                     shared: match shared {
                         Some(s) => Some(SharedExpert {
                             gate_inp: up.f32(&s.gate_inp)?,
@@ -127,12 +193,8 @@ impl GpuModel {
             };
             layers.push(GpuLayer {
                 attn_norm: up.f32(&l.attn_norm)?,
-                wq: up.bf16(&l.wq)?,
-                wk: up.bf16(&l.wk)?,
-                wv: up.bf16(&l.wv)?,
-                bq: up.opt_f32(&l.bq)?,
-                bk: up.opt_f32(&l.bk)?,
-                bv: up.opt_f32(&l.bv)?,
+                wqkv: up.qkv(&l.wq, &l.wk, &l.wv)?,
+                bqkv: up.qkv_bias(l, cfg)?,
                 q_norm: up.opt_f32(&l.q_norm)?,
                 k_norm: up.opt_f32(&l.k_norm)?,
                 wo: up.bf16(&l.wo)?,
@@ -140,13 +202,11 @@ impl GpuModel {
                 ffn,
             });
         }
+        let table = dev.upload(&bf16_bits(&weights.token_embd.data), "token_embd")?;
+        up.bar.inc(1);
         let model = GpuModel {
             cfg: cfg.clone(),
-            token_embd: EmbeddingTable::new(
-                TableData::Bf16(up.bf16(&weights.token_embd)?),
-                cfg.vocab,
-                cfg.hidden,
-            )?,
+            token_embd: EmbeddingTable::new(TableData::Bf16(table), cfg.vocab, cfg.hidden)?,
             output_norm: up.f32(&weights.output_norm)?,
             output: up.bf16(&weights.output)?,
             layers,

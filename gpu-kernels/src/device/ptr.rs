@@ -215,6 +215,17 @@ impl<T: Copy> Out<T> {
         }
     }
 
+    /// The same bytes viewed as elements of another type (as `In::cast`).
+    #[inline(always)]
+    pub fn cast<U: Copy>(self) -> Out<U> {
+        Out {
+            ptr: self.ptr as *mut U,
+            #[cfg(not(target_arch = "nvptx64"))]
+            len: self.len * core::mem::size_of::<T>() / core::mem::size_of::<U>(),
+            _t: PhantomData,
+        }
+    }
+
     /// The same memory, read-only.
     #[inline(always)]
     pub fn as_in(self) -> In<T> {

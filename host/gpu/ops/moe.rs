@@ -1,8 +1,11 @@
-//! MoE launch wrappers (kernels: gpu-kernels/src/moe.rs and the grouped GEMMs in gemm.rs).
+//! MoE launch wrappers (kernels: gpu-kernels/src/moe.rs, and the grouped GEMMs in
+//! gemm_wgmma.rs).
 
+use super::gemm_wgmma::interleaved_rows;
 use super::{check_len, to_u32};
-use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{self, MMA_THREADS, TILE_M, TILE_N};
+use crate::gpu::{Buffer, Device, Input, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use gpu_kernels::gemm_wgmma::{self, BN, SHARED_BYTES, THREADS};
+use gpu_kernels::moe::GROUP_TILE_ROWS;
 use gpu_kernels::moe::{self, GROUP_THREADS, MAX_EXPERTS};
 
 /// Device state of one chunk's routing: top-k choices, the expert grouping and its tile table.
@@ -53,9 +56,9 @@ impl MoeShape {
     }
 }
 
-/// Tiles of the grouped GEMM in the worst case: Σ⌈count_e / TILE_M⌉ ≤ ⌈pairs / TILE_M⌉ + experts.
+/// Tiles of the grouped GEMM in the worst case: Σ⌈count_e / T⌉ ≤ ⌈pairs / T⌉ + experts.
 fn max_tiles(pairs: usize, n_expert: usize) -> usize {
-    pairs.div_ceil(TILE_M) + n_expert
+    pairs.div_ceil(GROUP_TILE_ROWS) + n_expert
 }
 
 impl Routing {
@@ -121,77 +124,116 @@ impl Routing {
         )
     }
 
-    /// Expert gate/up + SwiGLU over the grouped rows: `h[row] = swiglu(x[token(row)])` with
-    /// the row's expert; `w_*`: `[n_expert][ff][hidden]` bf16; `h`: `[tokens·k][ff]`.
-    pub fn experts_gated(
+    /// The grouped GEMMs' input: `xg[row] = x[token(row)]`, bf16 rows of `hidden` in expert
+    /// order (`x`: `[≥ tokens][hidden]`, `xg`: `[≥ pairs][hidden]`).
+    pub fn gather(
         &self,
         dev: &Device,
-        x: &Buffer<f32>,
-        w_gate: &Buffer<u16>,
-        w_up: &Buffer<u16>,
-        h: &Buffer<f32>,
+        x: &TmaMatrix,
+        xg: &TmaMatrix,
         shape: MoeShape,
     ) -> Result<()> {
-        const K: &str = "moe_gemm_gated_bf16";
-        let (hidden, ff) = shape.validate(K, self)?;
+        const K: &str = "moe_gather_rows";
+        let (hidden, _) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
-        let experts = self.n_expert * shape.ff * shape.hidden;
-        check_len(K, "x", x, shape.tokens * shape.hidden)?;
-        check_len(K, "w_gate", w_gate, experts)?;
-        check_len(K, "w_up", w_up, experts)?;
-        check_len(K, "h", h, pairs * shape.ff)?;
+        ensure_shape!(
+            shape.hidden % 2 == 0,
+            K,
+            "hidden {} must be even",
+            shape.hidden
+        );
+        x.check(K, "x", shape.tokens, shape.hidden)?;
+        xg.check(K, "xg", pairs, shape.hidden)?;
         if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(K, pairs, shape.ff)?;
-        gemm::moe_gemm_gated_bf16::launch(
+        let cfg = LaunchConfig::linear(to_u32(K, "pairs", pairs)?, 128);
+        let top_k = self.top_k as u32;
+        let (x, sorted, xg) = (x.data().input(), self.sorted.input(), xg.data().output());
+        moe::moe_gather_rows::launch(dev, cfg, x, sorted, xg, top_k, hidden)
+    }
+
+    /// Expert gate|up + SwiGLU over the grouped rows: `h[row] = swiglu(xg[row])` with the
+    /// row's expert; `w_gate_up`: every expert's interleaved gate|up matrix
+    /// (`gemm_wgmma::interleave_gate_up`) stacked, `[n_expert · interleaved_rows(ff)][hidden]`;
+    /// `h`: `[≥ pairs][ff]`.
+    pub fn experts_swiglu(
+        &self,
+        dev: &Device,
+        xg: &TmaMatrix,
+        w_gate_up: &TmaMatrix,
+        h: &TmaMatrix,
+        shape: MoeShape,
+    ) -> Result<()> {
+        const K: &str = "moe_gemm_wgmma_swiglu";
+        let (hidden, ff) = shape.validate(K, self)?;
+        let pairs = shape.pairs(self);
+        xg.check(K, "xg", pairs, shape.hidden)?;
+        w_gate_up.check(
+            K,
+            "w_gate_up",
+            self.n_expert * interleaved_rows(shape.ff),
+            shape.hidden,
+        )?;
+        h.check(K, "h", pairs, shape.ff)?;
+        if pairs == 0 {
+            return Ok(());
+        }
+        let cfg = self.grouped_cfg(K, pairs, interleaved_rows(shape.ff))?;
+        let (tiles, num_tiles, offsets) = self.tile_table();
+        gemm_wgmma::moe_gemm_wgmma_swiglu::launch(
             dev,
             cfg,
-            x.input(),
-            w_gate.input(),
-            w_up.input(),
-            h.output(),
-            self.sorted.input(),
-            self.tiles.input(),
-            self.num_tiles.input(),
-            self.offsets.input(),
-            self.top_k as u32,
+            xg.map(),
+            w_gate_up.map(),
+            h.data().output(),
+            tiles,
+            num_tiles,
+            offsets,
             ff,
             hidden,
         )
     }
 
     /// Expert down projections over the grouped rows: `out[row] = h[row] · w_down[e]ᵀ`;
-    /// `w_down`: `[n_expert][hidden][ff]`; `out`: `[tokens·k][hidden]`.
+    /// `w_down`: `[n_expert · hidden][ff]`; `out`: `[pairs][hidden]` f32.
     pub fn experts_down(
         &self,
         dev: &Device,
-        h: &Buffer<f32>,
-        w_down: &Buffer<u16>,
+        h: &TmaMatrix,
+        w_down: &TmaMatrix,
         out: &Buffer<f32>,
         shape: MoeShape,
     ) -> Result<()> {
-        const K: &str = "moe_gemm_bf16";
+        const K: &str = "moe_gemm_wgmma_f32";
         let (hidden, ff) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
-        check_len(K, "h", h, pairs * shape.ff)?;
-        check_len(K, "w_down", w_down, self.n_expert * shape.hidden * shape.ff)?;
+        h.check(K, "h", pairs, shape.ff)?;
+        w_down.check(K, "w_down", self.n_expert * shape.hidden, shape.ff)?;
         check_len(K, "out", out, pairs * shape.hidden)?;
         if pairs == 0 {
             return Ok(());
         }
         let cfg = self.grouped_cfg(K, pairs, shape.hidden)?;
-        let (tiles, num_tiles, offsets) = (
+        let (tiles, num_tiles, offsets) = self.tile_table();
+        let (h, w, out) = (h.map(), w_down.map(), out.output());
+        gemm_wgmma::moe_gemm_wgmma_f32::launch(
+            dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff,
+        )
+    }
+
+    fn tile_table(&self) -> (Input<'_, u32>, Input<'_, u32>, Input<'_, u32>) {
+        (
             self.tiles.input(),
             self.num_tiles.input(),
             self.offsets.input(),
-        );
-        let (h, w, out) = (h.input(), w_down.input(), out.output());
-        gemm::moe_gemm_bf16::launch(dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff)
+        )
     }
 
+    /// One block per (128-column tile of `m`, entry of the worst-case tile table).
     fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
-        let mut cfg = LaunchConfig::linear(to_u32(k, "m tiles", m.div_ceil(TILE_N))?, MMA_THREADS);
+        let cols = to_u32(k, "column tiles", m.div_ceil(BN))?;
+        let mut cfg = LaunchConfig::linear(cols, THREADS).with_shared(SHARED_BYTES);
         cfg.grid.1 = to_u32(k, "tiles", max_tiles(pairs, self.n_expert))?;
         ensure_shape!(cfg.grid.1 <= 65535, k, "{pairs} pairs exceed one launch");
         Ok(cfg)

@@ -1,7 +1,7 @@
 //! RMSNorm launch wrappers (kernels: gpu-kernels/src/norm.rs).
 
 use super::{check_len, to_u32};
-use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
+use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::norm::{self, HEAD_THREADS, ROW_THREADS};
 
 /// `rows` contiguous vectors of `width` f32, each normalised as `x / sqrt(mean(x²) + eps) · w`
@@ -70,4 +70,26 @@ pub fn rms_norm_heads(
     let cfg = LaunchConfig::linear(groups.div_ceil(warps), HEAD_THREADS);
     let (x, w, y) = (x.input(), w.input(), y.output());
     norm::rms_norm_heads::launch(dev, cfg, x, w, y, groups, head_dim, shape.eps)
+}
+
+/// `rms_norm_rows` into bf16 `y16` (the tensor-core GEMMs' input, `[≥ rows][width]`), and into
+/// f32 `y32` too when given (the MoE router reads full precision).
+pub fn rms_norm_rows_bf16(
+    dev: &Device,
+    x: &Buffer<f32>,
+    w: &Buffer<f32>,
+    y16: &TmaMatrix,
+    y32: Option<&Buffer<f32>>,
+    shape: NormShape,
+) -> Result<()> {
+    const K: &str = "rms_norm_rows_bf16";
+    let y32_buf = y32.unwrap_or(x); // unwritten without f32_too
+    let Some((rows, cols)) = shape.validate(K, x, w, y32_buf)? else {
+        return Ok(());
+    };
+    y16.check(K, "y16", shape.rows, shape.width)?;
+    let cfg = LaunchConfig::linear(rows, ROW_THREADS);
+    let f32_too = y32.is_some() as u32;
+    let (x, w, y16, y32) = (x.input(), w.input(), y16.data().output(), y32_buf.output());
+    norm::rms_norm_rows_bf16::launch(dev, cfg, x, w, y16, y32, cols, shape.eps, f32_too)
 }

@@ -1,0 +1,119 @@
+//! Hopper GEMM launch wrappers (kernels: gpu-kernels/src/gemm_wgmma.rs): `wgmma` tensor cores
+//! fed by TMA, bf16 activations and weights ([`TmaMatrix`]), f32 accumulation. Weights are
+//! `[m][k]` (GGUF order).
+
+use super::gemm::Epilogue;
+use super::to_u32;
+use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use gpu_kernels::gemm_wgmma::{self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS};
+
+/// Output features per gate (or up) block of an interleaved gate|up weight matrix.
+pub const GATE_UP_BLOCK: usize = BN / 2;
+
+/// One launch over `rows` rows of `x` and `n_cols` output columns.
+fn config(kernel: &'static str, rows: usize, n_cols: usize) -> Result<LaunchConfig> {
+    let mut cfg = LaunchConfig::linear(
+        to_u32(kernel, "column tiles", n_cols.div_ceil(BN))?,
+        THREADS,
+    )
+    .with_shared(SHARED_BYTES);
+    cfg.grid.1 = to_u32(kernel, "row tiles", rows.div_ceil(BM))?;
+    ensure_shape!(cfg.grid.1 <= 65535, kernel, "{rows} rows exceed one launch");
+    Ok(cfg)
+}
+
+/// `y[rows][m] = x[rows][k] · w[m][k]ᵀ (+ bias) (+ y)`, f32 out; `m`, `k` from `w`.
+pub fn matmul(
+    dev: &Device,
+    x: &TmaMatrix,
+    w: &TmaMatrix,
+    y: &Buffer<f32>,
+    rows: usize,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
+    const K: &str = "gemm_wgmma_f32";
+    let (m, k) = (w.rows(), w.cols());
+    x.check(K, "x", rows, k)?;
+    super::check_len(K, "y", y, rows * m)?;
+    if let Some(b) = epilogue.bias {
+        super::check_len(K, "bias", b, m)?;
+    }
+    to_u32(K, "rows × m", rows * m)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let cfg = config(K, rows, m)?;
+    let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
+        | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
+    let bias = epilogue.bias.unwrap_or(y); // unread without EPI_BIAS
+    let (rows, m, k) = (rows as u32, m as u32, k as u32);
+    gemm_wgmma::gemm_wgmma_f32::launch(
+        dev,
+        cfg,
+        x.map(),
+        w.map(),
+        bias.input(),
+        y.output(),
+        rows,
+        m,
+        k,
+        flags,
+    )
+}
+
+/// `h[rows][m] = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with `w_gate_up` interleaved by
+/// [`interleave_gate_up`] (`2·⌈m/64⌉·64` rows); `h` is `[≥ rows][m]`.
+pub fn matmul_swiglu(
+    dev: &Device,
+    x: &TmaMatrix,
+    w_gate_up: &TmaMatrix,
+    h: &TmaMatrix,
+    rows: usize,
+) -> Result<()> {
+    const K: &str = "gemm_wgmma_swiglu";
+    let (m, k) = (h.cols(), w_gate_up.cols());
+    x.check(K, "x", rows, k)?;
+    h.check(K, "h", rows, m)?;
+    w_gate_up.check(K, "w_gate_up", interleaved_rows(m), k)?;
+    to_u32(K, "rows × m", rows * m)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let cfg = config(K, rows, interleaved_rows(m))?;
+    let (rows, m, k) = (rows as u32, m as u32, k as u32);
+    gemm_wgmma::gemm_wgmma_swiglu::launch(
+        dev,
+        cfg,
+        x.map(),
+        w_gate_up.map(),
+        h.data().output(),
+        rows,
+        m,
+        k,
+    )
+}
+
+/// Rows of an interleaved gate|up matrix for `m` output features.
+pub fn interleaved_rows(m: usize) -> usize {
+    2 * m.div_ceil(GATE_UP_BLOCK) * GATE_UP_BLOCK
+}
+
+/// Gate and up weights (`[m][k]` each) as one matrix the SwiGLU GEMM reads: blocks of 64 gate
+/// rows, each followed by the 64 matching up rows; past `m`, zero rows (their outputs are
+/// silu(0)·0 = 0 and never stored).
+pub fn interleave_gate_up(gate: &[u16], up: &[u16], m: usize, k: usize) -> Vec<u16> {
+    assert_eq!(gate.len(), m * k, "gate is not m × k");
+    assert_eq!(up.len(), m * k, "up is not m × k");
+    let mut out = vec![0u16; interleaved_rows(m) * k];
+    for (b, block) in out.chunks_mut(2 * GATE_UP_BLOCK * k).enumerate() {
+        let (g, u) = block.split_at_mut(GATE_UP_BLOCK * k);
+        for r in 0..GATE_UP_BLOCK {
+            let src = b * GATE_UP_BLOCK + r;
+            if src < m {
+                g[r * k..(r + 1) * k].copy_from_slice(&gate[src * k..(src + 1) * k]);
+                u[r * k..(r + 1) * k].copy_from_slice(&up[src * k..(src + 1) * k]);
+            }
+        }
+    }
+    out
+}
