@@ -49,7 +49,7 @@ impl Device {
         if rows * cols > buf.len() {
             return Err(bad(format!("the buffer holds only {} elements", buf.len())));
         }
-        if (cols * 2) % 16 != 0 {
+        if !(cols * 2).is_multiple_of(16) {
             return Err(bad(
                 "the row stride must be a multiple of 16 bytes (cols a multiple of 8)".into(),
             ));

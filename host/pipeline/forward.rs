@@ -14,7 +14,7 @@ use crate::gpu::{Device, GpuError, Result};
 use std::time::Instant;
 
 /// How to run a prompt.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PrefillOptions {
     /// Tokens per chunk (`None`: the whole prompt in one chunk).
     pub chunk: Option<usize>,
@@ -22,16 +22,6 @@ pub struct PrefillOptions {
     pub all_logits: bool,
     /// Synchronise after each stage and time it (slower; for `kiln bench` breakdowns).
     pub profile: bool,
-}
-
-impl Default for PrefillOptions {
-    fn default() -> Self {
-        PrefillOptions {
-            chunk: None,
-            all_logits: false,
-            profile: false,
-        }
-    }
 }
 
 /// Seconds spent per pipeline stage (only with `PrefillOptions::profile`).
@@ -187,7 +177,7 @@ impl<'m> Session<'m> {
             _ => None,
         };
         self.stage("qkv projection", |dev, s| {
-            norm::rms_norm_rows_bf16(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
+            norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
             matmul(
                 dev,
                 &s.xn16,
@@ -224,7 +214,7 @@ impl<'m> Session<'m> {
         let moe = matches!(l.ffn, GpuFfn::Moe(_));
         self.stage("ffn norm", |dev, s| {
             let xn = moe.then_some(&s.xn);
-            norm::rms_norm_rows_bf16(dev, &s.x, &l.ffn_norm, &s.xn16, xn, rows)
+            norm::rms_norm_rows(dev, &s.x, &l.ffn_norm, &s.xn16, xn, rows)
         })?;
         match &l.ffn {
             GpuFfn::Dense(d) => self.stage("dense ffn", |dev, s| {
@@ -282,7 +272,7 @@ impl<'m> Session<'m> {
             width: h,
             eps: cfg.eps,
         };
-        norm::rms_norm_rows_bf16(
+        norm::rms_norm_rows(
             dev,
             &s.final_rows,
             &model.output_norm,

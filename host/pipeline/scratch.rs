@@ -3,9 +3,9 @@
 //! Activations that feed a tensor-core GEMM or attention are bf16 [`TmaMatrix`]es; the residual
 //! stream and GEMM outputs that are summed or normalised again stay f32.
 
+use crate::gpu::ops::attention_input::rope_inv_freq;
 use crate::gpu::ops::flash_attention::KvCache;
 use crate::gpu::ops::moe::Routing;
-use crate::gpu::ops::rope::rope_inv_freq;
 use crate::gpu::{Buffer, Device, GpuError, Result, TmaMatrix};
 use crate::model::ModelConfig;
 

@@ -27,7 +27,7 @@ pub(super) struct SharedExpert {
 }
 
 pub(super) enum GpuFfn {
-    Dense(Dense),
+    Dense(Box<Dense>),
     Moe(Box<Moe>),
 }
 
@@ -169,7 +169,9 @@ impl GpuModel {
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             let ffn = match &l.ffn {
-                Ffn::Dense { gate, up: u, down } => GpuFfn::Dense(up.dense(gate, u, down)?),
+                Ffn::Dense { gate, up: u, down } => {
+                    GpuFfn::Dense(Box::new(up.dense(gate, u, down)?))
+                }
                 Ffn::Moe {
                     router,
                     gate_exps,

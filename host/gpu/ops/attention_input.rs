@@ -6,6 +6,14 @@ use super::flash_attention::{AttentionShape, KvCache};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::attention_input::{self, HEAD_DIM};
 
+/// RoPE's `inv_freq[i] = base^(-2i/rot_dims)` for `i < rot_dims/2`, computed in f64 and rounded
+/// once (the kernel then does one f32 multiply per angle, as the reference frameworks do).
+pub fn rope_inv_freq(base: f64, rot_dims: usize) -> Vec<f32> {
+    (0..rot_dims / 2)
+        .map(|i| base.powf(-2.0 * i as f64 / rot_dims as f64) as f32)
+        .collect()
+}
+
 /// Qwen3's per-head RMSNorm weights for Q and K, and its epsilon.
 #[derive(Clone, Copy)]
 pub struct QkNorm<'a> {

@@ -1,10 +1,10 @@
-//! GEMM launch wrappers (kernels: gpu-kernels/src/gemm.rs). Weights are `[m][k]` (GGUF order).
-//! bf16-weight GEMMs run on tensor cores with activations rounded to bf16; the f32-weight GEMM
-//! (router, shared-expert gate) stays on CUDA cores in full f32.
+//! The f32 GEMM's launch wrapper (kernel: gpu-kernels/src/gemm.rs): the MoE router and the
+//! shared-expert gate, on CUDA cores in full f32. Weights are `[m][k]` (GGUF order). Every
+//! bf16-weight GEMM is in `gemm_wgmma` (tensor cores); [`Epilogue`] is shared with it.
 
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{self, GEMM_ADD_BIAS, GEMM_ADD_TO_Y, MMA_THREADS, THREADS, TILE_M, TILE_N};
+use gpu_kernels::gemm::{self, THREADS, TILE_M, TILE_N};
 
 /// `y[rows][m] = x[rows][k] · w[m][k]ᵀ`: rows of activations, output features, input features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ struct GemmLaunch {
 impl GemmShape {
     /// Checks the shape against `x` (`[rows][k]`), `w` (`w_len` elements per weight matrix,
     /// `[m][k]`) and `y` (`[rows][m]`); `None` when there are no rows. `threads`: the kernel's
-    /// block size (`MMA_THREADS` for the tensor-core kernels, `THREADS` for the f32 one).
+    /// block size.
     fn validate<W: crate::gpu::Element>(
         &self,
         kernel: &'static str,
@@ -63,7 +63,7 @@ impl GemmShape {
     }
 }
 
-/// What a bf16 GEMM adds to the product before it stores it in `y`.
+/// What a GEMM adds to the product before it stores it in `y` (see `gemm_wgmma::matmul`).
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// `+ bias[m]` (f32).
@@ -93,32 +93,6 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// `y = x · wᵀ (+ bias) (+ y)` with bf16 weights `w[m][k]`.
-pub fn matmul_bf16(
-    dev: &Device,
-    x: &Buffer<f32>,
-    w: &Buffer<u16>,
-    y: &Buffer<f32>,
-    shape: GemmShape,
-    epilogue: Epilogue<'_>,
-) -> Result<()> {
-    const K: &str = "gemm_bf16";
-    if let Some(b) = epilogue.bias {
-        check_len(K, "bias", b, shape.m)?;
-    }
-    let Some(g) = shape.validate(K, x, &[("w", w)], y, MMA_THREADS)? else {
-        return Ok(());
-    };
-    let flags = if epilogue.bias.is_some() {
-        GEMM_ADD_BIAS
-    } else {
-        0
-    } | if epilogue.add_to_y { GEMM_ADD_TO_Y } else { 0 };
-    let bias = epilogue.bias.unwrap_or(x); // unread without GEMM_ADD_BIAS
-    let (x, w, bias, y) = (x.input(), w.input(), bias.input(), y.output());
-    gemm::gemm_bf16::launch(dev, g.cfg, x, w, bias, y, g.rows, g.m, g.k, flags)
-}
-
 /// `y = x · wᵀ` with f32 weights `w[m][k]`.
 pub fn matmul_f32(
     dev: &Device,
@@ -132,22 +106,4 @@ pub fn matmul_f32(
     };
     let (x, w, y) = (x.input(), w.input(), y.output());
     gemm::gemm_f32::launch(dev, g.cfg, x, w, y, g.rows, g.m, g.k)
-}
-
-/// `y = silu(x · w_gateᵀ) ⊙ (x · w_upᵀ)`; both weights bf16 `[m][k]`.
-pub fn matmul_gated_bf16(
-    dev: &Device,
-    x: &Buffer<f32>,
-    w_gate: &Buffer<u16>,
-    w_up: &Buffer<u16>,
-    y: &Buffer<f32>,
-    shape: GemmShape,
-) -> Result<()> {
-    const K: &str = "gemm_gated_bf16";
-    let weights = [("w_gate", w_gate), ("w_up", w_up)];
-    let Some(g) = shape.validate(K, x, &weights, y, MMA_THREADS)? else {
-        return Ok(());
-    };
-    let (x, wg, wu, y) = (x.input(), w_gate.input(), w_up.input(), y.output());
-    gemm::gemm_gated_bf16::launch(dev, g.cfg, x, wg, wu, y, g.rows, g.m, g.k)
 }

@@ -137,7 +137,7 @@ impl Routing {
         let (hidden, _) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
         ensure_shape!(
-            shape.hidden % 2 == 0,
+            shape.hidden.is_multiple_of(2),
             K,
             "hidden {} must be even",
             shape.hidden
