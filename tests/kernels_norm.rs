@@ -1,19 +1,34 @@
-//! RMSNorm over rows and over heads against the float64 reference (`kiln::reference::ops`), on
-//! the emulator (default) or the GPU (`KILN_TEST_DEVICE=cuda|all`).
+//! `rms_norm_rows` (bf16 `y16` for the tensor-core GEMMs, optional f32 `y32`) against the
+//! float64 reference (`kiln::reference::ops::rms_norm`), on the emulator (default) or the GPU
+//! (`KILN_TEST_DEVICE=cuda|all`). Qwen3's QK-norm over heads is fused into `attention_input`
+//! and tested in `kernels_attention_input.rs`.
 //!
-//! Tolerance 2e-6: the kernels compute in f32 (a fixed-order sum of squares, `sqrt.rn`), within
-//! a few f32 ulps of exact (~3e-7 observed); any indexing or formula error gives ≥ 1e-3.
+//! Tolerances:
+//! - `y32` vs f64: rel L2 2e-6. The kernel computes in f32 (a fixed-order sum of squares,
+//!   `sqrt.rn`, two multiplies), within a few f32 ulps (2^-24 ≈ 6e-8) of exact (~3e-7
+//!   observed); an indexing or formula error gives ≥ 1e-3.
+//! - `y16`: its bits must be exactly the round-to-nearest-even bf16 of `y32` (the kernel rounds
+//!   the same f32 value it stores), and, checked on its own, each element within one bf16
+//!   rounding of the f64 value: `2^-8·|y| + 1e-6·rms(y)` (`common::assert_bf16_close`; 1e-6
+//!   covers the f32 arithmetic before the rounding).
+//!
+//! Widths: 8 (fewer than a warp of threads busy), 200 and 1000 (not multiples of the 256
+//! threads per row: ragged strided loops), 256; rows 1, 5, 33. Outputs start poisoned (NaN,
+//! bf16 0xFFFF) with one row more than written, which must stay poisoned.
 
 mod common;
 use common::*;
+use kiln::gpu::Device;
 use kiln::gpu::ops::norm::{self, NormShape};
 use kiln::reference::ops;
 
-const ROWS: [usize; 4] = [1, 5, 33, 257];
-const TOL: f64 = 2e-6;
+const ROWS: [usize; 3] = [1, 5, 33];
+const WIDTHS: [usize; 4] = [8, 200, 256, 1000];
+const TOL_F32: f64 = 2e-6;
+const SLACK_BF16: f64 = 1e-6;
 const EPS: f32 = 1e-6;
 
-/// Each `width`-long vector of `x` normalised with `w`.
+/// Each `width`-long row of `x` normalised with `w`, in f64.
 fn reference(x: &[f32], w: &[f32], width: usize) -> Vec<f64> {
     x.chunks(width)
         .flat_map(|v| ops::rms_norm(&ops::widen(v), w, f64::from(EPS)))
@@ -25,86 +40,151 @@ fn weight(r: &mut kiln::rng::Rng, width: usize) -> Vec<f32> {
     r.normal_vec(width, 0.1).iter().map(|v| 1.0 + v).collect()
 }
 
+/// One case's inputs.
+struct Case {
+    shape: NormShape,
+    x: Vec<f32>,
+    w: Vec<f32>,
+}
+
+impl Case {
+    fn new(rows: usize, width: usize, salt: u64) -> Case {
+        let mut r = rng(salt);
+        // Rows of different scales, so the normalisation itself matters.
+        let mut x = r.normal_vec(rows * width, 1.0);
+        for row in x.chunks_mut(width) {
+            let s = (4.0 * r.uniform()).exp2() as f32 * 0.25;
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        Case {
+            shape: NormShape {
+                rows,
+                width,
+                eps: EPS,
+            },
+            w: weight(&mut r, width),
+            x,
+        }
+    }
+
+    /// Runs the kernel; returns (y16 bits, y32 when asked) including the extra poisoned row.
+    fn run(&self, dev: &Device, with_f32: bool) -> (Vec<u16>, Option<Vec<f32>>) {
+        let NormShape { rows, width, .. } = self.shape;
+        let (x, w) = (upload(dev, &self.x), upload(dev, &self.w));
+        let y16 = poisoned_tma(dev, rows + 1, width);
+        let y32 = poisoned(dev, (rows + 1) * width, f32::NAN);
+        let out32 = with_f32.then_some(&y32);
+        norm::rms_norm_rows(dev, &x, &w, &y16, out32, self.shape).unwrap();
+        if !with_f32 {
+            // The wrapper hands `x` to the kernel as the unused f32 output: it must not change.
+            assert_eq!(bits(&x.to_vec().unwrap()), bits(&self.x), "x was written");
+            assert!(
+                y32.to_vec().unwrap().iter().all(|v| v.is_nan()),
+                "y32 was written"
+            );
+        }
+        let y16 = y16.data().to_vec().unwrap();
+        assert!(
+            y16[rows * width..].iter().all(|b| *b == BF16_POISON),
+            "y16 written past row {rows}"
+        );
+        let y32 = with_f32.then(|| {
+            let y32 = y32.to_vec().unwrap();
+            assert!(
+                y32[rows * width..].iter().all(|v| v.is_nan()),
+                "y32 written past row {rows}"
+            );
+            y32[..rows * width].to_vec()
+        });
+        (y16[..rows * width].to_vec(), y32)
+    }
+}
+
 #[test]
-fn rms_norm_rows_matches_f64_and_is_batch_invariant() {
+fn rms_norm_rows_f32_matches_f64_and_bf16_is_its_rounding() {
     for dev in devices() {
-        for (case, &rows) in ROWS.iter().enumerate() {
-            for cols in [64, 256, 1000] {
-                let mut r = rng(case as u64 * 10 + cols as u64);
-                let x = r.normal_vec(rows * cols, 2.0);
-                let w = weight(&mut r, cols);
-                let (xb, wb) = (upload(&dev, &x), upload(&dev, &w));
-                let y = poisoned(&dev, rows * cols, f32::NAN);
-                let shape = NormShape {
-                    rows,
-                    width: cols,
-                    eps: EPS,
-                };
-                norm::rms_norm_rows(&dev, &xb, &wb, &y, shape).unwrap();
-                let got = y.to_vec().unwrap();
-                let case = format!("rms_norm_rows {rows}x{cols}");
-                assert_close(&case, &dev, &got, &reference(&x, &w, cols), TOL);
-                // The last row alone must give the same bits as inside the batch.
-                let last = upload(&dev, &x[(rows - 1) * cols..]);
-                let y1 = poisoned(&dev, cols, f32::NAN);
-                let one = NormShape { rows: 1, ..shape };
-                norm::rms_norm_rows(&dev, &last, &wb, &y1, one).unwrap();
-                assert_eq!(bits(&y1.to_vec().unwrap()), bits(&got[(rows - 1) * cols..]));
+        for (ci, &rows) in ROWS.iter().enumerate() {
+            for &width in &WIDTHS {
+                let c = Case::new(rows, width, 10 * ci as u64 + width as u64);
+                let name = format!("rms_norm_rows {rows}x{width}");
+                let want = reference(&c.x, &c.w, width);
+                let (y16, y32) = c.run(&dev, true);
+                let y32 = y32.unwrap();
+                assert_close(&format!("{name} y32"), &dev, &y32, &want, TOL_F32);
+                assert_eq!(y16, bf16_bits(&y32), "{name}: y16 is not bf16(y32)");
+                assert_bf16_close(&format!("{name} y16"), &dev, &y16, &want, SLACK_BF16);
+
+                // Without the f32 output: the same bf16 bits, nothing else written.
+                let (y16_only, _) = c.run(&dev, false);
+                assert_eq!(y16_only, y16, "{name}: y16 without y32 differs");
             }
         }
     }
 }
 
 #[test]
-fn rms_norm_heads_matches_f64() {
+fn rms_norm_rows_is_batch_invariant_and_works_in_place() {
     for dev in devices() {
-        for (case, &rows) in ROWS.iter().enumerate() {
-            for head_dim in [64, 128] {
-                let heads = 4;
-                let mut r = rng(100 + case as u64 * 10 + head_dim as u64);
-                let x = r.normal_vec(rows * heads * head_dim, 1.5);
-                let w = weight(&mut r, head_dim);
-                let (xb, wb) = (upload(&dev, &x), upload(&dev, &w));
-                let y = poisoned(&dev, x.len(), f32::NAN);
-                let shape = NormShape {
-                    rows: rows * heads,
-                    width: head_dim,
-                    eps: EPS,
+        for &width in &WIDTHS {
+            let rows = 33;
+            let c = Case::new(rows, width, 500 + width as u64);
+            let (y16, y32) = c.run(&dev, true);
+            let y32 = y32.unwrap();
+            // Rows 0, 17 and 32 alone give the bits they have inside the batch.
+            for r in [0, 17, rows - 1] {
+                let alone = Case {
+                    shape: NormShape { rows: 1, ..c.shape },
+                    x: c.x[r * width..(r + 1) * width].to_vec(),
+                    w: c.w.clone(),
                 };
-                norm::rms_norm_heads(&dev, &xb, &wb, &y, shape).unwrap();
-                assert_close(
-                    &format!("rms_norm_heads {rows}x{heads}x{head_dim}"),
-                    &dev,
-                    &y.to_vec().unwrap(),
-                    &reference(&x, &w, head_dim),
-                    TOL,
-                );
-                // In place (y = x) gives the same result.
-                norm::rms_norm_heads(&dev, &xb, &wb, &xb, shape).unwrap();
-                assert_eq!(bits(&xb.to_vec().unwrap()), bits(&y.to_vec().unwrap()));
+                let (a16, a32) = alone.run(&dev, true);
+                let span = r * width..(r + 1) * width;
+                assert_eq!(a16, y16[span.clone()], "row {r} alone (width {width}): y16");
+                assert_eq!(bits(&a32.unwrap()), bits(&y32[span]), "row {r}: y32");
             }
+            // y32 = x (the router reads the normalised rows in place of the residual copy).
+            let x = upload(&dev, &c.x);
+            let w = upload(&dev, &c.w);
+            let y16b = poisoned_tma(&dev, rows, width);
+            norm::rms_norm_rows(&dev, &x, &w, &y16b, Some(&x), c.shape).unwrap();
+            assert_eq!(
+                bits(&x.to_vec().unwrap()),
+                bits(&y32),
+                "in place, width {width}"
+            );
+            assert_eq!(y16b.data().to_vec().unwrap(), y16, "in place y16");
         }
     }
 }
 
 #[test]
 fn norm_shapes_are_checked_before_launching() {
-    let dev = kiln::gpu::Device::emulator();
-    let x = upload(&dev, &rng(900).normal_vec(10, 1.0));
-    let w = upload(&dev, &[1.0f32; 5]);
-    let y = poisoned(&dev, 10, f32::NAN);
-    let shape = |rows, width| NormShape {
-        rows,
-        width,
-        eps: EPS,
+    let dev = Device::emulator();
+    let x = upload(&dev, &rng(900).normal_vec(16, 1.0));
+    let w = upload(&dev, &[1.0f32; 8]);
+    let y16 = poisoned_tma(&dev, 2, 8);
+    let y32 = poisoned(&dev, 8, f32::NAN);
+    let shape = |rows, width, eps| NormShape { rows, width, eps };
+    let err = |s: NormShape, y16: &kiln::gpu::TmaMatrix, y32| {
+        norm::rms_norm_rows(&dev, &x, &w, y16, y32, s)
+            .unwrap_err()
+            .to_string()
     };
-    let err = norm::rms_norm_rows(&dev, &x, &w, &y, shape(3, 5)).unwrap_err();
+    let e = err(shape(3, 8, EPS), &poisoned_tma(&dev, 3, 8), None);
+    assert!(e.contains("x has 16 elements, needs 24"), "{e}");
+    let e = err(shape(2, 0, EPS), &y16, None);
+    assert!(e.contains("width must be positive"), "{e}");
+    let e = err(shape(2, 8, -1.0), &y16, None);
+    assert!(e.contains("eps -1"), "{e}");
+    let e = err(shape(2, 8, EPS), &y16, Some(&y32));
+    assert!(e.contains("y32 has 8 elements, needs 16"), "{e}");
+    let e = err(shape(2, 8, EPS), &poisoned_tma(&dev, 1, 8), None);
     assert!(
-        err.to_string().contains("x has 10 elements, needs 15"),
-        "{err}"
+        e.contains("y16 is 1 × 8, needs 8 columns and at least 2 rows"),
+        "{e}"
     );
-    let err = norm::rms_norm_heads(&dev, &x, &w, &y, shape(2, 0)).unwrap_err();
-    assert!(err.to_string().contains("width must be positive"), "{err}");
+    let e = err(shape(1, 8, EPS), &poisoned_tma(&dev, 2, 16), None);
+    assert!(e.contains("y16 is 2 × 16, needs 8 columns"), "{e}");
     assert_eq!(
         dev.launch_count(),
         0,

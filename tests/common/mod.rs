@@ -216,3 +216,67 @@ pub fn bf16_rounded(v: &[f32]) -> Vec<f32> {
         .map(|x| half::bf16::from_f32(*x).to_f32())
         .collect()
 }
+
+/// The f64 values of bf16 bit patterns (exact).
+pub fn bf16_values(bits: &[u16]) -> Vec<f64> {
+    bits.iter()
+        .map(|b| half::bf16::from_bits(*b).to_f64())
+        .collect()
+}
+
+/// bf16 bits as f32 (exact), e.g. to compare with `rel_l2`.
+pub fn bf16_to_f32(bits: &[u16]) -> Vec<f32> {
+    bits.iter()
+        .map(|b| half::bf16::from_bits(*b).to_f32())
+        .collect()
+}
+
+/// `v` rounded to bf16 (nearest even): the bits a kernel's bf16 store of `v` must give.
+pub fn bf16_bits(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|x| half::bf16::from_f32(*x).to_bits())
+        .collect()
+}
+
+/// The bf16 poison of outputs and caches: all bits set, a NaN (so an unwritten element fails
+/// every comparison) that no kernel store of a finite value produces.
+pub const BF16_POISON: u16 = 0xFFFF;
+
+/// A `rows × cols` bf16 matrix with its tensor map, every element [`BF16_POISON`].
+pub fn poisoned_tma(dev: &Device, rows: usize, cols: usize) -> kiln::gpu::TmaMatrix {
+    tma_upload(dev, &vec![BF16_POISON; rows * cols], rows, cols)
+}
+
+/// `bits` (row-major bf16, `rows × cols`) uploaded with its tensor map.
+pub fn tma_upload(dev: &Device, bits: &[u16], rows: usize, cols: usize) -> kiln::gpu::TmaMatrix {
+    assert_eq!(bits.len(), rows * cols, "tma_upload: not rows × cols");
+    dev.tma_matrix(upload(dev, bits), rows, cols)
+        .expect("making a test tensor map")
+}
+
+/// Root mean square of `v`.
+pub fn rms(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x * x).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
+/// Checks bf16 outputs `got` (bits) that are ONE rounding of an f32 result against the exact
+/// values `want`: every element finite (the [`BF16_POISON`] NaN fails) and within
+/// `2^-8·|want| + slack·rms(want)`. One round-to-nearest bf16 rounding (8 significant bits) is
+/// off by at most half a unit in the last place, 2^-8 relative at worst; `slack` covers the f32
+/// arithmetic before it (relative to the output's scale, so tiny elements produced by
+/// cancellation do not need f32 to be exact). Implies a rel L2 error ≤ 2^-8 + slack ≈ 3.9e-3;
+/// any indexing or formula error moves elements by far more than half a bf16 unit.
+pub fn assert_bf16_close(case: &str, dev: &Device, got: &[u16], want: &[f64], slack: f64) {
+    assert_eq!(got.len(), want.len(), "{case}: length mismatch");
+    let abs = slack * rms(want);
+    let got = bf16_values(got);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let bound = w.abs() * (1.0 / 256.0) + abs;
+        assert!(
+            g.is_finite() && (g - w).abs() <= bound,
+            "{case} on {}: element {i} is {g}, expected {w} ± {bound:.3e} (seed {})",
+            dev.name(),
+            seed()
+        );
+    }
+}
