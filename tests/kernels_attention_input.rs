@@ -1,0 +1,282 @@
+//! `attention_input` (Qwen3 QK-norm + NEOX RoPE + bf16 stores of Q and of the KV cache, from
+//! the fused QKV projection) against the float64 reference (`kiln::reference::ops`), on the
+//! emulator (default) or the GPU (`KILN_TEST_DEVICE=cuda|all`).
+//!
+//! The reference computes its own RoPE frequencies in f64 (`ops::rope_inv_freq`), independently
+//! of the host's `rope_inv_freq` that feeds the kernel, and keeps only the precision policy of
+//! the angle (NOTES: f32 `pos · inv_freq`, inv_freq rounded once from f64, as transformers
+//! does: at position 1e5 an f32 angle is off by up to 4e-3 rad from the f64 one, more than the
+//! bf16 tolerance, so the policy must be the reference's too); the norm, sin/cos and the
+//! rotation are f64.
+//!
+//! Tolerances: Q and K are one bf16 rounding of an f32 result, so each element must be within
+//! `2^-8·|want| + 2e-6·rms(want)` (`common::assert_bf16_close`: half a bf16 unit, plus the f32
+//! norm and rotation, a few f32 ulps of the head's scale; the range-reduced sin/cos is good to
+//! ~1e-7 up to 1.2e5 rad). A wrong frequency, pairing, norm weight or position moves elements
+//! by far more. V is stored unchanged: its bits must be exactly bf16(v).
+//!
+//! Layouts checked: `q[t][h·128 + d]`; K at cache rows `start_pos + t`; V TRANSPOSED,
+//! `v_t[h·128 + d][start_pos + t]`. Every output starts poisoned (bf16 0xFFFF), and every
+//! element outside the written rows/columns (q's extra row, cache rows before `start_pos` and
+//! from `start_pos + n`) must still be poison afterwards.
+
+mod common;
+use common::*;
+use kiln::gpu::Device;
+use kiln::gpu::ops::attention_input::{self, Projected, QkNorm};
+use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache};
+use kiln::reference::ops;
+
+const HD: usize = 128;
+const BASE: f64 = 1e6;
+const EPS: f32 = 1e-6;
+const SLACK: f64 = 2e-6;
+
+struct Case {
+    shape: AttentionShape,
+    qkv: Vec<f32>,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    norm: bool,
+}
+
+impl Case {
+    fn new(n: usize, start_pos: usize, n_head: usize, n_kv: usize, norm: bool, salt: u64) -> Case {
+        let mut r = rng(salt);
+        let shape = AttentionShape {
+            n,
+            start_pos,
+            n_head,
+            n_kv,
+            head_dim: HD,
+        };
+        let near_one = |r: &mut kiln::rng::Rng| -> Vec<f32> {
+            r.normal_vec(HD, 0.2).iter().map(|v| 1.0 + v).collect()
+        };
+        Case {
+            qkv: r.normal_vec(n * (n_head + 2 * n_kv) * HD, 1.0),
+            q_norm: near_one(&mut r),
+            k_norm: near_one(&mut r),
+            norm,
+            shape,
+        }
+    }
+
+    fn width(&self) -> usize {
+        (self.shape.n_head + 2 * self.shape.n_kv) * HD
+    }
+
+    /// Head `j` (Q heads, then K, then V) of token `t`.
+    fn head(&self, t: usize, j: usize) -> &[f32] {
+        &self.qkv[t * self.width() + j * HD..][..HD]
+    }
+
+    /// Q or K head `j` of token `t` after QK-norm (when on) and RoPE, in f64.
+    fn reference(&self, t: usize, j: usize) -> Vec<f64> {
+        let mut x = ops::widen(self.head(t, j));
+        if self.norm {
+            let w = if j < self.shape.n_head {
+                &self.q_norm
+            } else {
+                &self.k_norm
+            };
+            x = ops::rms_norm(&x, w, f64::from(EPS));
+        }
+        let pos = (self.shape.start_pos + t) as f32;
+        // The kernel's angle: f32 position times f32 frequency, rounded in f32.
+        let angles: Vec<f64> = ops::rope_inv_freq(BASE, HD)
+            .iter()
+            .map(|f| f64::from(pos * *f as f32))
+            .collect();
+        ops::rope_neox(&mut x, &angles);
+        x
+    }
+}
+
+/// A cache for `positions` positions with every element poisoned.
+fn poisoned_cache(dev: &Device, positions: usize, n_kv: usize) -> KvCache {
+    let mut cache = KvCache::new(dev, positions, n_kv).unwrap();
+    let cap = cache.capacity();
+    cache.k = poisoned_tma(dev, cap, n_kv * HD);
+    cache.v_t = poisoned_tma(dev, n_kv * HD, cap);
+    cache
+}
+
+/// Runs the kernel for `c` and checks everything it must and must not write.
+fn run_and_check(dev: &Device, c: &Case, extra_positions: usize) {
+    let AttentionShape {
+        n,
+        start_pos,
+        n_head,
+        n_kv,
+        ..
+    } = c.shape;
+    let name = format!(
+        "attention_input n={n} start={start_pos} heads={n_head}/{n_kv} norm={}",
+        c.norm
+    );
+    let cache = poisoned_cache(dev, start_pos + n + extra_positions, n_kv);
+    let cap = cache.capacity();
+    let q = poisoned_tma(dev, n + 1, n_head * HD);
+    let (qkv, inv_freq) = (
+        upload(dev, &c.qkv),
+        upload(dev, &attention_input::rope_inv_freq(BASE, HD)),
+    );
+    let (qn, kn) = (upload(dev, &c.q_norm), upload(dev, &c.k_norm));
+    let input = Projected {
+        qkv: &qkv,
+        inv_freq: &inv_freq,
+        norm: c.norm.then_some(QkNorm {
+            q: &qn,
+            k: &kn,
+            eps: EPS,
+        }),
+    };
+    attention_input::attention_input(dev, input, &q, &cache, c.shape).unwrap();
+
+    // Q: rows 0..n, then one row that must stay poisoned.
+    let got_q = q.data().to_vec().unwrap();
+    let want_q: Vec<f64> = (0..n)
+        .flat_map(|t| (0..n_head).flat_map(move |j| c.reference(t, j)))
+        .collect();
+    let q_len = n * n_head * HD;
+    assert_bf16_close(&format!("{name}: q"), dev, &got_q[..q_len], &want_q, SLACK);
+    assert!(
+        got_q[q_len..].iter().all(|b| *b == BF16_POISON),
+        "{name}: q written past row {n}"
+    );
+
+    // K: cache rows start_pos.., poison elsewhere.
+    let kw = n_kv * HD;
+    let got_k = cache.k.data().to_vec().unwrap();
+    let rows = start_pos * kw..(start_pos + n) * kw;
+    let want_k: Vec<f64> = (0..n)
+        .flat_map(|t| (0..n_kv).flat_map(move |h| c.reference(t, n_head + h)))
+        .collect();
+    assert_bf16_close(
+        &format!("{name}: K cache"),
+        dev,
+        &got_k[rows.clone()],
+        &want_k,
+        SLACK,
+    );
+    let outside = |i: usize| !rows.contains(&i);
+    let stray = (0..got_k.len()).find(|&i| outside(i) && got_k[i] != BF16_POISON);
+    assert_eq!(
+        stray, None,
+        "{name}: K cache element written outside the rows"
+    );
+
+    // V: transposed, exactly bf16(v), poison elsewhere.
+    let got_v = cache.v_t.data().to_vec().unwrap();
+    let mut want_v = vec![BF16_POISON; kw * cap];
+    for t in 0..n {
+        for h in 0..n_kv {
+            let v = bf16_bits(c.head(t, n_head + n_kv + h));
+            for (d, b) in v.into_iter().enumerate() {
+                want_v[(h * HD + d) * cap + start_pos + t] = b;
+            }
+        }
+    }
+    if let Some(i) = (0..got_v.len()).find(|&i| got_v[i] != want_v[i]) {
+        panic!(
+            "{name} on {}: v_t[{}][{}] is {:#06x}, expected {:#06x} (seed {})",
+            dev.name(),
+            i / cap,
+            i % cap,
+            got_v[i],
+            want_v[i],
+            seed()
+        );
+    }
+}
+
+#[test]
+fn attention_input_norms_rotates_and_fills_the_cache() {
+    for dev in devices() {
+        let mut salt = 0;
+        for n in [1, 5, 33] {
+            for start_pos in [0, 200] {
+                for (n_head, n_kv) in [(2, 2), (4, 2), (8, 1)] {
+                    for norm in [true, false] {
+                        salt += 1;
+                        let c = Case::new(n, start_pos, n_head, n_kv, norm, salt);
+                        run_and_check(&dev, &c, 7);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Positions near 1e5 (angles up to 1e5 rad: the sin/cos range reduction), in a cache that ends
+/// right after the chunk (the last rows and columns of both cache layouts).
+#[test]
+fn attention_input_at_large_positions() {
+    for dev in devices() {
+        for (i, norm) in [true, false].into_iter().enumerate() {
+            let (n, start_pos) = (33, 99_967); // positions 99 967..=99 999; capacity 100 096
+            let c = Case::new(n, start_pos, 4, 1, norm, 100 + i as u64);
+            run_and_check(&dev, &c, 96);
+        }
+    }
+}
+
+#[test]
+fn attention_input_shapes_are_checked_before_launching() {
+    let dev = Device::emulator();
+    let cache = KvCache::new(&dev, 100, 2).unwrap(); // capacity 128
+    let shape = AttentionShape {
+        n: 3,
+        start_pos: 0,
+        n_head: 4,
+        n_kv: 2,
+        head_dim: HD,
+    };
+    let qkv = upload(&dev, &rng(7).normal_vec(3 * 8 * HD, 1.0));
+    let inv_freq = upload(&dev, &attention_input::rope_inv_freq(BASE, HD));
+    let q = poisoned_tma(&dev, 3, 4 * HD);
+    let err = |s: AttentionShape, qkv: &kiln::gpu::Buffer<f32>, q: &kiln::gpu::TmaMatrix| {
+        let input = Projected {
+            qkv,
+            inv_freq: &inv_freq,
+            norm: None,
+        };
+        attention_input::attention_input(&dev, input, q, &cache, s)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(
+        AttentionShape {
+            head_dim: 64,
+            ..shape
+        },
+        &qkv,
+        &q,
+    );
+    assert!(e.contains("head_dim 64"), "{e}");
+    let e = err(AttentionShape { n_kv: 3, ..shape }, &qkv, &q);
+    assert!(e.contains("not a multiple of 3 KV heads"), "{e}");
+    let e = err(
+        AttentionShape {
+            start_pos: 126,
+            ..shape
+        },
+        &qkv,
+        &q,
+    );
+    assert!(
+        e.contains("positions 126..129 exceed the cache's 128"),
+        "{e}"
+    );
+    let short = upload(&dev, &[0.5f32; 100]);
+    let e = err(shape, &short, &q);
+    assert!(e.contains("qkv has 100 elements"), "{e}");
+    let e = err(shape, &qkv, &poisoned_tma(&dev, 2, 4 * HD));
+    assert!(e.contains("q is 2 × 512"), "{e}");
+    assert_eq!(
+        dev.launch_count(),
+        0,
+        "nothing may launch after a failed check"
+    );
+}
