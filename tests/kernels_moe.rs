@@ -1,25 +1,38 @@
 //! MoE kernels one by one against the float64 references (`kiln::reference::ops`) at
-//! N ∈ {1, 5, 33, 257}: router top-k
-//! (with planted exact ties → lower expert id), the expert grouping and its tile table, the
-//! grouped gate/up (+SwiGLU) and down GEMMs, and the one-launch weighted scatter-reduce with the
-//! shared expert last; then the whole chain for the last token alone vs inside the batch, bit
-//! for bit.
+//! N ∈ {1, 5, 33, 257}: router top-k (with planted exact ties → lower expert id), the expert
+//! grouping and its tile table (`GROUP_TILE_ROWS`-row tiles), the row gather, the grouped
+//! gate|up + SwiGLU and down GEMMs on tensor cores (`Routing::gather` → `experts_swiglu` →
+//! `experts_down`, weights laid out as `host/pipeline/weights.rs` does: each expert's
+//! `interleave_gate_up` stacked, down `[n_expert·hidden][ff]`), and the one-launch weighted
+//! scatter-reduce with the shared expert last; then the whole chain for one token alone vs
+//! inside the batch, bit for bit.
 //!
-//! Tolerances: top-k ids and the grouping are exact; routing weights are one f32 softmax
-//! (ex2.approx) from exact: 1e-6; the grouped GEMMs round their activations to bf16 like every
-//! tensor-core GEMM (the reference does the same), leaving f32 accumulation error: 5e-6; the
-//! combine is a handful of f32 fmas: 2e-6.
+//! Experts are ragged on purpose: expert 0 is favoured for 3 tokens in 4 (at N = 257 it holds
+//! ~190 rows: a full 128-row tile and a partial one), experts 3 and 7 are never chosen (0 rows,
+//! in the middle and at the end of the table), the rest share what is left.
+//!
+//! Tolerances: top-k ids, the grouping and the gather are exact; routing weights are one f32
+//! softmax (ex2.approx) from exact: 1e-6; the grouped SwiGLU is one bf16 rounding of an f32
+//! `silu(g)·u` from bf16 inputs: element-wise `2^-8·|want| + 1e-5·rms(want)`
+//! (`common::assert_bf16_close`); the grouped down GEMM is f32 accumulation over ff = 96 from
+//! the kernel's own bf16 h: 1e-5 (as `kernels_gemm_wgmma`); the combine is a handful of f32
+//! fmas: 2e-6.
 
 mod common;
 use common::*;
+use gpu_kernels::moe::GROUP_TILE_ROWS;
 use kiln::gpu::Device;
+use kiln::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use kiln::gpu::ops::moe::{MoeShape, Routing};
 use kiln::reference::ops::{self, dot, widen};
 
 const ROWS: [usize; 4] = [1, 5, 33, 257];
 const N_EXPERT: usize = 8;
 const HIDDEN: usize = 128;
+/// Not a multiple of 64: each expert's interleaved gate|up has a half-empty block.
 const FF: usize = 96;
+/// Experts the router never picks.
+const UNUSED: [usize; 2] = [3, 7];
 
 /// Each token's routing by the reference (softmax, top-k with ties to the lower id, optional
 /// renormalisation): ids and weights in selection order.
@@ -44,9 +57,12 @@ struct Case {
     n: usize,
     k: usize,
     logits: Vec<f32>,
-    x: Vec<f32>,
+    /// `[n][HIDDEN]` bf16.
+    x: (Vec<u16>, Vec<f64>),
+    /// `[N_EXPERT·FF][HIDDEN]` each, bf16.
     gate: (Vec<u16>, Vec<f64>),
     up: (Vec<u16>, Vec<f64>),
+    /// `[N_EXPERT·HIDDEN][FF]` bf16.
     down: (Vec<u16>, Vec<f64>),
 }
 
@@ -54,26 +70,42 @@ impl Case {
     fn new(dev: &Device, n: usize, k: usize, salt: u64) -> Case {
         let mut r = rng(salt);
         let mut logits = r.normal_vec(n * N_EXPERT, 1.0);
-        // Plant exact ties: token t's expert 5 equals its expert 2 for every third token.
-        for t in (0..n).step_by(3) {
-            logits[t * N_EXPERT + 5] = logits[t * N_EXPERT + 2];
+        for (t, row) in logits.chunks_mut(N_EXPERT).enumerate() {
+            if t % 4 != 0 {
+                row[0] += 3.0;
+            }
+            for e in UNUSED {
+                row[e] = -30.0;
+            }
+            // Plant exact ties: expert 5 equals expert 2 for every third token.
+            if t % 3 == 0 {
+                row[5] = row[2];
+            }
         }
+        let std_in = 1.0 / (HIDDEN as f64).sqrt();
         Case {
             dev: dev.clone(),
             n,
             k,
             logits,
-            x: r.normal_vec(n * HIDDEN, 1.0),
-            gate: bf16_bits_and_values(
-                &r.normal_vec(N_EXPERT * FF * HIDDEN, 1.0 / (HIDDEN as f64).sqrt()),
-            ),
-            up: bf16_bits_and_values(
-                &r.normal_vec(N_EXPERT * FF * HIDDEN, 1.0 / (HIDDEN as f64).sqrt()),
-            ),
+            x: bf16_bits_and_values(&r.normal_vec(n * HIDDEN, 1.0)),
+            gate: bf16_bits_and_values(&r.normal_vec(N_EXPERT * FF * HIDDEN, 2.0 * std_in)),
+            up: bf16_bits_and_values(&r.normal_vec(N_EXPERT * FF * HIDDEN, std_in)),
             down: bf16_bits_and_values(
                 &r.normal_vec(N_EXPERT * HIDDEN * FF, 1.0 / (FF as f64).sqrt()),
             ),
         }
+    }
+
+    /// The experts' gate|up as the pipeline uploads them: each expert interleaved, stacked.
+    fn gate_up_bits(&self) -> Vec<u16> {
+        let per = FF * HIDDEN;
+        (0..N_EXPERT)
+            .flat_map(|e| {
+                let span = e * per..(e + 1) * per;
+                interleave_gate_up(&self.gate.0[span.clone()], &self.up.0[span], FF, HIDDEN)
+            })
+            .collect()
     }
 }
 
@@ -105,7 +137,7 @@ fn router_topk_and_grouping_are_exact() {
                 );
 
                 // Grouping: stable by (expert, pair id), offsets are prefix counts, the tile
-                // table covers each expert's rows in 64-row tiles.
+                // table covers each expert's rows in GROUP_TILE_ROWS-row tiles.
                 let mut pairs: Vec<(u32, u32)> =
                     (0..n * k).map(|p| (want_ids[p], p as u32)).collect();
                 pairs.sort();
@@ -123,131 +155,176 @@ fn router_topk_and_grouping_are_exact() {
                 for e in 0..N_EXPERT {
                     offsets[e + 1] += offsets[e];
                 }
+                for e in UNUSED {
+                    assert_eq!(offsets[e], offsets[e + 1], "expert {e} must have no rows");
+                }
                 assert_eq!(routing.offsets.to_vec().unwrap(), offsets, "offsets, n={n}");
                 let mut tiles = Vec::new();
                 for e in 0..N_EXPERT {
                     tiles.extend(
                         (offsets[e]..offsets[e + 1])
-                            .step_by(64)
+                            .step_by(GROUP_TILE_ROWS)
                             .flat_map(|f| [e as u32, f]),
                     );
                 }
                 let num = routing.num_tiles.to_vec().unwrap()[0] as usize;
-                assert_eq!(num * 2, tiles.len());
+                assert_eq!(num * 2, tiles.len(), "tile count, n={n}");
                 assert_eq!(
                     routing.tiles.to_vec().unwrap()[..tiles.len()],
                     tiles[..],
-                    "tile table"
+                    "tile table, n={n}"
                 );
             }
         }
     }
 }
 
-/// Runs the expert chain for `c` and returns (h, expert_out, y) and the routing.
-fn run_chain(
-    c: &Case,
-    shared: bool,
-    resid: &[f32],
-    sh_out: &[f32],
-    sh_gate: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>, Routing) {
+/// What the expert chain produced, stage by stage.
+struct Chain {
+    /// Gathered rows `[pairs][HIDDEN]`, gate|up + SwiGLU `[pairs][FF]` (bf16 bits), down
+    /// projections `[pairs][HIDDEN]` (f32), and the residual stream after the combine.
+    xg: Vec<u16>,
+    h: Vec<u16>,
+    out: Vec<f32>,
+    y: Vec<f32>,
+    routing: Routing,
+}
+
+/// Runs the whole MoE chain for `c` as the pipeline does. Every intermediate starts poisoned,
+/// with one row more than the chain writes, which must stay poisoned.
+fn run_chain(c: &Case, shared: bool, resid: &[f32], sh_out: &[f32], sh_gate: &[f32]) -> Chain {
     let (dev, n, k) = (&c.dev, c.n, c.k);
+    let pairs = n * k;
     let routing = Routing::new(dev, n, N_EXPERT, k).unwrap();
     routing
         .route(dev, &upload(dev, &c.logits), n, true)
         .unwrap();
-    let x = upload(dev, &c.x);
-    let (g, u, d) = (
-        upload(dev, &c.gate.0),
-        upload(dev, &c.up.0),
-        upload(dev, &c.down.0),
+    let x = tma_upload(dev, &c.x.0, n, HIDDEN);
+    let w_gate_up = tma_upload(
+        dev,
+        &c.gate_up_bits(),
+        N_EXPERT * interleaved_rows(FF),
+        HIDDEN,
     );
-    let h = poisoned(dev, n * k * FF, f32::NAN);
+    let w_down = tma_upload(dev, &c.down.0, N_EXPERT * HIDDEN, FF);
+    let xg = poisoned_tma(dev, pairs + 1, HIDDEN);
+    routing.gather(dev, &x, &xg, shape(n)).unwrap();
+    let h = poisoned_tma(dev, pairs + 1, FF);
     routing
-        .experts_gated(dev, &x, &g, &u, &h, shape(n))
+        .experts_swiglu(dev, &xg, &w_gate_up, &h, shape(n))
         .unwrap();
-    let out = poisoned(dev, n * k * HIDDEN, f32::NAN);
-    routing.experts_down(dev, &h, &d, &out, shape(n)).unwrap();
+    let out = poisoned(dev, (pairs + 1) * HIDDEN, f32::NAN);
+    routing
+        .experts_down(dev, &h, &w_down, &out, shape(n))
+        .unwrap();
     let y = upload(dev, resid);
     let (so, sg) = (upload(dev, sh_out), upload(dev, sh_gate));
     routing
         .combine(dev, &out, shared.then_some((&so, &sg)), &y, shape(n))
         .unwrap();
-    (
-        h.to_vec().unwrap(),
+
+    let (xg, h, out) = (
+        xg.data().to_vec().unwrap(),
+        h.data().to_vec().unwrap(),
         out.to_vec().unwrap(),
-        y.to_vec().unwrap(),
+    );
+    assert!(
+        xg[pairs * HIDDEN..].iter().all(|b| *b == BF16_POISON),
+        "xg row {pairs} written"
+    );
+    assert!(
+        h[pairs * FF..].iter().all(|b| *b == BF16_POISON),
+        "h row {pairs} written"
+    );
+    assert!(
+        out[pairs * HIDDEN..].iter().all(|v| v.is_nan()),
+        "out row {pairs} written"
+    );
+    Chain {
+        xg: xg[..pairs * HIDDEN].to_vec(),
+        h: h[..pairs * FF].to_vec(),
+        out: out[..pairs * HIDDEN].to_vec(),
+        y: y.to_vec().unwrap(),
         routing,
-    )
+    }
 }
 
 #[test]
 fn grouped_expert_gemms_and_combine_match_f64() {
     for dev in devices() {
         for (ci, &n) in ROWS.iter().enumerate() {
-            let c = Case::new(&dev, n, 2, 100 + ci as u64);
+            let k = 2;
+            let c = Case::new(&dev, n, k, 100 + ci as u64);
             let mut r = rng(200 + ci as u64);
             let resid = r.normal_vec(n * HIDDEN, 1.0);
             let sh_out = r.normal_vec(n * HIDDEN, 1.0);
             let sh_gate = r.normal_vec(n, 2.0);
             for shared in [false, true] {
-                let (h, out, y, routing) = run_chain(&c, shared, &resid, &sh_out, &sh_gate);
+                let chain = run_chain(&c, shared, &resid, &sh_out, &sh_gate);
+                let routing = &chain.routing;
                 let (ids, sorted) = (
                     routing.ids.to_vec().unwrap(),
                     routing.sorted.to_vec().unwrap(),
                 );
                 let weights = routing.weights.to_vec().unwrap();
                 let row_of_pair = routing.row_of_pair.to_vec().unwrap();
-                let x = widen(&bf16_rounded(&c.x));
+                let grouped: Vec<(usize, usize)> = sorted[..n * k]
+                    .iter()
+                    .map(|&p| (p as usize / k, ids[p as usize] as usize))
+                    .collect();
+
+                // Gather: each grouped row is its token's row, bit for bit.
+                for (row, &(t, _)) in grouped.iter().enumerate() {
+                    assert_eq!(
+                        chain.xg[row * HIDDEN..][..HIDDEN],
+                        c.x.0[t * HIDDEN..][..HIDDEN],
+                        "gathered row {row} (token {t}), n={n}"
+                    );
+                }
                 // Gate/up + SwiGLU per grouped row, from its token and its expert.
-                let mut want_h = vec![0.0; n * 2 * FF];
-                for (row, &p) in sorted[..n * 2].iter().enumerate() {
-                    let (t, e) = (p as usize / 2, ids[p as usize] as usize);
+                let mut want_h = vec![0.0; n * k * FF];
+                for (row, &(t, e)) in grouped.iter().enumerate() {
+                    let xr = &c.x.1[t * HIDDEN..][..HIDDEN];
                     for f in 0..FF {
                         let w = (e * FF + f) * HIDDEN;
-                        let xr = &x[t * HIDDEN..][..HIDDEN];
                         let gv = dot(xr, &c.gate.1[w..w + HIDDEN]);
                         let uv = dot(xr, &c.up.1[w..w + HIDDEN]);
                         want_h[row * FF + f] = ops::swiglu(gv, uv);
                     }
                 }
-                assert_close(&format!("grouped gate/up n={n}"), &dev, &h, &want_h, 5e-6);
+                let name = format!("grouped gate|up + SwiGLU n={n}");
+                assert_bf16_close(&name, &dev, &chain.h, &want_h, 1e-5);
                 // Down projection of each grouped row with its expert (from the kernel's h).
-                let hr = widen(&bf16_rounded(&h));
-                let mut want_out = vec![0.0; n * 2 * HIDDEN];
-                for (row, &p) in sorted[..n * 2].iter().enumerate() {
-                    let e = ids[p as usize] as usize;
+                let hr = bf16_values(&chain.h);
+                let mut want_out = vec![0.0; n * k * HIDDEN];
+                for (row, &(_, e)) in grouped.iter().enumerate() {
                     for o in 0..HIDDEN {
                         let w = &c.down.1[(e * HIDDEN + o) * FF..][..FF];
                         want_out[row * HIDDEN + o] = dot(&hr[row * FF..][..FF], w);
                     }
                 }
-                assert_close(&format!("grouped down n={n}"), &dev, &out, &want_out, 5e-6);
+                let name = format!("grouped down n={n}");
+                assert_close(&name, &dev, &chain.out, &want_out, 1e-5);
                 // Scatter-reduce from the kernel's own inputs: slot order, shared expert last.
                 let mut want_y = vec![0.0; n * HIDDEN];
                 for t in 0..n {
                     for d in 0..HIDDEN {
-                        let mut acc: f64 = (0..2)
+                        let mut acc: f64 = (0..k)
                             .map(|s| {
-                                weights[t * 2 + s] as f64
-                                    * out[row_of_pair[t * 2 + s] as usize * HIDDEN + d] as f64
+                                let row = row_of_pair[t * k + s] as usize;
+                                f64::from(weights[t * k + s])
+                                    * f64::from(chain.out[row * HIDDEN + d])
                             })
                             .sum();
                         if shared {
                             acc += ops::sigmoid(f64::from(sh_gate[t]))
                                 * f64::from(sh_out[t * HIDDEN + d]);
                         }
-                        want_y[t * HIDDEN + d] = resid[t * HIDDEN + d] as f64 + acc;
+                        want_y[t * HIDDEN + d] = f64::from(resid[t * HIDDEN + d]) + acc;
                     }
                 }
-                assert_close(
-                    &format!("combine n={n} shared={shared}"),
-                    &dev,
-                    &y,
-                    &want_y,
-                    2e-6,
-                );
+                let name = format!("combine n={n} shared={shared}");
+                assert_close(&name, &dev, &chain.y, &want_y, 2e-6);
             }
         }
     }
@@ -262,31 +339,73 @@ fn moe_chain_is_batch_invariant() {
             let resid = r.normal_vec(n * HIDDEN, 1.0);
             let sh_out = r.normal_vec(n * HIDDEN, 1.0);
             let sh_gate = r.normal_vec(n, 2.0);
-            let (_, _, y, _) = run_chain(&c, true, &resid, &sh_out, &sh_gate);
-            // The last token alone: same routing, other expert groups, same bits.
-            let t = n - 1;
-            let alone = Case {
-                dev: dev.clone(),
-                n: 1,
-                k: 2,
-                logits: c.logits[t * N_EXPERT..].to_vec(),
-                x: c.x[t * HIDDEN..].to_vec(),
-                gate: c.gate.clone(),
-                up: c.up.clone(),
-                down: c.down.clone(),
-            };
-            let (_, _, y1, _) = run_chain(
-                &alone,
-                true,
-                &resid[t * HIDDEN..],
-                &sh_out[t * HIDDEN..],
-                &sh_gate[t..],
-            );
-            assert_eq!(
-                bits(&y1),
-                bits(&y[t * HIDDEN..]),
-                "MoE chain: token {t} alone vs in a batch of {n}"
-            );
+            let y = run_chain(&c, true, &resid, &sh_out, &sh_gate).y;
+            // Token 1 and the last token alone: same routing, other expert groups and tile
+            // positions, same bits.
+            for t in [1, n - 1] {
+                let span = t * HIDDEN..(t + 1) * HIDDEN;
+                let alone = Case {
+                    dev: dev.clone(),
+                    n: 1,
+                    k: 2,
+                    logits: c.logits[t * N_EXPERT..(t + 1) * N_EXPERT].to_vec(),
+                    x: (c.x.0[span.clone()].to_vec(), c.x.1[span.clone()].to_vec()),
+                    gate: c.gate.clone(),
+                    up: c.up.clone(),
+                    down: c.down.clone(),
+                };
+                let y1 = run_chain(
+                    &alone,
+                    true,
+                    &resid[span.clone()],
+                    &sh_out[span.clone()],
+                    &sh_gate[t..t + 1],
+                )
+                .y;
+                assert_eq!(
+                    bits(&y1),
+                    bits(&y[span]),
+                    "MoE chain: token {t} alone vs in a batch of {n} on {}",
+                    dev.name()
+                );
+            }
         }
     }
+}
+
+#[test]
+fn moe_shapes_are_checked_before_launching() {
+    let dev = Device::emulator();
+    let routing = Routing::new(&dev, 4, N_EXPERT, 2).unwrap();
+    let x = poisoned_tma(&dev, 4, HIDDEN);
+    let xg = poisoned_tma(&dev, 8, HIDDEN);
+    let e = routing.gather(&dev, &x, &xg, shape(5)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("5 tokens exceed the routing buffers"),
+        "{e}"
+    );
+    let e = routing
+        .gather(&dev, &x, &poisoned_tma(&dev, 7, HIDDEN), shape(4))
+        .unwrap_err();
+    assert!(e.to_string().contains("xg is 7 × 128"), "{e}");
+    let h = poisoned_tma(&dev, 8, FF);
+    let wgu = poisoned_tma(&dev, N_EXPERT * interleaved_rows(FF) - 1, HIDDEN);
+    let e = routing
+        .experts_swiglu(&dev, &xg, &wgu, &h, shape(4))
+        .unwrap_err();
+    assert!(e.to_string().contains("w_gate_up is 2047 × 128"), "{e}");
+    let wd = poisoned_tma(&dev, N_EXPERT * HIDDEN, FF + 8);
+    let out = poisoned(&dev, 8 * HIDDEN, f32::NAN);
+    let e = routing
+        .experts_down(&dev, &h, &wd, &out, shape(4))
+        .unwrap_err();
+    assert!(e.to_string().contains("w_down is 1024 × 104"), "{e}");
+    let e = Routing::new(&dev, 4, 2000, 2).err().unwrap();
+    assert!(e.to_string().contains("at most 1024 experts"), "{e}");
+    assert_eq!(
+        dev.launch_count(),
+        0,
+        "nothing may launch after a failed check"
+    );
 }

@@ -1,0 +1,345 @@
+//! The Hopper GEMMs (`gemm_wgmma::matmul`, f32 out with bias and residual, and
+//! `gemm_wgmma::matmul_swiglu`, bf16 out of SwiGLU over interleaved gate|up weights) against
+//! the float64 reference (`kiln::reference::ops`), their batch invariance (a row's bits do not
+//! depend on the call's row count or on where the row sits in its 128-row tile), and the
+//! wrappers' shape errors. Emulator by default, the GPU with `KILN_TEST_DEVICE=cuda|all`.
+//!
+//! Inputs are bf16 (x and w uploaded as bf16 bits); the reference uses their exact values, so
+//! what is left is the kernel's own arithmetic:
+//! - f32 out: rel L2 1e-5. f32 accumulation on the tensor cores, ~√k·2^-24 relative typical
+//!   (≈ 2e-6 at k = 1000; measured on the H200: 7e-8 at k = 64, 2.1e-6 at k = 2048, 4.4e-6 at
+//!   k = 4096); a missing K slice, a shifted row or column, or a lost bias/residual is ≥ 1e-2.
+//!   The epilogue is checked bit for bit besides: `bias` and `+ y` are f32 adds after the
+//!   product, so `(plain + bias) + y` recomputed in f32 from the plain product's bits must
+//!   match exactly.
+//! - SwiGLU: one bf16 rounding of the f32 `silu(g)·u`, element-wise within
+//!   `2^-8·|want| + 1e-5·rms(want)` (`common::assert_bf16_close`; 1e-5 covers the f32
+//!   accumulation of g and u, ~√k·2^-24 ≈ 1e-6 of their scale, and the approximate exp).
+//!
+//! Shapes: rows 1, 7, 129, 300 (partial tiles, TMA's zero fill past the last row), m 128, 200,
+//! 640 (partial column tiles), k 64, 72, 136, 1000 (one K slice, partial last slices: TMA's
+//! zero fill past k). Outputs start poisoned (NaN / bf16 0xFFFF) with a row more than written,
+//! which must stay poisoned.
+
+mod common;
+use common::*;
+use kiln::gpu::Device;
+use kiln::gpu::ops::gemm::Epilogue;
+use kiln::gpu::ops::gemm_wgmma::{self, interleave_gate_up, interleaved_rows};
+use kiln::reference::ops::{self, matmul};
+
+const TOL: f64 = 1e-5;
+const SWIGLU_SLACK: f64 = 1e-5;
+
+/// `n` fresh bf16 values of standard deviation `std`: bits and exact values.
+fn bf16_random(r: &mut kiln::rng::Rng, n: usize, std: f64) -> (Vec<u16>, Vec<f64>) {
+    bf16_bits_and_values(&r.normal_vec(n, std))
+}
+
+/// Inputs of one f32-out case: x `[rows][k]`, w `[m][k]` (bf16), bias `[m]`, residual.
+struct Case {
+    rows: usize,
+    m: usize,
+    k: usize,
+    x: (Vec<u16>, Vec<f64>),
+    w: (Vec<u16>, Vec<f64>),
+    bias: Vec<f32>,
+    resid: Vec<f32>,
+}
+
+impl Case {
+    fn new(rows: usize, m: usize, k: usize, salt: u64) -> Case {
+        let mut r = rng(salt);
+        Case {
+            rows,
+            m,
+            k,
+            x: bf16_random(&mut r, rows * k, 1.0),
+            w: bf16_random(&mut r, m * k, 1.0 / (k as f64).sqrt()),
+            bias: r.normal_vec(m, 0.5),
+            resid: r.normal_vec(rows * m, 1.0),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{}x{}x{}", self.rows, self.m, self.k)
+    }
+}
+
+/// `matmul` of rows `first..first + rows` of `c`'s x with `c`'s weights (and bias when
+/// `bias`); `y` starts as `init` (rows·m values; `+ y` when given, else NaN) followed by one
+/// row of NaN that must stay NaN. Returns the rows·m results.
+fn run_matmul(
+    dev: &Device,
+    c: &Case,
+    (first, rows): (usize, usize),
+    bias: bool,
+    init: Option<&[f32]>,
+) -> Vec<f32> {
+    let (m, k) = (c.m, c.k);
+    let x = tma_upload(dev, &c.x.0[first * k..(first + rows) * k], rows, k);
+    let w = tma_upload(dev, &c.w.0, m, k);
+    let b = upload(dev, &c.bias);
+    let mut y0 = init.map_or_else(|| vec![f32::NAN; rows * m], <[f32]>::to_vec);
+    y0.extend(std::iter::repeat_n(f32::NAN, m));
+    let y = upload(dev, &y0);
+    let epilogue = Epilogue {
+        bias: bias.then_some(&b),
+        add_to_y: init.is_some(),
+    };
+    gemm_wgmma::matmul(dev, &x, &w, &y, rows, epilogue).unwrap();
+    let got = y.to_vec().unwrap();
+    assert!(
+        got[rows * m..].iter().all(|v| v.is_nan()),
+        "{}: y written past row {rows}",
+        c.name(),
+    );
+    got[..rows * m].to_vec()
+}
+
+#[test]
+fn matmul_with_bias_and_residual_matches_f64() {
+    let shapes = [
+        (1, 128, 64),
+        (7, 200, 72),
+        (129, 640, 136),
+        (300, 200, 1000),
+        (300, 128, 72),
+        (1, 640, 1000),
+        (7, 128, 136),
+        (129, 200, 64),
+    ];
+    for dev in devices() {
+        for (i, &(rows, m, k)) in shapes.iter().enumerate() {
+            let c = Case::new(rows, m, k, 100 + i as u64);
+            let plain_want = matmul(&c.x.1, &c.w.1, rows, m, k);
+            let plain = run_matmul(&dev, &c, (0, rows), false, None);
+            assert_close(
+                &format!("matmul {}", c.name()),
+                &dev,
+                &plain,
+                &plain_want,
+                TOL,
+            );
+
+            // Bias and residual: vs f64, and exactly the f32 adds after the product.
+            let both = run_matmul(&dev, &c, (0, rows), true, Some(&c.resid));
+            let want: Vec<f64> = plain_want
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p + f64::from(c.bias[i % m]) + f64::from(c.resid[i]))
+                .collect();
+            let name = format!("matmul + bias + residual {}", c.name());
+            assert_close(&name, &dev, &both, &want, TOL);
+            let exact: Vec<f32> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p + c.bias[i % m]) + c.resid[i])
+                .collect();
+            assert_eq!(bits(&both), bits(&exact), "{name}: epilogue adds");
+
+            // Bias alone (the QKV projection's), on the small cases.
+            if rows * m * k <= 200 * 200 * 136 {
+                let biased = run_matmul(&dev, &c, (0, rows), true, None);
+                let exact: Vec<f32> = plain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| p + c.bias[i % m])
+                    .collect();
+                assert_eq!(bits(&biased), bits(&exact), "{}: bias only", c.name());
+            }
+        }
+    }
+}
+
+/// Inputs of a SwiGLU case: x `[rows][k]`, gate and up `[m][k]` (bf16).
+struct SwigluCase {
+    rows: usize,
+    m: usize,
+    k: usize,
+    x: (Vec<u16>, Vec<f64>),
+    gate: (Vec<u16>, Vec<f64>),
+    up: (Vec<u16>, Vec<f64>),
+}
+
+impl SwigluCase {
+    fn new(rows: usize, m: usize, k: usize, salt: u64) -> SwigluCase {
+        let mut r = rng(salt);
+        let std = 1.0 / (k as f64).sqrt();
+        SwigluCase {
+            rows,
+            m,
+            k,
+            x: bf16_random(&mut r, rows * k, 1.0),
+            gate: bf16_random(&mut r, m * k, 2.0 * std),
+            up: bf16_random(&mut r, m * k, std),
+        }
+    }
+
+    /// `silu(x·gateᵀ) ⊙ (x·upᵀ)` in f64.
+    fn reference(&self) -> Vec<f64> {
+        let g = matmul(&self.x.1, &self.gate.1, self.rows, self.m, self.k);
+        let u = matmul(&self.x.1, &self.up.1, self.rows, self.m, self.k);
+        g.iter().zip(&u).map(|(g, u)| ops::swiglu(*g, *u)).collect()
+    }
+
+    /// Rows `first..first + rows` of x through the kernel (bf16 bits of h).
+    fn run(&self, dev: &Device, first: usize, rows: usize) -> Vec<u16> {
+        let (m, k) = (self.m, self.k);
+        let x = tma_upload(dev, &self.x.0[first * k..(first + rows) * k], rows, k);
+        let wgu = interleave_gate_up(&self.gate.0, &self.up.0, m, k);
+        let w = tma_upload(dev, &wgu, interleaved_rows(m), k);
+        let h = poisoned_tma(dev, rows + 1, m);
+        gemm_wgmma::matmul_swiglu(dev, &x, &w, &h, rows).unwrap();
+        let got = h.data().to_vec().unwrap();
+        assert!(
+            got[rows * m..].iter().all(|b| *b == BF16_POISON),
+            "swiglu {rows}x{m}x{k}: h written past row {rows}"
+        );
+        got[..rows * m].to_vec()
+    }
+}
+
+#[test]
+fn matmul_swiglu_matches_f64() {
+    // m not a multiple of 64 (96, 200: a half-empty gate|up block) and a multiple of 128.
+    let shapes = [
+        (1, 96, 64),
+        (7, 200, 72),
+        (129, 128, 136),
+        (300, 96, 136),
+        (7, 64, 1000),
+    ];
+    for dev in devices() {
+        for (i, &(rows, m, k)) in shapes.iter().enumerate() {
+            let c = SwigluCase::new(rows, m, k, 200 + i as u64);
+            let got = c.run(&dev, 0, rows);
+            let name = format!("swiglu {rows}x{m}x{k}");
+            assert_bf16_close(&name, &dev, &got, &c.reference(), SWIGLU_SLACK);
+        }
+    }
+}
+
+/// Rows of a 300-row call, computed again in calls of 1 row, of 7 rows, and starting at rows 3
+/// and 77 (other positions inside the 128-row tile, other neighbours, other row counts):
+/// the same bits.
+#[test]
+fn gemms_are_batch_invariant() {
+    let (rows, m, k) = (300, 200, 136);
+    // (first row, row count) of each smaller call.
+    let calls = [
+        (0, 1),
+        (3, 1),
+        (128, 1),
+        (299, 1),
+        (0, 7),
+        (125, 7),
+        (293, 7),
+        (3, 297),
+        (77, 129),
+    ];
+    for dev in devices() {
+        let c = Case::new(rows, m, k, 300);
+        let full = run_matmul(&dev, &c, (0, rows), true, None);
+        let s = SwigluCase::new(rows, m, k, 301);
+        let full_h = s.run(&dev, 0, rows);
+        for (first, n) in calls {
+            let got = run_matmul(&dev, &c, (first, n), true, None);
+            assert_eq!(
+                bits(&got),
+                bits(&full[first * m..(first + n) * m]),
+                "matmul rows {first}..{} alone vs in 300 on {}",
+                first + n,
+                dev.name()
+            );
+            let got_h = s.run(&dev, first, n);
+            assert_eq!(
+                got_h,
+                full_h[first * m..(first + n) * m],
+                "swiglu rows {first}..{} alone vs in 300 on {}",
+                first + n,
+                dev.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn interleave_gate_up_lays_out_blocks_of_64() {
+    let (m, k) = (96, 8);
+    let gate: Vec<u16> = (0..m * k).map(|i| (i / k) as u16 + 1).collect();
+    let up: Vec<u16> = (0..m * k).map(|i| (i / k) as u16 + 1001).collect();
+    let w = interleave_gate_up(&gate, &up, m, k);
+    assert_eq!(interleaved_rows(m), 256);
+    assert_eq!(w.len(), 256 * k);
+    let row = |r: usize| w[r * k];
+    assert!(w.chunks(k).all(|r| r.iter().all(|v| *v == r[0])));
+    for r in 0..64 {
+        assert_eq!(row(r), r as u16 + 1, "gate row {r}");
+        assert_eq!(row(64 + r), r as u16 + 1001, "up row {r}");
+    }
+    for r in 0..32 {
+        assert_eq!(row(128 + r), 64 + r as u16 + 1, "gate row {}", 64 + r);
+        assert_eq!(row(192 + r), 64 + r as u16 + 1001, "up row {}", 64 + r);
+        assert_eq!((row(160 + r), row(224 + r)), (0, 0), "padding rows");
+    }
+}
+
+#[test]
+fn wgmma_wrappers_reject_bad_shapes_before_launching() {
+    let dev = Device::emulator();
+    // k must be a multiple of 8 (TMA: 16-byte row strides): no TmaMatrix can be made otherwise.
+    for cols in [4, 100, 1001] {
+        let e = dev.tma_zeros(4, cols, "x").err().unwrap().to_string();
+        assert!(e.contains("cols a multiple of 8"), "{cols}: {e}");
+    }
+    let x = poisoned_tma(&dev, 2, 64);
+    let w = poisoned_tma(&dev, 128, 72);
+    let y = poisoned(&dev, 2 * 128, f32::NAN);
+    let e = gemm_wgmma::matmul(&dev, &x, &w, &y, 2, Epilogue::STORE)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x is 2 × 64, needs 72 columns"),
+        "mismatched k: {e}"
+    );
+    let w = poisoned_tma(&dev, 128, 64);
+    let e = gemm_wgmma::matmul(&dev, &x, &w, &y, 3, Epilogue::STORE)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 3 rows"), "too few rows: {e}");
+    let short = poisoned(&dev, 2 * 128 - 1, f32::NAN);
+    let e = gemm_wgmma::matmul(&dev, &x, &w, &short, 2, Epilogue::STORE)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("y has 255 elements, needs 256"), "{e}");
+    let b = upload(&dev, &[0.5f32; 127]);
+    let e = gemm_wgmma::matmul(&dev, &x, &w, &y, 2, Epilogue::bias(Some(&b)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias has 127 elements, needs 128"), "{e}");
+
+    // SwiGLU: h has m columns; w_gate_up must have interleaved_rows(m) rows of k.
+    let h = poisoned_tma(&dev, 2, 96);
+    let wgu = poisoned_tma(&dev, interleaved_rows(96), 64);
+    let e = gemm_wgmma::matmul_swiglu(&dev, &x, &poisoned_tma(&dev, 192, 64), &h, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("w_gate_up is 192 × 64"), "not interleaved: {e}");
+    let e = gemm_wgmma::matmul_swiglu(&dev, &poisoned_tma(&dev, 2, 72), &wgu, &h, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x is 2 × 72, needs 64 columns"),
+        "mismatched k: {e}"
+    );
+    let e = gemm_wgmma::matmul_swiglu(&dev, &x, &wgu, &h, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 3 rows"), "too few rows: {e}");
+    assert_eq!(
+        dev.launch_count(),
+        0,
+        "nothing may launch after a failed check"
+    );
+}
