@@ -35,7 +35,9 @@
 //! - [`yield_now`] and [`spin_wait`] for polling loops (`mbarrier.try_wait`,
 //!   `cp.async.wait_group`);
 //! - [`with_block_state`]: per-block state of type `S: BlockExtension + Default`, with hooks
-//!   called when the block is idle (to complete pending async copies) and when it ends.
+//!   called when the block is idle (to complete pending async copies), at each `sync_threads`
+//!   (to order what they track), when it is reported deadlocked (to say what its threads wait
+//!   for), and when it ends.
 
 mod api;
 mod block_state;
@@ -52,7 +54,8 @@ pub use block_state::{BlockExtension, with_block_state};
 pub use collective::{Exchange, Group, collective};
 pub use sched::{launch, spin_wait, yield_now};
 pub use shared::{
-    Shared, SharedWindow, StaticShared, dynamic_shared, shared_window, static_shared,
+    Shared, SharedWindow, StaticShared, dynamic_shared, dynamic_shared_address, shared_window,
+    static_shared,
 };
 
 use crate::device::types::Dim3;
