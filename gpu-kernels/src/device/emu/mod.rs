@@ -20,7 +20,10 @@
 //! - warp shuffles and votes exchange values as the hardware does; reading a lane missing from
 //!   a partial warp, or one that has exited, is an error, as are lanes of one warp meeting at
 //!   different collectives;
-//! - atomics are atomic across all threads and blocks; launches over sm_90's limits are refused.
+//! - atomics are atomic across all threads and blocks; launches over sm_90's limits are refused;
+//! - Hopper's `mbarrier`, TMA and bulk copies, and `wgmma` are modelled from the PTX ISA, their
+//!   misuse reported, and copies and `wgmma` reads checked for races ([`hopper`];
+//!   `tests/emulator_hopper.rs`).
 //!
 //! Scheduling is deterministic within a block (threads start in rank order in even blocks and
 //! in reverse order in odd ones, so a read that misses its barrier sees poison whichever
@@ -38,10 +41,13 @@
 //!   called when the block is idle (to complete pending async copies), at each `sync_threads`
 //!   (to order what they track), when it is reported deadlocked (to say what its threads wait
 //!   for), and when it ends.
+//!
+//! [`hopper`] models `mbarrier`, TMA and bulk copies, and `wgmma` on these points.
 
 mod api;
 mod block_state;
 mod collective;
+pub mod hopper;
 mod sched;
 mod shared;
 
