@@ -8,13 +8,15 @@
 //! what is left is the kernel's own arithmetic:
 //! - f32 out: rel L2 1e-5. f32 accumulation on the tensor cores, ~√k·2^-24 relative typical
 //!   (≈ 2e-6 at k = 1000; measured on the H200: 7e-8 at k = 64, 2.1e-6 at k = 2048, 4.4e-6 at
-//!   k = 4096); a missing K slice, a shifted row or column, or a lost bias/residual is ≥ 1e-2.
+//!   k = 4096; the emulator, which sums each k16 step in f64, ≤ 1.6e-7); a missing K slice, a
+//!   shifted row or column, or a lost bias/residual is ≥ 1e-2.
 //!   The epilogue is checked bit for bit besides: `bias` and `+ y` are f32 adds after the
 //!   product, so `(plain + bias) + y` recomputed in f32 from the plain product's bits must
 //!   match exactly.
 //! - SwiGLU: one bf16 rounding of the f32 `silu(g)·u`, element-wise within
-//!   `2^-8·|want| + 1e-5·rms(want)` (`common::assert_bf16_close`; 1e-5 covers the f32
-//!   accumulation of g and u, ~√k·2^-24 ≈ 1e-6 of their scale, and the approximate exp).
+//!   `(2^-8 + 3e-5)·|want| + 3e-5·rms(want)` (`common::assert_bf16_close`; 3e-5 covers the f32
+//!   accumulation of g and u on the tensor cores, ~1e-6 of their scale typical at k ≤ 1000 and a
+//!   few times that for the worst of ~10^5 elements, and the approximate exp in silu).
 //!
 //! Shapes: rows 1, 7, 129, 300 (partial tiles, TMA's zero fill past the last row), m 128, 200,
 //! 640 (partial column tiles), k 64, 72, 136, 1000 (one K slice, partial last slices: TMA's
@@ -29,7 +31,7 @@ use kiln::gpu::ops::gemm_wgmma::{self, interleave_gate_up, interleaved_rows};
 use kiln::reference::ops::{self, matmul};
 
 const TOL: f64 = 1e-5;
-const SWIGLU_SLACK: f64 = 1e-5;
+const SWIGLU_SLACK: f64 = 3e-5;
 
 /// `n` fresh bf16 values of standard deviation `std`: bits and exact values.
 fn bf16_random(r: &mut kiln::rng::Rng, n: usize, std: f64) -> (Vec<u16>, Vec<f64>) {
@@ -136,7 +138,11 @@ fn matmul_with_bias_and_residual_matches_f64() {
                 .enumerate()
                 .map(|(i, p)| (p + c.bias[i % m]) + c.resid[i])
                 .collect();
-            assert_eq!(bits(&both), bits(&exact), "{name}: epilogue adds");
+            assert_same(
+                &bits(&both),
+                &bits(&exact),
+                &format!("{name}: epilogue adds"),
+            );
 
             // Bias alone (the QKV projection's), on the small cases.
             if rows * m * k <= 200 * 200 * 136 {
@@ -146,7 +152,11 @@ fn matmul_with_bias_and_residual_matches_f64() {
                     .enumerate()
                     .map(|(i, p)| p + c.bias[i % m])
                     .collect();
-                assert_eq!(bits(&biased), bits(&exact), "{}: bias only", c.name());
+                assert_same(
+                    &bits(&biased),
+                    &bits(&exact),
+                    &format!("{}: bias only", c.name()),
+                );
             }
         }
     }
@@ -245,21 +255,19 @@ fn gemms_are_batch_invariant() {
         let full_h = s.run(&dev, 0, rows);
         for (first, n) in calls {
             let got = run_matmul(&dev, &c, (first, n), true, None);
-            assert_eq!(
-                bits(&got),
-                bits(&full[first * m..(first + n) * m]),
-                "matmul rows {first}..{} alone vs in 300 on {}",
+            let what = format!(
+                "rows {first}..{} alone vs in 300 on {}",
                 first + n,
                 dev.name()
+            );
+            let span = first * m..(first + n) * m;
+            assert_same(
+                &bits(&got),
+                &bits(&full[span.clone()]),
+                &format!("matmul {what}"),
             );
             let got_h = s.run(&dev, first, n);
-            assert_eq!(
-                got_h,
-                full_h[first * m..(first + n) * m],
-                "swiglu rows {first}..{} alone vs in 300 on {}",
-                first + n,
-                dev.name()
-            );
+            assert_same(&got_h, &full_h[span], &format!("swiglu {what}"));
         }
     }
 }

@@ -13,8 +13,8 @@
 //!
 //! Tolerances: top-k ids, the grouping and the gather are exact; routing weights are one f32
 //! softmax (ex2.approx) from exact: 1e-6; the grouped SwiGLU is one bf16 rounding of an f32
-//! `silu(g)·u` from bf16 inputs: element-wise `2^-8·|want| + 1e-5·rms(want)`
-//! (`common::assert_bf16_close`); the grouped down GEMM is f32 accumulation over ff = 96 from
+//! `silu(g)·u` from bf16 inputs: element-wise `(2^-8 + 3e-5)·|want| + 3e-5·rms(want)`
+//! (`common::assert_bf16_close`, as in `kernels_gemm_wgmma`); the grouped down GEMM is f32 accumulation over ff = 96 from
 //! the kernel's own bf16 h: 1e-5 (as `kernels_gemm_wgmma`); the combine is a handful of f32
 //! fmas: 2e-6.
 
@@ -275,10 +275,10 @@ fn grouped_expert_gemms_and_combine_match_f64() {
 
                 // Gather: each grouped row is its token's row, bit for bit.
                 for (row, &(t, _)) in grouped.iter().enumerate() {
-                    assert_eq!(
-                        chain.xg[row * HIDDEN..][..HIDDEN],
-                        c.x.0[t * HIDDEN..][..HIDDEN],
-                        "gathered row {row} (token {t}), n={n}"
+                    assert_same(
+                        &chain.xg[row * HIDDEN..][..HIDDEN],
+                        &c.x.0[t * HIDDEN..][..HIDDEN],
+                        &format!("gathered row {row} (token {t}), n={n}"),
                     );
                 }
                 // Gate/up + SwiGLU per grouped row, from its token and its expert.
@@ -293,7 +293,7 @@ fn grouped_expert_gemms_and_combine_match_f64() {
                     }
                 }
                 let name = format!("grouped gate|up + SwiGLU n={n}");
-                assert_bf16_close(&name, &dev, &chain.h, &want_h, 1e-5);
+                assert_bf16_close(&name, &dev, &chain.h, &want_h, 3e-5);
                 // Down projection of each grouped row with its expert (from the kernel's h).
                 let hr = bf16_values(&chain.h);
                 let mut want_out = vec![0.0; n * k * HIDDEN];
@@ -362,12 +362,8 @@ fn moe_chain_is_batch_invariant() {
                     &sh_gate[t..t + 1],
                 )
                 .y;
-                assert_eq!(
-                    bits(&y1),
-                    bits(&y[span]),
-                    "MoE chain: token {t} alone vs in a batch of {n} on {}",
-                    dev.name()
-                );
+                let what = format!("MoE chain: token {t} alone vs in {n} on {}", dev.name());
+                assert_same(&bits(&y1), &bits(&y[span]), &what);
             }
         }
     }

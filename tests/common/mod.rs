@@ -261,21 +261,39 @@ pub fn rms(v: &[f64]) -> f64 {
 
 /// Checks bf16 outputs `got` (bits) that are ONE rounding of an f32 result against the exact
 /// values `want`: every element finite (the [`BF16_POISON`] NaN fails) and within
-/// `2^-8·|want| + slack·rms(want)`. One round-to-nearest bf16 rounding (8 significant bits) is
-/// off by at most half a unit in the last place, 2^-8 relative at worst; `slack` covers the f32
-/// arithmetic before it (relative to the output's scale, so tiny elements produced by
-/// cancellation do not need f32 to be exact). Implies a rel L2 error ≤ 2^-8 + slack ≈ 3.9e-3;
-/// any indexing or formula error moves elements by far more than half a bf16 unit.
+/// `(2^-8 + slack)·|want| + slack·rms(want)`. One round-to-nearest bf16 rounding (8 significant
+/// bits) is off by at most half a unit in the last place, 2^-8 relative at worst; `slack`
+/// covers the f32 arithmetic before it, both relative to the element (a few f32 ulps of a
+/// product) and relative to the output's scale (sums and differences: tiny elements produced by
+/// cancellation need not be exact in f32). Implies a rel L2 error ≤ 2^-8 + 2·slack; any
+/// indexing or formula error moves elements by far more than half a bf16 unit.
 pub fn assert_bf16_close(case: &str, dev: &Device, got: &[u16], want: &[f64], slack: f64) {
     assert_eq!(got.len(), want.len(), "{case}: length mismatch");
     let abs = slack * rms(want);
     let got = bf16_values(got);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let bound = w.abs() * (1.0 / 256.0) + abs;
+        let bound = w.abs() * (1.0 / 256.0 + slack) + abs;
         assert!(
             g.is_finite() && (g - w).abs() <= bound,
             "{case} on {}: element {i} is {g}, expected {w} ± {bound:.3e} (seed {})",
             dev.name(),
+            seed()
+        );
+    }
+}
+
+/// Asserts `got == want` element for element (bit patterns: use [`bits`] for f32), naming the
+/// first difference and how many there are instead of printing both slices.
+pub fn assert_same<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length mismatch");
+    let diff: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+    if let Some(&i) = diff.first() {
+        panic!(
+            "{what}: {} of {} elements differ; first at {i}: {:?} != {:?} (seed {})",
+            diff.len(),
+            got.len(),
+            got[i],
+            want[i],
             seed()
         );
     }
