@@ -243,7 +243,11 @@ fn long_prompt_is_chunk_invariant() {
         };
         let file = kiln::gguf::GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap();
         let mut cfg = ModelConfig::from_gguf(&file).unwrap();
-        let (len, chunk) = if dev.is_cuda() { (4500, 1024) } else { (300, 100) };
+        let (len, chunk) = if dev.is_cuda() {
+            (4500, 1024)
+        } else {
+            (300, 100)
+        };
         cfg.ctx = cfg.ctx.max(8192);
         let w = Weights::load(&file, &cfg).unwrap();
         let model = upload(&dev, &cfg, &w);
@@ -261,7 +265,10 @@ fn long_prompt_is_chunk_invariant() {
         );
         let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
         let err = rel_l2_f32(&batched.logits, cpu.last());
-        eprintln!("{len} tokens on {}: rel L2 vs CPU reference {err:.3e}", dev.name());
+        eprintln!(
+            "{len} tokens on {}: rel L2 vs CPU reference {err:.3e}",
+            dev.name()
+        );
         assert!(
             err <= 1e-2 && argmax(&batched.logits) == argmax(cpu.last()),
             "rel L2 {err:.3e}"
