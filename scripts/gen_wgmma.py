@@ -37,14 +37,14 @@ def gen(n, kind):
         a_param = "a: WgmmaDesc"
         a_operand = "a = in(reg64) a.0,"
         doc_a = "A from the shared-memory descriptor `a`"
-        emu = f"super::hopper_emu::wgmma_ss(d, a, b, {n})"
+        emu = f"super::emu::hopper::wgmma_ss(d, a, b, {n})"
     else:
         a_tmpl = "{{{a0}, {a1}, {a2}, {a3}}}"
         a_param = "a: [u32; 4]"
         a_operand = ("a0 = in(reg32) a[0], a1 = in(reg32) a[1], "
                      "a2 = in(reg32) a[2], a3 = in(reg32) a[3],")
         doc_a = "A from registers (the m64k16 fragment of `super::tensor_core`)"
-        emu = f"super::hopper_emu::wgmma_rs(d, a, b, {n})"
+        emu = f"super::emu::hopper::wgmma_rs(d, a, b, {n})"
     # Immediate operands after scale-d: scale-a, scale-b (1 = no negation), then transpose
     # flags (0 = K-major): trans-a and trans-b with A in shared memory, trans-b only with A in
     # registers.

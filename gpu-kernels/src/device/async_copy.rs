@@ -34,8 +34,9 @@ impl TensorMap {
     /// The emulator's encoding of a 2-D tiled map (the GPU's is opaque, made by the driver):
     /// word 0 `EMULATED_TENSOR_MAP_MAGIC`; 1 the base address (a host pointer); 2 `cols` and
     /// 3 `rows` (elements, innermost first); 4 the row stride in bytes; 5 `box_cols |
-    /// box_rows << 32`; 6 `elem_bytes | swizzle << 8`. Elements outside `cols × rows` read as
-    /// zero, as `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE` does.
+    /// box_rows << 32`; 6 `elem_bytes | swizzle << 8`; 7 the buffer's bytes if known (see
+    /// [`Self::with_extent`]). Elements outside `cols × rows` read as zero, as
+    /// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE` does.
     #[allow(clippy::too_many_arguments)] // mirrors cuTensorMapEncodeTiled's own argument list
     pub const fn emulated_2d(
         base: u64,
@@ -56,6 +57,14 @@ impl TensorMap {
         w[5] = box_cols as u64 | (box_rows as u64) << 32;
         w[6] = elem_bytes as u64 | (swizzle as u64) << 8;
         TensorMap(w)
+    }
+
+    /// The same emulator map, recording that its base points into a buffer of `bytes` bytes
+    /// (word 7; 0 = not recorded): the emulator then refuses a map whose tensor does not fit
+    /// in it, instead of reading past the buffer.
+    pub const fn with_extent(mut self, bytes: u64) -> Self {
+        self.0[7] = bytes;
+        self
     }
 }
 
@@ -80,7 +89,7 @@ impl Mbarrier {
             core::arch::asm!("mbarrier.init.shared::cta.b64 [{0}], {1};", in(reg32) self.0, in(reg32) arrivals)
         };
         #[cfg(not(target_arch = "nvptx64"))]
-        super::hopper_emu::mbarrier_init(self.0, arrivals);
+        super::emu::hopper::mbarrier_init(self.0, arrivals);
     }
 
     /// One arrival.
@@ -92,7 +101,7 @@ impl Mbarrier {
             core::arch::asm!("mbarrier.arrive.shared::cta.b64 _, [{0}];", in(reg32) self.0)
         };
         #[cfg(not(target_arch = "nvptx64"))]
-        super::hopper_emu::mbarrier_arrive(self.0, 0);
+        super::emu::hopper::mbarrier_arrive(self.0);
     }
 
     /// One arrival if `pred`, without a branch: a predicated instruction, so code that runs
@@ -110,7 +119,7 @@ impl Mbarrier {
         };
         #[cfg(not(target_arch = "nvptx64"))]
         if pred {
-            super::hopper_emu::mbarrier_arrive(self.0, 0);
+            super::emu::hopper::mbarrier_arrive(self.0);
         }
     }
 
@@ -124,7 +133,7 @@ impl Mbarrier {
             core::arch::asm!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{0}], {1};", in(reg32) self.0, in(reg32) bytes)
         };
         #[cfg(not(target_arch = "nvptx64"))]
-        super::hopper_emu::mbarrier_arrive(self.0, bytes);
+        super::emu::hopper::mbarrier_arrive_expect_tx(self.0, bytes);
     }
 
     /// Whether the phase with parity `parity` has completed (non-blocking for long: the
@@ -144,7 +153,7 @@ impl Mbarrier {
             done != 0
         }
         #[cfg(not(target_arch = "nvptx64"))]
-        super::hopper_emu::mbarrier_try_wait(self.0, parity)
+        super::emu::hopper::mbarrier_try_wait(self.0, parity)
     }
 
     /// Blocks until the phase with parity `parity` has completed. A wait that never ends (a
@@ -181,12 +190,12 @@ impl Mbarrier {
             )
         };
         #[cfg(not(target_arch = "nvptx64"))]
-        super::hopper_emu::mbarrier_wait(self.0, parity);
+        super::emu::hopper::mbarrier_wait(self.0, parity);
     }
 }
 
 /// Makes `mbarrier.init`s visible to the async proxy (TMA) and to the other threads once a
-/// block barrier follows.
+/// block barrier follows. (A no-op on the emulator: see `emu::hopper`.)
 #[inline(always)]
 pub fn fence_mbarrier_init() {
     #[cfg(target_arch = "nvptx64")]
@@ -197,7 +206,7 @@ pub fn fence_mbarrier_init() {
 }
 
 /// Orders this thread's ordinary shared-memory writes before later async-proxy reads of them
-/// (`wgmma` operands, TMA stores).
+/// (`wgmma` operands, TMA stores). (A no-op on the emulator: see `emu::hopper`.)
 #[inline(always)]
 pub fn fence_proxy_async_shared() {
     #[cfg(target_arch = "nvptx64")]
@@ -229,12 +238,13 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: Mbarrier) 
         )
     };
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::tma_load_2d(dst, map, x, y, bar.0);
+    super::emu::hopper::tma_load_2d(dst, map, x, y, bar.0);
 }
 
 /// Makes a tensor map that the host copied into global memory visible to the TMA unit (the
 /// "tensormap proxy"). Each thread that issues TMA with `map` calls this once before its first
-/// use; without it the unit may read a stale descriptor and the copy never completes.
+/// use; without it the unit may read a stale descriptor and the copy never completes. (On the
+/// emulator: checks the map, so a GPU-encoded one is caught at its first use.)
 #[inline(always)]
 pub fn acquire_tensor_map(map: In<TensorMap>) {
     #[cfg(target_arch = "nvptx64")]
@@ -243,7 +253,7 @@ pub fn acquire_tensor_map(map: In<TensorMap>) {
         core::arch::asm!("fence.proxy.tensormap::generic.acquire.sys [{0}], 128;", in(reg64) tensor_map_address(map))
     };
     #[cfg(not(target_arch = "nvptx64"))]
-    let _ = map;
+    super::emu::hopper::acquire_tensor_map(map);
 }
 
 /// Starts copying `bytes` (a multiple of 16) from global memory at `src` to shared memory at
@@ -259,13 +269,10 @@ pub fn bulk_load<T: Copy>(dst: u32, src: In<T>, bytes: u32, bar: Mbarrier) {
         )
     };
     #[cfg(not(target_arch = "nvptx64"))]
-    {
-        let _ = (dst, src, bytes, bar);
-        super::trap("bulk_load is not emulated yet");
-    }
+    super::emu::hopper::bulk_load(dst, src, bytes, bar.0);
 }
 
-/// Prefetches a tensor map's descriptor into the TMA unit's cache.
+/// Prefetches a tensor map's descriptor into the TMA unit's cache. (A no-op on the emulator.)
 #[inline(always)]
 pub fn prefetch_tensor_map(map: In<TensorMap>) {
     #[cfg(target_arch = "nvptx64")]

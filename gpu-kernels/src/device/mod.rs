@@ -11,15 +11,13 @@ pub mod async_copy;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod entry;
 pub mod float;
-#[cfg(not(target_arch = "nvptx64"))]
-mod hopper_emu;
 pub mod math;
 mod ptr;
 pub mod tensor_core;
 mod types;
 mod wgmma_shapes;
 #[cfg(not(target_arch = "nvptx64"))]
-pub use hopper_emu::dynamic_shared_address;
+pub use emu::dynamic_shared_address;
 #[cfg(target_arch = "nvptx64")]
 pub use nvptx::dynamic_shared_address;
 

@@ -125,6 +125,12 @@ impl<T: Copy> In<T> {
 }
 
 impl<T: Copy> In<T> {
+    /// Host side: the bytes the view covers (for emulated bulk copies).
+    #[cfg(not(target_arch = "nvptx64"))]
+    pub(crate) fn byte_len(self) -> usize {
+        self.len * core::mem::size_of::<T>()
+    }
+
     /// The generic address of element 0 (what PTX instructions that take an address want).
     #[inline(always)]
     pub fn address(self) -> u64 {

@@ -65,7 +65,7 @@ pub fn wgmma_fence() {
         core::arch::asm!("wgmma.fence.sync.aligned;")
     };
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_fence();
+    super::emu::hopper::wgmma_fence();
 }
 
 /// `wgmma.commit_group`: closes the batch of `wgmma`s issued since the last commit.
@@ -77,7 +77,7 @@ pub fn wgmma_commit() {
         core::arch::asm!("wgmma.commit_group.sync.aligned;")
     };
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_commit();
+    super::emu::hopper::wgmma_commit();
 }
 
 /// `wgmma.wait_group N`: waits until at most `N` committed batches are still running. The
@@ -91,7 +91,7 @@ pub fn wgmma_wait<const N: u32>() {
         core::arch::asm!("wgmma.wait_group.sync.aligned {n};", n = const N)
     };
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_wait(N);
+    super::emu::hopper::wgmma_wait(N);
 }
 
 /// Register arrays that `wgmma` reads or writes (accumulators, register-A fragments).

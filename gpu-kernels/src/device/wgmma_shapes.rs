@@ -56,7 +56,7 @@ pub fn wgmma_m64n64k16_ss(d: &mut [f32; 32], a: WgmmaDesc, b: WgmmaDesc) {
         );
     }
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_ss(d, a, b, 64)
+    super::emu::hopper::wgmma_ss(d, a, b, 64)
 }
 
 /// `d += A·B` for a 64 × 128 tile (A from the shared-memory descriptor `a`, B from `b`).
@@ -137,7 +137,7 @@ pub fn wgmma_m64n128k16_ss(d: &mut [f32; 64], a: WgmmaDesc, b: WgmmaDesc) {
         );
     }
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_ss(d, a, b, 128)
+    super::emu::hopper::wgmma_ss(d, a, b, 128)
 }
 
 /// `d += A·B` for a 64 × 256 tile (A from the shared-memory descriptor `a`, B from `b`).
@@ -282,7 +282,7 @@ pub fn wgmma_m64n256k16_ss(d: &mut [f32; 128], a: WgmmaDesc, b: WgmmaDesc) {
         );
     }
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_ss(d, a, b, 256)
+    super::emu::hopper::wgmma_ss(d, a, b, 256)
 }
 
 /// `d += A·B` for a 64 × 64 tile (A from registers (the m64k16 fragment of `super::tensor_core`), B from `b`).
@@ -331,7 +331,7 @@ pub fn wgmma_m64n64k16_rs(d: &mut [f32; 32], a: [u32; 4], b: WgmmaDesc) {
         );
     }
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_rs(d, a, b, 64)
+    super::emu::hopper::wgmma_rs(d, a, b, 64)
 }
 
 /// `d += A·B` for a 64 × 128 tile (A from registers (the m64k16 fragment of `super::tensor_core`), B from `b`).
@@ -412,7 +412,7 @@ pub fn wgmma_m64n128k16_rs(d: &mut [f32; 64], a: [u32; 4], b: WgmmaDesc) {
         );
     }
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_rs(d, a, b, 128)
+    super::emu::hopper::wgmma_rs(d, a, b, 128)
 }
 
 /// `d += A·B` for a 64 × 256 tile (A from registers (the m64k16 fragment of `super::tensor_core`), B from `b`).
@@ -557,7 +557,7 @@ pub fn wgmma_m64n256k16_rs(d: &mut [f32; 128], a: [u32; 4], b: WgmmaDesc) {
         );
     }
     #[cfg(not(target_arch = "nvptx64"))]
-    super::hopper_emu::wgmma_rs(d, a, b, 256)
+    super::emu::hopper::wgmma_rs(d, a, b, 256)
 }
 
 impl Accumulators for [f32; 32] {

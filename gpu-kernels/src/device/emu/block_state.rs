@@ -1,6 +1,7 @@
-//! Per-block state for other emulator modules: what a future `cp.async`/TMA/`mbarrier`
-//! emulation hangs on a block (pending copies, transaction counts), with hooks the scheduler
-//! calls when the block cannot make progress and when it ends.
+//! Per-block state for other emulator modules: what the `mbarrier`, TMA and `wgmma` emulation
+//! (`hopper/`) hangs on a block (barrier phases, transaction counts, `wgmma` groups), with hooks
+//! the scheduler calls at each `sync_threads`, when the block cannot make progress, when it is
+//! reported deadlocked, and when it ends.
 
 use super::sched::ctx;
 use super::shared::SharedWindow;
@@ -18,6 +19,20 @@ pub trait BlockExtension: Any {
     fn on_idle(&mut self, shared: SharedWindow) -> bool {
         let _ = shared;
         false
+    }
+    /// Called when thread `rank` arrives at `sync_threads`, before it waits (to record what
+    /// it releases to the others), and …
+    fn before_sync_threads(&mut self, rank: u32) {
+        let _ = rank;
+    }
+    /// … when it leaves, every live thread having arrived (to acquire what they released).
+    fn after_sync_threads(&mut self, rank: u32) {
+        let _ = rank;
+    }
+    /// Called when the block is reported deadlocked: add what the waiting threads wait for
+    /// (e.g. each `mbarrier` waited on, with its pending arrivals and bytes) to `parts`.
+    fn describe_waits(&self, parts: &mut Vec<String>) {
+        let _ = parts;
     }
     /// Called once every thread of the block has exited normally; an error fails the launch
     /// with the block's coordinates (e.g. async copies issued but never waited for).
@@ -61,6 +76,22 @@ impl Extensions {
             .borrow_mut()
             .iter_mut()
             .fold(false, |woke, e| e.on_idle(shared) | woke)
+    }
+    /// Every extension's `before_sync_threads` (`after` false) or `after_sync_threads`.
+    pub(super) fn on_sync_threads(&self, rank: u32, after: bool) {
+        for e in self.0.borrow_mut().iter_mut() {
+            if after {
+                e.after_sync_threads(rank);
+            } else {
+                e.before_sync_threads(rank);
+            }
+        }
+    }
+    /// Every extension's `describe_waits`, for a deadlock report.
+    pub(super) fn describe_waits(&self, parts: &mut Vec<String>) {
+        for e in self.0.borrow().iter() {
+            e.describe_waits(parts);
+        }
     }
     /// The first error of the extensions' `on_block_exit`.
     pub(super) fn on_block_exit(&self, shared: SharedWindow) -> Result<(), String> {

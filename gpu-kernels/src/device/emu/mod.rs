@@ -20,7 +20,10 @@
 //! - warp shuffles and votes exchange values as the hardware does; reading a lane missing from
 //!   a partial warp, or one that has exited, is an error, as are lanes of one warp meeting at
 //!   different collectives;
-//! - atomics are atomic across all threads and blocks; launches over sm_90's limits are refused.
+//! - atomics are atomic across all threads and blocks; launches over sm_90's limits are refused;
+//! - Hopper's `mbarrier`, TMA and bulk copies, and `wgmma` are modelled from the PTX ISA, their
+//!   misuse reported, and copies and `wgmma` reads checked for races ([`hopper`];
+//!   `tests/emulator_hopper.rs`).
 //!
 //! Scheduling is deterministic within a block (threads start in rank order in even blocks and
 //! in reverse order in odd ones, so a read that misses its barrier sees poison whichever
@@ -35,11 +38,16 @@
 //! - [`yield_now`] and [`spin_wait`] for polling loops (`mbarrier.try_wait`,
 //!   `cp.async.wait_group`);
 //! - [`with_block_state`]: per-block state of type `S: BlockExtension + Default`, with hooks
-//!   called when the block is idle (to complete pending async copies) and when it ends.
+//!   called when the block is idle (to complete pending async copies), at each `sync_threads`
+//!   (to order what they track), when it is reported deadlocked (to say what its threads wait
+//!   for), and when it ends.
+//!
+//! [`hopper`] models `mbarrier`, TMA and bulk copies, and `wgmma` on these points.
 
 mod api;
 mod block_state;
 mod collective;
+pub mod hopper;
 mod sched;
 mod shared;
 
@@ -52,7 +60,8 @@ pub use block_state::{BlockExtension, with_block_state};
 pub use collective::{Exchange, Group, collective};
 pub use sched::{launch, spin_wait, yield_now};
 pub use shared::{
-    Shared, SharedWindow, StaticShared, dynamic_shared, shared_window, static_shared,
+    Shared, SharedWindow, StaticShared, dynamic_shared, dynamic_shared_address, shared_window,
+    static_shared,
 };
 
 use crate::device::types::Dim3;

@@ -193,9 +193,11 @@ pub(super) fn barrier() {
     if block.failed() {
         abort();
     }
+    block.extensions.on_sync_threads(c.rank, false);
     if !block.barrier.arrive(c.rank, &block.queue) {
         c.suspend(Suspend::Blocked);
     }
+    block.extensions.on_sync_threads(c.rank, true);
 }
 
 /// Lets the block's other runnable threads run before this one continues: for a thread that
@@ -308,6 +310,7 @@ impl Block {
                 self.live.get()
             ));
         }
+        self.extensions.describe_waits(&mut parts);
         parts.join("; ")
     }
 

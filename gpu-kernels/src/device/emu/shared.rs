@@ -137,6 +137,49 @@ impl SharedWindow {
             }
         }
     }
+    /// Whether `bytes` bytes from `addr` lie inside one shared array (the dynamic one, or a
+    /// static one): what an instruction that reads or writes a range checks first.
+    pub fn contains(self, addr: u32, bytes: u32) -> bool {
+        // SAFETY: as in `word`.
+        let regions = unsafe { &*self.mem }.regions.borrow();
+        regions.iter().any(|r| {
+            addr.checked_sub(r.addr)
+                .is_some_and(|off| off as u64 + bytes as u64 <= r.words.len() as u64 * 4)
+        })
+    }
+    /// The words `out.len()` long from byte address `addr` (a multiple of 4), all in one
+    /// shared array: one lookup for a whole 16-byte chunk or row, as bulk readers want.
+    pub fn read(self, addr: u32, out: &mut [u32]) {
+        self.range(addr, out.len(), "read", |ws| {
+            for (o, w) in out.iter_mut().zip(ws) {
+                *o = w.get();
+            }
+        })
+    }
+    /// Writes `words` from byte address `addr` (a multiple of 4), all in one shared array.
+    pub fn write(self, addr: u32, words: &[u32]) {
+        self.range(addr, words.len(), "write", |ws| {
+            for (w, v) in ws.iter().zip(words) {
+                w.set(*v);
+            }
+        })
+    }
+    fn range<R>(self, addr: u32, len: usize, what: &str, f: impl FnOnce(&[Cell<u32>]) -> R) -> R {
+        // SAFETY: as in `word`.
+        let regions = unsafe { &*self.mem }.regions.borrow();
+        let found = regions.iter().find_map(|r| {
+            let off = addr.checked_sub(r.addr)? as usize;
+            (off / 4 + len <= r.words.len()).then(|| &r.words[off / 4..off / 4 + len])
+        });
+        match found {
+            Some(ws) if addr.is_multiple_of(4) => f(ws),
+            Some(_) => panic!("misaligned shared-window {what} at address {addr:#x}"),
+            None => panic!(
+                "shared-window {what} of {} bytes at {addr:#x} is not inside one shared array",
+                4 * len
+            ),
+        }
+    }
     /// The 32-bit word at byte address `addr` (a multiple of 4 inside some array).
     pub fn load(self, addr: u32) -> u32 {
         self.word(addr, "read", |w| w.get())
@@ -145,6 +188,12 @@ impl SharedWindow {
     pub fn store(self, addr: u32, v: u32) {
         self.word(addr, "write", |w| w.set(v))
     }
+}
+
+/// The shared-window address of the block's dynamic shared memory (0: it comes first, before
+/// the static arrays), as `dynamic_shared_address` reads `kiln_dyn_smem` on the GPU.
+pub fn dynamic_shared_address() -> u32 {
+    ctx().block().shared.regions.borrow()[0].addr
 }
 
 /// The running block's shared memory by address (see [`SharedWindow`]).
