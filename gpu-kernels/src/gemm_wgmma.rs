@@ -146,7 +146,8 @@ fn mainloop(
         // accumulators, even the copies LLVM makes around an empty `asm!`, serialises.)
         wgmma_wait::<1>();
         if kt > 0 {
-            sm.empty((kt - 1) % STAGES).arrive_if(tid.is_multiple_of(128));
+            sm.empty((kt - 1) % STAGES)
+                .arrive_if(tid.is_multiple_of(128));
         }
     }
     wgmma_wait::<0>();
