@@ -6,6 +6,10 @@
 #   gpu-bundle/run.sh bench [OUTDIR]      OUTDIR defaults to $OUT, else ./gpu-logs
 #
 # Steps (the whole run keeps inside KILN_BENCH_BUDGET seconds; later steps get what is left):
+#   0. the kernels: bench-kernels (benches/kernels.rs: kiln's GEMM and flash attention through
+#      its own launch path, TFLOP/s vs the peak) and lab/gemm.py, lab/attention.py (the same
+#      kernels beside cuBLAS and SDPA in one process, with correctness and bit-identity checks)
+#      -> kernels.txt, kernels-bench.json
 #   1. kiln synth: the tiny model and the 30b model (Qwen3-30B-A3B dims, KILN_BENCH_LAYERS
 #      layers, BF16, seed 0) into a scratch folder
 #   2. kiln bench on both files: tokens/s, TFLOP/s, weight TB/s, stage breakdown -> bench.json;
@@ -13,8 +17,8 @@
 #   3. python3 bench_torch.py: kernel peers (matmul, bmm, SDPA, copy) and
 #      transformers.Qwen3MoeForCausalLM on the same files and prompts -> torch.json
 #   4. the side-by-side table -> combined.txt (printed last)
-# Files in OUTDIR (at most 8; the device tool brings back 8): env.txt, bench.json, torch.json,
-# combined.txt, prompts.json, kiln-bench.log, torch-bench.log.
+# Files in OUTDIR (at most 8; the device tool brings back 8): env.txt, kernels.txt,
+# kernels-bench.json, bench.json, torch.json, combined.txt, kiln-bench.log, torch-bench.log.
 #
 # Environment (all optional):
 #   KILN_BENCH_BUDGET=510      seconds for everything (the device tool stops a command at 600)
@@ -24,6 +28,8 @@
 #   KILN_BENCH_REPEATS=3       timed runs per (model, N); the median is reported
 #   KILN_BENCH_SKIP_AFTER=60   skip a model's longer lengths once one run takes longer (s)
 #   KILN_BENCH_TORCH=0         skip the PyTorch peer
+#   KILN_BENCH_KERNELS=0       skip step 0 (the kernel benchmark and lab)
+#   KILN_BENCH_E2E=0           skip steps 1-4 (end-to-end prefill)
 #   KILN_BENCH_EXPERTS=grouped_mm,eager   transformers experts backends to time
 #   KILN_BENCH_DEVICE=emulator a smoke test of this whole script without a GPU: kiln on its CPU
 #                              emulator, torch on the CPU (tiny model, N=8, 1 repeat by default)
@@ -59,6 +65,7 @@ kiln="$here/kiln"
 if [[ ! -x "$kiln" && -f "$here/bin.tar.xz" ]]; then
     if command -v xz >/dev/null; then
         tar -C "$here" -xJf "$here/bin.tar.xz" kiln
+        tar -C "$here" -xJf "$here/bin.tar.xz" bench-kernels 2>/dev/null || true
     else
         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extract("kiln", sys.argv[2])' \
             "$here/bin.tar.xz" "$here"
@@ -82,6 +89,26 @@ export KILN_GIT="${KILN_GIT:-}"
     python3 -c 'import torch, transformers, numpy; print("torch", torch.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__, "cuda", torch.cuda.is_available())' 2>&1
     nproc
 } 2>&1 | tee "$out/env.txt"
+
+# ---- 0. the kernels ---------------------------------------------------------------------------
+if [[ "${KILN_BENCH_KERNELS:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulator ]]; then
+    say "kernels: bench-kernels, lab/gemm.py, lab/attention.py"
+    {
+        if [[ -x "$here/bench-kernels" ]]; then
+            KILN_BENCH_OUT="$out" timeout 120 "$here/bench-kernels" || echo "bench-kernels: exit $?"
+        else
+            echo "bench-kernels: not in the bundle"
+        fi
+        for lab in gemm attention; do
+            (cd "$here/lab" && KILN_PTX="$here/ptx/kernels.ptx" timeout 150 python3 "$lab.py") ||
+                echo "lab/$lab.py: exit $?"
+        done
+    } 2>&1 | tee "$out/kernels.txt"
+fi
+if [[ "${KILN_BENCH_E2E:-1}" == 0 ]]; then
+    say "done (kernels only); files in $out"
+    exit 0
+fi
 
 # ---- 1. the models ----------------------------------------------------------------------------
 say "kiln synth"
@@ -125,7 +152,6 @@ timeout --kill-after=10 "$((kiln_deadline + 60))" "$kiln" bench "${kiln_device[@
     2>&1 | tee -a "$out/kiln-bench.log"
 kiln_rc=${PIPESTATUS[0]}
 echo "kiln bench exit $kiln_rc" | tee -a "$out/kiln-bench.log"
-[[ -f "$work/prompts.json" ]] && cp "$work/prompts.json" "$out/prompts.json"
 
 # ---- 3. PyTorch -------------------------------------------------------------------------------
 torch_rc=0

@@ -71,7 +71,6 @@ fn bench_on_the_emulator_writes_parseable_json() {
         assert!(v > 0.0, "{key} = {v}");
     }
     assert!(r["launches"].as_u64().unwrap() > 0);
-    assert!(r["wave_len"].as_u64().unwrap() >= 1);
     // FLOPs of the tiny model at N = 8 (2 layers, hidden 256, 4 heads x 128, 2 kv heads,
     // top-2 of 4 experts x 256, vocab 512), counted by hand.
     let attn_proj = 2.0 * 8.0 * 2.0 * (256.0 * 512.0 * 2.0 + 2.0 * 256.0 * 256.0);

@@ -156,7 +156,8 @@ fn entries_are_registered_with_their_parameters() {
         "fourteen",
         "nothing",
         "rms_norm_rows",
-        "gemm_bf16",
+        "gemm_wgmma_f32",
+        "flash_attention_hd128",
         "moe_combine",
     ] {
         assert!(names.contains(&name), "{name} not registered: {names:?}");

@@ -2,6 +2,11 @@
 //! a test can check the piece against the PTX ISA's layouts on the GPU and on the emulator
 //! before any real kernel depends on it. Not used by the pipeline.
 
+// `seq!` unrolls loops by substituting each literal index into arithmetic written for all of
+// them (`8 * R`, `4 * J + 0`, `KK / 4` with KK = 0, …); the lints below would flag the cases
+// that happen to be identities.
+#![allow(clippy::identity_op, clippy::erasing_op, clippy::eq_op)]
+
 use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, bulk_load, fence_mbarrier_init, tma_load_2d,
 };

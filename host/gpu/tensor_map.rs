@@ -70,7 +70,8 @@ impl Device {
                 box_cols,
                 box_rows,
                 Swizzle::B128,
-            ),
+            )
+            .with_extent((buf.len() * 2) as u64),
         };
         // Device allocations are 256-byte aligned; the emulator's are 8-byte aligned, so it gets
         // a longer buffer and the map starts at its first 64-byte boundary.

@@ -27,6 +27,25 @@ impl KvCache {
         })
     }
 
+    /// A cache from existing matrices (K `[capacity][n_kv · 128]`, V transposed `[n_kv · 128]
+    /// [capacity]`): for tests and benchmarks that fill them directly.
+    pub fn from_parts(k: TmaMatrix, v_t: TmaMatrix) -> Result<Self> {
+        let capacity = k.rows();
+        ensure_shape!(
+            capacity.is_multiple_of(BLOCK_KV)
+                && k.cols().is_multiple_of(HEAD_DIM)
+                && v_t.rows() == k.cols()
+                && v_t.cols() == capacity,
+            "flash_attention_hd128",
+            "K cache {} × {} and V cache {} × {} do not match",
+            k.rows(),
+            k.cols(),
+            v_t.rows(),
+            v_t.cols()
+        );
+        Ok(KvCache { k, v_t, capacity })
+    }
+
     /// Positions the cache holds (a multiple of the key block).
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -1,0 +1,163 @@
+//! Kernel benchmark: kiln's tensor-core kernels on the GPU at Qwen3-30B-A3B shapes, timed
+//! through kiln's own launch path, against the roofline. Prints a table and writes
+//! `kernels-bench.json` (into `$KILN_BENCH_OUT`, else the working directory).
+//!
+//!     cargo bench --bench kernels            (on a machine with a Hopper GPU)
+//!     gpu-bundle/run.sh bench                (on the GPU machine: beside the PyTorch peers of
+//!                                             scripts/lab/, measured in the same call)
+//!
+//! Without a usable GPU it says so and exits 0: CI has none, and a benchmark is not a test.
+//! TFLOP/s count 2·M·N·K for GEMMs and 4·N²·d·heads/2 for causal attention; the peak is the
+//! `KILN_PEAK_TFLOPS` measured in the same run by the peer script (default 790, the H200's
+//! measured bf16 matmul rate on 2026-11-29).
+
+use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
+use kiln::gpu::ops::gemm::Epilogue;
+use kiln::gpu::ops::gemm_wgmma::{interleaved_rows, matmul, matmul_swiglu};
+use kiln::gpu::{Device, TmaMatrix};
+use kiln::rng::Rng;
+use std::time::Instant;
+
+struct Row {
+    kernel: &'static str,
+    shape: String,
+    ms: f64,
+    tflops: f64,
+}
+
+fn random_bf16(dev: &Device, rng: &mut Rng, rows: usize, cols: usize) -> TmaMatrix {
+    let bits: Vec<u16> = (0..rows * cols)
+        .map(|_| half::bf16::from_f32(rng.normal() as f32).to_bits())
+        .collect();
+    let buf = dev.upload(&bits, "bench input").expect("upload");
+    dev.tma_matrix(buf, rows, cols).expect("tensor map")
+}
+
+/// Median milliseconds of `f` over `iters` runs (each synchronised), after `warmup` runs.
+fn time_ms(dev: &Device, warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    dev.synchronize().expect("sync");
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            dev.synchronize().expect("sync");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    let dev = match Device::cuda() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("kernels bench: no usable GPU ({e}); nothing measured");
+            return;
+        }
+    };
+    let peak: f64 = std::env::var("KILN_PEAK_TFLOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(790.0);
+    let mut rng = Rng::new(0x6b69_6c6e);
+    let mut rows = Vec::new();
+    // Dense projections (M tokens × N features × K), as in the GEMM issue's table.
+    for (m, n, k, what) in [
+        (4096, 4096, 2048, "q proj"),
+        (4096, 512, 2048, "k/v proj"),
+        (4096, 2048, 4096, "o proj"),
+        (4096, 5120, 2048, "fused qkv"),
+        (8192, 8192, 8192, "square"),
+        (512, 5120, 2048, "fused qkv, N=512"),
+    ] {
+        let x = random_bf16(&dev, &mut rng, m, k);
+        let w = random_bf16(&dev, &mut rng, n, k);
+        let y = dev.alloc::<f32>(m * n, "y").expect("alloc");
+        let ms = time_ms(&dev, 3, 20, || {
+            matmul(&dev, &x, &w, &y, m, Epilogue::STORE).expect("matmul")
+        });
+        let tflops = 2.0 * (m * n * k) as f64 / ms / 1e9;
+        rows.push(Row {
+            kernel: "gemm_wgmma_f32",
+            shape: format!("{m}x{n}x{k} ({what})"),
+            ms,
+            tflops,
+        });
+    }
+    // The dense SwiGLU GEMM (gate|up of Qwen3's dense FFN at hidden 2048, ff 6144).
+    {
+        let (m, ff, k) = (4096, 6144, 2048);
+        let x = random_bf16(&dev, &mut rng, m, k);
+        let w = random_bf16(&dev, &mut rng, interleaved_rows(ff), k);
+        let h = dev.tma_zeros(m, ff, "h").expect("alloc");
+        let ms = time_ms(&dev, 3, 20, || {
+            matmul_swiglu(&dev, &x, &w, &h, m).expect("swiglu")
+        });
+        rows.push(Row {
+            kernel: "gemm_wgmma_swiglu",
+            shape: format!("{m}x{}x{k}", 2 * ff),
+            ms,
+            tflops: 2.0 * (m * 2 * ff * k) as f64 / ms / 1e9,
+        });
+    }
+    // Flash attention, Qwen3-30B-A3B heads (32 q / 4 kv × 128), causal, from position 0.
+    for n in [1024, 4096, 8192, 16384] {
+        let (n_head, n_kv) = (32, 4);
+        let capacity = n.div_ceil(128) * 128;
+        let q = random_bf16(&dev, &mut rng, n, n_head * 128);
+        let o = dev.tma_zeros(n, n_head * 128, "o").expect("alloc");
+        // Random keys and values, K `[capacity][n_kv·128]` and V transposed.
+        let k = random_bf16(&dev, &mut rng, capacity, n_kv * 128);
+        let v = random_bf16(&dev, &mut rng, n_kv * 128, capacity);
+        let cache = KvCache::from_parts(k, v).expect("cache");
+        let shape = AttentionShape {
+            n,
+            start_pos: 0,
+            n_head,
+            n_kv,
+            head_dim: 128,
+        };
+        let ms = time_ms(&dev, 2, 10, || {
+            flash_attention(&dev, &q, &cache, &o, shape).expect("attention")
+        });
+        let flops = 4.0 * (n * n) as f64 * 128.0 * n_head as f64 / 2.0;
+        rows.push(Row {
+            kernel: "flash_attention_hd128",
+            shape: format!("N={n} 32q/4kv x 128"),
+            ms,
+            tflops: flops / ms / 1e9,
+        });
+    }
+    println!("\nkernels on {} (peak used: {peak:.0} TFLOP/s)", dev.name());
+    println!(
+        "{:<22} {:<28} {:>9} {:>8} {:>7}",
+        "kernel", "shape", "ms", "TFLOP/s", "%peak"
+    );
+    for r in &rows {
+        println!(
+            "{:<22} {:<28} {:>9.3} {:>8.0} {:>6.1}%",
+            r.kernel,
+            r.shape,
+            r.ms,
+            r.tflops,
+            100.0 * r.tflops / peak
+        );
+    }
+    let json = serde_json::json!({
+        "device": dev.name(),
+        "peak_tflops": peak,
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "kernel": r.kernel, "shape": r.shape, "ms": r.ms, "tflops": r.tflops,
+        })).collect::<Vec<_>>(),
+    });
+    let dir = std::env::var("KILN_BENCH_OUT").unwrap_or_else(|_| ".".into());
+    let path = std::path::Path::new(&dir).join("kernels-bench.json");
+    match std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => println!("could not write {}: {e}", path.display()),
+    }
+}
