@@ -105,7 +105,7 @@ fn main() {
         });
     }
     // Flash attention, Qwen3-30B-A3B heads (32 q / 4 kv × 128), causal, from position 0.
-    for n in [1024, 4096, 8192, 16384] {
+    for n in [1024usize, 4096, 8192, 16384] {
         let (n_head, n_kv) = (32, 4);
         let capacity = n.div_ceil(128) * 128;
         let q = random_bf16(&dev, &mut rng, n, n_head * 128);
