@@ -97,11 +97,12 @@ impl Case {
 
 /// A cache for `positions` positions with every element poisoned.
 fn poisoned_cache(dev: &Device, positions: usize, n_kv: usize) -> KvCache {
-    let mut cache = KvCache::new(dev, positions, n_kv).unwrap();
-    let cap = cache.capacity();
-    cache.k = poisoned_tma(dev, cap, n_kv * HD);
-    cache.v_t = poisoned_tma(dev, n_kv * HD, cap);
-    cache
+    let cap = KvCache::new(dev, positions, n_kv).unwrap().capacity();
+    KvCache::from_parts(
+        poisoned_tma(dev, cap, n_kv * HD),
+        poisoned_tma(dev, n_kv * HD, cap),
+    )
+    .unwrap()
 }
 
 /// Runs the kernel for `c` and checks everything it must and must not write.

@@ -4,7 +4,7 @@
 //! do not depend on the chunk it is computed in), and the wrapper's shape errors. Emulator by
 //! default, the GPU with `KILN_TEST_DEVICE=cuda|all`.
 //!
-//! The cache is written directly (`KvCache.k`: `[capacity][n_kv·128]`, `KvCache.v_t`:
+//! The cache is written directly (`KvCache::from_parts`: K `[capacity][n_kv·128]`, V transposed
 //! `[n_kv·128][capacity]`), filled past the last position with large finite garbage (K ~ 30,
 //! V ~ 100 in scale): a key the causal mask lets through by mistake moves outputs by far more
 //! than the tolerance.
@@ -82,11 +82,9 @@ impl Case {
                 v_t[c * cap + pos] = self.v.0[pos * kw + c];
             }
         }
-        let mut cache =
-            KvCache::new(dev, self.shape.start_pos + self.shape.n, self.shape.n_kv).unwrap();
+        let k = tma_upload(dev, &self.k.0, cap, kw);
+        let cache = KvCache::from_parts(k, tma_upload(dev, &v_t, kw, cap)).unwrap();
         assert_eq!(cache.capacity(), cap);
-        cache.k = tma_upload(dev, &self.k.0, cap, kw);
-        cache.v_t = tma_upload(dev, &v_t, kw, cap);
         cache
     }
 
@@ -308,6 +306,17 @@ fn flash_attention_shapes_are_checked_before_launching() {
     let other = KvCache::new(&dev, 200, 1).unwrap();
     let e = flash_attention::flash_attention(&dev, &q, &other, &o, shape).unwrap_err();
     assert!(e.to_string().contains("K cache is 256 × 128"), "{e}");
+    // Caches put together from parts must fit each other and the key blocks.
+    let part = |r, c| poisoned_tma(&dev, r, c);
+    for (k, v_t) in [
+        (part(200, 256), part(256, 200)), // capacity not a multiple of 128
+        (part(256, 256), part(128, 256)), // V for fewer heads
+        (part(256, 256), part(256, 128)), // V for fewer positions
+        (part(256, 120), part(120, 256)), // not whole heads
+    ] {
+        let e = KvCache::from_parts(k, v_t).err().unwrap().to_string();
+        assert!(e.contains("do not match"), "{e}");
+    }
     assert_eq!(
         dev.launch_count(),
         0,
