@@ -227,6 +227,10 @@ else
     fi
 fi
 
+# The architecture the PTX targets (sm_90a: wgmma, setmaxnreg), from its `.target` line.
+ptx_arch="$(awk '$1 == ".target" {print $2; exit}' "$here/ptx/kernels.ptx" 2>/dev/null)"
+ptx_arch="${ptx_arch:-sm_90a}"
+
 # ---- ptxas / SASS --------------------------------------------------------------------------
 if [[ "${KILN_SASS:-1}" == 0 ]]; then
     skip_step "ptxas/cuobjdump" "KILN_SASS=0"
@@ -237,7 +241,7 @@ else
     elif ptxas="$(tool ptxas)" && cuobjdump="$(tool cuobjdump)"; then
         : >"$out/ptxas.txt"
         run_step "ptxas -v" "$out/ptxas.txt" \
-            "$ptxas" -arch=sm_90 -v "$here/ptx/kernels.ptx" -o "$work/kernels.cubin"
+            "$ptxas" -arch="$ptx_arch" -v "$here/ptx/kernels.ptx" -o "$work/kernels.cubin"
         if [[ -f "$work/kernels.cubin" ]]; then
             # Capped below the device tool's 16 MiB per file.
             "$cuobjdump" -sass "$work/kernels.cubin" >"$work/sass.txt" 2>&1

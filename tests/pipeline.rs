@@ -129,6 +129,12 @@ fn check_invariance(
     batched.logits
 }
 
+/// A router margin (k-th minus (k+1)-th router logit, in logit units) under which bf16
+/// activation noise may flip the expert choice. The logits are O(1) and the pipeline's rounding
+/// moves them by ~1e-3 relative; 2e-2 leaves a wide margin above that and still singles out
+/// near-ties (on qwen3moe-bf16 p33 one position of 33 has a margin under it: 4.6e-3).
+const ROUTER_NEAR_TIE: f64 = 2e-2;
+
 fn upload(dev: &Device, cfg: &ModelConfig, w: &Weights) -> GpuModel {
     GpuModel::upload(dev, cfg, w, false).expect("uploading weights")
 }
@@ -186,11 +192,6 @@ fn all_position_logits_match_the_reference_per_row() {
         let (_, cfg, w) = load("qwen3moe-bf16");
         let model = upload(&dev, &cfg, &w);
         let tokens = prompt("p33");
-        let tokens = if dev.is_cuda() {
-            tokens
-        } else {
-            tokens[..6].to_vec()
-        };
         let opts = PrefillOptions {
             all_logits: true,
             chunk: Some(4),
@@ -199,11 +200,32 @@ fn all_position_logits_match_the_reference_per_row() {
         let out = prefill(&model, &dev, &tokens, &opts).unwrap();
         assert_eq!(out.rows, tokens.len());
         let want = reference("qwen3moe-bf16", "p33-all", "transformers_dequant");
-        for r in 0..tokens.len() {
-            let row = &out.logits[r * cfg.vocab..][..cfg.vocab];
-            let err = rel_l2_f32(row, &want.data[r * cfg.vocab..][..cfg.vocab]);
-            assert!(err <= 5e-3, "row {r}: rel L2 {err:.3e}");
+        let errs: Vec<f64> = (0..tokens.len())
+            .map(|r| {
+                let row = &out.logits[r * cfg.vocab..][..cfg.vocab];
+                rel_l2_f32(row, &want.data[r * cfg.vocab..][..cfg.vocab])
+            })
+            .collect();
+        let shown: Vec<String> = errs.iter().map(|e| format!("{e:.1e}")).collect();
+        eprintln!("{}: rel L2 per row {}", dev.name(), shown.join(" "));
+        // A row past the tolerance is allowed only where the reference's own router margin is
+        // tiny (MANIFEST: such positions may flip an expert under any other rounding, and then
+        // differ by ~0.2), and only a few of them: a bug would move most rows.
+        let margins = kiln::reference::forward(&cfg, &w, &tokens, false)
+            .unwrap()
+            .router_margins;
+        let mut flips = 0;
+        for (r, err) in errs.iter().enumerate() {
+            if *err > 5e-3 {
+                assert!(
+                    margins[r] < ROUTER_NEAR_TIE,
+                    "row {r}: rel L2 {err:.3e} with a router margin of {:.3e}",
+                    margins[r]
+                );
+                flips += 1;
+            }
         }
+        assert!(flips <= 2, "{flips} rows past 5e-3: {shown:?}");
     }
 }
 

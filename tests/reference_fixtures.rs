@@ -95,7 +95,11 @@ fn a_nan_logit_fails_the_row_comparison() {
     let want: Vec<f32> = (0..128).map(|i| (i as f32 * 0.37).sin()).collect();
     let mut data = want.clone();
     data[64 + 5] = f32::NAN;
-    let ours = Logits { vocab: 64, data };
+    let ours = Logits {
+        vocab: 64,
+        data,
+        router_margins: Vec::new(),
+    };
     compare_rows("synthetic", &ours, &want, F32_TOL);
 }
 

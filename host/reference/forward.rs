@@ -78,7 +78,9 @@ pub fn forward_with_cache(
 
     let eps = f64::from(cfg.eps);
     let mut rows = Vec::new();
+    let mut router_margins = Vec::with_capacity(tokens.len());
     for (i, &tok) in tokens.iter().enumerate() {
+        let mut margin = f64::INFINITY;
         let pos = cache.len;
         let row = tok as usize * cfg.hidden;
         let mut x: Vec<f64> = weights.token_embd.data[row..row + cfg.hidden]
@@ -90,8 +92,11 @@ pub fn forward_with_cache(
             let attn = attention(cfg, layer, cache, l, pos, &h);
             add_assign(&mut x, &matvec(&layer.wo, 0, &attn));
             let h = rms_norm(&x, &layer.ffn_norm.data, eps);
-            add_assign(&mut x, &ffn(cfg, &layer.ffn, &h));
+            let (y, layer_margin) = ffn(cfg, &layer.ffn, &h);
+            margin = margin.min(layer_margin);
+            add_assign(&mut x, &y);
         }
+        router_margins.push(margin);
         cache.len += 1;
         if all_positions || i + 1 == tokens.len() {
             let h = rms_norm(&x, &weights.output_norm.data, eps);
@@ -101,6 +106,7 @@ pub fn forward_with_cache(
     Ok(Logits {
         vocab: cfg.vocab,
         data: rows,
+        router_margins,
     })
 }
 
@@ -158,9 +164,10 @@ fn attention(
     out
 }
 
-fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
+/// The FFN's output, and for a MoE layer its router margin (see `Logits::router_margins`).
+fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> (Vec<f64>, f64) {
     match ffn {
-        Ffn::Dense { gate, up, down } => gated_ffn(gate, up, down, 0, h),
+        Ffn::Dense { gate, up, down } => (gated_ffn(gate, up, down, 0, h), f64::INFINITY),
         Ffn::Moe {
             router,
             gate_exps,
@@ -168,7 +175,14 @@ fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
             down_exps,
             shared,
         } => {
-            let chosen = ops::route(&matvec(router, 0, h), cfg.n_expert_used, cfg.norm_topk);
+            let logits = matvec(router, 0, h);
+            let mut sorted = logits.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let k = cfg.n_expert_used;
+            let margin = sorted
+                .get(k)
+                .map_or(f64::INFINITY, |next| sorted[k - 1] - next);
+            let chosen = ops::route(&logits, k, cfg.norm_topk);
             let mut out = vec![0.0; cfg.hidden];
             for (e, w) in chosen {
                 let y = gated_ffn(gate_exps, up_exps, down_exps, e, h);
@@ -185,7 +199,7 @@ fn ffn(cfg: &ModelConfig, ffn: &Ffn, h: &[f64]) -> Vec<f64> {
                 let y = gated_ffn(gate, up, down, 0, h);
                 out.iter_mut().zip(&y).for_each(|(o, yi)| *o += g * yi);
             }
-            out
+            (out, margin)
         }
     }
 }

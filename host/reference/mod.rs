@@ -32,6 +32,11 @@ pub enum ReferenceError {
 pub struct Logits {
     pub vocab: usize,
     pub data: Vec<f32>,
+    /// Per token fed, the smallest router margin over its MoE layers: the k-th largest router
+    /// logit minus the (k+1)-th (infinite for dense models). Where it is tiny, an engine whose
+    /// rounding differs may pick another expert there (MANIFEST: "positions whose top-k router
+    /// margin is small may flip an expert"); tests use it to tell such a flip from a bug.
+    pub router_margins: Vec<f64>,
 }
 
 impl Logits {
