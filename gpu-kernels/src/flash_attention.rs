@@ -40,8 +40,8 @@ use crate::device::async_copy::{
 use crate::device::float::f32_to_bf16;
 use crate::device::math::{exp2, max};
 use crate::device::tensor_core::{
-    Accumulators, WgmmaDesc, wgmma_commit, wgmma_fence, wgmma_m64n128k16_rs, wgmma_m64n128k16_ss,
-    wgmma_wait,
+    Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
+    wgmma_m64n128k16_rs, wgmma_m64n128k16_ss, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
@@ -73,7 +73,7 @@ impl Smem {
     #[inline(always)]
     fn new() -> Self {
         Smem {
-            base: (dynamic_shared_address() + 1023) & !1023,
+            base: swizzle_aligned_shared_base(),
         }
     }
     /// Chunk `c` of the Q tile (head dims `64c..64c + 64` of 128 rows).

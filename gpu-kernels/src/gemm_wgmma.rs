@@ -25,7 +25,8 @@ use crate::device::async_copy::{
 use crate::device::float::f32_to_bf16;
 use crate::device::math::silu;
 use crate::device::tensor_core::{
-    Accumulators, WgmmaDesc, wgmma_commit, wgmma_fence, wgmma_m64n128k16_ss, wgmma_wait,
+    Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
+    wgmma_m64n128k16_ss, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
@@ -59,7 +60,7 @@ impl Smem {
     #[inline(always)]
     fn new() -> Self {
         Smem {
-            base: (dynamic_shared_address() + 1023) & !1023,
+            base: swizzle_aligned_shared_base(),
         }
     }
     #[inline(always)]

@@ -11,7 +11,8 @@ use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, bulk_load, fence_mbarrier_init, tma_load_2d,
 };
 use crate::device::tensor_core::{
-    Accumulators, WgmmaDesc, wgmma_commit, wgmma_fence, wgmma_m64n128k16_ss, wgmma_wait,
+    Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
+    wgmma_m64n128k16_ss, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
@@ -21,7 +22,7 @@ pub const PROBE_SHARED_BYTES: u32 = 2 * 16384 + 64 + 1024;
 
 #[inline(always)]
 fn aligned_base() -> u32 {
-    (dynamic_shared_address() + 1023) & !1023
+    swizzle_aligned_shared_base()
 }
 
 kernel! {

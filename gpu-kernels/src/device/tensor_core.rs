@@ -27,6 +27,14 @@ pub const SWIZZLE_128B_GROUP_BYTES: u32 = 1024;
 /// Bytes per tile row (64 bf16 of K) in the 128-byte swizzle.
 pub const SWIZZLE_128B_ROW_BYTES: u32 = 128;
 
+/// The block's dynamic shared memory rounded up to a 1024-byte boundary, where 128B-swizzled
+/// tiles must start (a launch provides 1024 bytes of slack for it).
+#[inline(always)]
+pub fn swizzle_aligned_shared_base() -> u32 {
+    (super::dynamic_shared_address() + SWIZZLE_128B_GROUP_BYTES - 1)
+        & !(SWIZZLE_128B_GROUP_BYTES - 1)
+}
+
 impl WgmmaDesc {
     /// The descriptor of a K-major, 128B-swizzled bf16 tile whose first row starts at the
     /// shared-window address `addr` (rows of 64 k; 8-row groups 1024 bytes apart). To step
