@@ -20,9 +20,30 @@ use seq_macro::seq;
 /// Bytes of dynamic shared memory the probes need.
 pub const PROBE_SHARED_BYTES: u32 = 2 * 16384 + 64 + 1024;
 
+/// The mbarrier at `at`, initialised by thread 0 for `arrivals` arrivals and visible to the
+/// whole block (and to TMA) when this returns.
 #[inline(always)]
-fn aligned_base() -> u32 {
-    swizzle_aligned_shared_base()
+fn block_barrier(at: u32, arrivals: u32) -> Mbarrier {
+    let bar = Mbarrier(at);
+    if thread_idx().x == 0 {
+        bar.init(arrivals);
+        fence_mbarrier_init();
+    }
+    sync_threads();
+    bar
+}
+
+/// Copies `bytes` of shared memory starting at the shared address `base`, as laid out there,
+/// to `out` as words (the block's threads in a strided loop).
+#[inline(always)]
+fn copy_shared_out(base: u32, bytes: u32, out: Out<u32>) {
+    let first = ((base - dynamic_shared_address()) / 4) as usize;
+    let words = dynamic_shared::<u32>(first + bytes as usize / 4);
+    let mut i = thread_idx().x as usize;
+    while i < bytes as usize / 4 {
+        out.set(i, words.load(first + i));
+        i += block_dim().x as usize;
+    }
 }
 
 kernel! {
@@ -30,27 +51,16 @@ kernel! {
     /// copies the shared bytes, as laid out there (swizzle included), to `out` as words.
     /// One block of any whole number of warps.
     pub fn probe_tma_load(map: In<TensorMap>, out: Out<u32>, x: u32, y: u32, box_bytes: u32) {
-        let base = aligned_base();
-        let bar = Mbarrier(base + 32768);
+        let base = swizzle_aligned_shared_base();
+        let bar = block_barrier(base + 32768, 1);
         let tid = thread_idx().x;
-        if tid == 0 {
-            bar.init(1);
-            fence_mbarrier_init();
-        }
-        sync_threads();
         if tid == 0 {
             acquire_tensor_map(map);
             bar.arrive_expect_tx(box_bytes);
             tma_load_2d(base, map, x, y, bar);
         }
         bar.wait(0);
-        let words = dynamic_shared::<u32>(((base - dynamic_shared_address()) + box_bytes) as usize / 4);
-        let first = ((base - dynamic_shared_address()) / 4) as usize;
-        let mut i = tid as usize;
-        while i < box_bytes as usize / 4 {
-            out.set(i, words.load(first + i));
-            i += block_dim().x as usize;
-        }
+        copy_shared_out(base, box_bytes, out);
     }
 }
 
@@ -59,15 +69,10 @@ kernel! {
     /// `map_b` box 64 × 128) by TMA, then four `m64n128k16` steps over K = 64; writes each
     /// thread's 64 accumulators to `out[thread][64]` in fragment order.
     pub fn probe_wgmma(map_a: In<TensorMap>, map_b: In<TensorMap>, out: Out<f32>) {
-        let base = aligned_base();
+        let base = swizzle_aligned_shared_base();
         let (a_tile, b_tile) = (base, base + 8192);
-        let bar = Mbarrier(base + 32768);
+        let bar = block_barrier(base + 32768, 1);
         let tid = thread_idx().x;
-        if tid == 0 {
-            bar.init(1);
-            fence_mbarrier_init();
-        }
-        sync_threads();
         if tid == 0 {
             acquire_tensor_map(map_a);
             acquire_tensor_map(map_b);
@@ -98,16 +103,10 @@ kernel! {
     /// Every thread arrives once on a barrier that expects `block_dim().x` arrivals; all wait
     /// for phase 0, then thread 0 writes 1 to `out[0]`. Checks `mbarrier` alone.
     pub fn probe_mbarrier(out: Out<u32>) {
-        let bar = Mbarrier(aligned_base());
-        let tid = thread_idx().x;
-        if tid == 0 {
-            bar.init(block_dim().x);
-            fence_mbarrier_init();
-        }
-        sync_threads();
+        let bar = block_barrier(swizzle_aligned_shared_base(), block_dim().x);
         bar.arrive();
         bar.wait(0);
-        if tid == 0 {
+        if thread_idx().x == 0 {
             out.set(0, 1);
         }
     }
@@ -117,25 +116,14 @@ kernel! {
     /// Copies `bytes` from `src` into shared memory with one non-tensor bulk copy completing on
     /// an mbarrier, then back out to `out` as words. Checks bulk copies + transaction counts.
     pub fn probe_bulk_load(src: In<u32>, out: Out<u32>, bytes: u32) {
-        let base = aligned_base();
-        let bar = Mbarrier(base + 32768);
+        let base = swizzle_aligned_shared_base();
+        let bar = block_barrier(base + 32768, 1);
         let tid = thread_idx().x;
-        if tid == 0 {
-            bar.init(1);
-            fence_mbarrier_init();
-        }
-        sync_threads();
         if tid == 0 {
             bar.arrive_expect_tx(bytes);
             bulk_load(base, src, bytes, bar);
         }
         bar.wait(0);
-        let first = ((base - dynamic_shared_address()) / 4) as usize;
-        let words = dynamic_shared::<u32>(first + bytes as usize / 4);
-        let mut i = tid as usize;
-        while i < bytes as usize / 4 {
-            out.set(i, words.load(first + i));
-            i += block_dim().x as usize;
-        }
+        copy_shared_out(base, bytes, out);
     }
 }

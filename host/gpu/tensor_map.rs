@@ -83,7 +83,7 @@ impl Device {
         words.write(&data)?;
         Ok(TensorMap2d {
             words,
-            first: if slack == 0 { 0 } else { first },
+            first,
             rows,
             cols,
         })
