@@ -30,6 +30,11 @@
 #   KILN_RACECHECK=0             skip racecheck only
 #   KILN_RACECHECK_EXES=GLOB     executables for racecheck (default: KILN_SANITIZE_EXES)
 #   KILN_RACECHECK_FILTER=SUBSTR libtest name filter under racecheck (racecheck is slow: use it)
+#   KILN_RACECHECK_SKIP='flash_attention_long_chunks'  libtest --skip under racecheck (empty:
+#                                none). On the H200 racecheck of the 4100-query flash attention
+#                                case was killed after 83 s (2026-11-29); the same code paths
+#                                (several query tiles, several key blocks, late starts) run under
+#                                racecheck in flash_attention_matches_f64_and_is_chunk_invariant
 #   KILN_EXTRA_SANITIZERS='initcheck synccheck'  more compute-sanitizer tools (into memcheck.log)
 #   KILN_SASS=0                  skip ptxas/cuobjdump
 #   KILN_STEP_TIMEOUT=300        seconds per step
@@ -215,11 +220,15 @@ else
             skip_step "racecheck" "KILN_RACECHECK=0"
         else
             : >"$out/racecheck.log"
+            racecheck_skip=()
+            for name in ${KILN_RACECHECK_SKIP-flash_attention_long_chunks}; do
+                racecheck_skip+=(--skip "$name")
+            done
             for exe in "$here"/tests/$racecheck_exes; do
                 [[ -x "$exe" ]] || continue
                 run_step "racecheck $(basename "$exe")" "$out/racecheck.log" \
                     "$sanitizer" --tool racecheck --error-exitcode 1 --print-limit 50 \
-                    "$exe" ${KILN_RACECHECK_FILTER:+"$KILN_RACECHECK_FILTER"}
+                    "$exe" ${KILN_RACECHECK_FILTER:+"$KILN_RACECHECK_FILTER"} "${racecheck_skip[@]}"
             done
         fi
     else
