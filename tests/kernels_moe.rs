@@ -109,72 +109,103 @@ impl Case {
     }
 }
 
+/// Routes `n` tokens of `ne`-expert logits on `dev` (outputs poisoned first) and checks ids,
+/// weights, the stable grouping, offsets and the tile table against the reference.
+fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, renorm: bool) {
+    let mut routing = Routing::new(dev, n, ne, k).unwrap();
+    let pairs_len = n * k;
+    routing.ids.write(&vec![u32::MAX; pairs_len]).unwrap();
+    routing.weights.write(&vec![f32::NAN; pairs_len]).unwrap();
+    routing.sorted.write(&vec![u32::MAX; pairs_len]).unwrap();
+    routing.row_of_pair.write(&vec![u32::MAX; pairs_len]).unwrap();
+    routing.offsets.write(&vec![u32::MAX; ne + 1]).unwrap();
+    routing.num_tiles.write(&[u32::MAX]).unwrap();
+    routing.route(dev, &upload(dev, logits), n, renorm).unwrap();
+    let (want_ids, want_w): (Vec<u32>, Vec<f64>) = logits
+        .chunks(ne)
+        .flat_map(|row| ops::route(&widen(row), k, renorm))
+        .map(|(e, w)| (e as u32, w))
+        .unzip();
+    let what = format!("n={n}, {ne} experts, top-{k} on {}", dev.name());
+    let ids = routing.ids.to_vec().unwrap();
+    assert_eq!(ids[..], want_ids[..], "top-k ids, {what}");
+    let w = routing.weights.to_vec().unwrap();
+    assert_close(&format!("routing weights {what}"), dev, &w, &want_w, 1e-6);
+
+    // Grouping: stable by (expert, pair id), offsets are prefix counts, the tile table covers
+    // each expert's rows in GROUP_TILE_ROWS-row tiles.
+    let mut pairs: Vec<(u32, u32)> = (0..pairs_len).map(|p| (want_ids[p], p as u32)).collect();
+    pairs.sort();
+    let want_sorted: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+    assert_eq!(routing.sorted.to_vec().unwrap(), want_sorted, "grouped order, {what}");
+    let row_of_pair = routing.row_of_pair.to_vec().unwrap();
+    for (row, &p) in want_sorted.iter().enumerate() {
+        assert_eq!(row_of_pair[p as usize] as usize, row, "row of pair {p}, {what}");
+    }
+    let mut offsets = vec![0u32; ne + 1];
+    for &id in &want_ids {
+        offsets[id as usize + 1] += 1;
+    }
+    for e in 0..ne {
+        offsets[e + 1] += offsets[e];
+    }
+    assert_eq!(routing.offsets.to_vec().unwrap(), offsets, "offsets, {what}");
+    let mut tiles = Vec::new();
+    for e in 0..ne {
+        tiles.extend(
+            (offsets[e]..offsets[e + 1])
+                .step_by(GROUP_TILE_ROWS)
+                .flat_map(|f| [e as u32, f]),
+        );
+    }
+    let num = routing.num_tiles.to_vec().unwrap()[0] as usize;
+    assert_eq!(num * 2, tiles.len(), "tile count, {what}");
+    assert_eq!(
+        routing.tiles.to_vec().unwrap()[..tiles.len()],
+        tiles[..],
+        "tile table, {what}"
+    );
+}
+
 #[test]
 fn router_topk_and_grouping_are_exact() {
     for dev in devices() {
         for (ci, &n) in ROWS.iter().enumerate() {
             for (k, renorm) in [(2, true), (3, false)] {
                 let c = Case::new(&dev, n, k, 10 + ci as u64);
-                let routing = Routing::new(&dev, n, N_EXPERT, k).unwrap();
-                routing
-                    .route(&dev, &upload(&dev, &c.logits), n, renorm)
-                    .unwrap();
-                let (want_ids, want_w) = route_ref(&c.logits, k, renorm);
-                let ids = routing.ids.to_vec().unwrap();
-                assert_eq!(
-                    ids[..n * k],
-                    want_ids[..],
-                    "top-{k} ids, n={n} on {}",
-                    dev.name()
-                );
-                let w = routing.weights.to_vec().unwrap();
-                assert_close(
-                    &format!("routing weights n={n}"),
-                    &dev,
-                    &w[..n * k],
-                    &want_w,
-                    1e-6,
-                );
-
-                // Grouping: stable by (expert, pair id), offsets are prefix counts, the tile
-                // table covers each expert's rows in GROUP_TILE_ROWS-row tiles.
-                let mut pairs: Vec<(u32, u32)> =
-                    (0..n * k).map(|p| (want_ids[p], p as u32)).collect();
-                pairs.sort();
-                let sorted = routing.sorted.to_vec().unwrap();
-                let want_sorted: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                assert_eq!(sorted[..n * k], want_sorted[..], "grouped order, n={n}");
-                let row_of_pair = routing.row_of_pair.to_vec().unwrap();
-                for (row, &p) in want_sorted.iter().enumerate() {
-                    assert_eq!(row_of_pair[p as usize] as usize, row);
-                }
-                let mut offsets = vec![0u32; N_EXPERT + 1];
-                for &id in &want_ids {
-                    offsets[id as usize + 1] += 1;
-                }
-                for e in 0..N_EXPERT {
-                    offsets[e + 1] += offsets[e];
-                }
+                check_routing(&dev, &c.logits, n, N_EXPERT, k, renorm);
+                let (want_ids, _) = route_ref(&c.logits, k, renorm);
                 for e in UNUSED {
-                    assert_eq!(offsets[e], offsets[e + 1], "expert {e} must have no rows");
+                    assert!(!want_ids.contains(&(e as u32)), "expert {e} must be unused");
                 }
-                assert_eq!(routing.offsets.to_vec().unwrap(), offsets, "offsets, n={n}");
-                let mut tiles = Vec::new();
-                for e in 0..N_EXPERT {
-                    tiles.extend(
-                        (offsets[e]..offsets[e + 1])
-                            .step_by(GROUP_TILE_ROWS)
-                            .flat_map(|f| [e as u32, f]),
-                    );
-                }
-                let num = routing.num_tiles.to_vec().unwrap()[0] as usize;
-                assert_eq!(num * 2, tiles.len(), "tile count, n={n}");
-                assert_eq!(
-                    routing.tiles.to_vec().unwrap()[..tiles.len()],
-                    tiles[..],
-                    "tile table, n={n}"
-                );
             }
+        }
+    }
+}
+
+/// Model-scale routing: experts spread over several words per lane (60: not a multiple of 32;
+/// 128 as in Qwen3-30B-A3B), top-8, and enough pairs for several grouping chunks (and blocks
+/// of chunks) whose per-expert rows must be stitched in chunk order. A third of the tokens
+/// favour experts 0-3, so those span several tiles; exact ties are planted.
+#[test]
+fn routing_at_model_scale_spans_chunks() {
+    use gpu_kernels::moe::{GROUP_CHUNK_PAIRS, GROUP_WARPS};
+    for dev in devices() {
+        for (ne, n) in [(60, 700), (128, 1100)] {
+            let mut r = rng(ne as u64);
+            let mut logits = r.normal_vec(n * ne, 1.0);
+            for (t, row) in logits.chunks_mut(ne).enumerate() {
+                if t % 3 == 0 {
+                    row[t % 4] += 4.0;
+                }
+                if t % 5 == 0 {
+                    // A tie at the top, across lanes: expert 33 must come first.
+                    row[ne - 1] = row[0] + 5.0;
+                    row[33] = row[ne - 1];
+                }
+            }
+            assert!(n * 8 > GROUP_WARPS * GROUP_CHUNK_PAIRS, "several blocks of chunks");
+            check_routing(&dev, &logits, n, ne, 8, ne == 128);
         }
     }
 }

@@ -46,7 +46,7 @@ fn expected_launches(w: &Weights, chunks: &[usize]) -> u64 {
             let attention = 5;
             let ffn = 1 + match &l.ffn {
                 Ffn::Dense { .. } => 2,
-                Ffn::Moe { shared, .. } => 7 + if shared.is_some() { 3 } else { 0 },
+                Ffn::Moe { shared, .. } => 9 + if shared.is_some() { 3 } else { 0 },
             };
             attention + ffn
         })

@@ -23,8 +23,10 @@ const STRIDE: usize = TILE_M + 4;
 /// Threads per block: 16 × 16, each owning a 4 × 4 patch of the 64 × 64 tile.
 pub const THREADS: u32 = 256;
 
-shared_array!(fn gemm_tile_x() -> [f32; 16 * 68]);
-shared_array!(fn gemm_tile_w() -> [f32; 16 * 68]);
+/// Floats of one shared tile; two of each (double buffering).
+const TILE_FLOATS: usize = TILE_K * STRIDE;
+shared_array!(fn gemm_tile_x() -> [f32; 2 * 16 * 68]);
+shared_array!(fn gemm_tile_w() -> [f32; 2 * 16 * 68]);
 
 /// `x[idx..idx + 4]`, with elements at and beyond `valid` read as zero.
 #[inline(always)]
@@ -57,9 +59,7 @@ fn fma_tile(x: In<f32>, w: In<f32>, rows: Rows, n0: usize, m: usize, k: usize) -
     let r = rows.first + load_row;
     let x_base = if r < rows.end { Some(r * k) } else { None };
     let w_row = n0 + load_row;
-    let mut acc = [[0.0f32; 4]; 4];
-    let mut k0 = 0;
-    while k0 < k {
+    let load = |k0: usize| {
         let kk = k0 + load_k;
         let valid = if kk < k { (k - kk).min(4) } else { 0 };
         let xv = match x_base {
@@ -71,22 +71,39 @@ fn fma_tile(x: In<f32>, w: In<f32>, rows: Rows, n0: usize, m: usize, k: usize) -
         } else {
             [0.0; 4]
         };
+        (xv, wv)
+    };
+    let stage = |buf: usize, (xv, wv): ([f32; 4], [f32; 4])| {
         for i in 0..4 {
-            xs.store((load_k + i) * STRIDE + load_row, xv[i]);
-            ws.store((load_k + i) * STRIDE + load_row, wv[i]);
+            xs.store(buf * TILE_FLOATS + (load_k + i) * STRIDE + load_row, xv[i]);
+            ws.store(buf * TILE_FLOATS + (load_k + i) * STRIDE + load_row, wv[i]);
         }
-        sync_threads();
+    };
+    let mut acc = [[0.0f32; 4]; 4];
+    // Double buffered: the next k-tile's global loads are in flight while this one is
+    // multiplied, and one barrier per k-tile separates staging a buffer from reading it (the
+    // buffer staged now was last read before the previous barrier).
+    stage(0, load(0));
+    sync_threads();
+    let (mut k0, mut buf) = (0, 0);
+    while k0 < k {
+        let next = k0 + TILE_K;
+        let fetched = if next < k { Some(load(next)) } else { None };
+        let (xt, wt) = (xs.offset(buf * TILE_FLOATS), ws.offset(buf * TILE_FLOATS));
         for kt in 0..TILE_K {
-            let a = xs.load4(kt * STRIDE + ty * 4);
-            let b = ws.load4(kt * STRIDE + tx * 4);
+            let a = xt.load4(kt * STRIDE + ty * 4);
+            let b = wt.load4(kt * STRIDE + tx * 4);
             for i in 0..4 {
                 for j in 0..4 {
                     acc[i][j] = fma(a[i], b[j], acc[i][j]);
                 }
             }
         }
+        if let Some(v) = fetched {
+            stage(buf ^ 1, v);
+        }
         sync_threads();
-        k0 += TILE_K;
+        (k0, buf) = (next, buf ^ 1);
     }
     acc
 }

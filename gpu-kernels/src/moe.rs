@@ -2,8 +2,10 @@
 //! top-k selection per token, grouping of (token, slot) pairs by expert with a tile table for
 //! the grouped GEMM, and the one-launch weighted scatter-reduce back to token order.
 //!
-//! Batch invariance: each token's routing is computed by one thread in a fixed order; the
-//! grouping only decides *where* a pair's row is stored (stable: by expert, then pair id);
+//! Batch invariance: each token's routing is computed by one warp in a fixed order (xor
+//! butterflies over the same lanes whatever the launch); the grouping (a histogram per chunk of
+//! pairs, a scan, a placement) only decides *where* a pair's row is stored (stable: by expert,
+//! then pair id), and a row's GEMM result does not depend on its neighbours;
 //! the combine sums each token's expert outputs in top-k slot order and adds the shared expert
 //! last, so no sum depends on how many tokens share a launch or an expert.
 
@@ -12,17 +14,36 @@ use crate::device::*;
 /// Rows per tile of the grouped GEMMs (the block tile of `gemm_wgmma`).
 pub const GROUP_TILE_ROWS: usize = crate::gemm_wgmma::BM;
 
-/// Experts a model may have (the grouping kernel keeps per-expert state in shared memory).
+/// Experts a model may have (per-expert state lives in shared memory).
 pub const MAX_EXPERTS: usize = 1024;
-/// Threads of the single-block grouping kernel.
-pub const GROUP_THREADS: u32 = 1024;
+/// Threads per block of the router (one warp per token).
+pub const ROUTER_THREADS: u32 = 128;
+/// Pairs one warp of the grouping walks, in order: the unit of the histogram.
+pub const GROUP_CHUNK_PAIRS: usize = 1024;
+/// Warps (chunks) per block of the counting and placing kernels.
+pub const GROUP_WARPS: usize = 4;
+/// Threads of the single-block scan.
+pub const SCAN_THREADS: u32 = 1024;
 
-shared_array!(fn moe_offsets() -> [u32; 1025]);
+shared_array!(fn moe_running() -> [u32; 4096]);
+shared_array!(fn moe_scan_offsets() -> [u32; 1025]);
+shared_array!(fn moe_scan_tiles() -> [u32; 1025]);
+
+/// The better of two (logit, expert) candidates: higher logit, ties to the lower expert id;
+/// `u32::MAX` marks "none".
+#[inline(always)]
+fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
+    let b_wins = a.1 == u32::MAX || (b.1 != u32::MAX && (b.0 > a.0 || (b.0 == a.0 && b.1 < a.1)));
+    if b_wins { b } else { a }
+}
 
 kernel! {
-    /// Per token (one thread each; any 1-D grid): softmax over `n_expert` router logits, top
-    /// `top_k` by probability (ties → lower expert id), optionally renormalised to sum 1.
-    /// Writes `ids[t][s]` and `weights[t][s]` in selection order.
+    /// One warp per token (`ROUTER_THREADS` per block, any grid covering the tokens): softmax
+    /// over `n_expert` router logits, the `top_k` largest logits (ties → lower expert id; the
+    /// probability is monotone in the logit, so this is the top-k by probability without its
+    /// rounding ties), optionally renormalised to sum 1. Writes `ids[t][s]` and `weights[t][s]`
+    /// in selection order. Lane `l` holds experts `l, l + 32, …`; every reduction is an xor
+    /// butterfly, so the token's result depends on its own logits alone.
     pub fn moe_router_topk(
         logits: In<f32>,
         ids: Out<u32>,
@@ -32,131 +53,234 @@ kernel! {
         top_k: u32,
         renormalise: u32
     ) {
-        let t = (block_idx().x * block_dim().x + thread_idx().x) as usize;
+        let t = (block_idx().x * (block_dim().x / WARP_SIZE) + warp_id()) as usize;
         if t >= n_tokens as usize {
             return;
         }
-        let (ne, k) = (n_expert as usize, top_k as usize);
-        let row = t * ne;
+        let (ne, k, lane) = (n_expert as usize, top_k as usize, lane_id() as usize);
+        let row = logits.offset(t * ne);
         let mut m = f32::NEG_INFINITY;
-        for e in 0..ne {
-            m = max(m, logits.at(row + e));
+        let mut e = lane;
+        while e < ne {
+            m = max(m, row.at(e));
+            e += WARP_SIZE as usize;
         }
+        let m = warp_max_f32(m);
         let mut sum = 0.0f32;
-        for e in 0..ne {
-            sum += exp(logits.at(row + e) - m);
+        let mut e = lane;
+        while e < ne {
+            sum += exp(row.at(e) - m);
+            e += WARP_SIZE as usize;
         }
+        let sum = warp_sum_f32(sum);
+        // Bit j: expert lane + 32 j is taken.
+        let mut taken = 0u32;
         let mut total = 0.0f32;
+        let mut chosen = 0u32;
+        let mut chosen_p = 0.0f32;
         for s in 0..k {
-            let mut best = usize::MAX;
-            let mut best_p = 0.0f32;
-            for e in 0..ne {
-                let mut taken = false;
-                for prev in 0..s {
-                    taken |= ids.at(t * k + prev) as usize == e;
+            let mut best = (f32::NEG_INFINITY, u32::MAX);
+            let (mut e, mut j) = (lane, 0);
+            while e < ne {
+                if taken & (1 << j) == 0 {
+                    best = better(best, (row.at(e), e as u32));
                 }
-                let p = exp(logits.at(row + e) - m) / sum;
-                if !taken && (best == usize::MAX || p > best_p) {
-                    best = e;
-                    best_p = p;
-                }
+                e += WARP_SIZE as usize;
+                j += 1;
             }
-            ids.set(t * k + s, best as u32);
-            weights.set(t * k + s, best_p);
-            total += best_p;
+            let mut mask = 16;
+            while mask > 0 {
+                let other = (shfl_xor_f32(best.0, mask), shfl_xor_u32(best.1, mask));
+                best = better(best, other);
+                mask >>= 1;
+            }
+            if best.1 as usize % WARP_SIZE as usize == lane {
+                taken |= 1 << (best.1 / WARP_SIZE);
+            }
+            let p = exp(best.0 - m) / sum;
+            if s == lane {
+                (chosen, chosen_p) = (best.1, p);
+            }
+            total += p;
         }
-        if renormalise != 0 {
-            for s in 0..k {
-                weights.set(t * k + s, weights.at(t * k + s) / total);
-            }
+        if lane < k {
+            let p = if renormalise != 0 { chosen_p / total } else { chosen_p };
+            ids.set(t * k + lane, chosen);
+            weights.set(t * k + lane, p);
         }
     }
 }
 
-/// Pairs with expert `e`, counted (and, when `write`, placed) 32 at a time with a ballot, in
-/// ascending pair order. Returns the count.
+/// Walks one chunk of `GROUP_CHUNK_PAIRS` pairs with one warp, 32 pairs at a time in pair order,
+/// keeping per-expert running row counts in `running` (this warp's own `n_expert` words). Each
+/// pair's row is its expert's running count plus the number of earlier lanes of its round with
+/// the same expert, so the order within an expert is pair order (a stable grouping). With
+/// `place`, writes `sorted[row] = pair` and `row_of_pair[pair] = row`.
 #[inline(always)]
-fn scan_expert(
+fn walk_chunk(
     ids: In<u32>,
     n_pairs: usize,
-    e: u32,
-    base: u32,
-    write: Option<(Out<u32>, Out<u32>)>,
-) -> u32 {
-    let lane = lane_id();
-    let mut count = 0u32;
-    let mut p0 = 0;
-    while p0 < n_pairs {
-        let p = p0 + lane as usize;
-        let hit = p < n_pairs && ids.at(p) == e;
-        let mask = ballot(hit);
-        if let Some((sorted, row_of_pair)) = write
-            && hit
-        {
-            let row = base + count + (mask & ((1u32 << lane) - 1)).count_ones();
-            sorted.set(row as usize, p as u32);
-            row_of_pair.set(p, row);
+    chunk: usize,
+    expert_bits: u32,
+    running: Shared<u32>,
+    place: Option<(Out<u32>, Out<u32>)>,
+) {
+    let first = chunk * GROUP_CHUNK_PAIRS;
+    let end = (first + GROUP_CHUNK_PAIRS).min(n_pairs);
+    let mut p0 = first;
+    while p0 < end {
+        let p = p0 + lane_id() as usize;
+        let valid = p < end;
+        let e = if valid { ids.at(p) } else { 0 };
+        let peers = lanes_with_same(e, expert_bits, valid);
+        let rank = (peers & lanes_below()).count_ones();
+        let base = if valid { running.load(e as usize) } else { 0 };
+        // Every peer has read the running count before the last of them advances it.
+        sync_warp();
+        if valid && rank + 1 == peers.count_ones() {
+            running.store(e as usize, base + peers.count_ones());
         }
-        count += mask.count_ones();
+        if let Some((sorted, row_of_pair)) = place
+            && valid
+        {
+            sorted.set((base + rank) as usize, p as u32);
+            row_of_pair.set(p, base + rank);
+        }
+        sync_warp();
         p0 += WARP_SIZE as usize;
     }
-    count
+}
+
+/// This warp's chunk (`None` past the last) and its `n_expert` running counts in shared memory.
+#[inline(always)]
+fn chunk_of_warp(n_pairs: usize, ne: usize) -> Option<(usize, Shared<u32>)> {
+    let chunk = block_idx().x as usize * GROUP_WARPS + warp_id() as usize;
+    if chunk * GROUP_CHUNK_PAIRS >= n_pairs {
+        return None;
+    }
+    Some((chunk, moe_running().offset(warp_id() as usize * ne)))
+}
+
+/// Bits that tell the experts of `n_expert` apart.
+#[inline(always)]
+fn expert_bits(ne: usize) -> u32 {
+    usize::BITS - (ne.max(2) - 1).leading_zeros()
 }
 
 kernel! {
-    /// Groups the `n_pairs` (token, slot) pairs by expert. One block of `GROUP_THREADS`; warp
-    /// `w` owns experts `w, w + 32, …`. Writes `offsets[n_expert + 1]` (prefix sums),
-    /// `sorted[row] = pair`, `row_of_pair[pair] = row`, and the grouped GEMM's tile table:
-    /// `tiles[2t] = expert`, `tiles[2t + 1] = first row`, `num_tiles[0]`.
-    pub fn moe_group(
-        ids: In<u32>,
-        sorted: Out<u32>,
-        row_of_pair: Out<u32>,
+    /// Grouping, step 1 of 3: `counts[c][e]` = pairs of chunk `c` routed to expert `e`.
+    /// One warp per chunk of `GROUP_CHUNK_PAIRS` pairs, `GROUP_WARPS` warps per block.
+    pub fn moe_group_count(ids: In<u32>, counts: Out<u32>, n_pairs: u32, n_expert: u32) {
+        let (n_pairs, ne) = (n_pairs as usize, n_expert as usize);
+        let Some((chunk, running)) = chunk_of_warp(n_pairs, ne) else {
+            return;
+        };
+        let mut e = lane_id() as usize;
+        while e < ne {
+            running.store(e, 0);
+            e += WARP_SIZE as usize;
+        }
+        sync_warp();
+        walk_chunk(ids, n_pairs, chunk, expert_bits(ne), running, None);
+        let mut e = lane_id() as usize;
+        while e < ne {
+            counts.set(chunk * ne + e, running.load(e));
+            e += WARP_SIZE as usize;
+        }
+    }
+}
+
+kernel! {
+    /// Grouping, step 2 of 3 (one block of `SCAN_THREADS`): from the per-chunk counts, each
+    /// expert's first row `offsets[e]` (`offsets[n_expert]` = pairs), each chunk's first row
+    /// per expert (written over `counts`: `counts[c][e]` becomes `offsets[e] + Σ_{c' < c}`),
+    /// and the grouped GEMM's tile table: `tiles[2t] = expert`, `tiles[2t + 1] = first row`,
+    /// `num_tiles[0]`.
+    pub fn moe_group_scan(
+        counts: Out<u32>,
         offsets: Out<u32>,
         tiles: Out<u32>,
         num_tiles: Out<u32>,
+        n_chunks: u32,
+        n_expert: u32
+    ) {
+        let (n_chunks, ne) = (n_chunks as usize, n_expert as usize);
+        let (rows, first_tile) = (moe_scan_offsets(), moe_scan_tiles());
+        let tid = thread_idx().x as usize;
+        let threads = block_dim().x as usize;
+        let mut e = tid;
+        while e < ne {
+            let mut total = 0;
+            for c in 0..n_chunks {
+                total += counts.at(c * ne + e);
+            }
+            rows.store(e + 1, total);
+            e += threads;
+        }
+        sync_threads();
+        if tid == 0 {
+            // Exclusive scans over experts of rows and of tiles (⌈rows / tile⌉ each).
+            let (mut acc, mut tile_acc) = (0u32, 0u32);
+            for e in 0..ne {
+                let count = rows.load(e + 1);
+                rows.store(e, acc);
+                first_tile.store(e, tile_acc);
+                acc += count;
+                tile_acc += count.div_ceil(GROUP_TILE_ROWS as u32);
+            }
+            rows.store(ne, acc);
+            first_tile.store(ne, tile_acc);
+            offsets.set(ne, acc);
+            num_tiles.set(0, tile_acc);
+        }
+        sync_threads();
+        let mut e = tid;
+        while e < ne {
+            let first = rows.load(e);
+            offsets.set(e, first);
+            let mut running = first;
+            for c in 0..n_chunks {
+                let count = counts.at(c * ne + e);
+                counts.set(c * ne + e, running);
+                running += count;
+            }
+            let mut t = first_tile.load(e) as usize;
+            let mut row = first;
+            while row < running {
+                tiles.set(2 * t, e as u32);
+                tiles.set(2 * t + 1, row);
+                t += 1;
+                row += GROUP_TILE_ROWS as u32;
+            }
+            e += threads;
+        }
+    }
+}
+
+kernel! {
+    /// Grouping, step 3 of 3: places every pair, `sorted[row] = pair` and
+    /// `row_of_pair[pair] = row`, starting each chunk's experts at the rows `moe_group_scan`
+    /// left in `first_rows`. Same grid as `moe_group_count`.
+    pub fn moe_group_place(
+        ids: In<u32>,
+        first_rows: In<u32>,
+        sorted: Out<u32>,
+        row_of_pair: Out<u32>,
         n_pairs: u32,
         n_expert: u32
     ) {
-        let shared = moe_offsets();
         let (n_pairs, ne) = (n_pairs as usize, n_expert as usize);
-        let n_warps = block_dim().x / WARP_SIZE;
-        let mut e = warp_id();
-        while (e as usize) < ne {
-            let count = scan_expert(ids, n_pairs, e, 0, None);
-            if lane_id() == 0 {
-                shared.store(e as usize + 1, count);
-            }
-            e += n_warps;
+        let Some((chunk, running)) = chunk_of_warp(n_pairs, ne) else {
+            return;
+        };
+        let mut e = lane_id() as usize;
+        while e < ne {
+            running.store(e, first_rows.at(chunk * ne + e));
+            e += WARP_SIZE as usize;
         }
-        sync_threads();
-        if thread_idx().x == 0 {
-            let mut acc = 0u32;
-            let mut t = 0usize;
-            shared.store(0, 0);
-            offsets.set(0, 0);
-            for e in 0..ne {
-                let count = shared.load(e + 1);
-                let mut first = acc;
-                while first < acc + count {
-                    tiles.set(2 * t, e as u32);
-                    tiles.set(2 * t + 1, first);
-                    t += 1;
-                    first += GROUP_TILE_ROWS as u32;
-                }
-                acc += count;
-                shared.store(e + 1, acc);
-                offsets.set(e + 1, acc);
-            }
-            num_tiles.set(0, t as u32);
-        }
-        sync_threads();
-        let mut e = warp_id();
-        while (e as usize) < ne {
-            let base = shared.load(e as usize);
-            scan_expert(ids, n_pairs, e, base, Some((sorted, row_of_pair)));
-            e += n_warps;
-        }
+        sync_warp();
+        let place = Some((sorted, row_of_pair));
+        walk_chunk(ids, n_pairs, chunk, expert_bits(ne), running, place);
     }
 }
 

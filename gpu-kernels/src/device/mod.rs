@@ -34,7 +34,7 @@ use emu as backend;
 pub use backend::{
     Shared, atomic_add_f32, atomic_add_u32, ballot, block_dim, block_idx, dynamic_shared, grid_dim,
     mma_bf16_m16n8k16, shfl_down_f32, shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32,
-    sync_threads, thread_idx, vote_all, vote_any,
+    sync_threads, sync_warp, thread_idx, vote_all, vote_any,
 };
 pub use ptr::{In, Out};
 pub use types::{Dim3, SharedWord, WARP_SIZE};
@@ -106,6 +106,26 @@ pub fn warp_sum_f32(mut v: f32) -> f32 {
         m >>= 1;
     }
     v
+}
+
+/// The lanes of the warp whose `value` equals this lane's, among the lanes where `valid`
+/// (`match.any` built from one ballot per bit: `bits` low bits of `value` are compared, higher
+/// bits must be zero). Full-warp call; a lane that is not valid gets 0.
+#[inline(always)]
+pub fn lanes_with_same(value: u32, bits: u32, valid: bool) -> u32 {
+    let mut peers = ballot(valid);
+    for b in 0..bits {
+        let set = (value >> b) & 1 == 1;
+        let m = ballot(set);
+        peers &= if set { m } else { !m };
+    }
+    if valid { peers } else { 0 }
+}
+
+/// Lanes below this one, as a mask (`%lanemask_lt`).
+#[inline(always)]
+pub fn lanes_below() -> u32 {
+    (1u32 << lane_id()) - 1
 }
 
 /// Max over the 32 lanes of a full warp (xor butterfly).

@@ -111,6 +111,13 @@ pub fn ballot(pred: bool) -> u32 {
     // SAFETY: as above.
     unsafe { vote_ballot_sync(FULL_MASK, pred) }
 }
+/// `bar.warp.sync`: the lanes of the warp wait for each other, and their shared-memory accesses
+/// before it happen before those after it (lanes of a warp are not in lockstep since Volta).
+#[inline(always)]
+pub fn sync_warp() {
+    // SAFETY: a full-warp barrier; every lane of the warp reaches it.
+    unsafe { core::arch::asm!("bar.warp.sync 0xffffffff;") }
+}
 #[inline(always)]
 pub fn vote_any(pred: bool) -> bool {
     ballot(pred) != 0

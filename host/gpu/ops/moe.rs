@@ -4,9 +4,12 @@
 use super::gemm_wgmma::interleaved_rows;
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, Input, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use gpu_kernels::device::WARP_SIZE;
 use gpu_kernels::gemm_wgmma::{self, BN, SHARED_BYTES, THREADS};
 use gpu_kernels::moe::GROUP_TILE_ROWS;
-use gpu_kernels::moe::{self, GROUP_THREADS, MAX_EXPERTS};
+use gpu_kernels::moe::{
+    self, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS, ROUTER_THREADS, SCAN_THREADS,
+};
 
 /// Device state of one chunk's routing: top-k choices, the expert grouping and its tile table.
 pub struct Routing {
@@ -17,6 +20,9 @@ pub struct Routing {
     pub offsets: Buffer<u32>,
     pub tiles: Buffer<u32>,
     pub num_tiles: Buffer<u32>,
+    /// Per chunk of `GROUP_CHUNK_PAIRS` pairs and expert: the histogram, then the chunk's
+    /// first row for that expert.
+    chunk_rows: Buffer<u32>,
     max_pairs: usize,
     n_expert: usize,
     top_k: usize,
@@ -65,9 +71,10 @@ impl Routing {
     /// Buffers for up to `max_tokens` tokens.
     pub fn new(dev: &Device, max_tokens: usize, n_expert: usize, top_k: usize) -> Result<Self> {
         ensure_shape!(
-            (1..=MAX_EXPERTS).contains(&n_expert) && (1..=n_expert).contains(&top_k),
-            "moe_group",
-            "{n_expert} experts with top-{top_k} (at most {MAX_EXPERTS} experts)"
+            (1..=MAX_EXPERTS).contains(&n_expert)
+                && (1..=n_expert.min(WARP_SIZE as usize)).contains(&top_k),
+            "moe_router_topk",
+            "{n_expert} experts with top-{top_k} (at most {MAX_EXPERTS} experts, top-{WARP_SIZE})"
         );
         let pairs = max_tokens * top_k;
         Ok(Routing {
@@ -78,6 +85,10 @@ impl Routing {
             offsets: dev.alloc(n_expert + 1, "MoE offsets")?,
             tiles: dev.alloc(2 * max_tiles(pairs, n_expert), "MoE tile table")?,
             num_tiles: dev.alloc(1, "MoE tile count")?,
+            chunk_rows: dev.alloc(
+                pairs.div_ceil(GROUP_CHUNK_PAIRS).max(1) * n_expert,
+                "MoE per-chunk expert rows",
+            )?,
             max_pairs: pairs,
             n_expert,
             top_k,
@@ -103,22 +114,41 @@ impl Routing {
         if n == 0 {
             return Ok(());
         }
-        let cfg = LaunchConfig::covering(n, 128);
+        let tokens_per_block = (ROUTER_THREADS / WARP_SIZE) as usize;
+        let cfg = LaunchConfig::linear(
+            to_u32(K, "tokens", n.div_ceil(tokens_per_block))?,
+            ROUTER_THREADS,
+        );
         let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
         let (ids, weights) = (self.ids.output(), self.weights.output());
         let renorm = renormalise as u32;
         moe::moe_router_topk::launch(dev, cfg, logits.input(), ids, weights, nn, nex, kk, renorm)?;
-        let group = LaunchConfig::linear(1, GROUP_THREADS);
+
         let pairs = to_u32(K, "pairs", n * k)?;
-        moe::moe_group::launch(
+        let chunks = (n * k).div_ceil(GROUP_CHUNK_PAIRS);
+        let walk = LaunchConfig::linear(
+            to_u32(K, "chunks", chunks.div_ceil(GROUP_WARPS))?,
+            GROUP_WARPS as u32 * WARP_SIZE,
+        );
+        let rows = &self.chunk_rows;
+        moe::moe_group_count::launch(dev, walk, self.ids.input(), rows.output(), pairs, nex)?;
+        moe::moe_group_scan::launch(
             dev,
-            group,
-            self.ids.input(),
-            self.sorted.output(),
-            self.row_of_pair.output(),
+            LaunchConfig::linear(1, SCAN_THREADS),
+            rows.output(),
             self.offsets.output(),
             self.tiles.output(),
             self.num_tiles.output(),
+            chunks as u32,
+            nex,
+        )?;
+        moe::moe_group_place::launch(
+            dev,
+            walk,
+            self.ids.input(),
+            rows.input(),
+            self.sorted.output(),
+            self.row_of_pair.output(),
             pairs,
             nex,
         )

@@ -77,6 +77,10 @@ fn vote(pred: bool) -> (u32, u32) {
 pub fn ballot(pred: bool) -> u32 {
     vote(pred).0
 }
+/// `bar.warp.sync`: a collective that publishes nothing; no lane passes before all arrived.
+pub fn sync_warp() {
+    collective("bar.warp.sync", Group::Warp, &[], |_| ())
+}
 pub fn vote_any(pred: bool) -> bool {
     vote(pred).0 != 0
 }
