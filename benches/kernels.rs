@@ -12,7 +12,8 @@
 //! measured bf16 matmul rate on 2026-11-29).
 
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
-use kiln::gpu::ops::gemm::Epilogue;
+use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32};
+use kiln::gpu::ops::moe::{MoeShape, Routing};
 use kiln::gpu::ops::gemm_wgmma::{interleaved_rows, matmul, matmul_swiglu};
 use kiln::gpu::{Device, TmaMatrix};
 use kiln::rng::Rng;
@@ -130,6 +131,67 @@ fn main() {
             shape: format!("N={n} 32q/4kv x 128"),
             ms,
             tflops: flops / ms / 1e9,
+        });
+    }
+    // The MoE stage at Qwen3-30B-A3B dims (hidden 2048, 128 experts of ff 768, top-8): the
+    // f32 router GEMM, routing (top-k + grouping), and the grouped expert GEMMs.
+    {
+        let (n, hidden, ff, ne, k) = (4096usize, 2048usize, 768usize, 128usize, 8usize);
+        let x32: Vec<f32> = (0..n * hidden).map(|_| rng.normal() as f32).collect();
+        let x32 = dev.upload(&x32, "x").expect("upload");
+        let wr: Vec<f32> = (0..ne * hidden).map(|_| rng.normal() as f32 * 0.02).collect();
+        let wr = dev.upload(&wr, "router").expect("upload");
+        let logits = dev.alloc::<f32>(n * ne, "logits").expect("alloc");
+        let shape = GemmShape {
+            rows: n,
+            m: ne,
+            k: hidden,
+        };
+        let ms = time_ms(&dev, 3, 20, || {
+            matmul_f32(&dev, &x32, &wr, &logits, shape).expect("router")
+        });
+        rows.push(Row {
+            kernel: "gemm_f32 (router)",
+            shape: format!("{n}x{ne}x{hidden}"),
+            ms,
+            tflops: 2.0 * (n * ne * hidden) as f64 / ms / 1e9,
+        });
+        let routing = Routing::new(&dev, n, ne, k).expect("routing");
+        let ms = time_ms(&dev, 3, 20, || {
+            routing.route(&dev, &logits, n, true).expect("route")
+        });
+        rows.push(Row {
+            kernel: "moe routing",
+            shape: format!("N={n} {ne} experts top-{k}"),
+            ms,
+            tflops: 0.0,
+        });
+        let x = random_bf16(&dev, &mut rng, n, hidden);
+        let w_gate_up = random_bf16(&dev, &mut rng, ne * interleaved_rows(ff), hidden);
+        let w_down = random_bf16(&dev, &mut rng, ne * hidden, ff);
+        let pairs = n * k;
+        let xg = dev.tma_zeros(pairs, hidden, "xg").expect("alloc");
+        let h = dev.tma_zeros(pairs, ff, "h").expect("alloc");
+        let out = dev.alloc::<f32>(pairs * hidden, "out").expect("alloc");
+        let moe = MoeShape {
+            tokens: n,
+            hidden,
+            ff,
+        };
+        let ms = time_ms(&dev, 3, 20, || {
+            routing.gather(&dev, &x, &xg, moe).expect("gather");
+            routing
+                .experts_swiglu(&dev, &xg, &w_gate_up, &h, moe)
+                .expect("swiglu");
+            routing
+                .experts_down(&dev, &h, &w_down, &out, moe)
+                .expect("down");
+        });
+        rows.push(Row {
+            kernel: "moe experts",
+            shape: format!("N={n} gather+gate|up+down"),
+            ms,
+            tflops: 6.0 * (pairs * hidden * ff) as f64 / ms / 1e9,
         });
     }
     println!("\nkernels on {} (peak used: {peak:.0} TFLOP/s)", dev.name());

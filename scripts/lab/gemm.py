@@ -91,6 +91,52 @@ def speed():
     table(rows, ("M x N x K", "cuBLAS TF/s (bf16 out)", "kiln TF/s (f32 out)", "kiln / cuBLAS"))
 
 
+def moe_peers():
+    """The PyTorch peers of benches/kernels.rs's MoE rows (30b dims, N=4096, 128 experts of ff
+    768, top-8): the f32 router GEMM (cuBLAS SGEMM, TF32 off), routing as softmax + topk +
+    stable argsort + bincount, and the expert GEMMs as torch._grouped_mm when this torch has it."""
+    print("== MoE peers (torch), N=4096, hidden 2048, 128 experts x ff 768, top-8")
+    n, hidden, ff, ne, k = 4096, 2048, 768, 128, 8
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x32 = torch.randn(n, hidden, device="cuda")
+    wr = torch.randn(ne, hidden, device="cuda") * 0.02
+    rows = []
+    t = time_ms(lambda: x32 @ wr.T)
+    rows.append(("router f32 GEMM", f"{t:.3f}", f"{2 * n * ne * hidden / t / 1e9:.1f}"))
+    logits = x32 @ wr.T
+
+    def route():
+        p = torch.softmax(logits, dim=-1)
+        w, ids = torch.topk(p, k, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        order = torch.argsort(ids.flatten(), stable=True)
+        counts = torch.bincount(ids.flatten(), minlength=ne)
+        return w, order, counts
+    t = time_ms(route)
+    rows.append(("routing (softmax/topk/argsort)", f"{t:.3f}", "-"))
+    if hasattr(torch, "_grouped_mm"):
+        pairs = n * k
+        _, order, counts = route()
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        xg = torch.randn(pairs, hidden, device="cuda").bfloat16()
+        wgu = torch.randn(ne, hidden, 2 * ff, device="cuda").bfloat16() * 0.02
+        wd = torch.randn(ne, ff, hidden, device="cuda").bfloat16() * 0.02
+
+        def experts():
+            gu = torch._grouped_mm(xg, wgu, offs=offs)
+            h = torch.nn.functional.silu(gu[:, :ff]) * gu[:, ff:]
+            return torch._grouped_mm(h, wd, offs=offs)
+        try:
+            t = time_ms(experts)
+            rows.append(("experts torch._grouped_mm (+silu)", f"{t:.3f}",
+                         f"{6 * pairs * hidden * ff / t / 1e9:.0f}"))
+        except Exception as e:  # an older torch or another GPU: say so, keep the table
+            rows.append((f"experts torch._grouped_mm: {type(e).__name__}", "-", "-"))
+    table(rows, ("peer", "ms", "TFLOP/s"))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 if __name__ == "__main__":
     import faulthandler
     faulthandler.dump_traceback_later(150, exit=True)
@@ -98,5 +144,6 @@ if __name__ == "__main__":
     print(f"ceilings: device copy {bw:.2f} TB/s, torch bf16 8192^3 {peak:.0f} TFLOP/s")
     ok = correctness()
     speed()
+    moe_peers()
     print("ALL OK" if ok else "SOME CHECKS FAILED")
     sys.exit(0 if ok else 1)
