@@ -13,8 +13,8 @@
 
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32};
-use kiln::gpu::ops::moe::{MoeShape, Routing};
 use kiln::gpu::ops::gemm_wgmma::{interleaved_rows, matmul, matmul_swiglu};
+use kiln::gpu::ops::moe::{MoeShape, Routing};
 use kiln::gpu::{Device, TmaMatrix};
 use kiln::rng::Rng;
 use std::time::Instant;
@@ -139,7 +139,9 @@ fn main() {
         let (n, hidden, ff, ne, k) = (4096usize, 2048usize, 768usize, 128usize, 8usize);
         let x32: Vec<f32> = (0..n * hidden).map(|_| rng.normal() as f32).collect();
         let x32 = dev.upload(&x32, "x").expect("upload");
-        let wr: Vec<f32> = (0..ne * hidden).map(|_| rng.normal() as f32 * 0.02).collect();
+        let wr: Vec<f32> = (0..ne * hidden)
+            .map(|_| rng.normal() as f32 * 0.02)
+            .collect();
         let wr = dev.upload(&wr, "router").expect("upload");
         let logits = dev.alloc::<f32>(n * ne, "logits").expect("alloc");
         let shape = GemmShape {

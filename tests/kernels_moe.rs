@@ -117,7 +117,10 @@ fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, re
     routing.ids.write(&vec![u32::MAX; pairs_len]).unwrap();
     routing.weights.write(&vec![f32::NAN; pairs_len]).unwrap();
     routing.sorted.write(&vec![u32::MAX; pairs_len]).unwrap();
-    routing.row_of_pair.write(&vec![u32::MAX; pairs_len]).unwrap();
+    routing
+        .row_of_pair
+        .write(&vec![u32::MAX; pairs_len])
+        .unwrap();
     routing.offsets.write(&vec![u32::MAX; ne + 1]).unwrap();
     routing.num_tiles.write(&[u32::MAX]).unwrap();
     routing.route(dev, &upload(dev, logits), n, renorm).unwrap();
@@ -137,10 +140,17 @@ fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, re
     let mut pairs: Vec<(u32, u32)> = (0..pairs_len).map(|p| (want_ids[p], p as u32)).collect();
     pairs.sort();
     let want_sorted: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-    assert_eq!(routing.sorted.to_vec().unwrap(), want_sorted, "grouped order, {what}");
+    assert_eq!(
+        routing.sorted.to_vec().unwrap(),
+        want_sorted,
+        "grouped order, {what}"
+    );
     let row_of_pair = routing.row_of_pair.to_vec().unwrap();
     for (row, &p) in want_sorted.iter().enumerate() {
-        assert_eq!(row_of_pair[p as usize] as usize, row, "row of pair {p}, {what}");
+        assert_eq!(
+            row_of_pair[p as usize] as usize, row,
+            "row of pair {p}, {what}"
+        );
     }
     let mut offsets = vec![0u32; ne + 1];
     for &id in &want_ids {
@@ -149,7 +159,11 @@ fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, re
     for e in 0..ne {
         offsets[e + 1] += offsets[e];
     }
-    assert_eq!(routing.offsets.to_vec().unwrap(), offsets, "offsets, {what}");
+    assert_eq!(
+        routing.offsets.to_vec().unwrap(),
+        offsets,
+        "offsets, {what}"
+    );
     let mut tiles = Vec::new();
     for e in 0..ne {
         tiles.extend(
@@ -204,7 +218,10 @@ fn routing_at_model_scale_spans_chunks() {
                     row[33] = row[ne - 1];
                 }
             }
-            assert!(n * 8 > GROUP_WARPS * GROUP_CHUNK_PAIRS, "several blocks of chunks");
+            assert!(
+                n * 8 > GROUP_WARPS * GROUP_CHUNK_PAIRS,
+                "several blocks of chunks"
+            );
             check_routing(&dev, &logits, n, ne, 8, ne == 128);
         }
     }

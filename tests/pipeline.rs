@@ -35,7 +35,7 @@ fn run(model: &GpuModel, dev: &Device, tokens: &[u32], chunk: Option<usize>) -> 
 /// Kernel launches for a prompt fed in `chunks`, counted from the model: per chunk, 1
 /// embedding, then per layer the attention block (norm, fused Q|K|V GEMM, QK-norm + RoPE + KV
 /// append, flash attention, output GEMM with the residual) and the FFN (norm, then dense: the
-/// SwiGLU GEMM + down GEMM; MoE: router GEMM, top-k, grouping, gather, grouped gate|up, grouped
+/// SwiGLU GEMM + down GEMM; MoE: router GEMM, top-k, grouping (count, scan, place), gather, grouped gate|up, grouped
 /// down, combine, and for a shared expert its SwiGLU GEMM, down GEMM and gate GEMM); per prompt,
 /// final norm + LM head. Nothing depends on the chunk's length.
 fn expected_launches(w: &Weights, chunks: &[usize]) -> u64 {
@@ -295,5 +295,49 @@ fn long_prompt_is_chunk_invariant() {
             err <= 1e-2 && argmax(&batched.logits) == argmax(cpu.last()),
             "rel L2 {err:.3e}"
         );
+    }
+}
+
+/// The benchmark's device-generated model (`GpuModel::synthetic`): the same seed gives the same
+/// logits bit for bit (a fresh build, not a cached one), another seed other logits, the logits
+/// are finite, and batched vs token-by-token prefill agree bit for bit on it too.
+#[test]
+fn synthetic_device_model_is_seeded_and_batch_invariant() {
+    use kiln::gguf::GgmlType;
+    use kiln::model::Arch;
+    use kiln::synth::{Preset, SynthSpec, config};
+    for dev in devices() {
+        for arch in [Arch::Qwen3Moe, Arch::Qwen3] {
+            let cfg = config(&SynthSpec {
+                arch,
+                preset: Preset::Tiny,
+                n_layer: 2,
+                dtype: GgmlType::F32,
+                seed: 0,
+            });
+            let tokens: Vec<u32> = (0..9).map(|i| (i * 37 % cfg.vocab) as u32).collect();
+            let logits = |seed: u64, chunk: Option<usize>| {
+                let model = GpuModel::synthetic(&dev, &cfg, seed).unwrap();
+                run(&model, &dev, &tokens, chunk).logits
+            };
+            let a = logits(7, None);
+            assert!(a.iter().all(|v| v.is_finite()), "{arch} logits finite");
+            assert_eq!(
+                bits(&a),
+                bits(&logits(7, None)),
+                "{arch}: same seed, same bits"
+            );
+            assert_eq!(
+                bits(&a),
+                bits(&logits(7, Some(1))),
+                "{arch}: batched vs sequential"
+            );
+            let b = logits(8, None);
+            let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            assert!(
+                differ > a.len() / 2,
+                "{arch}: seeds 7 and 8 differ in {differ} logits"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 mod forward;
 mod scratch;
+mod synthetic;
 mod weights;
 
 pub use forward::{PrefillOptions, PrefillOutput, Session, prefill};
