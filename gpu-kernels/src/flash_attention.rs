@@ -4,11 +4,12 @@
 //!
 //! Block: 256 threads, two warpgroups of 64 query rows each (a 128-row tile of one query head).
 //! Thread 0 also issues the TMA loads: the Q tile, then K and V blocks of `BLOCK_KV` keys
-//! through a two-slot ring (128B swizzle, full/empty mbarriers), refilling a slot as soon as
-//! both warpgroups have released it. Per key
-//! block a consumer computes `S = Q·Kᵀ` (`wgmma` m64n128k16 from shared memory), masks and
-//! scales it, updates the online softmax in registers, and accumulates `O += P·V` with P taken
-//! straight from the S registers as the A operand (`wgmma` register-A form).
+//! through a three-slot ring (128B swizzle, full/empty mbarriers), refilling a slot as soon as
+//! both warpgroups have released it. Per key block a consumer computes `S = Q·Kᵀ` (`wgmma`
+//! m64n128k16 from shared memory), scales it (and masks it, in blocks on the diagonal), updates
+//! the online softmax in registers, and accumulates `O += P·V` with P taken from the S
+//! registers as the A operand (`wgmma` register-A form). The loop is software-pipelined: the
+//! softmax of block j runs on the CUDA cores while the tensor cores do block j−1's P·V.
 //!
 //! Why no separate producer warp: registers are allocated per SM sub-partition (16 K each, warps
 //! dealt round-robin), so a 9-warp block gives 3 warps to one sub-partition and caps a thread at
@@ -57,7 +58,7 @@ pub const THREADS: u32 = 256;
 /// A swizzled chunk: 128 rows of 64 bf16 (128 bytes).
 const CHUNK_BYTES: u32 = 128 * 128;
 const STAGE_BYTES: u32 = 2 * CHUNK_BYTES;
-const KV_STAGES: usize = 2;
+const KV_STAGES: usize = 3;
 /// Dynamic shared memory a launch must provide.
 pub const SHARED_BYTES: u32 = (1 + 2 * KV_STAGES as u32) * STAGE_BYTES + 64 + 1024;
 /// Every tensor map this kernel reads has a box of 64 × 128 elements.
@@ -128,6 +129,117 @@ fn quad_sum(v: f32) -> f32 {
     v + shfl_xor_f32(v, 2)
 }
 
+/// The online-softmax state of this thread's two rows (in the exp2 domain).
+#[derive(Clone, Copy)]
+struct RowState {
+    max: [f32; 2],
+    sum: [f32; 2],
+}
+
+/// Issues `S = Q·Kᵀ` over the key block in slot `slot` (no commit).
+#[inline(always)]
+fn scores(acc_s: &mut [f32; 64], qa: [WgmmaDesc; 2], sm: Smem, slot: usize) {
+    let kd = [
+        WgmmaDesc::k_major_swizzle_128b(sm.k(slot, 0)),
+        WgmmaDesc::k_major_swizzle_128b(sm.k(slot, 1)),
+    ];
+    seq!(KK in 0..8 {
+        wgmma_m64n128k16_ss(
+            acc_s,
+            qa[KK / 4].advance(32 * (KK % 4)),
+            kd[KK / 4].advance(32 * (KK % 4)),
+        );
+    });
+}
+
+/// Issues `O += P·V` over the value block in slot `slot` (no commit); P as the A operand,
+/// k-step KK = keys 16·KK.. (its fragment registers `4·KK..4·KK + 4`).
+#[inline(always)]
+fn accumulate_pv(acc_o: &mut [f32; 64], pa: &[u32; 32], sm: Smem, slot: usize) {
+    let vd = [
+        WgmmaDesc::k_major_swizzle_128b(sm.v(slot, 0)),
+        WgmmaDesc::k_major_swizzle_128b(sm.v(slot, 1)),
+    ];
+    seq!(KK in 0..8 {
+        let a = [pa[4 * KK], pa[4 * KK + 1], pa[4 * KK + 2], pa[4 * KK + 3]];
+        wgmma_m64n128k16_rs(acc_o, a, vd[KK / 4].advance(32 * (KK % 4)));
+    });
+}
+
+/// One key block of the online softmax: S is scaled into the exp2 domain, keys after a row's
+/// absolute position are masked (only in blocks that reach past the warpgroup's first query:
+/// elsewhere every key is visible and the mask would change nothing), the row state advances,
+/// and S becomes P (f32). Returns the factor that rescales O to the new row maxima.
+#[inline(always)]
+fn softmax_step(
+    acc_s: &mut [f32; 64],
+    rows: &mut RowState,
+    key0: u32,
+    q_pos: [u32; 2],
+    masked: bool,
+    scale_log2: f32,
+) -> [f32; 2] {
+    let mut block_max = [f32::NEG_INFINITY; 2];
+    if masked {
+        seq!(I in 0..64 {
+            let key = key0 + 8 * (I / 4) + I % 2;
+            let v = if key > q_pos[I % 4 / 2] {
+                f32::NEG_INFINITY
+            } else {
+                acc_s[I] * scale_log2
+            };
+            acc_s[I] = v;
+            block_max[I % 4 / 2] = max(block_max[I % 4 / 2], v);
+        });
+    } else {
+        seq!(I in 0..64 {
+            let v = acc_s[I] * scale_log2;
+            acc_s[I] = v;
+            block_max[I % 4 / 2] = max(block_max[I % 4 / 2], v);
+        });
+    }
+    let mut alpha = [0.0f32; 2];
+    let mut new_max = [0.0f32; 2];
+    seq!(R in 0..2 {
+        new_max[R] = max(rows.max[R], quad_max(block_max[R]));
+        alpha[R] = exp2(rows.max[R] - new_max[R]);
+        rows.max[R] = new_max[R];
+    });
+    let mut block_sum = [0.0f32; 2];
+    seq!(I in 0..64 {
+        let p = exp2(acc_s[I] - new_max[I % 4 / 2]);
+        acc_s[I] = p;
+        block_sum[I % 4 / 2] += p;
+    });
+    seq!(R in 0..2 {
+        rows.sum[R] = rows.sum[R] * alpha[R] + quad_sum(block_sum[R]);
+    });
+    alpha
+}
+
+/// P packed as bf16 pairs, the register-A fragments of `accumulate_pv`.
+#[inline(always)]
+fn pack_p(acc_s: &[f32; 64]) -> [u32; 32] {
+    let mut pa = [0u32; 32];
+    seq!(KK in 0..8 {
+        pa[4 * KK] = pack_bf16(acc_s[8 * KK], acc_s[8 * KK + 1]);
+        pa[4 * KK + 1] = pack_bf16(acc_s[8 * KK + 2], acc_s[8 * KK + 3]);
+        pa[4 * KK + 2] = pack_bf16(acc_s[8 * KK + 4], acc_s[8 * KK + 5]);
+        pa[4 * KK + 3] = pack_bf16(acc_s[8 * KK + 6], acc_s[8 * KK + 7]);
+    });
+    pa
+}
+
+/// This warpgroup is done with key block `kb`'s slot; thread 0 refills it with block
+/// `kb + KV_STAGES` once both warpgroups are.
+#[inline(always)]
+fn release(sm: Smem, loads: Loads, tid: u32, kb: usize, n_blocks: usize) {
+    sm.empty(kb % KV_STAGES).arrive_if(tid.is_multiple_of(128));
+    if tid == 0 && kb + KV_STAGES < n_blocks {
+        loads.refill(kb + KV_STAGES);
+    }
+}
+
 kernel! {
     /// Causal GQA attention of `n` queries at positions `start_pos..` over the cache.
     /// `map_q`: bf16 `[rows ≥ n][n_head · 128]`; `map_k`: bf16 K cache `[capacity][n_kv · 128]`;
@@ -161,6 +273,8 @@ kernel! {
         let (warp, lane) = (tid % 128 / 32, tid % 32);
         let r = wg * 64 + warp * 16 + lane / 4;
         let q_pos = [start_pos + row0 + r, start_pos + row0 + r + 8];
+        // Key blocks reaching past the warpgroup's first query need the causal mask.
+        let first_masked = ((start_pos + row0 + wg * 64) / BLOCK_KV as u32) as usize;
         let col = 2 * (lane % 4);
         sm.q_full().wait(0);
         let qa = [
@@ -168,89 +282,61 @@ kernel! {
             WgmmaDesc::k_major_swizzle_128b(sm.q(1) + wg * 8192),
         ];
         let mut acc_o = [0.0f32; 64];
-        let mut row_max = [f32::NEG_INFINITY; 2];
-        let mut row_sum = [0.0f32; 2];
-        for kb in 0..n_blocks {
-            let s = kb % KV_STAGES;
-            sm.full(s).wait((kb / KV_STAGES) as u32 & 1);
-            let kd = [
-                WgmmaDesc::k_major_swizzle_128b(sm.k(s, 0)),
-                WgmmaDesc::k_major_swizzle_128b(sm.k(s, 1)),
-            ];
+        let mut rows = RowState {
+            max: [f32::NEG_INFINITY; 2],
+            sum: [0.0; 2],
+        };
+        let step = |acc_s: &mut [f32; 64], rows: &mut RowState, kb: usize| {
+            let key0 = (kb * BLOCK_KV) as u32 + col;
+            softmax_step(acc_s, rows, key0, q_pos, kb >= first_masked, scale_log2)
+        };
+        // Software pipeline: while the tensor cores run O += P_{j-1}·V_{j-1}, the warpgroup
+        // does the softmax of S_j (issued just before it). The operations on O stay in the
+        // order of the unpipelined loop (… + P_{j-1}V_{j-1}, × alpha_j, + P_j V_j …), so the
+        // bits do too. Block 0 has no predecessor: its S and softmax run alone.
+        sm.full(0).wait(0);
+        let mut acc_s = [0.0f32; 64];
+        acc_s.keep_in_registers();
+        wgmma_fence();
+        scores(&mut acc_s, qa, sm, 0);
+        wgmma_commit();
+        wgmma_wait::<0>();
+        acc_s.keep_in_registers();
+        // O is zero: its rescale by alpha_0 (= 0) is a no-op.
+        step(&mut acc_s, &mut rows, 0);
+        let mut pa = pack_p(&acc_s);
+        for kb in 1..n_blocks {
+            let (slot, prev) = (kb % KV_STAGES, (kb - 1) % KV_STAGES);
+            sm.full(slot).wait((kb / KV_STAGES) as u32 & 1);
             let mut acc_s = [0.0f32; 64];
             acc_s.keep_in_registers();
-            wgmma_fence();
-            seq!(KK in 0..8 {
-                wgmma_m64n128k16_ss(
-                    &mut acc_s,
-                    qa[KK / 4].advance(32 * (KK % 4)),
-                    kd[KK / 4].advance(32 * (KK % 4)),
-                );
-            });
-            wgmma_commit();
-            wgmma_wait::<0>();
-            acc_s.keep_in_registers();
-            // Scale into the exp2 domain and mask the future (by absolute position).
-            let key0 = (kb * BLOCK_KV) as u32 + col;
-            let mut block_max = [f32::NEG_INFINITY; 2];
-            seq!(I in 0..64 {
-                let key = key0 + 8 * (I / 4) + I % 2;
-                let v = if key > q_pos[I % 4 / 2] {
-                    f32::NEG_INFINITY
-                } else {
-                    acc_s[I] * scale_log2
-                };
-                acc_s[I] = v;
-                block_max[I % 4 / 2] = max(block_max[I % 4 / 2], v);
-            });
-            let mut alpha = [0.0f32; 2];
-            let mut new_max = [0.0f32; 2];
-            seq!(R in 0..2 {
-                new_max[R] = max(row_max[R], quad_max(block_max[R]));
-                alpha[R] = exp2(row_max[R] - new_max[R]);
-                row_max[R] = new_max[R];
-            });
-            let mut block_sum = [0.0f32; 2];
-            seq!(I in 0..64 {
-                let p = exp2(acc_s[I] - new_max[I % 4 / 2]);
-                acc_s[I] = p;
-                block_sum[I % 4 / 2] += p;
-            });
-            seq!(R in 0..2 {
-                row_sum[R] = row_sum[R] * alpha[R] + quad_sum(block_sum[R]);
-            });
-            seq!(I in 0..64 {
-                acc_o[I] *= alpha[I % 4 / 2];
-            });
-            // P as the A operand, k-step KK = keys 16·KK..: fragment blocks 2·KK and 2·KK + 1.
-            let vd = [
-                WgmmaDesc::k_major_swizzle_128b(sm.v(s, 0)),
-                WgmmaDesc::k_major_swizzle_128b(sm.v(s, 1)),
-            ];
-            // All of P is packed before the fence: a register written between `wgmma`s of one
-            // batch makes ptxas serialise them.
-            let mut pa = [0u32; 32];
-            seq!(KK in 0..8 {
-                pa[4 * KK] = pack_bf16(acc_s[8 * KK], acc_s[8 * KK + 1]);
-                pa[4 * KK + 1] = pack_bf16(acc_s[8 * KK + 2], acc_s[8 * KK + 3]);
-                pa[4 * KK + 2] = pack_bf16(acc_s[8 * KK + 4], acc_s[8 * KK + 5]);
-                pa[4 * KK + 3] = pack_bf16(acc_s[8 * KK + 6], acc_s[8 * KK + 7]);
-            });
             pa.keep_in_registers();
             acc_o.keep_in_registers();
             wgmma_fence();
-            seq!(KK in 0..8 {
-                let a = [pa[4 * KK], pa[4 * KK + 1], pa[4 * KK + 2], pa[4 * KK + 3]];
-                wgmma_m64n128k16_rs(&mut acc_o, a, vd[KK / 4].advance(32 * (KK % 4)));
-            });
+            scores(&mut acc_s, qa, sm, slot);
             wgmma_commit();
+            accumulate_pv(&mut acc_o, &pa, sm, prev);
+            wgmma_commit();
+            // S_j is the older group: done once at most one group is pending.
+            wgmma_wait::<1>();
+            acc_s.keep_in_registers();
+            let alpha = step(&mut acc_s, &mut rows, kb);
             wgmma_wait::<0>();
             acc_o.keep_in_registers();
-            sm.empty(s).arrive_if(tid.is_multiple_of(128));
-            if tid == 0 && kb + KV_STAGES < n_blocks {
-                loads.refill(kb + KV_STAGES);
-            }
+            release(sm, loads, tid, kb - 1, n_blocks);
+            seq!(I in 0..64 {
+                acc_o[I] *= alpha[I % 4 / 2];
+            });
+            pa = pack_p(&acc_s);
         }
+        pa.keep_in_registers();
+        acc_o.keep_in_registers();
+        wgmma_fence();
+        accumulate_pv(&mut acc_o, &pa, sm, (n_blocks - 1) % KV_STAGES);
+        wgmma_commit();
+        wgmma_wait::<0>();
+        acc_o.keep_in_registers();
+        let row_sum = rows.sum;
         let inv = [1.0 / row_sum[0], 1.0 / row_sum[1]];
         let width = (n_head * HEAD_DIM as u32) as usize;
         let base_col = (head * HEAD_DIM as u32 + col) as usize;
