@@ -300,7 +300,8 @@ fn long_prompt_is_chunk_invariant() {
 
 /// The benchmark's device-generated model (`GpuModel::synthetic`): the same seed gives the same
 /// logits bit for bit (a fresh build, not a cached one), another seed other logits, the logits
-/// are finite, and batched vs token-by-token prefill agree bit for bit on it too.
+/// are finite, batched vs token-by-token prefill agree bit for bit on it too, and a prompt run
+/// on scratch kept from a longer one gives the bits of a fresh model.
 #[test]
 fn synthetic_device_model_is_seeded_and_batch_invariant() {
     use kiln::gguf::GgmlType;
@@ -322,6 +323,12 @@ fn synthetic_device_model_is_seeded_and_batch_invariant() {
             };
             let a = logits(7, None);
             assert!(a.iter().all(|v| v.is_finite()), "{arch} logits finite");
+            // Scratch kept from a longer prompt (KV cache full of its keys) changes nothing.
+            let model = GpuModel::synthetic(&dev, &cfg, 7).unwrap();
+            let longer: Vec<u32> = (0..150).map(|i| (i * 11 % cfg.vocab) as u32).collect();
+            run(&model, &dev, &longer, None);
+            let reused = run(&model, &dev, &tokens, None).logits;
+            assert_eq!(bits(&a), bits(&reused), "{arch}: after a longer prompt");
             assert_eq!(
                 bits(&a),
                 bits(&logits(7, None)),

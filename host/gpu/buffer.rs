@@ -118,6 +118,24 @@ impl<T: Element> Buffer<T> {
         }
     }
 
+    /// Sets every element to zero (a device memset, queued on the stream).
+    pub fn zero(&mut self) -> Result<()> {
+        match &mut self.storage {
+            Storage::Cuda(s) => {
+                let stream = s.stream().clone();
+                stream
+                    .memset_zeros(s)
+                    .map_err(|e| GpuError::driver("zeroing a buffer", e))
+            }
+            Storage::Host(h) => {
+                for cell in h.iter_mut() {
+                    *cell.get_mut() = T::default();
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Copies `len` elements from `src[src_offset..]` to `self[dst_offset..]` on the device.
     pub fn copy_from(
         &mut self,

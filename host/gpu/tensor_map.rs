@@ -186,6 +186,10 @@ impl TmaMatrix {
     pub fn data(&self) -> &Buffer<u16> {
         &self.data
     }
+    /// Sets every element to zero (the map stays valid: same buffer).
+    pub fn zero(&mut self) -> Result<()> {
+        self.data.zero()
+    }
     /// The map as a kernel argument.
     pub(crate) fn map(&self) -> MapArg<'_> {
         MapArg(&self.map)

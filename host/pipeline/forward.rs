@@ -1,7 +1,7 @@
 //! One prompt's prefill: chunks of tokens through embedding → layers → final norm → LM head.
 //! The sequential path is the same code with chunks of one token.
 
-use super::scratch::Scratch;
+use super::scratch::{Lease, Scratch};
 use super::weights::{GpuFfn, GpuLayer, GpuModel};
 use crate::gpu::ops::attention_input::{Projected, QkNorm, attention_input};
 use crate::gpu::ops::embedding;
@@ -42,7 +42,7 @@ pub struct PrefillOutput {
 pub struct Session<'m> {
     model: &'m GpuModel,
     dev: Device,
-    s: Scratch,
+    s: Lease<'m>,
     pos: usize,
     capacity: usize,
     max_chunk: usize,
@@ -92,7 +92,9 @@ impl<'m> Session<'m> {
         let max_chunk = max_chunk.clamp(1, capacity);
         let logit_rows = if opts.all_logits { max_chunk } else { 1 };
         let dev = dev.fresh_counter();
-        let s = Scratch::new(&dev, cfg, capacity, max_chunk, logit_rows)?;
+        let s = model
+            .scratch
+            .lease(&dev, cfg, capacity, max_chunk, logit_rows)?;
         Ok(Session {
             model,
             dev,
@@ -138,13 +140,8 @@ impl<'m> Session<'m> {
             )));
         }
         let model = self.model;
-        embedding::embed_tokens(
-            &self.dev,
-            &model.token_embd,
-            tokens,
-            &mut self.s.tokens,
-            &self.s.x,
-        )?;
+        let s: &mut Scratch = &mut self.s;
+        embedding::embed_tokens(&self.dev, &model.token_embd, tokens, &mut s.tokens, &s.x)?;
         for (li, layer) in model.layers.iter().enumerate() {
             self.attention_block(li, layer, n, start)?;
             self.ffn_block(layer, n)?;
@@ -264,7 +261,7 @@ impl<'m> Session<'m> {
         let cfg = &self.model.cfg;
         let (h, v) = (cfg.hidden, cfg.vocab);
         let model = self.model;
-        let s = &mut self.s;
+        let s: &mut Scratch = &mut self.s;
         s.final_rows.copy_from(&s.x, first * h, 0, rows * h)?;
         let dev = &self.dev;
         let shape = NormShape {

@@ -1,5 +1,7 @@
 //! Device buffers a prompt needs: the KV cache for its whole length and per-chunk activations
-//! sized for the largest chunk. Allocated once per prompt, reused by every chunk and layer.
+//! sized for the largest chunk. Reused by every chunk and layer, and kept by the model between
+//! prompts ([`ScratchPool`]): allocating (and zeroing) gigabytes per prompt cost more than the
+//! prefill itself at 30b dims (N=4096: 7.1 ms per call against 4.9 ms in the stages, H200).
 //! Activations that feed a tensor-core GEMM or attention are bf16 [`TmaMatrix`]es; the residual
 //! stream and GEMM outputs that are summed or normalised again stay f32.
 
@@ -8,6 +10,8 @@ use crate::gpu::ops::flash_attention::KvCache;
 use crate::gpu::ops::moe::Routing;
 use crate::gpu::{Buffer, Device, GpuError, Result, TmaMatrix};
 use crate::model::ModelConfig;
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
 
 pub(super) struct Scratch {
     /// One K/V cache per layer, for the whole prompt.
@@ -37,6 +41,8 @@ pub(super) struct Scratch {
     pub final_rows: Buffer<f32>,
     pub final16: TmaMatrix,
     pub logits: Buffer<f32>,
+    /// What it was sized for: (capacity, max_chunk, logit_rows).
+    sized_for: (usize, usize, usize),
 }
 
 impl Scratch {
@@ -102,6 +108,7 @@ impl Scratch {
             final_rows: dev.alloc(logit_rows * cfg.hidden, "final rows")?,
             final16: dev.tma_zeros(logit_rows, cfg.hidden, "final normed rows")?,
             logits: dev.alloc(logit_rows * cfg.vocab, "logits")?,
+            sized_for: (capacity, max_chunk, logit_rows),
         })
     }
 
@@ -116,5 +123,80 @@ impl Scratch {
     pub fn needed<'a>(m: &'a Option<TmaMatrix>, what: &str) -> Result<&'a TmaMatrix> {
         m.as_ref()
             .ok_or_else(|| GpuError::Input(format!("{what} missing for this layer")))
+    }
+}
+
+/// The scratch a model keeps between prompts (at most one set: the largest asked for lately).
+#[derive(Default)]
+pub(super) struct ScratchPool(Mutex<Option<Scratch>>);
+
+/// Scratch lent to one prompt; returned to its pool when dropped.
+pub(super) struct Lease<'p> {
+    pool: &'p ScratchPool,
+    scratch: Option<Scratch>,
+}
+
+impl ScratchPool {
+    /// Scratch for a prompt of `capacity` tokens in chunks of at most `max_chunk`, with
+    /// `logit_rows` rows of logits: the kept set when it is large enough (its KV caches zeroed
+    /// again, as new ones are), else a new one (the kept set is freed first).
+    pub fn lease(
+        &self,
+        dev: &Device,
+        cfg: &ModelConfig,
+        capacity: usize,
+        max_chunk: usize,
+        logit_rows: usize,
+    ) -> Result<Lease<'_>> {
+        let kept = self
+            .0
+            .lock()
+            .map_err(|_| GpuError::Input("scratch pool poisoned".into()))?
+            .take();
+        let scratch = match kept {
+            Some(mut s)
+                if s.sized_for.0 >= capacity
+                    && s.sized_for.1 >= max_chunk
+                    && s.sized_for.2 >= logit_rows =>
+            {
+                for kv in &mut s.kv {
+                    kv.clear()?;
+                }
+                s
+            }
+            old => {
+                drop(old);
+                Scratch::new(dev, cfg, capacity, max_chunk, logit_rows)?
+            }
+        };
+        Ok(Lease {
+            pool: self,
+            scratch: Some(scratch),
+        })
+    }
+}
+
+impl Deref for Lease<'_> {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        self.scratch
+            .as_ref()
+            .expect("scratch is lent until the lease drops")
+    }
+}
+
+impl DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        self.scratch
+            .as_mut()
+            .expect("scratch is lent until the lease drops")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let (Some(s), Ok(mut kept)) = (self.scratch.take(), self.pool.0.lock()) {
+            *kept = Some(s);
+        }
     }
 }

@@ -128,6 +128,7 @@ impl GpuModel {
             output_norm: g.norm(h, "output_norm")?,
             output: g.matrix(cfg.vocab, h, "output")?,
             layers,
+            scratch: Default::default(),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! bf16 [`TmaMatrix`]es (Q, K and V stacked into one projection; gate and up interleaved for the
 //! fused SwiGLU GEMM), vectors and the MoE router as f32.
 
+use super::scratch::ScratchPool;
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
@@ -56,6 +57,8 @@ pub struct GpuModel {
     pub(super) output_norm: Buffer<f32>,
     pub(super) output: TmaMatrix,
     pub(super) layers: Vec<GpuLayer>,
+    /// Activations and KV caches kept between prompts.
+    pub(super) scratch: ScratchPool,
 }
 
 fn bf16_bits(data: &[f32]) -> Vec<u16> {
@@ -212,6 +215,7 @@ impl GpuModel {
             output_norm: up.f32(&weights.output_norm)?,
             output: up.bf16(&weights.output)?,
             layers,
+            scratch: ScratchPool::default(),
         };
         up.bar.finish_and_clear();
         Ok(model)

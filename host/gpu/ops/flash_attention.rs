@@ -27,6 +27,13 @@ impl KvCache {
         })
     }
 
+    /// Zeroes both caches, for reuse by another prompt: entries past the written positions
+    /// must be finite (masked keys get probability 0, and 0 · V must stay 0).
+    pub fn clear(&mut self) -> Result<()> {
+        self.k.zero()?;
+        self.v_t.zero()
+    }
+
     /// A cache from existing matrices (K `[capacity][n_kv · 128]`, V transposed `[n_kv · 128]
     /// [capacity]`): for tests and benchmarks that fill them directly.
     pub fn from_parts(k: TmaMatrix, v_t: TmaMatrix) -> Result<Self> {
