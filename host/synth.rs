@@ -131,15 +131,14 @@ pub fn config(spec: &SynthSpec) -> ModelConfig {
     c
 }
 
-/// llama.cpp's `general.file_type` (`llama_ftype`) for an all-`dtype` file.
+/// llama.cpp's `general.file_type` (`llama_ftype`) for an all-`dtype` file (synthetic models
+/// are F32, F16, BF16 or Q8_0).
 fn file_type(dtype: GgmlType) -> u32 {
     match dtype {
-        GgmlType::F32 => 0,
         GgmlType::F16 => 1,
         GgmlType::Q8_0 => 7,
         GgmlType::BF16 => 32,
-        GgmlType::Q4_K => 15,
-        GgmlType::Q6_K => 18,
+        _ => 0,
     }
 }
 

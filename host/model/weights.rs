@@ -1,7 +1,7 @@
 //! All of a model's weights, dequantized to f32 on the host, looked up by GGUF tensor name and
 //! checked against the config.
 
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::{GgmlType, GgufError, GgufFile};
 
 use super::{ModelConfig, ModelError};
 
@@ -102,13 +102,13 @@ impl Kind {
     fn allows(self, t: GgmlType) -> bool {
         match self {
             Kind::Float => matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16),
-            Kind::Any => true,
+            Kind::Any => t.supported(),
         }
     }
-    fn allowed(self) -> &'static str {
+    fn allowed(self) -> String {
         match self {
-            Kind::Float => "F32, F16, BF16",
-            Kind::Any => "F32, F16, BF16, Q8_0, Q4_K, Q6_K",
+            Kind::Float => "F32, F16, BF16".into(),
+            Kind::Any => GgmlType::supported_list(),
         }
     }
 }
@@ -130,11 +130,18 @@ impl Loader<'_> {
                 found: t.shape().to_vec(),
             });
         }
+        if !t.dtype().supported() {
+            return Err(GgufError::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: t.dtype(),
+            }
+            .into());
+        }
         if !kind.allows(t.dtype()) {
             return Err(ModelError::DtypeMismatch {
                 tensor: name.to_string(),
                 dtype: t.dtype(),
-                allowed: kind.allowed().to_string(),
+                allowed: kind.allowed(),
             });
         }
         (self.on_tensor)(name);
