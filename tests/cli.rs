@@ -178,7 +178,10 @@ fn errors_are_one_line() {
     let long = tokens_arg(&vec![1u32; 4097]);
     assert_one_line_error(&["prefill", "-m", m, "--tokens", &long], "ctx = 4096");
     assert_one_line_error(&["prefill", "-m", m, "--tokens", "1,512"], "vocab = 512");
-    assert_one_line_error(&["synth", "--arch", "llama", "-o", "/tmp/x.gguf"], "llama");
+    assert_one_line_error(
+        &["synth", "--arch", "gemma3", "-o", "/tmp/x.gguf"],
+        "gemma3",
+    );
     assert_one_line_error(&["synth", "--dtype", "q4_k", "-o", "/tmp/x.gguf"], "Q4_K");
 
     for p in [truncated, bad_dtype_path, arch] {

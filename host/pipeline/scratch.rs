@@ -3,7 +3,6 @@
 //! Activations that feed a tensor-core GEMM or attention are bf16 [`TmaMatrix`]es; the residual
 //! stream and GEMM outputs that are summed or normalised again stay f32.
 
-use crate::gpu::ops::attention_input::rope_inv_freq;
 use crate::gpu::ops::flash_attention::KvCache;
 use crate::gpu::ops::moe::Routing;
 use crate::gpu::{Buffer, Device, GpuError, Result, TmaMatrix};
@@ -45,6 +44,7 @@ impl Scratch {
     pub fn new(
         dev: &Device,
         cfg: &ModelConfig,
+        inv_freq: &[f32],
         capacity: usize,
         max_chunk: usize,
         logit_rows: usize,
@@ -95,10 +95,7 @@ impl Scratch {
                 None
             },
             tokens: dev.alloc(n, "token ids")?,
-            inv_freq: dev.upload(
-                &rope_inv_freq(cfg.rope_base as f64, cfg.head_dim),
-                "RoPE frequencies",
-            )?,
+            inv_freq: dev.upload(inv_freq, "RoPE frequencies")?,
             final_rows: dev.alloc(logit_rows * cfg.hidden, "final rows")?,
             final16: dev.tma_zeros(logit_rows, cfg.hidden, "final normed rows")?,
             logits: dev.alloc(logit_rows * cfg.vocab, "logits")?,
