@@ -3,7 +3,8 @@
 //! Qwen3-30B-A3B's dims with any layer count.
 //!
 //! Weights (so activations stay O(1) without training): token_embd ~ N(0, 1); matrices
-//! ~ N(0, 1/fan_in) with fan_in = ne0; norm weights 1 + N(0, 0.1); biases N(0, 0.1).
+//! ~ N(0, 1/fan_in) with fan_in = ne0; norm weights 1 + N(0, 0.1); biases N(0, 0.1); llama's
+//! `rope_freqs` 1 + 7 (i / (n - 1))². qwen2's LM head is tied to token_embd.
 //! Each tensor has its own PRNG stream (seed, tensor index), so a tensor's values do not
 //! depend on the dtype or on how many tensors came before it.
 
@@ -86,6 +87,8 @@ pub fn config(spec: &SynthSpec) -> ModelConfig {
             ff_exp: 256,
             ff_shexp: 256,
             rope_base: 1e6,
+            rope: arch.rope(),
+            rope_freq_scale: 1.0,
             eps: 1e-6,
             ctx: 4096,
             vocab: 512,
@@ -106,6 +109,8 @@ pub fn config(spec: &SynthSpec) -> ModelConfig {
             ff_exp: 768,
             ff_shexp: 3072,
             rope_base: 1e6,
+            rope: arch.rope(),
+            rope_freq_scale: 1.0,
             eps: 1e-6,
             ctx: 40960,
             vocab: 151936,
@@ -114,8 +119,8 @@ pub fn config(spec: &SynthSpec) -> ModelConfig {
             qkv_bias: false,
         },
     };
-    if spec.preset == Preset::Tiny && arch == Arch::Qwen2Moe {
-        // As the fixture: llama.cpp's qwen2moe loader needs n_head * head_dim == hidden.
+    if spec.preset == Preset::Tiny && matches!(arch, Arch::Qwen2Moe | Arch::Qwen2) {
+        // As the fixture: llama.cpp's qwen2 loaders need n_head * head_dim == hidden.
         c.n_head = 2;
         c.n_head_kv = 1;
     }
@@ -131,15 +136,14 @@ pub fn config(spec: &SynthSpec) -> ModelConfig {
     c
 }
 
-/// llama.cpp's `general.file_type` (`llama_ftype`) for an all-`dtype` file.
+/// llama.cpp's `general.file_type` (`llama_ftype`) for an all-`dtype` file (synthetic models
+/// are F32, F16, BF16 or Q8_0).
 fn file_type(dtype: GgmlType) -> u32 {
     match dtype {
-        GgmlType::F32 => 0,
         GgmlType::F16 => 1,
         GgmlType::Q8_0 => 7,
         GgmlType::BF16 => 32,
-        GgmlType::Q4_K => 15,
-        GgmlType::Q6_K => 18,
+        _ => 0,
     }
 }
 
@@ -287,8 +291,22 @@ pub fn build_writer(spec: &SynthSpec) -> Result<GgufWriter, SynthError> {
         }
     }
     w.add_tensor("output_norm.weight", f32t, sh(&[h]));
-    w.add_tensor("output.weight", dt, sh(&[h, c.vocab]));
+    if tied_embeddings(c.arch) {
+        // No output.weight: the LM head is token_embd (as small Qwen2 models).
+    } else {
+        w.add_tensor("output.weight", dt, sh(&[h, c.vocab]));
+    }
+    if c.arch == Arch::Llama {
+        // Llama 3.x's RoPE frequency factors.
+        w.add_tensor("rope_freqs.weight", f32t, sh(&[hd / 2]));
+    }
     Ok(w)
+}
+
+/// Synthetic qwen2 models tie the LM head to the embeddings (as the small Qwen2 models do);
+/// the others have `output.weight`.
+pub fn tied_embeddings(arch: Arch) -> bool {
+    arch == Arch::Qwen2
 }
 
 /// The f32 values of tensor `index` (before conversion to its stored type).
@@ -298,6 +316,11 @@ pub fn tensor_values(seed: u64, index: usize, desc: &TensorDesc) -> Vec<f32> {
     let name = desc.name.as_str();
     if name == "token_embd.weight" {
         rng.normal_vec(n, 1.0)
+    } else if name == "rope_freqs.weight" {
+        // Llama 3's shape: 1 for the high frequencies, rising to 8 for the low ones.
+        (0..n)
+            .map(|i| 1.0 + 7.0 * (i as f32 / (n - 1).max(1) as f32).powi(2))
+            .collect()
     } else if name.ends_with("norm.weight") {
         rng.normal_vec(n, 0.1)
             .into_iter()

@@ -8,7 +8,8 @@
 #
 # Steps, in order (each log is also printed):
 #   env.txt        nvidia-smi, driver and CUDA versions, tool versions, the bundle's MANIFEST
-#   tests.log      every test executable with KILN_TEST_DEVICE=cuda, KILN_FIXTURES=<bundle>/fixtures
+#   tests.log      every test executable with KILN_TEST_DEVICE=cuda, KILN_FIXTURES=<bundle>/fixtures,
+#                  KILN_TEST_DATA=<bundle>/test-data
 #   memcheck.log   compute-sanitizer --tool memcheck over the kernel tests (tests/kernels_*)
 #   racecheck.log  compute-sanitizer --tool racecheck over the kernel tests (slow: see filters)
 #   ptxas.txt      ptxas -v of the bundled PTX with this machine's CUDA (registers, smem, spills)
@@ -93,6 +94,7 @@ trap 'rm -rf "$work"' EXIT
 
 export KILN_TEST_DEVICE="${KILN_TEST_DEVICE:-cuda}"
 export KILN_FIXTURES="${KILN_FIXTURES:-$here/fixtures}"
+export KILN_TEST_DATA="${KILN_TEST_DATA:-$here/test-data}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 step_timeout="${KILN_STEP_TIMEOUT:-300}"
 deadline="${KILN_DEADLINE:-540}"

@@ -7,6 +7,7 @@
 #                                   <integration-test-name>, lib-kiln, bin-kiln
 #   gpu-bundle/ptx/kernels.ptx      the PTX the binaries embed, and ptxas-report.txt
 #   gpu-bundle/fixtures/            the test fixtures (models/, refs/, the small top-level files)
+#   gpu-bundle/test-data/           the repository's tests/data (llama/qwen2 fixtures, vectors)
 #   gpu-bundle/run.sh               the runner (a copy of scripts/gpu-bundle-run.sh)
 #   gpu-bundle/bench.sh             the benchmark (scripts/gpu-bench.sh; run.sh bench OUTDIR)
 #   gpu-bundle/bench_torch.py       its PyTorch peer (scripts/bench_torch.py)
@@ -74,7 +75,7 @@ fi
 
 say "gathering into $bundle"
 rm -rf "$bundle"
-mkdir -p "$bundle/tests" "$bundle/ptx" "$bundle/fixtures"
+mkdir -p "$bundle/tests" "$bundle/ptx" "$bundle/fixtures" "$bundle/test-data"
 cp target/release/kiln "$bundle/kiln"
 while IFS=$'\t' read -r name path; do
     cp "$path" "$bundle/tests/$name"
@@ -100,6 +101,8 @@ if [[ -d "$fixtures_src" ]]; then
 else
     echo "warning: no fixtures at $fixtures_src: tests that need them will fail there" >&2
 fi
+
+cp tests/data/* "$bundle/test-data/"
 
 # Tests that run the binary find it at the path cargo baked in (CARGO_BIN_EXE_kiln); run.sh
 # links the bundled kiln there when that path does not exist on the GPU machine.

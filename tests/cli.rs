@@ -159,7 +159,7 @@ fn errors_are_one_line() {
     std::fs::write(&bad_dtype_path, &bad_dtype).unwrap();
     assert_one_line_error(
         &["info", bad_dtype_path.to_str().unwrap()],
-        "unknown or unsupported ggml type 77",
+        "unknown ggml type 77",
     );
 
     let arch = temp_path("arch.gguf");
@@ -178,10 +178,63 @@ fn errors_are_one_line() {
     let long = tokens_arg(&vec![1u32; 4097]);
     assert_one_line_error(&["prefill", "-m", m, "--tokens", &long], "ctx = 4096");
     assert_one_line_error(&["prefill", "-m", m, "--tokens", "1,512"], "vocab = 512");
-    assert_one_line_error(&["synth", "--arch", "llama", "-o", "/tmp/x.gguf"], "llama");
+    assert_one_line_error(
+        &["synth", "--arch", "gemma3", "-o", "/tmp/x.gguf"],
+        "gemma3",
+    );
     assert_one_line_error(&["synth", "--dtype", "q4_k", "-o", "/tmp/x.gguf"], "Q4_K");
 
     for p in [truncated, bad_dtype_path, arch] {
         std::fs::remove_file(p).ok();
+    }
+}
+
+/// `kiln info` and `kiln prefill` (CPU) on the llama and qwen2 fixtures of tests/data: the arch,
+/// RoPE pairing and LM head are shown; prefill's top-1 and dumped logits are the fixture's
+/// (tolerance as tests/arch_fixtures.rs); a text prompt runs on each file's gpt2 vocabulary.
+#[test]
+fn llama_and_qwen2_fixtures_info_and_prefill() {
+    for (name, rope, head, types) in [
+        ("llama-legacy", "Norm", "output.weight", ["Q4_1", "IQ4_NL"]),
+        ("qwen2-kquant", "Neox", "tied", ["Q3_K", "IQ4_XS"]),
+    ] {
+        let fx = common::arch_fixture(name);
+        let path = common::test_data(&format!("{name}.gguf"));
+        let p = path.to_str().unwrap();
+        let o = kiln(&["info", p]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = stdout(&o);
+        let arch = name.split('-').next().unwrap();
+        for needle in [arch, rope, head, types[0], types[1]] {
+            assert!(
+                out.contains(needle),
+                "{name}: info lacks {needle:?}:\n{out}"
+            );
+        }
+        let npy = temp_path(&format!("{name}.npy"));
+        let o = kiln(&[
+            "prefill",
+            "--device",
+            "cpu",
+            "-m",
+            p,
+            "--tokens",
+            &tokens_arg(&fx.prompt),
+            "--dump-logits",
+            npy.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let dumped = kiln::npy::read_f32(&npy).unwrap();
+        std::fs::remove_file(&npy).ok();
+        let want = &fx.want.data[(fx.prompt.len() - 1) * fx.cfg.vocab..];
+        assert!(common::rel_l2_f32(&dumped.data, want) <= 1e-6, "{name}");
+        let first = stdout(&o)
+            .lines()
+            .skip_while(|l| !l.starts_with("top-5"))
+            .nth(1)
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string());
+        assert_eq!(first, Some(argmax(want).to_string()), "{name}");
+        let o = kiln(&["prefill", "--device", "cpu", "-m", p, "-p", "hello world"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }

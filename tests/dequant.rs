@@ -179,7 +179,8 @@ fn quantized_files_agree_with_f32_within_quantization_error() {
                         }
                     }
                 }
-                GgmlType::Q4_K | GgmlType::Q6_K => {
+                t => {
+                    assert!(matches!(t, GgmlType::Q4_K | GgmlType::Q6_K), "{t}");
                     let err = rel_l2_f32(&got, &want);
                     let bound = if info.dtype == GgmlType::Q4_K {
                         0.12

@@ -166,10 +166,12 @@ fn bad_tensor_infos() {
     }
     let e = one(tensor_info("t", &[1 << 32, 1 << 32, 1 << 32], 0, 0), 64);
     assert!(matches!(e, GgufError::BadTensor { .. }), "{e:?}");
-    // Q4_0 (2) and an unassigned number are unknown dtypes, named with the tensor.
-    for ty in [2u32, 99] {
+    // A number ggml retired (4, once Q4_2) and an unassigned one are unknown dtypes, named
+    // with the tensor and the list of types kiln reads.
+    for ty in [4u32, 99] {
         let e = one(tensor_info("w", &[32], ty, 0), 64);
         assert!(matches!(e, GgufError::UnknownDtype { ref tensor, .. } if tensor == "w"));
+        assert!(e.to_string().contains("kiln reads F32, F16, Q4_0"), "{e}");
     }
     // Q8_0 rows must be whole blocks.
     assert!(matches!(
@@ -222,15 +224,16 @@ fn truncated_at_every_header_offset_and_sampled_data_offsets() {
 #[test]
 fn unknown_and_wrong_architectures() {
     let f = open("qwen3-f32");
-    let llama = rewrite(&f, |w| {
-        w.set_kv("general.architecture", Value::String("llama".into()))
+    let gemma = rewrite(&f, |w| {
+        w.set_kv("general.architecture", Value::String("gemma3".into()))
     });
-    let g = GgufFile::from_bytes(llama).unwrap();
+    let g = GgufFile::from_bytes(gemma).unwrap();
     let e = ModelConfig::from_gguf(&g).unwrap_err();
     assert!(
-        matches!(e, ModelError::UnknownArch(ref a) if a == "llama"),
+        matches!(e, ModelError::UnknownArch(ref a) if a == "gemma3"),
         "{e}"
     );
+    assert!(e.to_string().contains("kiln supports llama, qwen2"), "{e}");
     // A qwen3 file claiming to be qwen3moe: its qwen3moe.* keys are missing.
     let moe = rewrite(&f, |w| {
         w.set_kv("general.architecture", Value::String("qwen3moe".into()))
@@ -284,10 +287,18 @@ fn shape_dtype_and_missing_tensors() {
     }));
     assert!(matches!(e, ModelError::DtypeMismatch { .. }), "{e}");
     let dropped = rewrite(&f, |w| {
-        w.tensors_mut().retain(|t| t.name != "output.weight")
+        w.tensors_mut().retain(|t| t.name != "blk.0.attn_k.weight")
     });
     let e = load(dropped);
-    assert!(e.to_string().contains("output.weight"), "{e}");
+    assert!(e.to_string().contains("blk.0.attn_k.weight"), "{e}");
+    // A matrix of a type kiln does not read is named with its ggml id.
+    let e = load(edit_tensor("blk.0.ffn_up.weight", |t| {
+        t.dtype = GgmlType::IQ2_XXS
+    }));
+    assert!(
+        e.to_string().contains("IQ2_XXS (type 16) is not supported"),
+        "{e}"
+    );
 }
 
 #[test]

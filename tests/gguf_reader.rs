@@ -5,7 +5,7 @@ mod common;
 
 use common::{model_path, open};
 use kiln::gguf::{GgmlType, GgufFile, GgufWriter, Value, ValueType};
-use kiln::model::{Arch, ModelConfig};
+use kiln::model::{Arch, ModelConfig, RopeType};
 
 #[test]
 fn fixture_metadata_and_config() {
@@ -50,6 +50,8 @@ fn fixture_metadata_and_config() {
             ff_exp: 256,
             ff_shexp: 0,
             rope_base: 1e6,
+            rope: RopeType::Neox,
+            rope_freq_scale: 1.0,
             eps: 1e-6,
             ctx: 4096,
             vocab: 512,

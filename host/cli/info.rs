@@ -43,8 +43,26 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         println!("ffn:       dense, ff {}", cfg.ff);
     }
     println!(
-        "rope base: {}, rms eps: {:e}, qk-norm {}, qkv bias {}",
-        cfg.rope_base, cfg.eps, cfg.qk_norm, cfg.qkv_bias
+        "rope:      {:?}, base {}, scale {}, frequency factors {}",
+        cfg.rope,
+        cfg.rope_base,
+        cfg.rope_freq_scale,
+        if f.has_tensor("rope_freqs.weight") {
+            "rope_freqs.weight"
+        } else {
+            "none"
+        }
+    );
+    println!(
+        "rms eps:   {:e}, qk-norm {}, qkv bias {}, lm head {}",
+        cfg.eps,
+        cfg.qk_norm,
+        cfg.qkv_bias,
+        if f.has_tensor("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight (tied)"
+        }
     );
     if args.metadata {
         println!("\nmetadata:");

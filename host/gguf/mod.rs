@@ -58,8 +58,17 @@ pub enum GgufError {
     DuplicateKey(String),
     #[error("duplicate tensor name {0:?}")]
     DuplicateTensor(String),
-    #[error("tensor {tensor:?}: unknown or unsupported ggml type {ty}")]
+    #[error(
+        "tensor {tensor:?}: unknown ggml type {ty} (kiln reads {})",
+        GgmlType::supported_list()
+    )]
     UnknownDtype { tensor: String, ty: u32 },
+    #[error(
+        "tensor {tensor:?}: ggml type {} is not supported (kiln reads {})",
+        dtype.describe(),
+        GgmlType::supported_list()
+    )]
+    UnsupportedDtype { tensor: String, dtype: GgmlType },
     #[error("tensor {tensor:?}: {reason}")]
     BadTensor { tensor: String, reason: String },
     #[error(

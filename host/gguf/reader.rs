@@ -64,6 +64,12 @@ impl Tensor<'_> {
         &self.info.shape
     }
     pub fn dequantize_f32(&self) -> Result<Vec<f32>> {
+        if !self.info.dtype.supported() {
+            return Err(GgufError::UnsupportedDtype {
+                tensor: self.info.name.clone(),
+                dtype: self.info.dtype,
+            });
+        }
         dequant::dequantize(self.info.dtype, self.data).map_err(|reason| GgufError::Dequant {
             tensor: self.info.name.clone(),
             dtype: self.info.dtype,

@@ -2,67 +2,172 @@
 
 use std::fmt;
 
-/// The ggml tensor types kiln can read. Numeric values are ggml's `enum ggml_type`.
+/// Every ggml tensor type that has appeared in GGUF files (ggml's `enum ggml_type`; the ids
+/// are in [`TYPES`]). A file may hold any of them (`kiln info` lists it); [`GgmlType::supported`]
+/// says which ones kiln can dequantize.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 pub enum GgmlType {
     F32,
     F16,
-    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q8_1,
+    Q2_K,
+    Q3_K,
     Q4_K,
+    Q5_K,
     Q6_K,
+    Q8_K,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ3_XXS,
+    IQ1_S,
+    IQ4_NL,
+    IQ3_S,
+    IQ2_S,
+    IQ4_XS,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    IQ1_M,
+    BF16,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
+    NVFP4,
+    Q1_0,
 }
 
 /// Super-block length of the K-quants (ggml's `QK_K`).
 pub const QK_K: usize = 256;
 /// Block length of Q8_0 (ggml's `QK8_0`).
 pub const QK8_0: usize = 32;
+/// Block length of Q4_0, Q4_1, Q5_0, Q5_1 and IQ4_NL (ggml's `QK4_0` = `QK5_0` = `QK4_NL`).
+pub const QK4_0: usize = 32;
+
+/// One row of the type table.
+#[derive(Clone, Copy, Debug)]
+pub struct TypeInfo {
+    pub ty: GgmlType,
+    /// ggml's `enum ggml_type` value, as stored in a GGUF tensor info.
+    pub id: u32,
+    pub name: &'static str,
+    /// Elements per block (1 for the plain number types).
+    pub block_len: usize,
+    /// Bytes per block (ggml's `sizeof(block_…)`).
+    pub block_bytes: usize,
+    /// Whether kiln dequantizes it (`gguf::dequant`).
+    pub supported: bool,
+}
+
+const fn t(
+    ty: GgmlType,
+    id: u32,
+    name: &'static str,
+    block_len: usize,
+    block_bytes: usize,
+    supported: bool,
+) -> TypeInfo {
+    TypeInfo {
+        ty,
+        id,
+        name,
+        block_len,
+        block_bytes,
+        supported,
+    }
+}
+
+/// The one table of ggml types: id, name, block length and block bytes (from ggml's block
+/// structs in `ggml-common.h`; the same as gguf-py's `GGML_QUANT_SIZES` except Q8_1, which
+/// gguf-py sizes 40 and ggml 36; no GGUF stores Q8_1). Ids 4, 5 and 31-33, 36-38 were removed
+/// from ggml and are unknown here.
+pub const TYPES: [TypeInfo; 34] = {
+    use GgmlType::*;
+    [
+        t(F32, 0, "F32", 1, 4, true),
+        t(F16, 1, "F16", 1, 2, true),
+        // f16 d; u8 qs[16]
+        t(Q4_0, 2, "Q4_0", QK4_0, 2 + 16, true),
+        // f16 d, m; u8 qs[16]
+        t(Q4_1, 3, "Q4_1", QK4_0, 4 + 16, true),
+        // f16 d; u8 qh[4]; u8 qs[16]
+        t(Q5_0, 6, "Q5_0", QK4_0, 2 + 4 + 16, true),
+        // f16 d, m; u8 qh[4]; u8 qs[16]
+        t(Q5_1, 7, "Q5_1", QK4_0, 4 + 4 + 16, true),
+        // f16 d; i8 qs[32]
+        t(Q8_0, 8, "Q8_0", QK8_0, 2 + QK8_0, true),
+        t(Q8_1, 9, "Q8_1", 32, 4 + 32, false),
+        // u8 scales[16]; u8 qs[64]; f16 d, dmin
+        t(Q2_K, 10, "Q2_K", QK_K, 16 + 64 + 4, true),
+        // u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d
+        t(Q3_K, 11, "Q3_K", QK_K, 32 + 64 + 12 + 2, true),
+        // f16 d, dmin; u8 scales[12]; u8 qs[128]
+        t(Q4_K, 12, "Q4_K", QK_K, 4 + 12 + 128, true),
+        // f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]
+        t(Q5_K, 13, "Q5_K", QK_K, 4 + 12 + 32 + 128, true),
+        // u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d
+        t(Q6_K, 14, "Q6_K", QK_K, 128 + 64 + 16 + 2, true),
+        t(Q8_K, 15, "Q8_K", QK_K, 4 + 256 + 32, false),
+        t(IQ2_XXS, 16, "IQ2_XXS", QK_K, 66, false),
+        t(IQ2_XS, 17, "IQ2_XS", QK_K, 74, false),
+        t(IQ3_XXS, 18, "IQ3_XXS", QK_K, 98, false),
+        t(IQ1_S, 19, "IQ1_S", QK_K, 50, false),
+        // f16 d; u8 qs[16]
+        t(IQ4_NL, 20, "IQ4_NL", QK4_0, 2 + 16, true),
+        t(IQ3_S, 21, "IQ3_S", QK_K, 110, false),
+        t(IQ2_S, 22, "IQ2_S", QK_K, 82, false),
+        // f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]
+        t(IQ4_XS, 23, "IQ4_XS", QK_K, 2 + 2 + 4 + 128, true),
+        t(I8, 24, "I8", 1, 1, false),
+        t(I16, 25, "I16", 1, 2, false),
+        t(I32, 26, "I32", 1, 4, false),
+        t(I64, 27, "I64", 1, 8, false),
+        t(F64, 28, "F64", 1, 8, false),
+        t(IQ1_M, 29, "IQ1_M", QK_K, 56, false),
+        t(BF16, 30, "BF16", 1, 2, true),
+        t(TQ1_0, 34, "TQ1_0", QK_K, 54, false),
+        t(TQ2_0, 35, "TQ2_0", QK_K, 66, false),
+        t(MXFP4, 39, "MXFP4", 32, 17, false),
+        t(NVFP4, 40, "NVFP4", 64, 36, false),
+        t(Q1_0, 41, "Q1_0", 128, 18, false),
+    ]
+};
 
 impl GgmlType {
+    /// This type's row of [`TYPES`].
+    pub fn info(self) -> &'static TypeInfo {
+        // Every variant has exactly one row (checked by a test); the fallback is unreachable.
+        TYPES.iter().find(|i| i.ty == self).unwrap_or(&TYPES[0])
+    }
+
     pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4_K,
-            14 => GgmlType::Q6_K,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
+        TYPES.iter().find(|i| i.id == v).map(|i| i.ty)
     }
 
     pub fn as_u32(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q4_K => 12,
-            GgmlType::Q6_K => 14,
-            GgmlType::BF16 => 30,
-        }
+        self.info().id
     }
 
-    /// Elements per block (1 for the plain float types).
+    /// Elements per block (1 for the plain number types).
     pub fn block_len(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q8_0 => QK8_0,
-            GgmlType::Q4_K | GgmlType::Q6_K => QK_K,
-        }
+        self.info().block_len
     }
 
-    /// Bytes per block, from ggml's block structs:
-    /// Q8_0 = f16 d + 32 i8; Q4_K = f16 d + f16 dmin + 12 scale bytes + 128 nibble bytes;
-    /// Q6_K = 128 low-nibble bytes + 64 high-bit bytes + 16 i8 scales + f16 d.
+    /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q8_0 => 2 + QK8_0,
-            GgmlType::Q4_K => 2 + 2 + 12 + QK_K / 2,
-            GgmlType::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
-        }
+        self.info().block_bytes
+    }
+
+    /// Whether kiln can dequantize this type.
+    pub fn supported(self) -> bool {
+        self.info().supported
     }
 
     /// Bytes for `n_elements` elements, or `None` if `n_elements` is not a whole number of
@@ -76,28 +181,30 @@ impl GgmlType {
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::BF16 => "BF16",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4_K => "Q4_K",
-            GgmlType::Q6_K => "Q6_K",
-        }
+        self.info().name
     }
 
     /// Parses the names `name()` prints, case-insensitively (used by the CLI).
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::BF16,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ]
-        .into_iter()
-        .find(|t| t.name().eq_ignore_ascii_case(s))
+        TYPES
+            .iter()
+            .find(|i| i.name.eq_ignore_ascii_case(s))
+            .map(|i| i.ty)
+    }
+
+    /// `"Q4_1 (type 3)"`: the name and ggml id, for messages.
+    pub fn describe(self) -> String {
+        format!("{} (type {})", self.name(), self.as_u32())
+    }
+
+    /// The names of the types kiln dequantizes, comma-separated.
+    pub fn supported_list() -> String {
+        let names: Vec<&str> = TYPES
+            .iter()
+            .filter(|i| i.supported)
+            .map(|i| i.name)
+            .collect();
+        names.join(", ")
     }
 }
 

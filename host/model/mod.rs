@@ -3,7 +3,7 @@
 pub mod config;
 pub mod weights;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{ARCHS, Arch, ArchSpec, Bias, ModelConfig, RopeType};
 pub use weights::{Ffn, HostTensor, LayerWeights, SharedExpert, Weights};
 
 use crate::gguf::{GgmlType, GgufError};
@@ -12,7 +12,7 @@ use crate::gguf::{GgmlType, GgufError};
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unknown architecture {0:?} (kiln supports qwen3, qwen3moe, qwen2moe)")]
+    #[error("unknown architecture {0:?} (kiln supports {list})", list = Arch::supported_list())]
     UnknownArch(String),
     #[error("invalid model config: {0}")]
     BadConfig(String),

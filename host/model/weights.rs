@@ -1,7 +1,7 @@
 //! All of a model's weights, dequantized to f32 on the host, looked up by GGUF tensor name and
 //! checked against the config.
 
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::{GgmlType, GgufError, GgufFile};
 
 use super::{ModelConfig, ModelError};
 
@@ -86,7 +86,12 @@ pub struct LayerWeights {
 pub struct Weights {
     pub token_embd: HostTensor,
     pub output_norm: HostTensor,
-    pub output: HostTensor,
+    /// The LM head; `None` when the file has no `output.weight` (tied embeddings: the head is
+    /// `token_embd`, as llama.cpp does). Use [`Weights::lm_head`].
+    pub output: Option<HostTensor>,
+    /// Llama 3.x's RoPE frequency factors `rope_freqs.weight` `[head_dim / 2]`: frequency `i`
+    /// is divided by factor `i` (llama.cpp's `freq_factors`).
+    pub rope_freqs: Option<HostTensor>,
     pub layers: Vec<LayerWeights>,
 }
 
@@ -102,13 +107,13 @@ impl Kind {
     fn allows(self, t: GgmlType) -> bool {
         match self {
             Kind::Float => matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16),
-            Kind::Any => true,
+            Kind::Any => t.supported(),
         }
     }
-    fn allowed(self) -> &'static str {
+    fn allowed(self) -> String {
         match self {
-            Kind::Float => "F32, F16, BF16",
-            Kind::Any => "F32, F16, BF16, Q8_0, Q4_K, Q6_K",
+            Kind::Float => "F32, F16, BF16".into(),
+            Kind::Any => GgmlType::supported_list(),
         }
     }
 }
@@ -130,11 +135,18 @@ impl Loader<'_> {
                 found: t.shape().to_vec(),
             });
         }
+        if !t.dtype().supported() {
+            return Err(GgufError::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: t.dtype(),
+            }
+            .into());
+        }
         if !kind.allows(t.dtype()) {
             return Err(ModelError::DtypeMismatch {
                 tensor: name.to_string(),
                 dtype: t.dtype(),
-                allowed: kind.allowed().to_string(),
+                allowed: kind.allowed(),
             });
         }
         (self.on_tensor)(name);
@@ -181,7 +193,27 @@ impl Weights {
         let (h, v) = (cfg.hidden, cfg.vocab);
         let token_embd = l.matrix("token_embd.weight", h, v)?;
         let output_norm = l.vector("output_norm.weight", h)?;
-        let output = l.matrix("output.weight", h, v)?;
+        let output = if file.has_tensor("output.weight") {
+            Some(l.matrix("output.weight", h, v)?)
+        } else {
+            None
+        };
+        let rope_freqs = if file.has_tensor("rope_freqs.weight") {
+            let t = l.vector("rope_freqs.weight", cfg.head_dim / 2)?;
+            if let Some((i, v)) = t
+                .data
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite() || **v <= 0.0)
+            {
+                return Err(ModelError::BadConfig(format!(
+                    "rope_freqs.weight[{i}] = {v} must be positive"
+                )));
+            }
+            Some(t)
+        } else {
+            None
+        };
         let layers = (0..cfg.n_layer)
             .map(|i| load_layer(&mut l, cfg, i))
             .collect::<Result<Vec<_>, _>>()?;
@@ -189,13 +221,38 @@ impl Weights {
             token_embd,
             output_norm,
             output,
+            rope_freqs,
             layers,
         })
     }
 
+    /// The LM head matrix `[vocab][hidden]`: `output.weight`, or `token_embd` when tied.
+    pub fn lm_head(&self) -> &HostTensor {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// RoPE's frequency per rotated pair `i < head_dim / 2`, in f64: `rope_base^(-2i/head_dim)`
+    /// times the linear scale, divided by `rope_freqs[i]` when the file has it (the angle at
+    /// position p is `p · freq[i]`, as llama.cpp's `ggml_rope_ext` with its `freq_factors`).
+    pub fn rope_frequencies(&self, cfg: &ModelConfig) -> Vec<f64> {
+        let base = f64::from(cfg.rope_base);
+        let scale = f64::from(cfg.rope_freq_scale);
+        (0..cfg.head_dim / 2)
+            .map(|i| {
+                let f = base.powf(-2.0 * i as f64 / cfg.head_dim as f64) * scale;
+                match &self.rope_freqs {
+                    Some(t) => f / f64::from(t.data[i]),
+                    None => f,
+                }
+            })
+            .collect()
+    }
+
     /// Every tensor, in a fixed order (for the GPU upload and for tests).
     pub fn tensors(&self) -> Vec<&HostTensor> {
-        let mut out = vec![&self.token_embd, &self.output_norm, &self.output];
+        let mut out = vec![&self.token_embd, &self.output_norm];
+        out.extend(&self.output);
+        out.extend(&self.rope_freqs);
         for l in &self.layers {
             out.extend([&l.attn_norm, &l.wq, &l.wk, &l.wv]);
             out.extend(

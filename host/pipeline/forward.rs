@@ -92,9 +92,12 @@ impl<'m> Session<'m> {
         let max_chunk = max_chunk.clamp(1, capacity);
         let logit_rows = if opts.all_logits { max_chunk } else { 1 };
         let dev = dev.fresh_counter();
-        let s = model
-            .scratch
-            .lease(&dev, cfg, capacity, max_chunk, logit_rows)?;
+        let s = model.scratch.lease(
+            &dev,
+            cfg,
+            &model.inv_freq,
+            (capacity, max_chunk, logit_rows),
+        )?;
         Ok(Session {
             model,
             dev,

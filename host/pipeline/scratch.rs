@@ -5,7 +5,6 @@
 //! Activations that feed a tensor-core GEMM or attention are bf16 [`TmaMatrix`]es; the residual
 //! stream and GEMM outputs that are summed or normalised again stay f32.
 
-use crate::gpu::ops::attention_input::rope_inv_freq;
 use crate::gpu::ops::flash_attention::KvCache;
 use crate::gpu::ops::moe::Routing;
 use crate::gpu::{Buffer, Device, GpuError, Result, TmaMatrix};
@@ -51,6 +50,7 @@ impl Scratch {
     pub fn new(
         dev: &Device,
         cfg: &ModelConfig,
+        inv_freq: &[f32],
         capacity: usize,
         max_chunk: usize,
         logit_rows: usize,
@@ -101,10 +101,7 @@ impl Scratch {
                 None
             },
             tokens: dev.alloc(n, "token ids")?,
-            inv_freq: dev.upload(
-                &rope_inv_freq(cfg.rope_base as f64, cfg.head_dim),
-                "RoPE frequencies",
-            )?,
+            inv_freq: dev.upload(inv_freq, "RoPE frequencies")?,
             final_rows: dev.alloc(logit_rows * cfg.hidden, "final rows")?,
             final16: dev.tma_zeros(logit_rows, cfg.hidden, "final normed rows")?,
             logits: dev.alloc(logit_rows * cfg.vocab, "logits")?,
@@ -138,16 +135,17 @@ pub(super) struct Lease<'p> {
 
 impl ScratchPool {
     /// Scratch for a prompt of `capacity` tokens in chunks of at most `max_chunk`, with
-    /// `logit_rows` rows of logits: the kept set when it is large enough (its KV caches zeroed
-    /// again, as new ones are), else a new one (the kept set is freed first).
+    /// `logit_rows` rows of logits (`sizes`), for one model (`cfg`, its RoPE frequencies): the
+    /// kept set when it is large enough (its KV caches zeroed again, as new ones are), else a
+    /// new one (the kept set is freed first).
     pub fn lease(
         &self,
         dev: &Device,
         cfg: &ModelConfig,
-        capacity: usize,
-        max_chunk: usize,
-        logit_rows: usize,
+        inv_freq: &[f32],
+        sizes: (usize, usize, usize),
     ) -> Result<Lease<'_>> {
+        let (capacity, max_chunk, logit_rows) = sizes;
         let kept = self
             .0
             .lock()
@@ -166,7 +164,7 @@ impl ScratchPool {
             }
             old => {
                 drop(old);
-                Scratch::new(dev, cfg, capacity, max_chunk, logit_rows)?
+                Scratch::new(dev, cfg, inv_freq, capacity, max_chunk, logit_rows)?
             }
         };
         Ok(Lease {

@@ -122,8 +122,15 @@ impl GpuModel {
             });
         }
         let table = g.bf16(cfg.vocab * h, h, "token_embd")?;
+        let inv_freq = (0..cfg.head_dim / 2)
+            .map(|i| {
+                let f = f64::from(cfg.rope_base).powf(-2.0 * i as f64 / cfg.head_dim as f64);
+                (f * f64::from(cfg.rope_freq_scale)) as f32
+            })
+            .collect();
         Ok(GpuModel {
             cfg: cfg.clone(),
+            inv_freq,
             token_embd: EmbeddingTable::new(TableData::Bf16(table), cfg.vocab, h)?,
             output_norm: g.norm(h, "output_norm")?,
             output: g.matrix(cfg.vocab, h, "output")?,

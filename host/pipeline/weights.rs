@@ -1,12 +1,14 @@
 //! Uploading a model's weights to the device once, in the layouts the kernels read: matrices as
 //! bf16 [`TmaMatrix`]es (Q, K and V stacked into one projection; gate and up interleaved for the
-//! fused SwiGLU GEMM), vectors and the MoE router as f32.
+//! fused SwiGLU GEMM), vectors and the MoE router as f32. For NORM-RoPE archs (llama) the Q and
+//! K rows are reordered per head so that the kernels' NEOX rotation computes NORM RoPE
+//! (`norm_to_neox_rows`): one attention-input kernel serves both pairings.
 
 use super::scratch::ScratchPool;
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
-use crate::model::{Ffn, HostTensor, ModelConfig, Weights};
+use crate::model::{Ffn, HostTensor, ModelConfig, RopeType, Weights};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A SwiGLU FFN: gate|up interleaved `[interleaved_rows(ff)][hidden]`, down `[hidden][ff]`.
@@ -53,12 +55,33 @@ pub(super) struct GpuLayer {
 /// A model resident on one device.
 pub struct GpuModel {
     pub cfg: ModelConfig,
+    /// RoPE's frequency per pair (`Weights::rope_frequencies`, rounded once to f32).
+    pub(super) inv_freq: Vec<f32>,
     pub(super) token_embd: EmbeddingTable,
     pub(super) output_norm: Buffer<f32>,
     pub(super) output: TmaMatrix,
     pub(super) layers: Vec<GpuLayer>,
     /// Activations and KV caches kept between prompts.
     pub(super) scratch: ScratchPool,
+}
+
+/// The rows of `data` (`[n_heads · head_dim][cols]`, one head after another) reordered within
+/// each head from NORM RoPE order to NEOX order: new row `i < head_dim / 2` is old row `2i`,
+/// new row `head_dim / 2 + i` is old row `2i + 1`. The attention-input kernel rotates pairs
+/// `(i, i + head_dim / 2)` (NEOX); on rows reordered so, that is NORM RoPE's rotation of the
+/// pairs `(2i, 2i + 1)`, with the results in the reordered positions. Q and K get the same
+/// reordering, so every Q·K dot product, and hence attention, is unchanged (V is not
+/// reordered). This undoes llama.cpp's converter, which permutes HF's rows into NORM order.
+fn norm_to_neox_rows(data: &[f32], cols: usize, head_dim: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for head in data.chunks_exact(head_dim * cols) {
+        for r in 0..head_dim {
+            let old = if r < half { 2 * r } else { 2 * (r - half) + 1 };
+            out.extend_from_slice(&head[old * cols..(old + 1) * cols]);
+        }
+    }
+    out
 }
 
 fn bf16_bits(data: &[f32]) -> Vec<u16> {
@@ -70,6 +93,8 @@ fn bf16_bits(data: &[f32]) -> Vec<u16> {
 struct Uploader<'a> {
     dev: &'a Device,
     bar: ProgressBar,
+    /// Q/K rows (and their biases and QK-norm weights) go to NEOX order (NORM-RoPE archs).
+    reorder_qk: Option<usize>,
 }
 
 impl Uploader<'_> {
@@ -90,8 +115,23 @@ impl Uploader<'_> {
         self.bar.inc(1);
         Ok(b)
     }
-    fn opt_f32(&self, t: &Option<HostTensor>) -> Result<Option<Buffer<f32>>> {
-        t.as_ref().map(|t| self.f32(t)).transpose()
+    /// A Q or K tensor's data (weights `[heads · head_dim][cols]`, a bias, a QK-norm weight),
+    /// in the order the attention-input kernel's NEOX rotation needs.
+    fn qk_rows(&self, t: &HostTensor, cols: usize) -> Vec<f32> {
+        match self.reorder_qk {
+            Some(hd) => norm_to_neox_rows(&t.data, cols, hd),
+            None => t.data.clone(),
+        }
+    }
+    /// A QK-norm weight, reordered like its head's rows.
+    fn qk_norm(&self, t: &Option<HostTensor>) -> Result<Option<Buffer<f32>>> {
+        t.as_ref()
+            .map(|t| {
+                let b = self.dev.upload(&self.qk_rows(t, 1), &t.name)?;
+                self.bar.inc(1);
+                Ok(b)
+            })
+            .transpose()
     }
     /// `experts` stacked (gate, up) pairs of `[ff][hidden]`, interleaved per expert.
     fn gate_up(&self, gate: &HostTensor, up: &HostTensor, experts: usize) -> Result<TmaMatrix> {
@@ -118,10 +158,9 @@ impl Uploader<'_> {
     /// Q, K and V stacked into one `[q + 2·kv][hidden]` projection.
     fn qkv(&self, wq: &HostTensor, wk: &HostTensor, wv: &HostTensor) -> Result<TmaMatrix> {
         let hidden = wq.cols();
-        let data: Vec<f32> = [wq, wk, wv]
-            .iter()
-            .flat_map(|t| t.data.iter().copied())
-            .collect();
+        let mut data = self.qk_rows(wq, hidden);
+        data.extend(self.qk_rows(wk, hidden));
+        data.extend_from_slice(&wv.data);
         let name = format!("{} | {} | {}", wq.name, wk.name, wv.name);
         let m = self.matrix(&bf16_bits(&data), data.len() / hidden, hidden, &name)?;
         self.bar.inc(3);
@@ -136,16 +175,20 @@ impl Uploader<'_> {
         if l.bq.is_none() && l.bk.is_none() && l.bv.is_none() {
             return Ok(None);
         }
-        let part = |b: &Option<HostTensor>, len: usize| match b {
+        let part = |b: &Option<HostTensor>, len: usize, qk: bool| match b {
             Some(t) => {
                 self.bar.inc(1);
-                t.data.clone()
+                if qk {
+                    self.qk_rows(t, 1)
+                } else {
+                    t.data.clone()
+                }
             }
             None => vec![0.0; len],
         };
-        let mut data = part(&l.bq, cfg.q_dim());
-        data.extend(part(&l.bk, cfg.kv_dim()));
-        data.extend(part(&l.bv, cfg.kv_dim()));
+        let mut data = part(&l.bq, cfg.q_dim(), true);
+        data.extend(part(&l.bk, cfg.kv_dim(), true));
+        data.extend(part(&l.bv, cfg.kv_dim(), false));
         Ok(Some(self.dev.upload(&data, "Q|K|V bias")?))
     }
 }
@@ -168,7 +211,12 @@ impl GpuModel {
             ProgressStyle::with_template("uploading weights {bar:30} {pos}/{len} tensors")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let up = Uploader { dev, bar };
+        let reorder_qk = (cfg.rope == RopeType::Norm).then_some(cfg.head_dim);
+        let up = Uploader {
+            dev,
+            bar,
+            reorder_qk,
+        };
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             let ffn = match &l.ffn {
@@ -200,8 +248,8 @@ impl GpuModel {
                 attn_norm: up.f32(&l.attn_norm)?,
                 wqkv: up.qkv(&l.wq, &l.wk, &l.wv)?,
                 bqkv: up.qkv_bias(l, cfg)?,
-                q_norm: up.opt_f32(&l.q_norm)?,
-                k_norm: up.opt_f32(&l.k_norm)?,
+                q_norm: up.qk_norm(&l.q_norm)?,
+                k_norm: up.qk_norm(&l.k_norm)?,
                 wo: up.bf16(&l.wo)?,
                 ffn_norm: up.f32(&l.ffn_norm)?,
                 ffn,
@@ -209,11 +257,14 @@ impl GpuModel {
         }
         let table = dev.upload(&bf16_bits(&weights.token_embd.data), "token_embd")?;
         up.bar.inc(1);
+        let inv_freq = weights.rope_frequencies(cfg);
         let model = GpuModel {
             cfg: cfg.clone(),
+            inv_freq: inv_freq.iter().map(|&f| f as f32).collect(),
             token_embd: EmbeddingTable::new(TableData::Bf16(table), cfg.vocab, cfg.hidden)?,
             output_norm: up.f32(&weights.output_norm)?,
-            output: up.bf16(&weights.output)?,
+            // Tied embeddings: token_embd again, as a GEMM operand (uploaded twice).
+            output: up.bf16(weights.lm_head())?,
             layers,
             scratch: ScratchPool::default(),
         };

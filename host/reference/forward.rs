@@ -1,7 +1,9 @@
 //! The CPU reference forward pass: one token at a time through a KV cache, weights in f32,
-//! activations and every accumulation in f64. Written for reading, not speed.
+//! activations and every accumulation in f64. Written for reading, not speed. One code path for
+//! every arch: the arch's table row (`model::ARCHS`) and the file's tensors decide the rest
+//! (RoPE pairing, QK-norm, biases, MoE, shared expert, tied LM head, RoPE frequency factors).
 
-use crate::model::{Ffn, HostTensor, LayerWeights, ModelConfig, SharedExpert, Weights};
+use crate::model::{Ffn, HostTensor, LayerWeights, ModelConfig, RopeType, SharedExpert, Weights};
 
 use super::ops::{self, rms_norm, sigmoid};
 use super::{Logits, ReferenceError};
@@ -77,6 +79,7 @@ pub fn forward_with_cache(
     }
 
     let eps = f64::from(cfg.eps);
+    let freqs = weights.rope_frequencies(cfg);
     let mut rows = Vec::new();
     let mut router_margins = Vec::with_capacity(tokens.len());
     for (i, &tok) in tokens.iter().enumerate() {
@@ -89,7 +92,7 @@ pub fn forward_with_cache(
             .collect();
         for (l, layer) in weights.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm.data, eps);
-            let attn = attention(cfg, layer, cache, l, pos, &h);
+            let attn = attention(cfg, layer, cache, l, pos, &h, &freqs);
             add_assign(&mut x, &matvec(&layer.wo, 0, &attn));
             let h = rms_norm(&x, &layer.ffn_norm.data, eps);
             let (y, layer_margin) = ffn(cfg, &layer.ffn, &h);
@@ -100,7 +103,11 @@ pub fn forward_with_cache(
         cache.len += 1;
         if all_positions || i + 1 == tokens.len() {
             let h = rms_norm(&x, &weights.output_norm.data, eps);
-            rows.extend(matvec(&weights.output, 0, &h).into_iter().map(|v| v as f32));
+            rows.extend(
+                matvec(weights.lm_head(), 0, &h)
+                    .into_iter()
+                    .map(|v| v as f32),
+            );
         }
     }
     Ok(Logits {
@@ -111,6 +118,7 @@ pub fn forward_with_cache(
 }
 
 /// Self-attention of the token at `pos` over positions 0..=pos; its K/V join the cache.
+/// `freqs`: RoPE's frequency per pair (`Weights::rope_frequencies`).
 fn attention(
     cfg: &ModelConfig,
     layer: &LayerWeights,
@@ -118,6 +126,7 @@ fn attention(
     l: usize,
     pos: usize,
     h: &[f64],
+    freqs: &[f64],
 ) -> Vec<f64> {
     let hd = cfg.head_dim;
     let mut q = matvec(&layer.wq, 0, h);
@@ -132,18 +141,18 @@ fn attention(
     if let Some(b) = &layer.bk {
         k = add(&k, &b.data);
     }
-    // NEOX RoPE over the whole head: angle pos · base^(-2i/head_dim), all in f64.
-    let angles: Vec<f64> = ops::rope_inv_freq(f64::from(cfg.rope_base), hd)
-        .iter()
-        .map(|f| pos as f64 * f)
-        .collect();
+    // RoPE over the whole head, pairs as the arch says: angle pos · freq[i], all in f64.
+    let angles: Vec<f64> = freqs.iter().map(|f| pos as f64 * f).collect();
     for (x, norm) in [(&mut q, &layer.q_norm), (&mut k, &layer.k_norm)] {
         for head in x.chunks_exact_mut(hd) {
             if let Some(w) = norm {
                 let n = rms_norm(head, &w.data, f64::from(cfg.eps));
                 head.copy_from_slice(&n);
             }
-            ops::rope_neox(head, &angles);
+            match cfg.rope {
+                RopeType::Neox => ops::rope_neox(head, &angles),
+                RopeType::Norm => ops::rope_norm(head, &angles),
+            }
         }
     }
     cache.k[l].extend_from_slice(&k);

@@ -51,6 +51,18 @@ pub fn rope_neox(x: &mut [f64], angles: &[f64]) {
     }
 }
 
+/// NORM (GPT-J, adjacent-pair) RoPE of one head vector in place, llama.cpp's
+/// `LLAMA_ROPE_TYPE_NORM`: elements `2i` and `2i + 1` rotate by `angles[i]`; elements from
+/// `2·angles.len()` on pass through.
+pub fn rope_norm(x: &mut [f64], angles: &[f64]) {
+    for (i, &theta) in angles.iter().enumerate() {
+        let (s, c) = theta.sin_cos();
+        let (a, b) = (x[2 * i], x[2 * i + 1]);
+        x[2 * i] = a * c - b * s;
+        x[2 * i + 1] = a * s + b * c;
+    }
+}
+
 pub fn softmax(x: &[f64]) -> Vec<f64> {
     let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();

@@ -298,3 +298,49 @@ pub fn assert_same<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: 
         );
     }
 }
+
+/// A file of `tests/data/` (committed with the repository; `scripts/make_*.py` write it):
+/// `KILN_TEST_DATA` when set (the GPU bundle points it inside itself), else `tests/data`.
+pub fn test_data(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("KILN_TEST_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"),
+    };
+    dir.join(name)
+}
+
+/// The llama/qwen2 fixtures of `scripts/make_arch_fixtures.py`: `name` is e.g.
+/// "llama-kquant". Returns the model and the float64 reference logits of every position of
+/// the 33-token prompt (`[33][vocab]`, float32), and that prompt.
+pub struct ArchFixture {
+    pub file: GgufFile,
+    pub cfg: ModelConfig,
+    pub weights: Weights,
+    pub prompt: Vec<u32>,
+    pub want: npy::NpyArray,
+}
+
+pub fn arch_fixture(name: &str) -> ArchFixture {
+    let path = test_data(&format!("{name}.gguf"));
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let cfg = ModelConfig::from_gguf(&file).unwrap_or_else(|e| panic!("config of {name}: {e}"));
+    let weights = Weights::load(&file, &cfg).unwrap_or_else(|e| panic!("weights of {name}: {e}"));
+    let meta =
+        std::fs::read_to_string(test_data("arch_fixtures.json")).expect("arch_fixtures.json");
+    let meta: serde_json::Value = serde_json::from_str(&meta).expect("arch_fixtures.json");
+    let prompt = meta["prompt"]
+        .as_array()
+        .expect("prompt")
+        .iter()
+        .map(|t| t.as_u64().expect("token id") as u32)
+        .collect();
+    let want =
+        npy::read_f32(test_data(&format!("{name}.p33.npy"))).unwrap_or_else(|e| panic!("{e}"));
+    ArchFixture {
+        file,
+        cfg,
+        weights,
+        prompt,
+        want,
+    }
+}
