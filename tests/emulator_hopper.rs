@@ -1148,7 +1148,7 @@ impl Attention {
             self.n_head as u32,
             self.n_kv as u32,
         );
-        let grid = (n.div_ceil(flash_attention::BLOCK_Q) as u32, heads);
+        let grid = (heads, n.div_ceil(flash_attention::BLOCK_Q) as u32);
         emu::launch(
             cfg(
                 grid,

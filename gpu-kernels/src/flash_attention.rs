@@ -230,28 +230,20 @@ fn pack_p(acc_s: &[f32; 64]) -> [u32; 32] {
     pa
 }
 
-/// This warpgroup is done with key block `kb`'s slot; thread 0 refills it with block
-/// `kb + KV_STAGES` once both warpgroups are.
-#[inline(always)]
-fn release(sm: Smem, loads: Loads, tid: u32, kb: usize, n_blocks: usize) {
-    sm.empty(kb % KV_STAGES).arrive_if(tid.is_multiple_of(128));
-    if tid == 0 && kb + KV_STAGES < n_blocks {
-        loads.refill(kb + KV_STAGES);
-    }
-}
-
 kernel! {
     /// Causal GQA attention of `n` queries at positions `start_pos..` over the cache.
     /// `map_q`: bf16 `[rows ≥ n][n_head · 128]`; `map_k`: bf16 K cache `[capacity][n_kv · 128]`;
     /// `map_v`: bf16 V cache transposed, `[n_kv · 128][capacity]`; every map has box
     /// `BOX_INNER × BOX_OUTER` and 128B swizzle. `o`: bf16 `[n][n_head · 128]`.
-    /// `scale_log2` = softmax scale · log2(e). Grid: (⌈n / BLOCK_Q⌉, n_head); `THREADS`
+    /// `scale_log2` = softmax scale · log2(e). Grid: (n_head, ⌈n / BLOCK_Q⌉); `THREADS`
     /// threads; `SHARED_BYTES` of dynamic shared memory.
     pub fn flash_attention_hd128(map_q: In<TensorMap>, map_k: In<TensorMap>, map_v: In<TensorMap>, o: Out<u16>, n: u32, start_pos: u32, n_head: u32, n_kv: u32, scale_log2: f32) {
         let tid = thread_idx().x;
-        let head = block_idx().y;
+        // Heads vary fastest and query tiles run last to first: the longest (causal) tiles
+        // start first, so the last wave is made of short ones.
+        let head = block_idx().x;
         let kv_head = head / (n_head / n_kv);
-        let row0 = block_idx().x * BLOCK_Q as u32;
+        let row0 = (grid_dim().y - 1 - block_idx().y) * BLOCK_Q as u32;
         let last_pos = start_pos + (row0 + BLOCK_Q as u32).min(n) - 1;
         let n_blocks = (last_pos / BLOCK_KV as u32 + 1) as usize;
         let sm = Smem::new();
@@ -265,8 +257,11 @@ kernel! {
         }
         sync_threads();
         let loads = Loads { map_q, map_k, map_v, sm, head, kv_head };
+        // Key blocks whose loads thread 0 has issued.
+        let mut issued = 0;
         if tid == 0 {
             loads.start(row0, n_blocks);
+            issued = KV_STAGES.min(n_blocks);
         }
         // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
         let wg = tid / 128;
@@ -307,6 +302,9 @@ kernel! {
         let mut pa = pack_p(&acc_s);
         for kb in 1..n_blocks {
             let (slot, prev) = (kb % KV_STAGES, (kb - 1) % KV_STAGES);
+            if tid == 0 {
+                loads.top_up(&mut issued, kb, n_blocks);
+            }
             sm.full(slot).wait((kb / KV_STAGES) as u32 & 1);
             let mut acc_s = [0.0f32; 64];
             acc_s.keep_in_registers();
@@ -323,7 +321,10 @@ kernel! {
             let alpha = step(&mut acc_s, &mut rows, kb);
             wgmma_wait::<0>();
             acc_o.keep_in_registers();
-            release(sm, loads, tid, kb - 1, n_blocks);
+            sm.empty(prev).arrive_if(tid.is_multiple_of(128));
+            if tid == 0 {
+                loads.top_up(&mut issued, kb, n_blocks);
+            }
             seq!(I in 0..64 {
                 acc_o[I] *= alpha[I % 4 / 2];
             });
@@ -382,12 +383,26 @@ impl Loads {
         }
     }
 
-    /// Key block `kb` into slot `kb % KV_STAGES`, once both warpgroups released its last use.
+    /// Issues the key blocks after `issued` whose slots both warpgroups have released:
+    /// blocks up to `needed` (the one this thread waits for next) however long that takes,
+    /// later ones only if their slot is already free. So thread 0 never waits for the other
+    /// warpgroup to finish a block unless its own warpgroup needs the slot's next block.
     #[inline(always)]
-    fn refill(self, kb: usize) {
-        let s = kb % KV_STAGES;
-        self.sm.empty(s).wait(((kb / KV_STAGES) as u32 + 1) & 1);
-        self.load_block(kb);
+    fn top_up(self, issued: &mut usize, needed: usize, n_blocks: usize) {
+        while *issued < n_blocks {
+            let kb = *issued;
+            let (empty, parity) = (
+                self.sm.empty(kb % KV_STAGES),
+                ((kb / KV_STAGES) as u32 + 1) & 1,
+            );
+            if kb <= needed {
+                empty.wait(parity);
+            } else if !empty.test_wait(parity) {
+                return;
+            }
+            self.load_block(kb);
+            *issued += 1;
+        }
     }
 
     #[inline(always)]

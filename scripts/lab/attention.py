@@ -35,7 +35,7 @@ def run(q, cache, start, n_head):
     mq = tensor_map_2d(q2, 64, 128)
     k = kernel("flash_attention_hd128", SHARED)
     scale = 1 / math.sqrt(HD) * math.log2(math.e)
-    grid = ((n + BQ - 1) // BQ, n_head, 1)
+    grid = (n_head, (n + BQ - 1) // BQ, 1)  # heads along x, query tiles along y (flash_attention.rs)
 
     def launch():
         k(grid, (THREADS, 1, 1), (ptr(mq), ptr(cache.mk), ptr(cache.mv), ptr(o), u32(n), u32(start), u32(n_head),

@@ -156,6 +156,26 @@ impl Mbarrier {
         super::emu::hopper::mbarrier_try_wait(self.0, parity)
     }
 
+    /// Whether the phase with parity `parity` has completed, without suspending the thread
+    /// (`test_wait`: for a producer that only refills a slot if it is already free).
+    #[inline(always)]
+    pub fn test_wait(self, parity: u32) -> bool {
+        #[cfg(target_arch = "nvptx64")]
+        {
+            let done: u32;
+            // SAFETY: as `init`.
+            unsafe {
+                core::arch::asm!(
+                    "{{ .reg .pred p; mbarrier.test_wait.parity.shared::cta.b64 p, [{1}], {2}; selp.u32 {0}, 1, 0, p; }}",
+                    out(reg32) done, in(reg32) self.0, in(reg32) parity
+                )
+            };
+            done != 0
+        }
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::emu::hopper::mbarrier_try_wait(self.0, parity)
+    }
+
     /// Blocks until the phase with parity `parity` has completed. A wait that never ends (a
     /// pipeline bug: a copy that never lands, an arrival that never comes) traps after
     /// `WAIT_LIMIT_CYCLES`, so the launch fails with an error instead of hanging the process.

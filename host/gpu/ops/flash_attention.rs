@@ -126,17 +126,15 @@ pub fn flash_attention(
     if shape.n == 0 {
         return Ok(());
     }
-    let mut cfg = LaunchConfig::linear(
-        to_u32(K, "query tiles", shape.n.div_ceil(BLOCK_Q))?,
-        THREADS,
-    )
-    .with_shared(SHARED_BYTES);
-    cfg.grid.1 = shape.n_head as u32;
+    // Heads along x, query tiles along y (the kernel runs them last to first).
+    let mut cfg =
+        LaunchConfig::linear(to_u32(K, "heads", shape.n_head)?, THREADS).with_shared(SHARED_BYTES);
+    cfg.grid.1 = to_u32(K, "query tiles", shape.n.div_ceil(BLOCK_Q))?;
     ensure_shape!(
         cfg.grid.1 <= 65535,
         K,
-        "{} heads exceed one launch",
-        shape.n_head
+        "{} query tiles exceed one launch",
+        cfg.grid.1
     );
     let scale_log2 = std::f32::consts::LOG2_E / (HEAD_DIM as f32).sqrt();
     flash_attention::flash_attention_hd128::launch(
