@@ -17,8 +17,9 @@
 #   3. python3 bench_torch.py: kernel peers (matmul, bmm, SDPA, copy) and
 #      transformers.Qwen3MoeForCausalLM on the same files and prompts -> torch.json
 #   4. the side-by-side table -> combined.txt (printed last)
-# Files in OUTDIR (at most 8; the device tool brings back 8): env.txt, kernels.txt,
-# kernels-bench.json, bench.json, torch.json, combined.txt, kiln-bench.log, torch-bench.log.
+# Files in OUTDIR: env.txt, kernels.txt, kernels-bench.json, full-depth.txt,
+# full-depth-bench.json, bench.json, torch.json, combined.txt, kiln-bench.log, torch-bench.log
+# (10: the device tool brings back 8 files, so tar OUTDIR into $OUT when calling it there).
 #
 # Environment (all optional):
 #   KILN_BENCH_BUDGET=510      seconds for everything (the device tool stops a command at 600)
@@ -29,6 +30,8 @@
 #   KILN_BENCH_SKIP_AFTER=60   skip a model's longer lengths once one run takes longer (s)
 #   KILN_BENCH_TORCH=0         skip the PyTorch peer
 #   KILN_BENCH_KERNELS=0       skip step 0 (the kernel benchmark and lab)
+#   KILN_BENCH_FULL_DEPTH=0    skip step 0b (benches/full_depth.rs: 48 layers, synthetic weights
+#                              generated on the GPU, N up to 32768 -> full-depth.txt, .json)
 #   KILN_BENCH_E2E=0           skip steps 1-4 (end-to-end prefill)
 #   KILN_BENCH_EXPERTS=grouped_mm,eager   transformers experts backends to time
 #   KILN_BENCH_DEVICE=emulator a smoke test of this whole script without a GPU: kiln on its CPU
@@ -65,7 +68,7 @@ kiln="$here/kiln"
 if [[ ! -x "$kiln" && -f "$here/bin.tar.xz" ]]; then
     if command -v xz >/dev/null; then
         tar -C "$here" -xJf "$here/bin.tar.xz" kiln
-        tar -C "$here" -xJf "$here/bin.tar.xz" bench-kernels 2>/dev/null || true
+        tar -C "$here" -xJf "$here/bin.tar.xz" bench-kernels bench-full-depth 2>/dev/null || true
     else
         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extract("kiln", sys.argv[2])' \
             "$here/bin.tar.xz" "$here"
@@ -104,6 +107,17 @@ if [[ "${KILN_BENCH_KERNELS:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulato
                 echo "lab/$lab.py: exit $?"
         done
     } 2>&1 | tee "$out/kernels.txt"
+fi
+# ---- 0b. full depth: 48 layers, synthetic weights made on the GPU -----------------------------
+if [[ "${KILN_BENCH_FULL_DEPTH:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulator ]]; then
+    say "full depth: bench-full-depth (48 layers, GPU-generated synthetic weights)"
+    if [[ -x "$here/bench-full-depth" ]]; then
+        KILN_BENCH_OUT="$out" timeout "${KILN_BENCH_FULL_DEPTH_TIMEOUT:-150}" \
+            "$here/bench-full-depth" 2>&1 | tee "$out/full-depth.txt" ||
+            echo "bench-full-depth: exit $?" | tee -a "$out/full-depth.txt"
+    else
+        echo "bench-full-depth: not in the bundle" | tee "$out/full-depth.txt"
+    fi
 fi
 if [[ "${KILN_BENCH_E2E:-1}" == 0 ]]; then
     say "done (kernels only); files in $out"

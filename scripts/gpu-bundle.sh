@@ -108,8 +108,15 @@ cp tests/data/* "$bundle/test-data/"
 # links the bundled kiln there when that path does not exist on the GPU machine.
 echo "$root/target/release/kiln" >"$bundle/kiln.path"
 
-# The kernel benchmark (benches/kernels.rs) and the kernel lab (PyTorch peers in the same call).
-bench_exe="$(cargo bench --no-run --bench kernels --message-format=json-render-diagnostics 2>/dev/null |
+# The benchmarks (benches/kernels.rs, benches/full_depth.rs) and the kernel lab (PyTorch peers
+# in the same call), as bench-kernels and bench-full-depth.
+bench_exes=()
+while IFS=$'\t' read -r name exe; do
+    [[ -n "$exe" ]] || continue
+    cp "$exe" "$bundle/bench-${name//_/-}"
+    bench_exes+=("$bundle/bench-${name//_/-}")
+done < <(cargo bench --no-run --bench kernels --bench full_depth \
+    --message-format=json-render-diagnostics 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     try:
@@ -117,11 +124,9 @@ for line in sys.stdin:
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
-        print(m["executable"])')"
-if [[ -n "$bench_exe" ]]; then
-    cp "$bench_exe" "$bundle/bench-kernels"
-else
-    echo "warning: could not build benches/kernels.rs" >&2
+        print(m["target"]["name"] + "\t" + m["executable"])')
+if [[ ${#bench_exes[@]} -lt 2 ]]; then
+    echo "warning: could not build both benches (benches/kernels.rs, benches/full_depth.rs)" >&2
 fi
 mkdir -p "$bundle/lab"
 cp scripts/lab/*.py "$bundle/lab/"
@@ -137,15 +142,15 @@ bundle_bytes() { du -sb "$bundle" | cut -f1; }
 budget=$((max_mib * 1024 * 1024))
 if [[ "$strip_mode" == 1 || ("$strip_mode" == auto && $(bundle_bytes) -gt $budget) ]]; then
     say "stripping debug info (bundle was $(($(bundle_bytes) / 1048576)) MiB; budget $max_mib MiB)"
-    strip --strip-debug "$bundle/kiln" "$bundle"/tests/* ${bench_exe:+"$bundle/bench-kernels"}
+    strip --strip-debug "$bundle/kiln" "$bundle"/tests/* "${bench_exes[@]}"
 fi
 # The executables share most of their code and compress about 7:1 with xz; run.sh unpacks them.
 if [[ "$pack_mode" == 1 || ("$pack_mode" == auto && $(bundle_bytes) -gt $budget) ]]; then
     say "packing kiln and tests/ into bin.tar.xz (bundle was $(($(bundle_bytes) / 1048576)) MiB)"
     packed=(kiln tests)
-    [[ -f "$bundle/bench-kernels" ]] && packed+=(bench-kernels)
+    for exe in "${bench_exes[@]}"; do packed+=("$(basename "$exe")"); done
     tar -C "$bundle" -cf - "${packed[@]}" | xz -T0 -6 >"$bundle/bin.tar.xz"
-    rm -rf "$bundle/kiln" "$bundle/tests" "$bundle/bench-kernels"
+    rm -rf "$bundle/kiln" "$bundle/tests" "${bench_exes[@]}"
 fi
 
 {
