@@ -939,8 +939,10 @@ impl Gemm {
             In::from_slice(&self.bias),
             Out::from_slice(&mut y),
         );
-        // Two persistent blocks: each walks several tiles.
-        let grid = (2, 1);
+        let grid = (
+            m.div_ceil(gemm_wgmma::BN) as u32,
+            rows.div_ceil(gemm_wgmma::BM) as u32,
+        );
         emu::launch(
             cfg(grid, gemm_wgmma::THREADS, gemm_wgmma::SHARED_BYTES),
             || gemm_wgmma::gemm_wgmma_f32(mx, mw, b, yo, rows as u32, m as u32, k as u32, flags),
@@ -1039,7 +1041,7 @@ fn gemm_wgmma_swiglu_matches_float64() {
             In::from_slice(&maps[1..]),
             Out::from_slice(&mut h),
         );
-        let grid = (2, 1); // persistent blocks
+        let grid = (blocks as u32, rows.div_ceil(128) as u32);
         emu::launch(
             cfg(grid, gemm_wgmma::THREADS, gemm_wgmma::SHARED_BYTES),
             || gemm_wgmma::gemm_wgmma_swiglu(mx, mw, ho, rows as u32, m as u32, k as u32),

@@ -1,13 +1,12 @@
 //! Hopper GEMM: `y[r, c] = Σ_k x[r, k] · w[c, k]` with bf16 `x` and `w` (GGUF `[out][in]`
 //! order), f32 accumulation on tensor cores (`wgmma`), tiles brought in by TMA.
 //!
-//! Persistent blocks (about one per SM) walk the tiles; each block: 3 warpgroups (384
-//! threads). Warpgroup 0 is the producer: one thread streams 64-wide
+//! Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread streams 64-wide
 //! K slices of the x tile (`BM` rows) and the w tile (`BN` rows) into a ring of `STAGES`
 //! shared-memory slots, each guarded by a "full" and an "empty" mbarrier. Warpgroups 1 and 2
 //! are consumers: each owns 64 rows of the tile and runs four `m64nBNk16` products per slot,
 //! keeping one batch in flight, then releases the slot. The epilogue goes from registers
-//! straight to global memory while the producer already loads the block's next tile.
+//! straight to global memory.
 //!
 //! Batch invariance: every output element is one accumulator in one thread, fed by the same
 //! sequence of `wgmma` instructions (K slices in ascending order, four k16 steps each) whatever
@@ -85,19 +84,16 @@ impl Smem {
 /// The accumulators of one consumer thread: 64 rows × BN columns per warpgroup.
 type Acc = [f32; BN / 2];
 
-/// Runs the pipeline over tiles `blockIdx.x, blockIdx.x + gridDim.x, …` below `n_tiles`
-/// (persistent blocks): `coords(t)` gives tile `t`'s first x row and first w row. One slot
-/// counter runs across tiles, so the producer loads the
-/// next tile's first K slices while the consumers store the last tile; the consumer warpgroups
-/// hand each finished tile's accumulators to `epilogue` with its index.
+/// Runs the pipeline for the tile at (`row0`, `col0`); in the consumer warpgroups, hands the
+/// finished accumulators to `epilogue` (the producer warpgroup returns without calling it).
 #[inline(always)]
-fn persistent_mainloop(
+fn mainloop(
     map_x: In<TensorMap>,
     map_w: In<TensorMap>,
+    row0: u32,
+    col0: u32,
     k: u32,
-    n_tiles: u32,
-    coords: impl Fn(u32) -> (u32, u32),
-    mut epilogue: impl FnMut(&Acc, u32),
+    epilogue: impl FnOnce(&Acc),
 ) {
     let tid = thread_idx().x;
     let wg = tid / 128;
@@ -115,65 +111,49 @@ fn persistent_mainloop(
     }
     sync_threads();
     let k_tiles = k.div_ceil(BK as u32) as usize;
-    let (first, step) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         if tid == 0 {
-            let mut slot = 0usize;
-            let mut t = first;
-            while t < n_tiles {
-                let (row0, col0) = coords(t);
-                for kt in 0..k_tiles {
-                    let s = slot % STAGES;
-                    if slot >= STAGES {
-                        sm.empty(s).wait(((slot / STAGES) as u32 + 1) & 1);
-                    }
-                    let full = sm.full(s);
-                    full.arrive_expect_tx(A_BYTES + B_BYTES);
-                    let kx = (kt * BK) as u32;
-                    tma_load_2d(sm.a(s), map_x, kx, row0, full);
-                    tma_load_2d(sm.b(s), map_w, kx, col0, full);
-                    slot += 1;
+            for kt in 0..k_tiles {
+                let s = kt % STAGES;
+                if kt >= STAGES {
+                    sm.empty(s).wait(((kt / STAGES) as u32 + 1) & 1);
                 }
-                t += step;
+                let full = sm.full(s);
+                full.arrive_expect_tx(A_BYTES + B_BYTES);
+                let kx = (kt * BK) as u32;
+                tma_load_2d(sm.a(s), map_x, kx, row0, full);
+                tma_load_2d(sm.b(s), map_w, kx, col0, full);
             }
         }
         return;
     }
     let consumer = wg - 1;
-    let mut slot = 0usize;
-    let mut t = first;
-    while t < n_tiles {
-        let mut acc: Acc = [0.0; BN / 2];
-        // The zeros must be in their registers before the first `wgmma.fence` (see
-        // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
-        acc.keep_in_registers();
-        for kt in 0..k_tiles {
-            let s = slot % STAGES;
-            sm.full(s).wait((slot / STAGES) as u32 & 1);
-            let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + consumer * 64 * 128);
-            let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s));
-            wgmma_fence();
-            seq!(KK in 0..4 {
-                wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
-            });
-            wgmma_commit();
-            // Keep this batch in flight; the previous one is done, so its slot can be refilled.
-            // (No register fence here: with a batch in flight, any instruction that names the
-            // accumulators, even the copies LLVM makes around an empty `asm!`, serialises.)
-            wgmma_wait::<1>();
-            if kt > 0 {
-                sm.empty((slot - 1) % STAGES)
-                    .arrive_if(tid.is_multiple_of(128));
-            }
-            slot += 1;
+    let mut acc: Acc = [0.0; BN / 2];
+    // The zeros must be in their registers before the first `wgmma.fence` (see
+    // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
+    acc.keep_in_registers();
+    for kt in 0..k_tiles {
+        let s = kt % STAGES;
+        sm.full(s).wait((kt / STAGES) as u32 & 1);
+        let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + consumer * 64 * 128);
+        let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s));
+        wgmma_fence();
+        seq!(KK in 0..4 {
+            wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
+        });
+        wgmma_commit();
+        // Keep this batch in flight; the previous one is done, so its slot can be refilled.
+        // (No register fence here: with a batch in flight, any instruction that names the
+        // accumulators, even the copies LLVM makes around an empty `asm!`, serialises.)
+        wgmma_wait::<1>();
+        if kt > 0 {
+            sm.empty((kt - 1) % STAGES)
+                .arrive_if(tid.is_multiple_of(128));
         }
-        wgmma_wait::<0>();
-        acc.keep_in_registers();
-        sm.empty((slot - 1) % STAGES)
-            .arrive_if(tid.is_multiple_of(128));
-        epilogue(&acc, t);
-        t += step;
     }
+    wgmma_wait::<0>();
+    acc.keep_in_registers();
+    epilogue(&acc);
 }
 
 /// Where a consumer thread's accumulators land in the tile: `d[4j + e]` is row
@@ -247,28 +227,14 @@ fn store_swiglu(acc: &Acc, h: Out<u16>, (row0, end): (u32, u32), out0: u32, m: u
     });
 }
 
-/// Tile `t` of a dense GEMM with `cols` column tiles: (first row, column tile). Column tiles
-/// vary fastest, so the blocks running at once share rows of x.
-#[inline(always)]
-fn dense_tile(t: u32, cols: u32) -> (u32, u32) {
-    ((t / cols) * BM as u32, t % cols)
-}
-
 kernel! {
     /// `y = x · wᵀ [+ bias] [+ y]` (flags `EPI_BIAS`, `EPI_ADD_TO_Y`), f32 out. `map_x`: bf16
     /// `[n_rows][k]`, box 64 × `BM`; `map_w`: bf16 `[m][k]`, box 64 × `BN`; both 128B-swizzled.
-    /// Grid: any number of blocks along x (persistent; at most the tiles, ⌈m / BN⌉ ·
-    /// ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
+    /// Grid: (⌈m / BN⌉, ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        let cols = m.div_ceil(BN as u32);
-        let n_tiles = cols * n_rows.div_ceil(BM as u32);
-        let coords = |t| {
-            let (row0, c) = dense_tile(t, cols);
-            (row0, c * BN as u32)
-        };
-        persistent_mainloop(map_x, map_w, k, n_tiles, coords, |acc, t| {
-            let (row0, c) = dense_tile(t, cols);
-            store_f32(acc, y, bias, (row0, n_rows), c * BN as u32, m, flags)
+        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
+        mainloop(map_x, map_w, row0, col0, k, |acc| {
+            store_f32(acc, y, bias, (row0, n_rows), col0, m, flags)
         });
     }
 }
@@ -278,52 +244,40 @@ kernel! {
     /// blocks of 64 rows (rows `128i..128i+64` gate features `64i..`, the next 64 rows up), so a
     /// 128-column tile holds 64 gate and the matching 64 up columns in the same thread.
     /// `m` is the number of output features (`map_w` has `2·⌈m/64⌉·64` rows).
-    /// Grid: any number of blocks along x (persistent, as `gemm_wgmma_f32`).
+    /// Grid: (⌈m / 64⌉, ⌈n_rows / BM⌉).
     pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
-        let cols = m.div_ceil((BN / 2) as u32);
-        let n_tiles = cols * n_rows.div_ceil(BM as u32);
-        let coords = |t| {
-            let (row0, c) = dense_tile(t, cols);
-            (row0, c * BN as u32)
-        };
-        persistent_mainloop(map_x, map_w, k, n_tiles, coords, |acc, t| {
-            let (row0, c) = dense_tile(t, cols);
-            store_swiglu(acc, h, (row0, n_rows), c * (BN / 2) as u32, m)
+        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
+        mainloop(map_x, map_w, row0, col0, k, |acc| {
+            store_swiglu(acc, h, (row0, n_rows), block_idx().x * (BN / 2) as u32, m)
         });
     }
 }
 
-/// Tile `t` of a grouped GEMM with `cols` column tiles: (expert, first row, end of the
-/// expert's rows, column tile), from the table `moe::moe_group_scan` builds
-/// (`tiles[2i] = expert`, `tiles[2i + 1] = first row`, `BM` rows per tile).
+/// Tile `blockIdx.y` of a grouped GEMM: (expert, first row, end of the expert's rows), from the
+/// table `moe::moe_group` builds (`tiles[2t] = expert`, `tiles[2t + 1] = first row`, `BM` rows
+/// per tile); `None` past `num_tiles[0]` (the grid is sized for the worst case).
 #[inline(always)]
-fn grouped_tile(t: u32, cols: u32, tiles: In<u32>, offsets: In<u32>) -> (u32, u32, u32, u32) {
-    let i = (t / cols) as usize;
-    let expert = tiles.at(2 * i);
-    (
-        expert,
-        tiles.at(2 * i + 1),
-        offsets.at(expert as usize + 1),
-        t % cols,
-    )
+fn grouped_tile(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>) -> Option<(u32, u32, u32)> {
+    let t = block_idx().y as usize;
+    if t >= num_tiles.at(0) as usize {
+        return None;
+    }
+    let expert = tiles.at(2 * t);
+    Some((expert, tiles.at(2 * t + 1), offsets.at(expert as usize + 1)))
 }
 
 kernel! {
     /// MoE gate|up for every expert in one launch, SwiGLU fused: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`, the gathered activations), expert `e`'s interleaved gate|up rows
-    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: any number of blocks along
-    /// x (persistent over ⌈m / 64⌉ · `num_tiles[0]` tiles).
+    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: (⌈m / 64⌉, max tiles).
     pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
-        let cols = m.div_ceil((BN / 2) as u32);
-        let rows_per_expert = 2 * m.div_ceil(64) * 64;
-        let n_tiles = cols * num_tiles.at(0);
-        let coords = |t| {
-            let (e, row0, _, c) = grouped_tile(t, cols, tiles, offsets);
-            (row0, e * rows_per_expert + c * BN as u32)
+        let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
+            return;
         };
-        persistent_mainloop(map_x, map_w, k, n_tiles, coords, |acc, t| {
-            let (_, row0, end, c) = grouped_tile(t, cols, tiles, offsets);
-            store_swiglu(acc, h, (row0, end), c * (BN / 2) as u32, m)
+        let rows_per_expert = 2 * m.div_ceil(64) * 64;
+        let col0 = e * rows_per_expert + block_idx().x * BN as u32;
+        mainloop(map_x, map_w, row0, col0, k, |acc| {
+            store_swiglu(acc, h, (row0, end), block_idx().x * (BN / 2) as u32, m)
         });
     }
 }
@@ -331,18 +285,14 @@ kernel! {
 kernel! {
     /// MoE down projection for every expert in one launch: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`), expert `e`'s weights rows `e·m..` of `map_w` (`[experts·m][k]`).
-    /// `y`: f32 `[pairs][m]`. Grid: any number of blocks along x (persistent over
-    /// ⌈m / BN⌉ · `num_tiles[0]` tiles).
+    /// `y`: f32 `[pairs][m]`. Grid: (⌈m / BN⌉, max tiles).
     pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
-        let cols = m.div_ceil(BN as u32);
-        let n_tiles = cols * num_tiles.at(0);
-        let coords = |t| {
-            let (e, row0, _, c) = grouped_tile(t, cols, tiles, offsets);
-            (row0, e * m + c * BN as u32)
+        let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
+            return;
         };
-        persistent_mainloop(map_x, map_w, k, n_tiles, coords, |acc, t| {
-            let (_, row0, end, c) = grouped_tile(t, cols, tiles, offsets);
-            store_f32(acc, y, y.as_in(), (row0, end), c * BN as u32, m, 0)
+        let col0 = block_idx().x * BN as u32;
+        mainloop(map_x, map_w, row0, e * m + col0, k, |acc| {
+            store_f32(acc, y, y.as_in(), (row0, end), col0, m, 0)
         });
     }
 }

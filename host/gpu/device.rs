@@ -17,7 +17,6 @@ pub struct CudaRuntime {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
-    sm_count: u32,
 }
 
 impl CudaRuntime {
@@ -51,14 +50,7 @@ impl CudaRuntime {
                 .map_err(|e| GpuError::driver(format!("loading kernel {}", entry.name), e))?;
             functions.insert(entry.name, f);
         }
-        let sm_count = ctx
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_err(|e| GpuError::driver("querying the SM count", e))?
-            .max(1) as u32;
         Ok(CudaRuntime {
-            sm_count,
             stream: ctx.default_stream(),
             ctx,
             _module: module,
@@ -138,15 +130,6 @@ impl Device {
         match &self.backend {
             Backend::Cuda(rt) => rt.name.clone(),
             Backend::Emulator => "CPU emulator".into(),
-        }
-    }
-
-    /// Streaming multiprocessors: how many blocks a persistent kernel launches. The emulator
-    /// reports 3, so CI's small tests already give each persistent block several tiles.
-    pub fn sm_count(&self) -> u32 {
-        match &self.backend {
-            Backend::Cuda(rt) => rt.sm_count,
-            Backend::Emulator => 3,
         }
     }
 

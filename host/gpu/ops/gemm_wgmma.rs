@@ -4,29 +4,22 @@
 
 use super::gemm::Epilogue;
 use super::to_u32;
-use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix};
+use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::gemm_wgmma::{self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS};
 
 /// Output features per gate (or up) block of an interleaved gate|up weight matrix.
 pub const GATE_UP_BLOCK: usize = BN / 2;
 
 /// One launch over `rows` rows of `x` and `n_cols` output columns.
-fn config(
-    dev: &Device,
-    kernel: &'static str,
-    rows: usize,
-    n_cols: usize,
-    block_cols: usize,
-) -> Result<LaunchConfig> {
-    let tiles = rows.div_ceil(BM) * n_cols.div_ceil(block_cols);
-    to_u32(kernel, "tiles", tiles)?;
-    Ok(persistent(dev, tiles))
-}
-
-/// Persistent launch: one block per SM, fewer when there are fewer tiles.
-pub(super) fn persistent(dev: &Device, tiles: usize) -> LaunchConfig {
-    let blocks = tiles.clamp(1, dev.sm_count() as usize) as u32;
-    LaunchConfig::linear(blocks, THREADS).with_shared(SHARED_BYTES)
+fn config(kernel: &'static str, rows: usize, n_cols: usize) -> Result<LaunchConfig> {
+    let mut cfg = LaunchConfig::linear(
+        to_u32(kernel, "column tiles", n_cols.div_ceil(BN))?,
+        THREADS,
+    )
+    .with_shared(SHARED_BYTES);
+    cfg.grid.1 = to_u32(kernel, "row tiles", rows.div_ceil(BM))?;
+    ensure_shape!(cfg.grid.1 <= 65535, kernel, "{rows} rows exceed one launch");
+    Ok(cfg)
 }
 
 /// `y[rows][m] = x[rows][k] · w[m][k]ᵀ (+ bias) (+ y)`, f32 out; `m`, `k` from `w`.
@@ -49,7 +42,7 @@ pub fn matmul(
     if rows == 0 {
         return Ok(());
     }
-    let cfg = config(dev, K, rows, m, BN)?;
+    let cfg = config(K, rows, m)?;
     let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
         | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
     let bias = epilogue.bias.unwrap_or(y); // unread without EPI_BIAS
@@ -86,7 +79,7 @@ pub fn matmul_swiglu(
     if rows == 0 {
         return Ok(());
     }
-    let cfg = config(dev, K, rows, m, GATE_UP_BLOCK)?;
+    let cfg = config(K, rows, interleaved_rows(m))?;
     let (rows, m, k) = (rows as u32, m as u32, k as u32);
     gemm_wgmma::gemm_wgmma_swiglu::launch(
         dev,

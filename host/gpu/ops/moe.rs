@@ -1,11 +1,11 @@
 //! MoE launch wrappers (kernels: gpu-kernels/src/moe.rs, and the grouped GEMMs in
 //! gemm_wgmma.rs).
 
-use super::gemm_wgmma::{interleaved_rows, persistent};
+use super::gemm_wgmma::interleaved_rows;
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, Input, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::device::WARP_SIZE;
-use gpu_kernels::gemm_wgmma::{self, BN};
+use gpu_kernels::gemm_wgmma::{self, BN, SHARED_BYTES, THREADS};
 use gpu_kernels::moe::GROUP_TILE_ROWS;
 use gpu_kernels::moe::{
     self, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS, ROUTER_THREADS, SCAN_THREADS,
@@ -209,7 +209,7 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(dev, K, pairs, interleaved_rows(shape.ff))?;
+        let cfg = self.grouped_cfg(K, pairs, interleaved_rows(shape.ff))?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         gemm_wgmma::moe_gemm_wgmma_swiglu::launch(
             dev,
@@ -244,7 +244,7 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(dev, K, pairs, shape.hidden)?;
+        let cfg = self.grouped_cfg(K, pairs, shape.hidden)?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         let (h, w, out) = (h.map(), w_down.map(), out.output());
         gemm_wgmma::moe_gemm_wgmma_f32::launch(
@@ -260,18 +260,13 @@ impl Routing {
         )
     }
 
-    /// Persistent blocks over (128-column tile of `m`) × (entry of the tile table); the grid is
-    /// sized for the worst-case table, the kernel reads the real count.
-    fn grouped_cfg(
-        &self,
-        dev: &Device,
-        k: &'static str,
-        pairs: usize,
-        m: usize,
-    ) -> Result<LaunchConfig> {
-        let tiles = m.div_ceil(BN) * max_tiles(pairs, self.n_expert);
-        to_u32(k, "tiles", tiles)?;
-        Ok(persistent(dev, tiles))
+    /// One block per (128-column tile of `m`, entry of the worst-case tile table).
+    fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
+        let cols = to_u32(k, "column tiles", m.div_ceil(BN))?;
+        let mut cfg = LaunchConfig::linear(cols, THREADS).with_shared(SHARED_BYTES);
+        cfg.grid.1 = to_u32(k, "tiles", max_tiles(pairs, self.n_expert))?;
+        ensure_shape!(cfg.grid.1 <= 65535, k, "{pairs} pairs exceed one launch");
+        Ok(cfg)
     }
 
     /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`), shared
