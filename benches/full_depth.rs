@@ -9,7 +9,7 @@
 //!
 //! Without a usable GPU it says so and exits 0. `KILN_PEAK_TFLOPS` is the bf16 matmul peak
 //! measured in the same run by the peer script (default 790); `KILN_BENCH_LAYERS` (48) and
-//! `KILN_BENCH_LENGTHS` override the depth and the lengths.
+//! `KILN_FULL_DEPTH_LENGTHS` override the depth and the lengths.
 
 use kiln::cli::bench::prefill_flops;
 use kiln::gguf::GgmlType;
@@ -41,7 +41,7 @@ fn main() {
     };
     let peak: f64 = env_or("KILN_PEAK_TFLOPS", 790.0);
     let layers: usize = env_or("KILN_BENCH_LAYERS", 48);
-    let lengths: Vec<usize> = std::env::var("KILN_BENCH_LENGTHS")
+    let lengths: Vec<usize> = std::env::var("KILN_FULL_DEPTH_LENGTHS")
         .unwrap_or_else(|_| "512,2048,4096,8192,16384,32768".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
