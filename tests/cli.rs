@@ -159,7 +159,7 @@ fn errors_are_one_line() {
     std::fs::write(&bad_dtype_path, &bad_dtype).unwrap();
     assert_one_line_error(
         &["info", bad_dtype_path.to_str().unwrap()],
-        "unknown or unsupported ggml type 77",
+        "unknown ggml type 77",
     );
 
     let arch = temp_path("arch.gguf");

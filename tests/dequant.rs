@@ -188,6 +188,7 @@ fn quantized_files_agree_with_f32_within_quantization_error() {
                     };
                     assert!(err < bound, "{name} {}: rel L2 {err:.3e}", info.name);
                 }
+                other => panic!("{name} {}: the fixtures hold no {other}", info.name),
             }
         }
     };

@@ -9,8 +9,12 @@ use half::{bf16, f16};
 
 use super::types::{GgmlType, QK_K, QK8_0};
 
-/// Dequantizes `data` (a whole number of blocks of `dtype`) to f32.
+/// Dequantizes `data` (a whole number of blocks of `dtype`) to f32; an error for the types
+/// kiln does not support (see [`GgmlType::SUPPORTED`]).
 pub fn dequantize(dtype: GgmlType, data: &[u8]) -> Result<Vec<f32>, String> {
+    if !dtype.is_supported() {
+        return Err(unsupported(dtype));
+    }
     let bb = dtype.block_bytes();
     if !data.len().is_multiple_of(bb) {
         return Err(format!(
@@ -28,8 +32,16 @@ pub fn dequantize(dtype: GgmlType, data: &[u8]) -> Result<Vec<f32>, String> {
         GgmlType::Q8_0 => blocks.for_each(|b| dequant_q8_0_block(b, &mut out)),
         GgmlType::Q4_K => blocks.for_each(|b| dequant_q4_k_block(b, &mut out)),
         GgmlType::Q6_K => blocks.for_each(|b| dequant_q6_k_block(b, &mut out)),
+        other => return Err(unsupported(other)),
     }
     Ok(out)
+}
+
+fn unsupported(dtype: GgmlType) -> String {
+    format!(
+        "type {dtype} is not supported (kiln runs {})",
+        GgmlType::supported_list()
+    )
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -140,6 +152,6 @@ pub fn quantize(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
             }
             Ok(out)
         }
-        GgmlType::Q4_K | GgmlType::Q6_K => Err(format!("quantizing to {dtype} is not supported")),
+        other => Err(format!("quantizing to {other} is not supported")),
     }
 }

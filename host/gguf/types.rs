@@ -2,16 +2,44 @@
 
 use std::fmt;
 
-/// The ggml tensor types kiln can read. Numeric values are ggml's `enum ggml_type`.
+/// The ggml tensor types a GGUF file can hold (ggml's `enum ggml_type`, with its numeric
+/// values). The reader knows every one's block size, so it can lay out and show any file;
+/// kiln dequantizes and runs only [`GgmlType::SUPPORTED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
 pub enum GgmlType {
     F32,
     F16,
-    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q8_1,
+    Q2_K,
+    Q3_K,
     Q4_K,
+    Q5_K,
     Q6_K,
+    Q8_K,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ3_XXS,
+    IQ1_S,
+    IQ4_NL,
+    IQ3_S,
+    IQ2_S,
+    IQ4_XS,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    IQ1_M,
+    BF16,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
 }
 
 /// Super-block length of the K-quants (ggml's `QK_K`).
@@ -19,50 +47,100 @@ pub const QK_K: usize = 256;
 /// Block length of Q8_0 (ggml's `QK8_0`).
 pub const QK8_0: usize = 32;
 
+/// Every type: (ggml id, type, name, elements per block, bytes per block), from ggml's
+/// `enum ggml_type` and its type traits (gguf-py's `GGML_QUANT_SIZES`). Ids 4, 5 and 31-33,
+/// 36-38 were removed from ggml and cannot appear in a GGUF file.
+const TYPES: [(u32, GgmlType, &str, usize, usize); 32] = {
+    use GgmlType::*;
+    [
+        (0, F32, "F32", 1, 4),
+        (1, F16, "F16", 1, 2),
+        (2, Q4_0, "Q4_0", 32, 2 + 16),
+        (3, Q4_1, "Q4_1", 32, 2 + 2 + 16),
+        (6, Q5_0, "Q5_0", 32, 2 + 4 + 16),
+        (7, Q5_1, "Q5_1", 32, 2 + 2 + 4 + 16),
+        // Q8_0 = f16 d + 32 i8.
+        (8, Q8_0, "Q8_0", QK8_0, 2 + QK8_0),
+        (9, Q8_1, "Q8_1", 32, 2 + 2 + 32),
+        (10, Q2_K, "Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4),
+        (11, Q3_K, "Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12),
+        // Q4_K = f16 d + f16 dmin + 12 scale bytes + 128 nibble bytes.
+        (12, Q4_K, "Q4_K", QK_K, 2 + 2 + 12 + QK_K / 2),
+        (13, Q5_K, "Q5_K", QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12),
+        // Q6_K = 128 low-nibble bytes + 64 high-bit bytes + 16 i8 scales + f16 d.
+        (14, Q6_K, "Q6_K", QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2),
+        (15, Q8_K, "Q8_K", QK_K, 4 + QK_K + QK_K / 8),
+        (16, IQ2_XXS, "IQ2_XXS", QK_K, 2 + QK_K / 4),
+        (17, IQ2_XS, "IQ2_XS", QK_K, 2 + QK_K / 4 + QK_K / 32),
+        (18, IQ3_XXS, "IQ3_XXS", QK_K, 2 + QK_K / 4 + QK_K / 8),
+        (19, IQ1_S, "IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16),
+        (20, IQ4_NL, "IQ4_NL", 32, 2 + 16),
+        (
+            21,
+            IQ3_S,
+            "IQ3_S",
+            QK_K,
+            2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4,
+        ),
+        (22, IQ2_S, "IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16),
+        (23, IQ4_XS, "IQ4_XS", QK_K, 2 + 2 + QK_K / 2 + QK_K / 64),
+        (24, I8, "I8", 1, 1),
+        (25, I16, "I16", 1, 2),
+        (26, I32, "I32", 1, 4),
+        (27, I64, "I64", 1, 8),
+        (28, F64, "F64", 1, 8),
+        (29, IQ1_M, "IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32),
+        (30, BF16, "BF16", 1, 2),
+        (34, TQ1_0, "TQ1_0", QK_K, 2 + 4 * 13),
+        (35, TQ2_0, "TQ2_0", QK_K, 2 + 64),
+        (39, MXFP4, "MXFP4", 32, 1 + 16),
+    ]
+};
+
 impl GgmlType {
+    /// The types kiln dequantizes (and so can run).
+    pub const SUPPORTED: [GgmlType; 6] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+
+    fn row(self) -> &'static (u32, GgmlType, &'static str, usize, usize) {
+        // Every variant has a row (checked by a unit test).
+        TYPES.iter().find(|r| r.1 == self).unwrap_or(&TYPES[0])
+    }
+
+    /// The type with ggml id `v`, `None` for an id ggml does not define.
     pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4_K,
-            14 => GgmlType::Q6_K,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
+        TYPES.iter().find(|r| r.0 == v).map(|r| r.1)
     }
 
     pub fn as_u32(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q4_K => 12,
-            GgmlType::Q6_K => 14,
-            GgmlType::BF16 => 30,
-        }
+        self.row().0
     }
 
-    /// Elements per block (1 for the plain float types).
+    /// Whether kiln can dequantize (and so run) tensors of this type.
+    pub fn is_supported(self) -> bool {
+        Self::SUPPORTED.contains(&self)
+    }
+
+    /// "F32, F16, BF16, Q8_0, Q4_K, Q6_K": the supported types, for messages.
+    pub fn supported_list() -> String {
+        let names: Vec<&str> = Self::SUPPORTED.iter().map(|t| t.name()).collect();
+        names.join(", ")
+    }
+
+    /// Elements per block (1 for the plain types).
     pub fn block_len(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q8_0 => QK8_0,
-            GgmlType::Q4_K | GgmlType::Q6_K => QK_K,
-        }
+        self.row().3
     }
 
-    /// Bytes per block, from ggml's block structs:
-    /// Q8_0 = f16 d + 32 i8; Q4_K = f16 d + f16 dmin + 12 scale bytes + 128 nibble bytes;
-    /// Q6_K = 128 low-nibble bytes + 64 high-bit bytes + 16 i8 scales + f16 d.
+    /// Bytes per block, from ggml's block structs.
     pub fn block_bytes(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q8_0 => 2 + QK8_0,
-            GgmlType::Q4_K => 2 + 2 + 12 + QK_K / 2,
-            GgmlType::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
-        }
+        self.row().4
     }
 
     /// Bytes for `n_elements` elements, or `None` if `n_elements` is not a whole number of
@@ -76,28 +154,15 @@ impl GgmlType {
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::BF16 => "BF16",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4_K => "Q4_K",
-            GgmlType::Q6_K => "Q6_K",
-        }
+        self.row().2
     }
 
     /// Parses the names `name()` prints, case-insensitively (used by the CLI).
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::BF16,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ]
-        .into_iter()
-        .find(|t| t.name().eq_ignore_ascii_case(s))
+        TYPES
+            .iter()
+            .find(|r| r.2.eq_ignore_ascii_case(s))
+            .map(|r| r.1)
     }
 }
 
@@ -270,5 +335,27 @@ impl Value {
             Value::F64(v) => v.to_string(),
             Value::Bool(v) => v.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_has_one_row_and_round_trips() {
+        for (id, t, name, ..) in TYPES {
+            assert_eq!(TYPES.iter().filter(|r| r.1 == t).count(), 1, "{name}");
+            assert_eq!((t.as_u32(), t.name()), (id, name));
+            assert_eq!(GgmlType::from_u32(id), Some(t));
+            assert_eq!(GgmlType::parse(&name.to_lowercase()), Some(t));
+        }
+        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 40, 77] {
+            assert_eq!(GgmlType::from_u32(removed), None, "{removed}");
+        }
+        // The sizes kiln dequantizes, as its block decoders read them.
+        assert_eq!(GgmlType::Q4_K.block_bytes(), 144);
+        assert_eq!(GgmlType::Q6_K.block_bytes(), 210);
+        assert_eq!(GgmlType::Q4_1.block_bytes(), 20);
     }
 }

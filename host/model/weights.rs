@@ -102,13 +102,13 @@ impl Kind {
     fn allows(self, t: GgmlType) -> bool {
         match self {
             Kind::Float => matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16),
-            Kind::Any => true,
+            Kind::Any => t.is_supported(),
         }
     }
     fn allowed(self) -> &'static str {
         match self {
             Kind::Float => "F32, F16, BF16",
-            Kind::Any => "F32, F16, BF16, Q8_0, Q4_K, Q6_K",
+            Kind::Any => "F32, F16, BF16, Q8_0, Q4_K, Q6_K (the types kiln runs)",
         }
     }
 }
@@ -177,6 +177,15 @@ impl Weights {
         cfg: &ModelConfig,
         on_tensor: &mut dyn FnMut(&str),
     ) -> Result<Self, ModelError> {
+        let unsupported: Vec<(String, GgmlType)> = file
+            .tensor_infos()
+            .iter()
+            .filter(|t| !t.dtype.is_supported())
+            .map(|t| (t.name.clone(), t.dtype))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(ModelError::UnsupportedTypes(unsupported));
+        }
         let mut l = Loader { file, on_tensor };
         let (h, v) = (cfg.hidden, cfg.vocab);
         let token_embd = l.matrix("token_embd.weight", h, v)?;
