@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::DeviceArg;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::gpu::Device;
 use crate::model::{Arch, ModelConfig, Weights};
@@ -28,18 +29,13 @@ use crate::synth::{self, Preset, SynthSpec};
 /// Longest prompt the emulator is asked to run (it executes every GPU thread on the CPU).
 const EMULATOR_MAX_LEN: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchDevice {
-    /// The first CUDA GPU.
-    Cuda,
-    /// The CPU emulator: a smoke run of the code path (tiny model, short prompts only).
-    Emulator,
-}
-
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// cuda (alias gpu; the default), emulator (a CPU smoke run of the code path: tiny model,
+    /// short prompts), or auto (the GPU if usable, else the emulator). cpu has no pipeline to
+    /// measure.
     #[arg(long, value_enum, default_value = "cuda")]
-    pub device: BenchDevice,
+    pub device: DeviceArg,
     /// Models, comma-separated: tiny (qwen3moe fixture dims, 2 layers), 30b (Qwen3-30B-A3B
     /// dims, --layers layers). Default: tiny,30b (emulator: tiny).
     #[arg(long, value_delimiter = ',')]
@@ -447,7 +443,7 @@ fn open_model(
     drop(gguf);
     let build_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let gpu = GpuModel::upload(dev, &cfg, &weights, true)
+    let gpu = GpuModel::upload(dev, &cfg, &weights, &|_| {})
         .with_context(|| format!("uploading the {} model to {}", m.name, dev.name()))?;
     dev.synchronize()?;
     let upload_s = t.elapsed().as_secs_f64();
@@ -550,17 +546,20 @@ fn run_row(
 }
 
 /// Attaches to the device the arguments ask for, with a one-line error when there is none.
-fn open_device(d: BenchDevice) -> anyhow::Result<Device> {
+fn open_device(d: DeviceArg) -> anyhow::Result<Device> {
+    let no_gpu =
+        |e| anyhow!("kiln bench needs a CUDA GPU ({e}); use --device emulator for a CPU smoke run");
     match d {
-        BenchDevice::Emulator => Ok(Device::emulator()),
-        BenchDevice::Cuda => Device::cuda().map_err(|e| {
-            // The driver error advises `--device cpu`, which bench does not have.
-            let why = e.to_string();
-            let why = why.trim_end_matches("; run with --device cpu");
-            anyhow!(
-                "kiln bench needs a CUDA GPU ({why}); use --device emulator for a CPU smoke run"
-            )
-        }),
+        DeviceArg::Emulator => Ok(Device::emulator()),
+        DeviceArg::Cuda => Device::cuda().map_err(no_gpu),
+        DeviceArg::Auto => Ok(Device::cuda().unwrap_or_else(|e| {
+            eprintln!("device: the CPU emulator (a smoke run), since {e}");
+            Device::emulator()
+        })),
+        DeviceArg::Cpu => bail!(
+            "kiln bench measures the GPU pipeline, which --device cpu does not run; use --device \
+             emulator for a CPU smoke run of it"
+        ),
     }
 }
 
@@ -573,7 +572,8 @@ fn git_commit() -> Option<String> {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let emulator = args.device == BenchDevice::Emulator;
+    let dev = open_device(args.device)?;
+    let emulator = !dev.is_cuda();
     let model_names = args.models.clone().unwrap_or_else(|| {
         if emulator {
             vec!["tiny".into()]
@@ -636,7 +636,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
 
-    let dev = open_device(args.device)?;
     let run = RunInfo {
         start,
         device_name: dev.name(),

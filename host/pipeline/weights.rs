@@ -6,7 +6,6 @@ use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::{Ffn, HostTensor, ModelConfig, Weights};
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// A SwiGLU FFN: gate|up interleaved `[interleaved_rows(ff)][hidden]`, down `[hidden][ff]`.
 pub(super) struct Dense {
@@ -66,7 +65,8 @@ fn bf16_bits(data: &[f32]) -> Vec<u16> {
 
 struct Uploader<'a> {
     dev: &'a Device,
-    bar: ProgressBar,
+    /// Called with the number of host tensors each upload consumed.
+    on_tensors: &'a dyn Fn(u64),
 }
 
 impl Uploader<'_> {
@@ -79,12 +79,12 @@ impl Uploader<'_> {
     fn bf16(&self, t: &HostTensor) -> Result<TmaMatrix> {
         let cols = t.cols();
         let m = self.matrix(&bf16_bits(&t.data), t.data.len() / cols, cols, &t.name)?;
-        self.bar.inc(1);
+        (self.on_tensors)(1);
         Ok(m)
     }
     fn f32(&self, t: &HostTensor) -> Result<Buffer<f32>> {
         let b = self.dev.upload(&t.data, &t.name)?;
-        self.bar.inc(1);
+        (self.on_tensors)(1);
         Ok(b)
     }
     fn opt_f32(&self, t: &Option<HostTensor>) -> Result<Option<Buffer<f32>>> {
@@ -103,7 +103,7 @@ impl Uploader<'_> {
         }
         let name = format!("{} | {}", gate.name, up.name);
         let m = self.matrix(&bits, experts * interleaved_rows(ff), hidden, &name)?;
-        self.bar.inc(2);
+        (self.on_tensors)(2);
         Ok(m)
     }
     fn dense(&self, gate: &HostTensor, up: &HostTensor, down: &HostTensor) -> Result<Dense> {
@@ -121,7 +121,7 @@ impl Uploader<'_> {
             .collect();
         let name = format!("{} | {} | {}", wq.name, wk.name, wv.name);
         let m = self.matrix(&bf16_bits(&data), data.len() / hidden, hidden, &name)?;
-        self.bar.inc(3);
+        (self.on_tensors)(3);
         Ok(m)
     }
     /// The Q, K, V biases stacked (zeros for a missing one), if any is present.
@@ -135,7 +135,7 @@ impl Uploader<'_> {
         }
         let part = |b: &Option<HostTensor>, len: usize| match b {
             Some(t) => {
-                self.bar.inc(1);
+                (self.on_tensors)(1);
                 t.data.clone()
             }
             None => vec![0.0; len],
@@ -148,24 +148,15 @@ impl Uploader<'_> {
 }
 
 impl GpuModel {
-    /// Uploads `weights` (host f32, already validated against `cfg`) to `dev`, showing a
-    /// progress bar when `progress` is set.
+    /// Uploads `weights` (host f32, already validated against `cfg`) to `dev`, calling
+    /// `on_tensors(n)` as each group of `n` host tensors is uploaded (for progress).
     pub fn upload(
         dev: &Device,
         cfg: &ModelConfig,
         weights: &Weights,
-        progress: bool,
+        on_tensors: &dyn Fn(u64),
     ) -> Result<Self> {
-        let bar = if progress {
-            ProgressBar::new(weights.tensors().len() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("uploading weights {bar:30} {pos}/{len} tensors")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let up = Uploader { dev, bar };
+        let up = Uploader { dev, on_tensors };
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             let ffn = match &l.ffn {
@@ -205,7 +196,7 @@ impl GpuModel {
             });
         }
         let table = dev.upload(&bf16_bits(&weights.token_embd.data), "token_embd")?;
-        up.bar.inc(1);
+        (up.on_tensors)(1);
         let model = GpuModel {
             cfg: cfg.clone(),
             token_embd: EmbeddingTable::new(TableData::Bf16(table), cfg.vocab, cfg.hidden)?,
@@ -213,7 +204,6 @@ impl GpuModel {
             output: up.bf16(&weights.output)?,
             layers,
         };
-        up.bar.finish_and_clear();
         Ok(model)
     }
 }
