@@ -147,7 +147,47 @@ impl Uploader<'_> {
     }
 }
 
+impl Dense {
+    fn bytes(&self) -> u64 {
+        self.gate_up.bytes() + self.down.bytes()
+    }
+}
+
+impl GpuLayer {
+    fn bytes(&self) -> u64 {
+        let opt = |b: &Option<Buffer<f32>>| b.as_ref().map_or(0, Buffer::bytes);
+        let ffn = match &self.ffn {
+            GpuFfn::Dense(d) => d.bytes(),
+            GpuFfn::Moe(m) => {
+                m.router.bytes()
+                    + m.experts.gate_up.bytes()
+                    + m.experts.down.bytes()
+                    + m.shared
+                        .as_ref()
+                        .map_or(0, |s| s.gate_inp.bytes() + s.ffn.bytes())
+            }
+        };
+        self.attn_norm.bytes()
+            + self.wqkv.bytes()
+            + opt(&self.bqkv)
+            + opt(&self.q_norm)
+            + opt(&self.k_norm)
+            + self.wo.bytes()
+            + self.ffn_norm.bytes()
+            + ffn
+    }
+}
+
 impl GpuModel {
+    /// Device bytes the model keeps resident: every weight buffer in its device layout
+    /// (bf16 matrices with their tensor maps, f32 vectors and router), as allocated.
+    pub fn device_bytes(&self) -> u64 {
+        self.token_embd.bytes()
+            + self.output_norm.bytes()
+            + self.output.bytes()
+            + self.layers.iter().map(GpuLayer::bytes).sum::<u64>()
+    }
+
     /// Uploads `weights` (host f32, already validated against `cfg`) to `dev`, calling
     /// `on_tensors(n)` as each group of `n` host tensors is uploaded (for progress).
     pub fn upload(
