@@ -11,7 +11,7 @@
 //! measured in the same run by the peer script (default 790); `KILN_BENCH_LAYERS` (48) and
 //! `KILN_FULL_DEPTH_LENGTHS` override the depth and the lengths.
 
-use kiln::cli::bench::prefill_flops;
+use kiln::bench::cost::prefill_flops;
 use kiln::gguf::GgmlType;
 use kiln::gpu::Device;
 use kiln::model::Arch;

@@ -4,6 +4,7 @@
 //! The host reads top-down in the order data flows: GGUF file → model config and weights →
 //! tokens → (CPU reference forward | GPU prefill pipeline) → logits.
 
+pub mod bench;
 pub mod cli;
 pub mod gguf;
 pub mod gpu;

@@ -356,12 +356,21 @@ pub fn write_file(
     path: &Path,
     on_tensor: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<(), SynthError> {
-    let w = build_writer(spec)?;
     let file = File::create(path).map_err(|source| SynthError::Create {
         path: path.display().to_string(),
         source,
     })?;
-    let mut out = BufWriter::new(file);
+    write(spec, file, on_tensor)
+}
+
+/// Streams the file into `out`, calling `on_tensor(index, count, name)` before each tensor.
+pub fn write(
+    spec: &SynthSpec,
+    out: impl std::io::Write,
+    on_tensor: &mut dyn FnMut(usize, usize, &str),
+) -> Result<(), SynthError> {
+    let w = build_writer(spec)?;
+    let mut out = BufWriter::new(out);
     let n = w.tensors().len();
     w.write(&mut out, |i, d| {
         on_tensor(i, n, &d.name);

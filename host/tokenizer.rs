@@ -235,21 +235,58 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
-            let Some(tok) = self.tokens.get(id as usize) else {
-                bytes.extend_from_slice("\u{FFFD}".as_bytes());
-                continue;
-            };
-            if self.specials.iter().any(|(_, s)| *s == id) {
-                bytes.extend_from_slice(tok.as_bytes());
-                continue;
-            }
-            for c in tok.chars() {
-                match self.char_to_byte.get(&c) {
-                    Some(&b) => bytes.push(b),
-                    None => bytes.extend_from_slice(c.to_string().as_bytes()),
-                }
+            match self.token_bytes(id) {
+                Some(b) => bytes.extend(b),
+                None => bytes.extend_from_slice("\u{FFFD}".as_bytes()),
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The bytes a token stands for (a control token's text as written), or `None` for an id
+    /// outside the vocabulary.
+    fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let tok = self.tokens.get(id as usize)?;
+        if self.specials.iter().any(|(_, s)| *s == id) {
+            return Some(tok.as_bytes().to_vec());
+        }
+        let mut bytes = Vec::with_capacity(tok.len());
+        for c in tok.chars() {
+            match self.char_to_byte.get(&c) {
+                Some(&b) => bytes.push(b),
+                None => bytes.extend_from_slice(c.to_string().as_bytes()),
+            }
+        }
+        Some(bytes)
+    }
+
+    /// A token as a listing shows it, quoted: its text, with bytes that are not (complete)
+    /// UTF-8 and ASCII control bytes as `<0x94>` (llama.cpp's spelling of byte tokens), `\n`,
+    /// `\r`, `\t`, `\"` and `\\` escaped, other control characters as `\u{…}`; `?` for an id
+    /// outside the vocabulary.
+    pub fn display_token(&self, id: u32) -> String {
+        let Some(bytes) = self.token_bytes(id) else {
+            return "?".into();
+        };
+        let mut out = String::from("\"");
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_ascii_control() => out.push_str(&format!("<0x{:02X}>", c as u32)),
+                    c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("<0x{b:02X}>"));
+            }
+        }
+        out.push('"');
+        out
     }
 }

@@ -189,3 +189,52 @@ fn bench_rejects_a_model_file_with_other_weights() {
     assert!(r["times_ms"].as_array().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 9, item 10: the emulator smoke run finishes in seconds with its defaults, and the
+/// table's figures are what was measured: tokens/s agrees with N and the median to the digits
+/// shown (a 2-token prompt was printed as 0 tokens/s), and no GPU roofline percentage is made
+/// up for the emulator.
+#[test]
+fn bench_smoke_run_is_quick_and_its_figures_honest() {
+    let dir = temp_dir("smoke");
+    let json = dir.join("bench.json");
+    let start = std::time::Instant::now();
+    let o = kiln(&[
+        "bench",
+        "--device",
+        "emulator",
+        "--lengths",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let secs = start.elapsed().as_secs_f64();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(secs < 60.0, "the smoke run took {secs:.0} s");
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("tiny "))
+        .unwrap_or_else(|| panic!("no table row:\n{out}"))
+        .split_whitespace()
+        .collect();
+    let median_ms: f64 = row[2].parse().unwrap();
+    let tokens_per_s: f64 = row[3].parse().unwrap();
+    let implied = tokens_per_s * median_ms / 1e3;
+    assert!(
+        (implied - 2.0).abs() < 0.02,
+        "tokens/s {} with a median of {} ms is not 2 tokens:\n{out}",
+        row[3],
+        row[2]
+    );
+    assert_eq!(row[6], "-", "a GPU %peak for the emulator:\n{out}");
+    let doc = read_json(&json);
+    let r = &doc["results"][0];
+    assert!(r["pct_of_peak_tflops"].is_null(), "{r}");
+    assert_eq!(doc["settings"]["repeats"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -136,7 +136,7 @@ fn check_invariance(
 const ROUTER_NEAR_TIE: f64 = 2e-2;
 
 fn upload(dev: &Device, cfg: &ModelConfig, w: &Weights) -> GpuModel {
-    GpuModel::upload(dev, cfg, w, false).expect("uploading weights")
+    GpuModel::upload(dev, cfg, w, &|_| {}).expect("uploading weights")
 }
 
 #[test]

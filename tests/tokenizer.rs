@@ -37,3 +37,20 @@ fn merges_and_control_tokens() {
     let s = "naïve café — ok";
     assert_eq!(tok.decode(&tok.encode(s).unwrap()), s);
 }
+
+/// Issue 9, item 7: how a token reads in the top-5 list. The fixture vocabulary's first 256
+/// ids are the byte symbols in byte order.
+#[test]
+fn tokens_display_bytes_as_hex_and_escape_control_text() {
+    let tok = Tokenizer::from_gguf(&open("qwen3-f32")).unwrap();
+    assert_eq!(tok.display_token(b'a' as u32), "\"a\"");
+    assert_eq!(tok.display_token(0x94), "\"<0x94>\"");
+    assert_eq!(tok.display_token(0xAB), "\"<0xAB>\"");
+    assert_eq!(tok.display_token(0x10), "\"<0x10>\"");
+    assert_eq!(tok.display_token(0x7F), "\"<0x7F>\"");
+    assert_eq!(tok.display_token(b'\n' as u32), "\"\\n\"");
+    assert_eq!(tok.display_token(b'"' as u32), "\"\\\"\"");
+    assert_eq!(tok.display_token(b'\\' as u32), "\"\\\\\"");
+    assert_eq!(tok.display_token(510), "\"<|im_start|>\"");
+    assert_eq!(tok.display_token(100_000), "?");
+}

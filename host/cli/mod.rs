@@ -3,14 +3,16 @@
 
 pub mod bench;
 pub mod info;
+pub mod output;
 pub mod prefill;
 pub mod synth;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::gguf::GgufFile;
+
+pub use output::StdoutClosed;
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about = "Batch-invariant GGUF prompt prefill")]
@@ -31,8 +33,31 @@ pub enum Command {
     Synth(synth::SynthArgs),
 }
 
+/// The device words every subcommand takes (`--device`); each says which it can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The CUDA GPU if one is usable, else the subcommand's CPU stand-in (saying so once).
+    Auto,
+    /// The CUDA GPU; an error if there is none.
+    #[value(alias = "gpu")]
+    Cuda,
+    /// The plain-Rust CPU reference forward (prefill only).
+    Cpu,
+    /// The GPU pipeline on the CPU emulator (slow: for tests and smoke runs).
+    Emulator,
+}
+
+/// A command line clap rejected: `main` prints it on one line and exits with clap's status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 pub fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
+    match cli.command {
         Command::Bench(a) => bench::run(&a),
         Command::Info(a) => info::run(&a),
         Command::Prefill(a) => prefill::run(&a),
@@ -40,16 +65,35 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn open_gguf(path: &std::path::Path) -> anyhow::Result<GgufFile> {
-    GgufFile::open(path).with_context(|| format!("reading {}", path.display()))
+/// Help and version go to their stream as clap writes them; a usage error becomes one line:
+/// clap's first paragraph (what is wrong, with the argument it concerns), without the usage
+/// block and tips that follow it.
+fn usage(e: clap::Error) -> anyhow::Result<()> {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // A closed stdout (`kiln --help | head -1`) is not worth a complaint.
+            let _ = e.print();
+            Ok(())
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Err(UsageError("a subcommand is required (see kiln --help)".into()).into())
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let msg = first.join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            Err(UsageError(format!("{msg} (see --help)")).into())
+        }
+    }
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-pub(crate) fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style.progress_chars("=> "));
-    pb.set_prefix(what.to_string());
-    pb
+pub(crate) fn open_gguf(path: &std::path::Path) -> anyhow::Result<GgufFile> {
+    GgufFile::open(path).with_context(|| format!("reading {}", path.display()))
 }

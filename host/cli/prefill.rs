@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::DeviceArg;
+use super::output::{PendingOutput, Progress, outln};
 use crate::gguf::GgufFile;
 use crate::gpu::Device;
 use crate::model::{ModelConfig, Weights};
@@ -17,18 +19,6 @@ use crate::tokenizer::Tokenizer;
 
 const DEFAULT_PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The GPU if one is usable, else the CPU reference (saying so).
-    Auto,
-    /// The CUDA GPU; an error if there is none.
-    Gpu,
-    /// The plain-Rust CPU reference forward.
-    Cpu,
-    /// The GPU pipeline on the CPU emulator (very slow; for tests of the pipeline itself).
-    Emulator,
-}
-
 /// What actually runs the forward pass.
 pub enum Backend {
     CpuReference,
@@ -37,6 +27,8 @@ pub enum Backend {
 
 #[derive(Args, Debug)]
 pub struct PrefillArgs {
+    /// auto (the GPU if usable, else the CPU reference), cuda (alias gpu), cpu, or emulator
+    /// (the GPU pipeline on the CPU emulator: slow, for debugging).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
     /// GGUF model (default: the embedded synthetic tiny qwen3moe).
@@ -45,21 +37,21 @@ pub struct PrefillArgs {
     /// Prompt text.
     #[arg(short, long, conflicts_with = "tokens")]
     pub prompt: Option<String>,
-    /// Prompt token ids, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub tokens: Option<Vec<u32>>,
-    /// Tokens per chunk on the GPU (default: the whole prompt at once).
-    #[arg(long)]
+    /// Prompt token ids, separated by commas and/or spaces ("1,2,3" or "1, 2, 3").
+    #[arg(long, value_name = "IDS", allow_hyphen_values = true, value_parser = parse_token_ids)]
+    pub tokens: Option<TokenIds>,
+    /// Tokens per chunk on the GPU pipeline, at least 1 (default: the whole prompt at once).
+    #[arg(long, value_parser = parse_chunk)]
     pub chunk: Option<usize>,
-    /// Also run the prompt token by token on the GPU and report whether the final logits are
-    /// bit-identical to the batched run.
+    /// Also run the prompt token by token on the GPU pipeline and fail unless the final logits
+    /// are bit-identical to the batched run's.
     #[arg(long)]
     pub check: bool,
     /// Removed: attention is one fused kernel now and needs no score scratch. Kept only so
     /// that passing it says so instead of "unexpected argument".
     #[arg(long, hide = true)]
-    pub wave_budget_mib: Option<usize>,
-    /// Compute logits for every position, not just the last.
+    pub wave_budget_mib: Option<String>,
+    /// With --dump-logits: write the logits of every position, not just the last.
     #[arg(long)]
     pub all_logits: bool,
     /// Write the logits as float32 .npy ([vocab], or [n, vocab] with --all-logits).
@@ -67,16 +59,60 @@ pub struct PrefillArgs {
     pub dump_logits: Option<PathBuf>,
 }
 
-/// The one place the device is chosen.
-pub fn select_backend(device: DeviceArg) -> anyhow::Result<Backend> {
+/// Prompt token ids as given on the command line.
+#[derive(Clone, Debug)]
+pub struct TokenIds(pub Vec<u32>);
+
+/// `--tokens`: ids separated by commas and/or whitespace; each a non-negative integer.
+fn parse_token_ids(s: &str) -> Result<TokenIds, String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| format!("{t:?} is not a token id (a non-negative integer)"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(TokenIds)
+}
+
+fn parse_chunk(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("a chunk holds at least 1 token".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a positive integer")),
+    }
+}
+
+/// The one place the device is chosen. `pipeline_only` names an option that needs the GPU
+/// pipeline, so that `auto` without a GPU fails instead of ignoring it.
+pub fn select_backend(device: DeviceArg, pipeline_only: Option<&str>) -> anyhow::Result<Backend> {
     Ok(match device {
-        DeviceArg::Cpu => Backend::CpuReference,
+        DeviceArg::Cpu => {
+            if let Some(opt) = pipeline_only {
+                bail!(
+                    "{opt} applies to the GPU pipeline, and --device cpu runs the CPU reference \
+                     (one pass, no chunks); use --device cuda, or --device emulator without a GPU"
+                );
+            }
+            Backend::CpuReference
+        }
         DeviceArg::Emulator => Backend::Pipeline(Device::emulator()),
-        DeviceArg::Gpu => Backend::Pipeline(Device::cuda().context("--device gpu")?),
+        DeviceArg::Cuda => Backend::Pipeline(Device::cuda().map_err(|e| {
+            anyhow!(
+                "--device cuda: {e}; --device cpu runs the CPU reference, --device emulator \
+                 the GPU pipeline on the CPU"
+            )
+        })?),
         DeviceArg::Auto => match Device::cuda() {
             Ok(dev) => Backend::Pipeline(dev),
             Err(e) => {
-                println!("device: no usable GPU ({e}); running on the CPU reference");
+                if let Some(opt) = pipeline_only {
+                    bail!(
+                        "{opt} applies to the GPU pipeline, and --device auto found no usable \
+                         GPU ({e}); use --device emulator to run the pipeline on the CPU"
+                    );
+                }
+                outln!("device: CPU reference (f64 accumulation), since {e}")?;
                 Backend::CpuReference
             }
         },
@@ -84,13 +120,32 @@ pub fn select_backend(device: DeviceArg) -> anyhow::Result<Backend> {
 }
 
 pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     if args.wave_budget_mib.is_some() {
-        anyhow::bail!(
+        bail!(
             "--wave-budget-mib was removed: attention is one fused flash-attention kernel and \
              uses no score scratch; drop the option"
         );
     }
-    let backend = select_backend(args.device)?;
+    if args.all_logits && args.dump_logits.is_none() {
+        bail!(
+            "--all-logits only changes what --dump-logits writes (every position's logits); \
+             add --dump-logits FILE.npy"
+        );
+    }
+    // Every output is checked (and its temporary created) before any work.
+    let mut dump = args
+        .dump_logits
+        .as_deref()
+        .map(|p| PendingOutput::create(p, "--dump-logits", true, ""))
+        .transpose()?;
+    let pipeline_only = if args.check {
+        Some("--check")
+    } else if args.chunk.is_some() {
+        Some("--chunk")
+    } else {
+        None
+    };
     let (file, label) = match &args.model {
         Some(p) => (super::open_gguf(p)?, p.display().to_string()),
         None => (
@@ -98,63 +153,99 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
             "embedded default (synthetic tiny qwen3moe, 2 layers, BF16)".to_string(),
         ),
     };
-    println!("model: {label}");
+    outln!("model: {label}")?;
     let cfg = ModelConfig::from_gguf(&file).with_context(|| format!("reading model {label}"))?;
     let tokenizer = Tokenizer::from_gguf(&file);
     let tokens = prompt_tokens(args, &tokenizer)?;
     check_prompt(&tokens, &cfg)?;
+    let backend = select_backend(args.device, pipeline_only)?;
+    let t = Instant::now();
     let weights =
         load_weights(&file, &cfg).with_context(|| format!("loading weights of {label}"))?;
+    let load_s = t.elapsed().as_secs_f64();
+    outln!(
+        "load: {load_s:.3} s (read and convert {} tensors to f32 on the host)",
+        weights.tensors().len()
+    )?;
 
-    let (logits, secs) = match &backend {
+    let mut times = vec![("load", load_s)];
+    let logits = match &backend {
         Backend::CpuReference => {
-            println!("device: CPU reference (f64 accumulation)");
+            if !matches!(args.device, DeviceArg::Auto) {
+                outln!("device: CPU reference (f64 accumulation)")?;
+            }
             let start = Instant::now();
             let l = reference::forward(&cfg, &weights, &tokens, args.all_logits)?;
-            (l.data, start.elapsed().as_secs_f64())
+            let secs = start.elapsed().as_secs_f64();
+            print_rate(tokens.len(), secs)?;
+            times.push(("prefill", secs));
+            l.data
         }
-        Backend::Pipeline(dev) => run_pipeline(args, dev, &cfg, &weights, &tokens)?,
+        Backend::Pipeline(dev) => run_pipeline(args, dev, &cfg, &weights, &tokens, &mut times)?,
     };
-    println!(
-        "prompt: {} tokens, {:.3} s, {:.1} tokens/s",
-        tokens.len(),
-        secs,
-        tokens.len() as f64 / secs.max(1e-9)
-    );
-    println!("top-5 next tokens:");
+    let parts: Vec<String> = times
+        .iter()
+        .map(|(what, s)| format!("{what} {s:.3} s"))
+        .collect();
+    outln!(
+        "time: {:.3} s in all ({})",
+        started.elapsed().as_secs_f64(),
+        parts.join(", ")
+    )?;
+    outln!("top-5 next tokens:")?;
     let last = &logits[logits.len() - cfg.vocab..];
     let mut order: Vec<usize> = (0..last.len()).collect();
     order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
     for &id in order.iter().take(5) {
         let text = match &tokenizer {
-            Ok(t) => format!("{:?}", t.decode_token(id as u32)),
+            Ok(t) => t.display_token(id as u32),
             Err(_) => "?".into(),
         };
-        println!("  {id:>7}  {:>10.4}  {text}", last[id]);
+        outln!("  {id:>7}  {:>10.4}  {text}", last[id])?;
     }
-    if let Some(path) = &args.dump_logits {
+    if let Some(mut out) = dump.take() {
         let shape = if args.all_logits {
             vec![logits.len() / cfg.vocab, cfg.vocab]
         } else {
             vec![cfg.vocab]
         };
-        npy::write_f32(path, &shape, &logits)?;
-        println!("logits written to {}", path.display());
+        let bytes = npy::to_bytes_f32(&shape, &logits);
+        std::io::Write::write_all(out.file(), &bytes)
+            .with_context(|| format!("writing {}", out.path().display()))?;
+        let path = out.path().to_path_buf();
+        out.commit()?;
+        outln!("logits written to {}", path.display())?;
     }
     Ok(())
 }
 
+fn print_rate(n: usize, secs: f64) -> anyhow::Result<()> {
+    outln!(
+        "prefill: {n} tokens, {secs:.3} s, {:.1} tokens/s",
+        n as f64 / secs.max(1e-9)
+    )
+}
+
 /// Uploads the weights and prefills on `dev`; with `--check`, also token by token, comparing
-/// the final logits bit for bit. Returns the logits and the prefill time (upload excluded).
+/// the final logits bit for bit. Records each phase's time in `times`.
 fn run_pipeline(
     args: &PrefillArgs,
     dev: &Device,
     cfg: &ModelConfig,
     weights: &Weights,
     tokens: &[u32],
-) -> anyhow::Result<(Vec<f32>, f64)> {
-    println!("device: {}", dev.name());
-    let model = GpuModel::upload(dev, cfg, weights, true).context("uploading weights")?;
+    times: &mut Vec<(&'static str, f64)>,
+) -> anyhow::Result<Vec<f32>> {
+    outln!("device: {}", dev.name())?;
+    let t = Instant::now();
+    let progress = Progress::new("upload", weights.tensors().len() as u64, "tensors");
+    let model = GpuModel::upload(dev, cfg, weights, &|n| progress.inc(n, ""))
+        .context("uploading weights")?;
+    progress.finish();
+    dev.synchronize()?;
+    let upload_s = t.elapsed().as_secs_f64();
+    outln!("upload: {upload_s:.3} s (weights to bf16/f32 device buffers)")?;
+    times.push(("upload", upload_s));
     let opts = PrefillOptions {
         chunk: args.chunk,
         all_logits: args.all_logits,
@@ -162,23 +253,31 @@ fn run_pipeline(
     };
     // The first launch of each kernel pays for module setup; a one-token warm-up keeps that
     // out of the timed prefill.
+    let t = Instant::now();
     prefill(&model, dev, &tokens[..1], &PrefillOptions::default()).context("warm-up")?;
+    dev.synchronize()?;
+    times.push(("warm-up", t.elapsed().as_secs_f64()));
     let start = Instant::now();
     let out = prefill(&model, dev, tokens, &opts).context("prefill")?;
+    dev.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    times.push(("prefill", secs));
+    print_rate(tokens.len(), secs)?;
+    outln!(
         "chunks: {} ({} tokens max), {} kernel launches",
         out.chunks.len(),
         out.chunks.iter().max().copied().unwrap_or(0),
         out.launches,
-    );
+    )?;
     if args.check {
+        let t = Instant::now();
         let seq_opts = PrefillOptions {
             chunk: Some(1),
             all_logits: false,
             ..opts.clone()
         };
         let seq = prefill(&model, dev, tokens, &seq_opts).context("sequential check")?;
+        times.push(("check", t.elapsed().as_secs_f64()));
         let last = &out.logits[out.logits.len() - cfg.vocab..];
         let same = seq
             .logits
@@ -192,12 +291,12 @@ fn run_pipeline(
                 out.chunks.len()
             );
         }
-        println!(
+        outln!(
             "check: token-by-token ({} chunks) and batched final logits are bit-identical",
             seq.chunks.len()
-        );
+        )?;
     }
-    Ok((out.logits, secs))
+    Ok(out.logits)
 }
 
 fn prompt_tokens(
@@ -205,12 +304,15 @@ fn prompt_tokens(
     tokenizer: &Result<Tokenizer, crate::tokenizer::TokenizerError>,
 ) -> anyhow::Result<Vec<u32>> {
     if let Some(t) = &args.tokens {
-        return Ok(t.clone());
+        return Ok(t.0.clone());
     }
     let text = args.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
-    let tok = tokenizer
-        .as_ref()
-        .map_err(|e| anyhow!("cannot tokenize the prompt text: {e}"))?;
+    let tok = tokenizer.as_ref().map_err(|e| {
+        anyhow!(
+            "cannot tokenize the prompt text: {e}; give the prompt as token ids instead \
+             (--tokens 1,2,3)"
+        )
+    })?;
     tok.encode(text)
         .with_context(|| format!("tokenizing {text:?}"))
 }
@@ -241,11 +343,8 @@ fn check_prompt(tokens: &[u32], cfg: &ModelConfig) -> anyhow::Result<()> {
 }
 
 fn load_weights(file: &GgufFile, cfg: &ModelConfig) -> anyhow::Result<Weights> {
-    let pb = super::progress_bar(file.tensor_infos().len() as u64, "load");
-    let w = Weights::load_with_progress(file, cfg, &mut |name| {
-        pb.inc(1);
-        pb.set_message(name.to_string());
-    })?;
-    pb.finish_and_clear();
+    let progress = Progress::new("load", file.tensor_infos().len() as u64, "tensors");
+    let w = Weights::load_with_progress(file, cfg, &mut |name| progress.inc(1, name))?;
+    progress.finish();
     Ok(w)
 }

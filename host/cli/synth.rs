@@ -1,10 +1,12 @@
 //! `kiln synth`: write a synthetic model with seeded random weights.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
 
+use super::output::{PendingOutput, Progress, outln};
 use crate::gguf::GgmlType;
 use crate::model::Arch;
 use crate::synth::{self, Preset, SynthSpec};
@@ -24,9 +26,12 @@ pub struct SynthArgs {
     pub dtype: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output file.
+    /// Output file; an existing file is replaced only with --force.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
@@ -46,22 +51,22 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     };
     let writer = synth::build_writer(&spec)?;
     let len = writer.file_len();
-    let pb = super::progress_bar(writer.tensors().len() as u64, "synth");
-    synth::write_file(&spec, &args.output, &mut |i, _, name| {
-        pb.set_position(i as u64);
-        pb.set_message(name.to_string());
-    })
-    .with_context(|| format!("writing {}", args.output.display()))?;
-    pb.finish_and_clear();
-    println!(
-        "wrote {} ({} {} {} layers {}, seed {}, {:.1} MB)",
+    let mut out = PendingOutput::create(&args.output, "output file", args.force, "--force")?;
+    let start = Instant::now();
+    let progress = Progress::new("synth", writer.tensors().len() as u64, "tensors");
+    synth::write(&spec, out.file(), &mut |_, _, name| progress.inc(1, name))
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    progress.finish();
+    out.commit()?;
+    outln!(
+        "wrote {} ({} {} {} layers {}, seed {}, {:.1} MB, {:.1} s)",
         args.output.display(),
         spec.preset.name(),
         spec.arch,
         spec.n_layer,
         spec.dtype,
         spec.seed,
-        len as f64 / 1e6
-    );
-    Ok(())
+        len as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    )
 }

@@ -5,6 +5,7 @@
 //! infos, padding to `general.alignment` (default 32), then the tensor data. All little-endian.
 
 pub mod dequant;
+mod keys;
 pub mod reader;
 pub mod types;
 pub mod writer;
@@ -30,6 +31,8 @@ pub enum GgufError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is {kind}, not a GGUF file")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("not a GGUF file: magic is {found:02x?}, expected \"GGUF\"")]
     BadMagic { found: Vec<u8> },
     #[error("unsupported GGUF version {0} (kiln reads versions 2 and 3)")]
@@ -53,6 +56,12 @@ pub enum GgufError {
         what: String,
         offset: u64,
         reason: String,
+    },
+    #[error("metadata key {key:?}: the GGUF spec makes it {expected}, the file has {found}")]
+    KeyType {
+        key: String,
+        expected: String,
+        found: String,
     },
     #[error("duplicate metadata key {0:?}")]
     DuplicateKey(String),

@@ -108,6 +108,19 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
+        // mmap of a directory or a device fails with a baffling errno ("No such device").
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            let kind = if meta.is_dir() {
+                "a directory"
+            } else {
+                "a special file (a device, pipe or socket)"
+            };
+            return Err(GgufError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        }
         // SAFETY: the mapping is read-only and private to this process. Another process
         // truncating or rewriting the file while it is mapped is outside what kiln defends
         // against (the same caveat as every mmap-based model loader).
@@ -159,6 +172,7 @@ impl GgufFile {
             metadata.push((key, value));
         }
 
+        super::keys::check_types(&metadata)?;
         let alignment = match key_index.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(&i) => match metadata[i].1 {

@@ -88,6 +88,11 @@ impl<T: Element> Buffer<T> {
         self.len() == 0
     }
 
+    /// Bytes the allocation holds (CUDA allocations hold at least one element).
+    pub fn bytes(&self) -> u64 {
+        (self.len.max(1) * size_of::<T>()) as u64
+    }
+
     /// The address of element 0 (device or host): identifies the allocation.
     pub(crate) fn identity(&self) -> usize {
         self.address

@@ -4,7 +4,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum GpuError {
-    #[error("no CUDA driver found (libcuda.so could not be loaded); run with --device cpu")]
+    #[error("no CUDA driver found (libcuda.so could not be loaded)")]
     NoDriver,
     #[error("no usable CUDA GPU: {0}")]
     NoDevice(String),

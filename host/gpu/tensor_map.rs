@@ -190,6 +190,10 @@ impl TmaMatrix {
     pub fn zero(&mut self) -> Result<()> {
         self.data.zero()
     }
+    /// Device bytes of the elements and of the tensor map beside them.
+    pub fn bytes(&self) -> u64 {
+        self.data.bytes() + self.map.words.bytes()
+    }
     /// The map as a kernel argument.
     pub(crate) fn map(&self) -> MapArg<'_> {
         MapArg(&self.map)

@@ -321,6 +321,12 @@ impl ModelConfig {
                 self.n_head, self.n_head_kv
             ));
         }
+        if self.head_dim == 0 {
+            return bad(format!(
+                "head_dim is 0 (embedding_length {} / head_count {})",
+                self.hidden, self.n_head
+            ));
+        }
         if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
@@ -345,8 +351,11 @@ impl ModelConfig {
                 self.rope_freq_scale
             ));
         }
-        if !(self.eps.is_finite() && self.eps >= 0.0) {
-            return bad(format!("rms epsilon {} must be non-negative", self.eps));
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad(format!(
+                "attention.layer_norm_rms_epsilon {} must be positive",
+                self.eps
+            ));
         }
         Ok(())
     }

@@ -189,6 +189,15 @@ impl Weights {
         cfg: &ModelConfig,
         on_tensor: &mut dyn FnMut(&str),
     ) -> Result<Self, ModelError> {
+        let unsupported: Vec<(String, GgmlType)> = file
+            .tensor_infos()
+            .iter()
+            .filter(|t| !t.dtype.supported())
+            .map(|t| (t.name.clone(), t.dtype))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(ModelError::UnsupportedTypes(unsupported));
+        }
         let mut l = Loader { file, on_tensor };
         let (h, v) = (cfg.hidden, cfg.vocab);
         let token_embd = l.matrix("token_embd.weight", h, v)?;

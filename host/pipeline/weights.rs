@@ -9,7 +9,6 @@ use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::{Ffn, HostTensor, ModelConfig, RopeType, Weights};
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// A SwiGLU FFN: gate|up interleaved `[interleaved_rows(ff)][hidden]`, down `[hidden][ff]`.
 pub(super) struct Dense {
@@ -92,7 +91,8 @@ fn bf16_bits(data: &[f32]) -> Vec<u16> {
 
 struct Uploader<'a> {
     dev: &'a Device,
-    bar: ProgressBar,
+    /// Called with the number of host tensors each upload consumed.
+    on_tensors: &'a dyn Fn(u64),
     /// Q/K rows (and their biases and QK-norm weights) go to NEOX order (NORM-RoPE archs).
     reorder_qk: Option<usize>,
 }
@@ -107,12 +107,12 @@ impl Uploader<'_> {
     fn bf16(&self, t: &HostTensor) -> Result<TmaMatrix> {
         let cols = t.cols();
         let m = self.matrix(&bf16_bits(&t.data), t.data.len() / cols, cols, &t.name)?;
-        self.bar.inc(1);
+        (self.on_tensors)(1);
         Ok(m)
     }
     fn f32(&self, t: &HostTensor) -> Result<Buffer<f32>> {
         let b = self.dev.upload(&t.data, &t.name)?;
-        self.bar.inc(1);
+        (self.on_tensors)(1);
         Ok(b)
     }
     /// A Q or K tensor's data (weights `[heads · head_dim][cols]`, a bias, a QK-norm weight),
@@ -128,7 +128,7 @@ impl Uploader<'_> {
         t.as_ref()
             .map(|t| {
                 let b = self.dev.upload(&self.qk_rows(t, 1), &t.name)?;
-                self.bar.inc(1);
+                (self.on_tensors)(1);
                 Ok(b)
             })
             .transpose()
@@ -146,7 +146,7 @@ impl Uploader<'_> {
         }
         let name = format!("{} | {}", gate.name, up.name);
         let m = self.matrix(&bits, experts * interleaved_rows(ff), hidden, &name)?;
-        self.bar.inc(2);
+        (self.on_tensors)(2);
         Ok(m)
     }
     fn dense(&self, gate: &HostTensor, up: &HostTensor, down: &HostTensor) -> Result<Dense> {
@@ -163,7 +163,7 @@ impl Uploader<'_> {
         data.extend_from_slice(&wv.data);
         let name = format!("{} | {} | {}", wq.name, wk.name, wv.name);
         let m = self.matrix(&bf16_bits(&data), data.len() / hidden, hidden, &name)?;
-        self.bar.inc(3);
+        (self.on_tensors)(3);
         Ok(m)
     }
     /// The Q, K, V biases stacked (zeros for a missing one), if any is present.
@@ -177,7 +177,7 @@ impl Uploader<'_> {
         }
         let part = |b: &Option<HostTensor>, len: usize, qk: bool| match b {
             Some(t) => {
-                self.bar.inc(1);
+                (self.on_tensors)(1);
                 if qk {
                     self.qk_rows(t, 1)
                 } else {
@@ -193,28 +193,59 @@ impl Uploader<'_> {
     }
 }
 
+impl Dense {
+    fn bytes(&self) -> u64 {
+        self.gate_up.bytes() + self.down.bytes()
+    }
+}
+
+impl GpuLayer {
+    fn bytes(&self) -> u64 {
+        let opt = |b: &Option<Buffer<f32>>| b.as_ref().map_or(0, Buffer::bytes);
+        let ffn = match &self.ffn {
+            GpuFfn::Dense(d) => d.bytes(),
+            GpuFfn::Moe(m) => {
+                m.router.bytes()
+                    + m.experts.gate_up.bytes()
+                    + m.experts.down.bytes()
+                    + m.shared
+                        .as_ref()
+                        .map_or(0, |s| s.gate_inp.bytes() + s.ffn.bytes())
+            }
+        };
+        self.attn_norm.bytes()
+            + self.wqkv.bytes()
+            + opt(&self.bqkv)
+            + opt(&self.q_norm)
+            + opt(&self.k_norm)
+            + self.wo.bytes()
+            + self.ffn_norm.bytes()
+            + ffn
+    }
+}
+
 impl GpuModel {
-    /// Uploads `weights` (host f32, already validated against `cfg`) to `dev`, showing a
-    /// progress bar when `progress` is set.
+    /// Device bytes the model keeps resident: every weight buffer in its device layout
+    /// (bf16 matrices with their tensor maps, f32 vectors and router), as allocated.
+    pub fn device_bytes(&self) -> u64 {
+        self.token_embd.bytes()
+            + self.output_norm.bytes()
+            + self.output.bytes()
+            + self.layers.iter().map(GpuLayer::bytes).sum::<u64>()
+    }
+
+    /// Uploads `weights` (host f32, already validated against `cfg`) to `dev`, calling
+    /// `on_tensors(n)` as each group of `n` host tensors is uploaded (for progress).
     pub fn upload(
         dev: &Device,
         cfg: &ModelConfig,
         weights: &Weights,
-        progress: bool,
+        on_tensors: &dyn Fn(u64),
     ) -> Result<Self> {
-        let bar = if progress {
-            ProgressBar::new(weights.tensors().len() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("uploading weights {bar:30} {pos}/{len} tensors")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
         let reorder_qk = (cfg.rope == RopeType::Norm).then_some(cfg.head_dim);
         let up = Uploader {
             dev,
-            bar,
+            on_tensors,
             reorder_qk,
         };
         let mut layers = Vec::with_capacity(weights.layers.len());
@@ -256,7 +287,7 @@ impl GpuModel {
             });
         }
         let table = dev.upload(&bf16_bits(&weights.token_embd.data), "token_embd")?;
-        up.bar.inc(1);
+        (up.on_tensors)(1);
         let inv_freq = weights.rope_frequencies(cfg);
         let model = GpuModel {
             cfg: cfg.clone(),
@@ -268,7 +299,6 @@ impl GpuModel {
             layers,
             scratch: ScratchPool::default(),
         };
-        up.bar.finish_and_clear();
         Ok(model)
     }
 }

@@ -18,6 +18,13 @@ impl TableData {
             TableData::F16(b) | TableData::Bf16(b) => b.len(),
         }
     }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            TableData::F32(b) => b.bytes(),
+            TableData::F16(b) | TableData::Bf16(b) => b.bytes(),
+        }
+    }
 }
 
 /// A `[vocab][hidden]` embedding table on the device, checked once when made.
@@ -52,6 +59,11 @@ impl EmbeddingTable {
 
     pub fn hidden(&self) -> usize {
         self.hidden
+    }
+
+    /// Device bytes of the table.
+    pub fn bytes(&self) -> u64 {
+        self.data.bytes()
     }
 }
 
