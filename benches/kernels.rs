@@ -12,7 +12,7 @@
 //! measured bf16 matmul rate on 2026-11-29).
 
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
-use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32};
+use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32, partials_len};
 use kiln::gpu::ops::gemm_wgmma::{interleaved_rows, matmul, matmul_swiglu};
 use kiln::gpu::ops::moe::{MoeShape, Routing};
 use kiln::gpu::{Device, TmaMatrix};
@@ -149,8 +149,11 @@ fn main() {
             m: ne,
             k: hidden,
         };
+        let partials = dev
+            .alloc::<f32>(partials_len(shape), "partials")
+            .expect("alloc");
         let ms = time_ms(&dev, 3, 20, || {
-            matmul_f32(&dev, &x32, &wr, &logits, shape).expect("router")
+            matmul_f32(&dev, &x32, &wr, &logits, &partials, shape).expect("router")
         });
         rows.push(Row {
             kernel: "gemm_f32 (router)",

@@ -35,8 +35,8 @@ fn run(model: &GpuModel, dev: &Device, tokens: &[u32], chunk: Option<usize>) -> 
 /// Kernel launches for a prompt fed in `chunks`, counted from the model: per chunk, 1
 /// embedding, then per layer the attention block (norm, fused Q|K|V GEMM, QK-norm + RoPE + KV
 /// append, flash attention, output GEMM with the residual) and the FFN (norm, then dense: the
-/// SwiGLU GEMM + down GEMM; MoE: router GEMM, top-k, grouping (count, scan, place), gather, grouped gate|up, grouped
-/// down, combine, and for a shared expert its SwiGLU GEMM, down GEMM and gate GEMM); per prompt,
+/// SwiGLU GEMM + down GEMM; MoE: router GEMM (partial sums over fixed K splits, then their sum), top-k, grouping (count, scan, place), gather, grouped gate|up, grouped
+/// down, combine, and for a shared expert its SwiGLU GEMM, down GEMM and gate GEMM (two launches)); per prompt,
 /// final norm + LM head. Nothing depends on the chunk's length.
 fn expected_launches(w: &Weights, chunks: &[usize]) -> u64 {
     let layers: usize = w
@@ -46,7 +46,7 @@ fn expected_launches(w: &Weights, chunks: &[usize]) -> u64 {
             let attention = 5;
             let ffn = 1 + match &l.ffn {
                 Ffn::Dense { .. } => 2,
-                Ffn::Moe { shared, .. } => 9 + if shared.is_some() { 3 } else { 0 },
+                Ffn::Moe { shared, .. } => 10 + if shared.is_some() { 4 } else { 0 },
             };
             attention + ffn
         })

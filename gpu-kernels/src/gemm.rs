@@ -3,11 +3,15 @@
 //! precision (expert choice must not flip on rounding). Every bf16-weight GEMM runs on tensor
 //! cores in `gemm_wgmma`.
 //!
-//! Batch invariance: every output element is accumulated by one thread, in one register, in
-//! ascending k order (tile by tile, then within the tile). Nothing about that order depends on
-//! the number of rows, on which tile a row falls in, or on its neighbours; zero padding past
-//! `k` depends on `k` alone. So a row's bits are the same whether it is computed alone, in a
-//! batch, or inside any expert group.
+//! K is cut into `K_SPLITS` fixed ranges (their bounds depend on `k` alone), each summed by
+//! its own block, so even a few rows fill the GPU (a 512-token router GEMM was 16 blocks of
+//! 128 k-steps each); `gemm_f32_sum_splits` then adds the partial sums in split order.
+//!
+//! Batch invariance: every partial sum is accumulated by one thread, in one register, in
+//! ascending k order over its fixed range, and the partials are added in a fixed order.
+//! Nothing about that order depends on the number of rows, on which tile a row falls in, or on
+//! its neighbours; zero padding past `k` depends on `k` alone. So a row's bits are the same
+//! whether it is computed alone, in a batch, or inside any expert group.
 
 use crate::device::math::fma;
 use crate::device::*;
@@ -22,6 +26,13 @@ const TILE_K: usize = 16;
 const STRIDE: usize = TILE_M + 4;
 /// Threads per block: 16 × 16, each owning a 4 × 4 patch of the 64 × 64 tile.
 pub const THREADS: u32 = 256;
+/// Fixed ranges K is cut into (grid z); partial sums are added in this order.
+pub const K_SPLITS: usize = 4;
+
+/// Elements of K per split: ⌈k / K_SPLITS⌉ rounded up to the tile (depends on `k` alone).
+pub const fn k_chunk(k: usize) -> usize {
+    k.div_ceil(K_SPLITS).div_ceil(TILE_K) * TILE_K
+}
 
 /// Floats of one shared tile; two of each (double buffering).
 const TILE_FLOATS: usize = TILE_K * STRIDE;
@@ -50,7 +61,16 @@ type Acc = [[f32; 4]; 4];
 /// weights: router and shared-expert gate): this thread's 4 × 4 accumulators.
 /// Block: `THREADS` threads.
 #[inline(always)]
-fn fma_tile(x: In<f32>, w: In<f32>, rows: Rows, n0: usize, m: usize, k: usize) -> Acc {
+fn fma_tile(
+    x: In<f32>,
+    w: In<f32>,
+    rows: Rows,
+    n0: usize,
+    m: usize,
+    k: usize,
+    ks: (usize, usize),
+) -> Acc {
+    let (k_begin, k_end) = ks;
     let tid = thread_idx().x as usize;
     let (xs, ws) = (gemm_tile_x(), gemm_tile_w());
     // Loading: thread → (row, 4 consecutive k) of both tiles. Computing: thread → 4 × 4 patch.
@@ -61,7 +81,7 @@ fn fma_tile(x: In<f32>, w: In<f32>, rows: Rows, n0: usize, m: usize, k: usize) -
     let w_row = n0 + load_row;
     let load = |k0: usize| {
         let kk = k0 + load_k;
-        let valid = if kk < k { (k - kk).min(4) } else { 0 };
+        let valid = if kk < k_end { (k_end - kk).min(4) } else { 0 };
         let xv = match x_base {
             Some(base) => load4(x, base + kk, valid),
             None => [0.0; 4],
@@ -83,12 +103,12 @@ fn fma_tile(x: In<f32>, w: In<f32>, rows: Rows, n0: usize, m: usize, k: usize) -
     // Double buffered: the next k-tile's global loads are in flight while this one is
     // multiplied, and one barrier per k-tile separates staging a buffer from reading it (the
     // buffer staged now was last read before the previous barrier).
-    stage(0, load(0));
+    stage(0, load(k_begin));
     sync_threads();
-    let (mut k0, mut buf) = (0, 0);
-    while k0 < k {
+    let (mut k0, mut buf) = (k_begin, 0);
+    while k0 < k_end {
         let next = k0 + TILE_K;
-        let fetched = if next < k { Some(load(next)) } else { None };
+        let fetched = if next < k_end { Some(load(next)) } else { None };
         let (xt, wt) = (xs.offset(buf * TILE_FLOATS), ws.offset(buf * TILE_FLOATS));
         for kt in 0..TILE_K {
             let a = xt.load4(kt * STRIDE + ty * 4);
@@ -141,12 +161,34 @@ fn dense_rows(n_rows: u32) -> Rows {
 }
 
 kernel! {
-    /// `y = x · wᵀ` with f32 weights (the MoE router and the shared-expert gate stay f32).
-    pub fn gemm_f32(x: In<f32>, w: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32) {
+    /// Partial sums of `y = x · wᵀ` with f32 weights (the MoE router and the shared-expert
+    /// gate stay f32): `partials[z][r][n]` over K range `z·k_chunk(k)..` (grid z =
+    /// `K_SPLITS`; a range past `k` writes zeros).
+    pub fn gemm_f32(x: In<f32>, w: In<f32>, partials: Out<f32>, n_rows: u32, m: u32, k: u32) {
         let rows = dense_rows(n_rows);
         let n0 = block_idx().x as usize * TILE_N;
         let (m, k) = (m as usize, k as usize);
-        let acc = fma_tile(x, w, rows, n0, m, k);
-        for_each_output(rows, n0, m, |r, n, i, j| y.set(r * m + n, acc[i][j]));
+        let z = block_idx().z as usize;
+        let k_begin = (z * k_chunk(k)).min(k);
+        let k_end = (k_begin + k_chunk(k)).min(k);
+        let acc = fma_tile(x, w, rows, n0, m, k, (k_begin, k_end));
+        let plane = z * n_rows as usize * m;
+        for_each_output(rows, n0, m, |r, n, i, j| partials.set(plane + r * m + n, acc[i][j]));
+    }
+}
+
+kernel! {
+    /// `y[i] = ((p₀ + p₁) + p₂) + p₃`: the `K_SPLITS` partial sums of `gemm_f32`, added in split
+    /// order. Any 1-D grid covering `n`.
+    pub fn gemm_f32_sum_splits(partials: In<f32>, y: Out<f32>, n: u32) {
+        let i = (block_idx().x * block_dim().x + thread_idx().x) as usize;
+        let n = n as usize;
+        if i < n {
+            let mut acc = partials.at(i);
+            for z in 1..K_SPLITS {
+                acc += partials.at(z * n + i);
+            }
+            y.set(i, acc);
+        }
     }
 }

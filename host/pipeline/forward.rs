@@ -232,7 +232,14 @@ impl<'m> Session<'m> {
                 self.stage("moe routing", |dev, s| {
                     let r = s.routing()?;
                     let logits = &s.router_logits;
-                    gemm::matmul_f32(dev, &s.xn, router, logits, f32_proj(cfg.n_expert))?;
+                    gemm::matmul_f32(
+                        dev,
+                        &s.xn,
+                        router,
+                        logits,
+                        &s.f32_partials,
+                        f32_proj(cfg.n_expert),
+                    )?;
                     r.route(dev, logits, n, cfg.norm_topk)
                 })?;
                 self.stage("moe experts", |dev, s| {
@@ -247,7 +254,14 @@ impl<'m> Session<'m> {
                         let mid = Scratch::needed(&s.shared_h16, "shared-expert hidden")?;
                         matmul_swiglu(dev, &s.xn16, &se.ffn.gate_up, mid, n)?;
                         matmul(dev, mid, &se.ffn.down, &s.shared_out, n, Epilogue::STORE)?;
-                        gemm::matmul_f32(dev, &s.xn, &se.gate_inp, &s.shared_gate, f32_proj(1))
+                        gemm::matmul_f32(
+                            dev,
+                            &s.xn,
+                            &se.gate_inp,
+                            &s.shared_gate,
+                            &s.f32_partials,
+                            f32_proj(1),
+                        )
                     })?;
                 }
                 self.stage("moe combine", |dev, s| {

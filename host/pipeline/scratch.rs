@@ -6,6 +6,7 @@
 //! stream and GEMM outputs that are summed or normalised again stay f32.
 
 use crate::gpu::ops::flash_attention::KvCache;
+use crate::gpu::ops::gemm::{GemmShape, partials_len};
 use crate::gpu::ops::moe::Routing;
 use crate::gpu::{Buffer, Device, GpuError, Result, TmaMatrix};
 use crate::model::ModelConfig;
@@ -30,6 +31,8 @@ pub(super) struct Scratch {
     pub xg16: Option<TmaMatrix>,
     pub expert_out: Buffer<f32>,
     pub router_logits: Buffer<f32>,
+    /// The f32 GEMMs' (router, shared-expert gate) partial sums over fixed K splits.
+    pub f32_partials: Buffer<f32>,
     pub shared_h16: Option<TmaMatrix>,
     pub shared_out: Buffer<f32>,
     pub shared_gate: Buffer<f32>,
@@ -85,6 +88,18 @@ impl Scratch {
             },
             expert_out: dev.alloc(pairs * cfg.hidden, "expert outputs")?,
             router_logits: dev.alloc(if moe { n * cfg.n_expert } else { 0 }, "router logits")?,
+            f32_partials: dev.alloc(
+                if moe {
+                    partials_len(GemmShape {
+                        rows: n,
+                        m: cfg.n_expert.max(1),
+                        k: cfg.hidden,
+                    })
+                } else {
+                    0
+                },
+                "f32 GEMM partial sums",
+            )?,
             shared_h16: if shexp {
                 Some(dev.tma_zeros(n, cfg.ff_shexp, "shared-expert hidden")?)
             } else {

@@ -4,7 +4,7 @@
 
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
-use gpu_kernels::gemm::{self, THREADS, TILE_M, TILE_N};
+use gpu_kernels::gemm::{self, K_SPLITS, THREADS, TILE_M, TILE_N};
 
 /// `y[rows][m] = x[rows][k] · w[m][k]ᵀ`: rows of activations, output features, input features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,17 +93,30 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// `y = x · wᵀ` with f32 weights `w[m][k]`.
+/// Elements of the partial-sum buffer `matmul_f32` needs for `shape`.
+pub fn partials_len(shape: GemmShape) -> usize {
+    K_SPLITS * shape.rows * shape.m
+}
+
+/// `y = x · wᵀ` with f32 weights `w[m][k]`, through `partials` (at least
+/// [`partials_len`]`(shape)` elements: the fixed K splits' sums, added in order).
 pub fn matmul_f32(
     dev: &Device,
     x: &Buffer<f32>,
     w: &Buffer<f32>,
     y: &Buffer<f32>,
+    partials: &Buffer<f32>,
     shape: GemmShape,
 ) -> Result<()> {
-    let Some(g) = shape.validate("gemm_f32", x, &[("w", w)], y, THREADS)? else {
+    let Some(mut g) = shape.validate("gemm_f32", x, &[("w", w)], y, THREADS)? else {
         return Ok(());
     };
-    let (x, w, y) = (x.input(), w.input(), y.output());
-    gemm::gemm_f32::launch(dev, g.cfg, x, w, y, g.rows, g.m, g.k)
+    let n = shape.rows * shape.m;
+    check_len("gemm_f32", "partials", partials, K_SPLITS * n)?;
+    to_u32("gemm_f32", "partials", K_SPLITS * n)?;
+    g.cfg.grid.2 = K_SPLITS as u32;
+    let (xi, wi) = (x.input(), w.input());
+    gemm::gemm_f32::launch(dev, g.cfg, xi, wi, partials.output(), g.rows, g.m, g.k)?;
+    let sum = LaunchConfig::covering(n, 256);
+    gemm::gemm_f32_sum_splits::launch(dev, sum, partials.input(), y.output(), n as u32)
 }
