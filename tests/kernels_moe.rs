@@ -8,7 +8,7 @@
 //! inside the batch, bit for bit.
 //!
 //! Experts are ragged on purpose: expert 0 is favoured for 3 tokens in 4 (at N = 257 it holds
-//! ~190 rows: a full 128-row tile and a partial one), experts 3 and 7 are never chosen (0 rows,
+//! ~190 rows: full 64-row tiles and a partial one), experts 3 and 7 are never chosen (0 rows,
 //! in the middle and at the end of the table), the rest share what is left.
 //!
 //! Tolerances: top-k ids, the grouping and the gather are exact; routing weights are one f32

@@ -46,6 +46,49 @@ const B_BYTES: u32 = (BN * BK * 2) as u32;
 /// Dynamic shared memory a launch must provide (tiles, barriers, and slack to align to 1024).
 pub const SHARED_BYTES: u32 = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32 + 1024;
 
+/// Rows per tile of the grouped (MoE) GEMMs: experts hold a few hundred rows each, so 128-row
+/// tiles left up to half of each expert's last tile empty; their 64-row tiles are shared by
+/// both consumers, which split the columns instead (`GROUPED_BN` per block).
+pub const GROUPED_BM: usize = 64;
+/// Output columns per block of the grouped GEMMs: each consumer takes 128.
+pub const GROUPED_BN: usize = 2 * BN;
+const GROUPED_STAGES: usize = 4;
+const GROUPED_B_BYTES: u32 = (GROUPED_BN * BK * 2) as u32;
+/// Dynamic shared memory of the grouped GEMMs (the A box still brings 128 rows).
+pub const GROUPED_SHARED_BYTES: u32 =
+    GROUPED_STAGES as u32 * (A_BYTES + GROUPED_B_BYTES) + 2 * 8 * GROUPED_STAGES as u32 + 1024;
+
+/// How the two consumer warpgroups share a block's tile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Dense: 128 rows × `BN` columns, consumer `c` takes rows `64c..`.
+    Rows,
+    /// Grouped: 64 rows × `GROUPED_BN` columns, consumer `c` takes columns `BN·c..`.
+    Cols,
+}
+
+impl Split {
+    const fn stages(self) -> usize {
+        match self {
+            Split::Rows => STAGES,
+            Split::Cols => GROUPED_STAGES,
+        }
+    }
+    const fn b_bytes(self) -> u32 {
+        match self {
+            Split::Rows => B_BYTES,
+            Split::Cols => GROUPED_B_BYTES,
+        }
+    }
+    /// (row, column) of consumer `c`'s part of the tile.
+    const fn origin(self, c: u32) -> (u32, u32) {
+        match self {
+            Split::Rows => (64 * c, 0),
+            Split::Cols => (0, BN as u32 * c),
+        }
+    }
+}
+
 /// Epilogue flags.
 pub const EPI_BIAS: u32 = 1;
 pub const EPI_ADD_TO_Y: u32 = 2;
@@ -54,13 +97,15 @@ pub const EPI_ADD_TO_Y: u32 = 2;
 #[derive(Clone, Copy)]
 struct Smem {
     base: u32,
+    split: Split,
 }
 
 impl Smem {
     #[inline(always)]
-    fn new() -> Self {
+    fn new(split: Split) -> Self {
         Smem {
             base: swizzle_aligned_shared_base(),
+            split,
         }
     }
     #[inline(always)]
@@ -69,15 +114,19 @@ impl Smem {
     }
     #[inline(always)]
     fn b(self, s: usize) -> u32 {
-        self.base + STAGES as u32 * A_BYTES + s as u32 * B_BYTES
+        self.base + self.split.stages() as u32 * A_BYTES + s as u32 * self.split.b_bytes()
+    }
+    #[inline(always)]
+    fn barriers(self) -> u32 {
+        self.base + self.split.stages() as u32 * (A_BYTES + self.split.b_bytes())
     }
     #[inline(always)]
     fn full(self, s: usize) -> Mbarrier {
-        Mbarrier(self.base + STAGES as u32 * (A_BYTES + B_BYTES) + 8 * s as u32)
+        Mbarrier(self.barriers() + 8 * s as u32)
     }
     #[inline(always)]
     fn empty(self, s: usize) -> Mbarrier {
-        Mbarrier(self.base + STAGES as u32 * (A_BYTES + B_BYTES) + 8 * (STAGES + s) as u32)
+        Mbarrier(self.barriers() + 8 * (self.split.stages() + s) as u32)
     }
 }
 
@@ -88,6 +137,7 @@ type Acc = [f32; BN / 2];
 /// finished accumulators to `epilogue` (the producer warpgroup returns without calling it).
 #[inline(always)]
 fn mainloop(
+    split: Split,
     map_x: In<TensorMap>,
     map_w: In<TensorMap>,
     row0: u32,
@@ -97,13 +147,15 @@ fn mainloop(
 ) {
     let tid = thread_idx().x;
     let wg = tid / 128;
-    let sm = Smem::new();
+    let sm = Smem::new(split);
+    let stages = split.stages();
+    let b_bytes = split.b_bytes();
     if tid == 0 {
         acquire_tensor_map(map_x);
         acquire_tensor_map(map_w);
         prefetch_tensor_map(map_x);
         prefetch_tensor_map(map_w);
-        for s in 0..STAGES {
+        for s in 0..stages {
             sm.full(s).init(1);
             sm.empty(s).init(2);
         }
@@ -114,15 +166,21 @@ fn mainloop(
     if wg == 0 {
         if tid == 0 {
             for kt in 0..k_tiles {
-                let s = kt % STAGES;
-                if kt >= STAGES {
-                    sm.empty(s).wait(((kt / STAGES) as u32 + 1) & 1);
+                let s = kt % stages;
+                if kt >= stages {
+                    sm.empty(s).wait(((kt / stages) as u32 + 1) & 1);
                 }
                 let full = sm.full(s);
-                full.arrive_expect_tx(A_BYTES + B_BYTES);
+                full.arrive_expect_tx(A_BYTES + b_bytes);
                 let kx = (kt * BK) as u32;
                 tma_load_2d(sm.a(s), map_x, kx, row0, full);
-                tma_load_2d(sm.b(s), map_w, kx, col0, full);
+                // The B tile in boxes of `BN` rows (one, or two for the grouped GEMMs).
+                let mut r = 0;
+                while r * B_BYTES < b_bytes {
+                    let rows = r * BN as u32;
+                    tma_load_2d(sm.b(s) + r * B_BYTES, map_w, kx, col0 + rows, full);
+                    r += 1;
+                }
             }
         }
         return;
@@ -132,11 +190,12 @@ fn mainloop(
     // The zeros must be in their registers before the first `wgmma.fence` (see
     // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
     acc.keep_in_registers();
+    let (row_off, col_off) = split.origin(consumer);
     for kt in 0..k_tiles {
-        let s = kt % STAGES;
-        sm.full(s).wait((kt / STAGES) as u32 & 1);
-        let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + consumer * 64 * 128);
-        let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s));
+        let s = kt % stages;
+        sm.full(s).wait((kt / stages) as u32 & 1);
+        let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + row_off * 128);
+        let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s) + col_off * 128);
         wgmma_fence();
         seq!(KK in 0..4 {
             wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
@@ -147,7 +206,7 @@ fn mainloop(
         // accumulators, even the copies LLVM makes around an empty `asm!`, serialises.)
         wgmma_wait::<1>();
         if kt > 0 {
-            sm.empty((kt - 1) % STAGES)
+            sm.empty((kt - 1) % stages)
                 .arrive_if(tid.is_multiple_of(128));
         }
     }
@@ -159,18 +218,18 @@ fn mainloop(
 /// Where a consumer thread's accumulators land in the tile: `d[4j + e]` is row
 /// `row + 8·(e/2)`, column `8j + col + e%2`.
 #[inline(always)]
-fn fragment_origin() -> (u32, u32) {
+fn fragment_origin(split: Split) -> (u32, u32) {
     let t = thread_idx().x % 128;
-    let consumer = thread_idx().x / 128 - 1;
+    let (row_off, col_off) = split.origin(thread_idx().x / 128 - 1);
     let (warp, lane) = (t / 32, t % 32);
-    (consumer * 64 + warp * 16 + lane / 4, 2 * (lane % 4))
+    (row_off + warp * 16 + lane / 4, col_off + 2 * (lane % 4))
 }
 
 /// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
 /// (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
 #[inline(always)]
-fn for_each_pair(acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
-    let (row, col) = fragment_origin();
+fn for_each_pair(split: Split, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
+    let (row, col) = fragment_origin(split);
     seq!(J in 0..16 {
         store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
         store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
@@ -181,6 +240,7 @@ fn for_each_pair(acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
 /// columns `col0 + c < m`.
 #[inline(always)]
 fn store_f32(
+    split: Split,
     acc: &Acc,
     y: Out<f32>,
     bias: In<f32>,
@@ -189,7 +249,7 @@ fn store_f32(
     m: u32,
     flags: u32,
 ) {
-    for_each_pair(acc, |r, c, v0, v1| {
+    for_each_pair(split, acc, |r, c, v0, v1| {
         let (r, c) = (row0 + r, col0 + c);
         if r >= end {
             return;
@@ -209,12 +269,14 @@ fn store_f32(
     });
 }
 
-/// The SwiGLU epilogue of a gate|up tile (64 gate columns, then the matching 64 up columns):
-/// `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end` and `out0 + c < m`.
+/// The SwiGLU epilogue of a gate|up tile (per consumer: 64 gate columns, then the matching 64
+/// up columns): `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end` and
+/// `out0 + c < m`, `out0` the block's first output feature.
 #[inline(always)]
-fn store_swiglu(acc: &Acc, h: Out<u16>, (row0, end): (u32, u32), out0: u32, m: u32) {
-    let (row, col) = fragment_origin();
-    let (row, col) = (row0 + row, out0 + col);
+fn store_swiglu(split: Split, acc: &Acc, h: Out<u16>, (row0, end): (u32, u32), out0: u32, m: u32) {
+    let (row, col) = fragment_origin(split);
+    // A consumer's 128 tile columns make 64 outputs.
+    let (row, col) = (row0 + row, out0 + col - col / BN as u32 * (BN / 2) as u32);
     seq!(J in 0..8 {
         seq!(E in 0..4 {
             let r = row + 8 * (E / 2);
@@ -233,8 +295,8 @@ kernel! {
     /// Grid: (⌈m / BN⌉, ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        mainloop(map_x, map_w, row0, col0, k, |acc| {
-            store_f32(acc, y, bias, (row0, n_rows), col0, m, flags)
+        mainloop(Split::Rows, map_x, map_w, row0, col0, k, |acc| {
+            store_f32(Split::Rows, acc, y, bias, (row0, n_rows), col0, m, flags)
         });
     }
 }
@@ -247,15 +309,16 @@ kernel! {
     /// Grid: (⌈m / 64⌉, ⌈n_rows / BM⌉).
     pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
         let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        mainloop(map_x, map_w, row0, col0, k, |acc| {
-            store_swiglu(acc, h, (row0, n_rows), block_idx().x * (BN / 2) as u32, m)
+        mainloop(Split::Rows, map_x, map_w, row0, col0, k, |acc| {
+            store_swiglu(Split::Rows, acc, h, (row0, n_rows), block_idx().x * (BN / 2) as u32, m)
         });
     }
 }
 
 /// Tile `blockIdx.y` of a grouped GEMM: (expert, first row, end of the expert's rows), from the
-/// table `moe::moe_group` builds (`tiles[2t] = expert`, `tiles[2t + 1] = first row`, `BM` rows
-/// per tile); `None` past `num_tiles[0]` (the grid is sized for the worst case).
+/// table `moe::moe_group_scan` builds (`tiles[2t] = expert`, `tiles[2t + 1] = first row`,
+/// `GROUPED_BM` rows per tile); `None` past `num_tiles[0]` (the grid is sized for the worst
+/// case).
 #[inline(always)]
 fn grouped_tile(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>) -> Option<(u32, u32, u32)> {
     let t = block_idx().y as usize;
@@ -269,15 +332,17 @@ fn grouped_tile(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>) -> Option<
 kernel! {
     /// MoE gate|up for every expert in one launch, SwiGLU fused: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`, the gathered activations), expert `e`'s interleaved gate|up rows
-    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: (⌈m / 64⌉, max tiles).
+    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: (⌈m / 128⌉, max tiles);
+    /// `GROUPED_SHARED_BYTES`.
     pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
             return;
         };
         let rows_per_expert = 2 * m.div_ceil(64) * 64;
-        let col0 = e * rows_per_expert + block_idx().x * BN as u32;
-        mainloop(map_x, map_w, row0, col0, k, |acc| {
-            store_swiglu(acc, h, (row0, end), block_idx().x * (BN / 2) as u32, m)
+        let col0 = e * rows_per_expert + block_idx().x * GROUPED_BN as u32;
+        mainloop(Split::Cols, map_x, map_w, row0, col0, k, |acc| {
+            let out0 = block_idx().x * (GROUPED_BN / 2) as u32;
+            store_swiglu(Split::Cols, acc, h, (row0, end), out0, m)
         });
     }
 }
@@ -285,14 +350,14 @@ kernel! {
 kernel! {
     /// MoE down projection for every expert in one launch: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`), expert `e`'s weights rows `e·m..` of `map_w` (`[experts·m][k]`).
-    /// `y`: f32 `[pairs][m]`. Grid: (⌈m / BN⌉, max tiles).
+    /// `y`: f32 `[pairs][m]`. Grid: (⌈m / GROUPED_BN⌉, max tiles); `GROUPED_SHARED_BYTES`.
     pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
             return;
         };
-        let col0 = block_idx().x * BN as u32;
-        mainloop(map_x, map_w, row0, e * m + col0, k, |acc| {
-            store_f32(acc, y, y.as_in(), (row0, end), col0, m, 0)
+        let col0 = block_idx().x * GROUPED_BN as u32;
+        mainloop(Split::Cols, map_x, map_w, row0, e * m + col0, k, |acc| {
+            store_f32(Split::Cols, acc, y, y.as_in(), (row0, end), col0, m, 0)
         });
     }
 }

@@ -11,8 +11,8 @@
 
 use crate::device::math::{exp, fma, max, sigmoid};
 use crate::device::*;
-/// Rows per tile of the grouped GEMMs (the block tile of `gemm_wgmma`).
-pub const GROUP_TILE_ROWS: usize = crate::gemm_wgmma::BM;
+/// Rows per tile of the grouped GEMMs (`gemm_wgmma::GROUPED_BM`).
+pub const GROUP_TILE_ROWS: usize = crate::gemm_wgmma::GROUPED_BM;
 
 /// Experts a model may have (per-expert state lives in shared memory).
 pub const MAX_EXPERTS: usize = 1024;

@@ -5,7 +5,7 @@ use super::gemm_wgmma::interleaved_rows;
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, Input, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::device::WARP_SIZE;
-use gpu_kernels::gemm_wgmma::{self, BN, SHARED_BYTES, THREADS};
+use gpu_kernels::gemm_wgmma::{self, GROUPED_BN, GROUPED_SHARED_BYTES, THREADS};
 use gpu_kernels::moe::GROUP_TILE_ROWS;
 use gpu_kernels::moe::{
     self, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS, ROUTER_THREADS, SCAN_THREADS,
@@ -260,10 +260,10 @@ impl Routing {
         )
     }
 
-    /// One block per (128-column tile of `m`, entry of the worst-case tile table).
+    /// One block per (`GROUPED_BN`-column tile of `m`, entry of the worst-case tile table).
     fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
-        let cols = to_u32(k, "column tiles", m.div_ceil(BN))?;
-        let mut cfg = LaunchConfig::linear(cols, THREADS).with_shared(SHARED_BYTES);
+        let cols = to_u32(k, "column tiles", m.div_ceil(GROUPED_BN))?;
+        let mut cfg = LaunchConfig::linear(cols, THREADS).with_shared(GROUPED_SHARED_BYTES);
         cfg.grid.1 = to_u32(k, "tiles", max_tiles(pairs, self.n_expert))?;
         ensure_shape!(cfg.grid.1 <= 65535, k, "{pairs} pairs exceed one launch");
         Ok(cfg)
