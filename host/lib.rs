@@ -13,5 +13,6 @@ pub mod npy;
 pub mod pipeline;
 pub mod reference;
 pub mod rng;
+pub mod sample;
 pub mod synth;
 pub mod tokenizer;
