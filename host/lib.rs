@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod model;
