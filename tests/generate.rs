@@ -145,7 +145,7 @@ fn prompt_chunk_size_changes_no_generated_bit() {
         let (name, n, len) = if dev.is_cuda() {
             ("qwen3moe-bf16", 32, 33)
         } else {
-            ("qwen3-f32", 6, 9)
+            ("qwen3-f32", 4, 8)
         };
         let (_, cfg, w) = load(name);
         let model = upload(&dev, &cfg, &w);
@@ -186,9 +186,10 @@ fn seeded_sampling_is_reproducible_on_the_pipeline() {
             top_p: Some(0.98),
             seed,
         };
-        let a = gen_pipeline(&model, &dev, &p, 8, None, sampling(11));
-        let b = gen_pipeline(&model, &dev, &p, 8, None, sampling(11));
-        let c = gen_pipeline(&model, &dev, &p, 8, None, sampling(12));
+        let n = if dev.is_cuda() { 32 } else { 5 };
+        let a = gen_pipeline(&model, &dev, &p, n, None, sampling(11));
+        let b = gen_pipeline(&model, &dev, &p, n, None, sampling(11));
+        let c = gen_pipeline(&model, &dev, &p, n, None, sampling(12));
         assert_eq!(a.tokens, b.tokens, "same seed");
         assert_ne!(a.tokens, c.tokens, "seeds 11 and 12");
         assert_decode_matches_prefill_sampled(&model, &dev, &p, &a);
