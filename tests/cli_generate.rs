@@ -285,3 +285,16 @@ fn generate_output_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(o.status.success(), "{:?} {err}", o.status);
 }
+
+/// With `auto`, the device line (and its fallback notice) goes to stderr: stdout is the text.
+#[test]
+fn generate_keeps_stdout_for_the_text() {
+    let o = kiln(&["generate", "--tokens", "1,2,3", "-n", "2"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("device: "), "{err}");
+    for word in ["device:", "model:", "stop:", "prompt:"] {
+        assert!(!out.contains(word), "stdout has {word:?}: {out:?}");
+    }
+    assert!(out.lines().count() <= 1, "{out:?}");
+}
