@@ -175,7 +175,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         keep_logits: false,
     };
     // The positions the run needs: the last token chosen is never fed.
-    let capacity = (tokens.len() + args.n_predict - 1).min(cfg.ctx);
+    let capacity = tokens.len().saturating_add(args.n_predict - 1).min(cfg.ctx);
     let mut printed = false;
     let mut stream = |id: u32| -> anyhow::Result<()> {
         printed = true;
