@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod model;
@@ -13,5 +14,6 @@ pub mod npy;
 pub mod pipeline;
 pub mod reference;
 pub mod rng;
+pub mod sample;
 pub mod synth;
 pub mod tokenizer;

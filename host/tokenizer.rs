@@ -243,9 +243,16 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The id of the token spelled exactly `text` in the vocabulary (e.g. `<|im_end|>`).
+    pub fn id_of(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
     /// The bytes a token stands for (a control token's text as written), or `None` for an id
-    /// outside the vocabulary.
-    fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+    /// outside the vocabulary. Byte tokens give their one byte, which may be part of a UTF-8
+    /// character that the next tokens complete: streamed output writes these bytes as they
+    /// come (as llama.cpp does), and the terminal assembles the characters.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
         let tok = self.tokens.get(id as usize)?;
         if self.specials.iter().any(|(_, s)| *s == id) {
             return Some(tok.as_bytes().to_vec());

@@ -2,6 +2,7 @@
 //! they gain context with `anyhow` and `main` prints them on one line.
 
 pub mod bench;
+pub mod generate;
 pub mod info;
 pub mod output;
 pub mod prefill;
@@ -15,7 +16,11 @@ use crate::gguf::GgufFile;
 pub use output::StdoutClosed;
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Batch-invariant GGUF prompt prefill")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Batch-invariant GGUF prompt prefill and generation"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Measure GPU prefill throughput on synthetic models (see docs/bench.md).
     Bench(bench::BenchArgs),
+    /// Prefill a prompt, then generate a continuation token by token, streaming the text.
+    Generate(generate::GenerateArgs),
     /// Print a GGUF file's architecture, dims and tensor table.
     Info(info::InfoArgs),
     /// Run a prompt through the model and print the next-token candidates.
@@ -41,7 +48,7 @@ pub enum DeviceArg {
     /// The CUDA GPU; an error if there is none.
     #[value(alias = "gpu")]
     Cuda,
-    /// The plain-Rust CPU reference forward (prefill only).
+    /// The plain-Rust CPU reference forward (prefill and generate).
     Cpu,
     /// The GPU pipeline on the CPU emulator (slow: for tests and smoke runs).
     Emulator,
@@ -59,6 +66,7 @@ pub fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Bench(a) => bench::run(&a),
+        Command::Generate(a) => generate::run(&a),
         Command::Info(a) => info::run(&a),
         Command::Prefill(a) => prefill::run(&a),
         Command::Synth(a) => synth::run(&a),

@@ -34,6 +34,17 @@ pub fn line(args: fmt::Arguments) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `bytes` to stdout as they are (streamed text: a token may be part of a UTF-8
+/// character) and flushes them, so that the reader sees each token as it comes.
+pub fn raw(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
 /// `println!` that returns an error instead of panicking when stdout is closed.
 macro_rules! outln {
     () => {

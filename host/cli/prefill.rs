@@ -64,7 +64,7 @@ pub struct PrefillArgs {
 pub struct TokenIds(pub Vec<u32>);
 
 /// `--tokens`: ids separated by commas and/or whitespace; each a non-negative integer.
-fn parse_token_ids(s: &str) -> Result<TokenIds, String> {
+pub(super) fn parse_token_ids(s: &str) -> Result<TokenIds, String> {
     s.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty())
         .map(|t| {
@@ -75,7 +75,7 @@ fn parse_token_ids(s: &str) -> Result<TokenIds, String> {
         .map(TokenIds)
 }
 
-fn parse_chunk(s: &str) -> Result<usize, String> {
+pub(super) fn parse_chunk(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("a chunk holds at least 1 token".into()),
         Ok(n) => Ok(n),
@@ -85,7 +85,13 @@ fn parse_chunk(s: &str) -> Result<usize, String> {
 
 /// The one place the device is chosen. `pipeline_only` names an option that needs the GPU
 /// pipeline, so that `auto` without a GPU fails instead of ignoring it.
-pub fn select_backend(device: DeviceArg, pipeline_only: Option<&str>) -> anyhow::Result<Backend> {
+/// `say` writes the one `device:` line `auto` gives when it falls back (stdout for prefill,
+/// stderr for generate, whose stdout is the text).
+pub fn select_backend(
+    device: DeviceArg,
+    pipeline_only: Option<&str>,
+    say: &dyn Fn(std::fmt::Arguments) -> anyhow::Result<()>,
+) -> anyhow::Result<Backend> {
     Ok(match device {
         DeviceArg::Cpu => {
             if let Some(opt) = pipeline_only {
@@ -112,7 +118,9 @@ pub fn select_backend(device: DeviceArg, pipeline_only: Option<&str>) -> anyhow:
                          GPU ({e}); use --device emulator to run the pipeline on the CPU"
                     );
                 }
-                outln!("device: CPU reference (f64 accumulation), since {e}")?;
+                say(format_args!(
+                    "device: CPU reference (f64 accumulation), since {e}"
+                ))?;
                 Backend::CpuReference
             }
         },
@@ -156,9 +164,9 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
     outln!("model: {label}")?;
     let cfg = ModelConfig::from_gguf(&file).with_context(|| format!("reading model {label}"))?;
     let tokenizer = Tokenizer::from_gguf(&file);
-    let tokens = prompt_tokens(args, &tokenizer)?;
+    let tokens = prompt_tokens(args.tokens.as_ref(), args.prompt.as_deref(), &tokenizer)?;
     check_prompt(&tokens, &cfg)?;
-    let backend = select_backend(args.device, pipeline_only)?;
+    let backend = select_backend(args.device, pipeline_only, &super::output::line)?;
     let t = Instant::now();
     let weights =
         load_weights(&file, &cfg).with_context(|| format!("loading weights of {label}"))?;
@@ -299,14 +307,17 @@ fn run_pipeline(
     Ok(out.logits)
 }
 
-fn prompt_tokens(
-    args: &PrefillArgs,
+/// The prompt's token ids: `--tokens` as given, else the text (`-p`, or the default prompt)
+/// through the model's tokenizer.
+pub(super) fn prompt_tokens(
+    ids: Option<&TokenIds>,
+    text: Option<&str>,
     tokenizer: &Result<Tokenizer, crate::tokenizer::TokenizerError>,
 ) -> anyhow::Result<Vec<u32>> {
-    if let Some(t) = &args.tokens {
+    if let Some(t) = ids {
         return Ok(t.0.clone());
     }
-    let text = args.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
+    let text = text.unwrap_or(DEFAULT_PROMPT);
     let tok = tokenizer.as_ref().map_err(|e| {
         anyhow!(
             "cannot tokenize the prompt text: {e}; give the prompt as token ids instead \
@@ -318,7 +329,7 @@ fn prompt_tokens(
 }
 
 /// Rejects prompts the model cannot take before any weight is loaded.
-fn check_prompt(tokens: &[u32], cfg: &ModelConfig) -> anyhow::Result<()> {
+pub(super) fn check_prompt(tokens: &[u32], cfg: &ModelConfig) -> anyhow::Result<()> {
     if tokens.is_empty() {
         bail!("the prompt is empty");
     }
@@ -342,7 +353,7 @@ fn check_prompt(tokens: &[u32], cfg: &ModelConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_weights(file: &GgufFile, cfg: &ModelConfig) -> anyhow::Result<Weights> {
+pub(super) fn load_weights(file: &GgufFile, cfg: &ModelConfig) -> anyhow::Result<Weights> {
     let progress = Progress::new("load", file.tensor_infos().len() as u64, "tensors");
     let w = Weights::load_with_progress(file, cfg, &mut |name| progress.inc(1, name))?;
     progress.finish();

@@ -307,6 +307,43 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
+    /// Positions fed so far: the next token's position.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The most positions this session can hold (its KV cache's length).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Kernel launches made so far by this session.
+    pub fn launches(&self) -> u64 {
+        self.dev.launch_count()
+    }
+
+    /// The logits of the last position fed (`vocab` values), from the residual rows the last
+    /// chunk left: the final norm and LM head over that one row (with `all_logits`, the row
+    /// already computed). Nothing else is re-run; the LM head is batch invariant, so these are
+    /// the bits a prefill of the whole sequence gives at this position.
+    pub fn logits_of_last(&mut self) -> Result<Vec<f32>> {
+        let Some(&last) = self.chunks.last() else {
+            return Err(GpuError::Input("no tokens were fed".into()));
+        };
+        let v = self.model.cfg.vocab;
+        if self.opts.all_logits {
+            return Ok(self.logits[self.logits.len() - v..].to_vec());
+        }
+        self.lm_head(last - 1, 1)
+    }
+
+    /// One decode step: feeds `token` at the next position (a chunk of one, through the same
+    /// kernels as any chunk) and returns that position's logits.
+    pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.forward_chunk(&[token])?;
+        self.logits_of_last()
+    }
+
     /// Logits of the last position (unless every position was kept) and the run's record.
     pub fn finish(mut self) -> Result<PrefillOutput> {
         if !self.opts.all_logits {
