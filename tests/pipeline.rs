@@ -291,10 +291,16 @@ fn long_prompt_is_chunk_invariant() {
             "{len} tokens on {}: rel L2 vs CPU reference {err:.3e}",
             dev.name()
         );
-        assert!(
-            err <= 1e-2 && argmax(&batched.logits) == argmax(cpu.last()),
-            "rel L2 {err:.3e}"
-        );
+        assert!(err <= 1e-2, "rel L2 {err:.3e}");
+        // The prompt is random each run: top-1 must agree unless the reference's top two are
+        // within the noise (seen once on the emulator: a near-tie flipped at 300 tokens).
+        if top2_gap(cpu.last()) > TOP1_NEAR_TIE {
+            assert_eq!(
+                argmax(&batched.logits),
+                argmax(cpu.last()),
+                "top-1, {len} tokens"
+            );
+        }
     }
 }
 
