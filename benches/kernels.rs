@@ -114,7 +114,7 @@ fn main() {
         // Random keys and values, K `[capacity][n_kv·128]` and V transposed.
         let k = random_bf16(&dev, &mut rng, capacity, n_kv * 128);
         let v = random_bf16(&dev, &mut rng, n_kv * 128, capacity);
-        let cache = KvCache::from_parts(k, v).expect("cache");
+        let cache = KvCache::from_parts(&dev, k, v, 128).expect("cache");
         let shape = AttentionShape {
             n,
             start_pos: 0,
