@@ -385,6 +385,42 @@ fn llama_and_qwen2_are_batch_invariant_and_match_the_cpu_reference() {
     }
 }
 
+/// head_dim 64 (the `tiny-hd64` preset: 4 query heads × 64; the head dim of Llama 3.2 1B,
+/// Qwen2.5 0.5B, SmolLM, TinyLlama) through the GPU pipeline's hd64 attention-input and flash
+/// attention entries: llama (NORM RoPE reordered to NEOX, GQA 2) and qwen3 (QK-norm over 64
+/// dims, GQA 4) on synthetic BF16 models; batched vs token by token vs two chunks bit for bit,
+/// and the CPU reference within 5e-3 (the BF16 file's tolerance, as above).
+#[test]
+fn head_dim_64_models_are_batch_invariant_and_match_the_cpu_reference() {
+    for dev in devices() {
+        for arch in [kiln::model::Arch::Llama, kiln::model::Arch::Qwen3] {
+            let spec = kiln::synth::SynthSpec {
+                arch,
+                preset: kiln::synth::Preset::TinyHd64,
+                n_layer: if dev.is_cuda() { 2 } else { 1 },
+                dtype: kiln::gguf::GgmlType::BF16,
+                seed: common::seed(),
+            };
+            let bytes = kiln::synth::to_bytes(&spec).unwrap();
+            let file = kiln::gguf::GgufFile::from_bytes(bytes).unwrap();
+            let cfg = ModelConfig::from_gguf(&file).unwrap();
+            assert_eq!(cfg.head_dim, 64);
+            let w = Weights::load(&file, &cfg).unwrap();
+            let model = upload(&dev, &cfg, &w);
+            for p in prompts_for(&dev) {
+                let tokens = prompt(p);
+                let name = format!("synthetic {arch} head_dim 64");
+                let logits = check_invariance(&name, &model, &w, &dev, &tokens);
+                let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
+                let err = rel_l2_f32(&logits, cpu.last());
+                eprintln!("{name} {p} on {}: rel L2 vs CPU {err:.3e}", dev.name());
+                assert!(err <= 5e-3, "{name} {p}: rel L2 {err:.3e} vs the CPU");
+                assert_eq!(argmax(&logits), argmax(cpu.last()), "{name} {p}: top-1");
+            }
+        }
+    }
+}
+
 /// Logits are O(1) (rms ~1 on these fixtures) and the pipeline moves them by ~5e-3 relative,
 /// so a top-1/top-2 gap under 5e-2 is a near-tie that the rounding may flip.
 const TOP1_NEAR_TIE: f32 = 5e-2;
