@@ -249,52 +249,64 @@ fn bad_prompts_are_errors_not_panics() {
 }
 
 /// A long prompt gives the same bits in one batch and in chunks, with the launches of its
-/// chunk count alone. The GPU runs 4500 tokens (past 4096; the synthetic model's context is
-/// raised to fit) through 2 layers in chunks of 1024; the emulator 300 tokens through 1 layer
-/// in chunks of 100 (both cross 128-key attention blocks and 128-row GEMM tiles, and chunk
-/// boundaries fall inside both).
+/// chunk count alone, for head_dim 128 (qwen3moe `tiny`) and 64 (llama `tiny-hd64`). The GPU
+/// runs 4500 tokens (past 4096; the synthetic model's context is raised to fit) through 2
+/// layers in chunks of 1024; the emulator 300 tokens through 1 layer in chunks of 100 (both
+/// cross 128-key attention blocks and 128-row GEMM tiles, and chunk boundaries fall inside
+/// both).
 #[test]
 fn long_prompt_is_chunk_invariant() {
+    use kiln::model::Arch;
+    use kiln::synth::Preset;
+    // head_dim 128 (qwen3moe) and head_dim 64 (llama).
     for dev in devices() {
-        let spec = kiln::synth::SynthSpec {
-            arch: kiln::model::Arch::Qwen3Moe,
-            preset: kiln::synth::Preset::Tiny,
-            n_layer: if dev.is_cuda() { 2 } else { 1 },
-            dtype: kiln::gguf::GgmlType::BF16,
-            seed: common::seed(),
-        };
-        let file = kiln::gguf::GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap();
-        let mut cfg = ModelConfig::from_gguf(&file).unwrap();
-        let (len, chunk) = if dev.is_cuda() {
-            (4500, 1024)
-        } else {
-            (300, 100)
-        };
-        cfg.ctx = cfg.ctx.max(8192);
-        let w = Weights::load(&file, &cfg).unwrap();
-        let model = upload(&dev, &cfg, &w);
-        let mut r = rng(77);
-        let tokens: Vec<u32> = (0..len).map(|_| r.below(cfg.vocab as u64) as u32).collect();
-        let batched = run(&model, &dev, &tokens, None);
-        assert_eq!(batched.chunks, vec![len]);
-        assert_eq!(batched.launches, expected_launches(&w, &[len]));
-        let chunked = run(&model, &dev, &tokens, Some(chunk));
-        assert_eq!(chunked.launches, expected_launches(&w, &chunked.chunks));
-        assert_eq!(
-            bits(&chunked.logits),
-            bits(&batched.logits),
-            "{len} tokens: chunks of {chunk} change bits"
-        );
-        let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
-        let err = rel_l2_f32(&batched.logits, cpu.last());
-        eprintln!(
-            "{len} tokens on {}: rel L2 vs CPU reference {err:.3e}",
-            dev.name()
-        );
-        assert!(
-            err <= 1e-2 && argmax(&batched.logits) == argmax(cpu.last()),
-            "rel L2 {err:.3e}"
-        );
+        for (arch, preset) in [
+            (Arch::Qwen3Moe, Preset::Tiny),
+            (Arch::Llama, Preset::TinyHd64),
+        ] {
+            let spec = kiln::synth::SynthSpec {
+                arch,
+                preset,
+                n_layer: if dev.is_cuda() { 2 } else { 1 },
+                dtype: kiln::gguf::GgmlType::BF16,
+                seed: common::seed(),
+            };
+            let file =
+                kiln::gguf::GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap();
+            let mut cfg = ModelConfig::from_gguf(&file).unwrap();
+            let (len, chunk) = if dev.is_cuda() {
+                (4500, 1024)
+            } else {
+                (300, 100)
+            };
+            cfg.ctx = cfg.ctx.max(8192);
+            let w = Weights::load(&file, &cfg).unwrap();
+            let model = upload(&dev, &cfg, &w);
+            let mut r = rng(77);
+            let tokens: Vec<u32> = (0..len).map(|_| r.below(cfg.vocab as u64) as u32).collect();
+            let batched = run(&model, &dev, &tokens, None);
+            assert_eq!(batched.chunks, vec![len]);
+            assert_eq!(batched.launches, expected_launches(&w, &[len]));
+            let chunked = run(&model, &dev, &tokens, Some(chunk));
+            assert_eq!(chunked.launches, expected_launches(&w, &chunked.chunks));
+            assert_eq!(
+                bits(&chunked.logits),
+                bits(&batched.logits),
+                "{arch} head_dim {}, {len} tokens: chunks of {chunk} change bits",
+                cfg.head_dim
+            );
+            let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
+            let err = rel_l2_f32(&batched.logits, cpu.last());
+            eprintln!(
+                "{arch} head_dim {}, {len} tokens on {}: rel L2 vs CPU reference {err:.3e}",
+                cfg.head_dim,
+                dev.name()
+            );
+            assert!(
+                err <= 1e-2 && argmax(&batched.logits) == argmax(cpu.last()),
+                "rel L2 {err:.3e}"
+            );
+        }
     }
 }
 
