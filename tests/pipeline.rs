@@ -246,6 +246,27 @@ fn bad_prompts_are_errors_not_panics() {
     let long = vec![1u32; cfg.ctx + 1];
     let e = prefill(&model, &dev, &long, &opts).err().expect("too long");
     assert!(e.to_string().contains("past the model's context"), "{e}");
+    // A head dim without kernels fails at upload, before anything is copied or launched.
+    let before = dev.launch_count();
+    let odd = ModelConfig {
+        head_dim: 96,
+        ..cfg.clone()
+    };
+    for e in [
+        GpuModel::upload(&dev, &odd, &w, &|_| {}).err(),
+        GpuModel::synthetic(&dev, &odd, 1).err(),
+    ] {
+        let e = e.expect("head_dim 96").to_string();
+        assert!(
+            e.contains("head_dim 96: the flash attention kernels take head_dim 64 or 128 only"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        dev.launch_count(),
+        before,
+        "nothing launched for head_dim 96"
+    );
 }
 
 /// A long prompt gives the same bits in one batch and in chunks, with the launches of its

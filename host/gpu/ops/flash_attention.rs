@@ -7,7 +7,7 @@ use crate::gpu::{Device, GpuError, LaunchConfig, Result, TmaMatrix, ensure_shape
 use gpu_kernels::flash_attention::{self, BLOCK_KV, BLOCK_Q, HEAD_DIMS, THREADS, shared_bytes};
 
 /// Fails unless the kernels have an entry for `head_dim` (64 or 128).
-fn check_head_dim(kernel: &'static str, head_dim: usize) -> Result<()> {
+pub(crate) fn check_head_dim(kernel: &'static str, head_dim: usize) -> Result<()> {
     ensure_shape!(
         HEAD_DIMS.contains(&head_dim),
         kernel,
