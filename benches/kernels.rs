@@ -105,33 +105,40 @@ fn main() {
             tflops: 2.0 * (m * 2 * ff * k) as f64 / ms / 1e9,
         });
     }
-    // Flash attention, Qwen3-30B-A3B heads (32 q / 4 kv × 128), causal, from position 0.
-    for n in [1024usize, 4096, 8192, 16384] {
-        let (n_head, n_kv) = (32, 4);
-        let capacity = n.div_ceil(128) * 128;
-        let q = random_bf16(&dev, &mut rng, n, n_head * 128);
-        let o = dev.tma_zeros(n, n_head * 128, "o").expect("alloc");
-        // Random keys and values, K `[capacity][n_kv·128]` and V transposed.
-        let k = random_bf16(&dev, &mut rng, capacity, n_kv * 128);
-        let v = random_bf16(&dev, &mut rng, n_kv * 128, capacity);
-        let cache = KvCache::from_parts(k, v).expect("cache");
-        let shape = AttentionShape {
-            n,
-            start_pos: 0,
-            n_head,
-            n_kv,
-            head_dim: 128,
-        };
-        let ms = time_ms(&dev, 2, 10, || {
-            flash_attention(&dev, &q, &cache, &o, shape).expect("attention")
-        });
-        let flops = 4.0 * (n * n) as f64 * 128.0 * n_head as f64 / 2.0;
-        rows.push(Row {
-            kernel: "flash_attention_hd128",
-            shape: format!("N={n} 32q/4kv x 128"),
-            ms,
-            tflops: flops / ms / 1e9,
-        });
+    // Flash attention, causal, from position 0: Qwen3-30B-A3B heads (32 q / 4 kv × 128) and
+    // Llama 3.2 1B heads (32 q / 8 kv × 64).
+    for (hd, n_kv) in [(128usize, 4usize), (64, 8)] {
+        for n in [1024usize, 4096, 8192, 16384] {
+            let n_head = 32;
+            let capacity = n.div_ceil(128) * 128;
+            let q = random_bf16(&dev, &mut rng, n, n_head * hd);
+            let o = dev.tma_zeros(n, n_head * hd, "o").expect("alloc");
+            // Random keys and values, K `[capacity][n_kv·hd]` and V transposed.
+            let k = random_bf16(&dev, &mut rng, capacity, n_kv * hd);
+            let v = random_bf16(&dev, &mut rng, n_kv * hd, capacity);
+            let cache = KvCache::from_parts(&dev, k, v, hd).expect("cache");
+            let shape = AttentionShape {
+                n,
+                start_pos: 0,
+                n_head,
+                n_kv,
+                head_dim: hd,
+            };
+            let ms = time_ms(&dev, 2, 10, || {
+                flash_attention(&dev, &q, &cache, &o, shape).expect("attention")
+            });
+            let flops = 4.0 * (n * n) as f64 * hd as f64 * n_head as f64 / 2.0;
+            rows.push(Row {
+                kernel: if hd == 64 {
+                    "flash_attention_hd64"
+                } else {
+                    "flash_attention_hd128"
+                },
+                shape: format!("N={n} {n_head}q/{n_kv}kv x {hd}"),
+                ms,
+                tflops: flops / ms / 1e9,
+            });
+        }
     }
     // The MoE stage at Qwen3-30B-A3B dims (hidden 2048, 128 experts of ff 768, top-8): the
     // f32 router GEMM, routing (top-k + grouping), and the grouped expert GEMMs.

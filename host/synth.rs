@@ -23,6 +23,9 @@ use crate::tokenizer::byte_alphabet;
 pub enum Preset {
     /// The fixtures' dims (vocab 512, hidden 256, head_dim 128, ...; per arch as MANIFEST.md).
     Tiny,
+    /// `Tiny` with head_dim 64 and 4 query heads (4 × 64 = hidden for every arch): the head
+    /// dim of Llama 3.2 1B, Qwen2.5 0.5B, SmolLM, TinyLlama.
+    TinyHd64,
     /// Qwen3-30B-A3B: hidden 2048, 32 q / 4 kv heads x 128, 128 experts top-8 x 768, vocab
     /// 151936 (dense ff 6144 for qwen3; qwen2moe adds a 3072-wide shared expert).
     Qwen3_30bA3b,
@@ -32,6 +35,7 @@ impl Preset {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "tiny" => Some(Preset::Tiny),
+            "tiny-hd64" => Some(Preset::TinyHd64),
             "qwen3-30b-a3b" => Some(Preset::Qwen3_30bA3b),
             _ => None,
         }
@@ -39,6 +43,7 @@ impl Preset {
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
+            Preset::TinyHd64 => "tiny-hd64",
             Preset::Qwen3_30bA3b => "qwen3-30b-a3b",
         }
     }
@@ -74,13 +79,17 @@ pub fn config(spec: &SynthSpec) -> ModelConfig {
     let arch = spec.arch;
     let moe = arch.is_moe();
     let mut c = match spec.preset {
-        Preset::Tiny => ModelConfig {
+        Preset::Tiny | Preset::TinyHd64 => ModelConfig {
             arch,
             n_layer: spec.n_layer,
             hidden: 256,
             n_head: 4,
             n_head_kv: if arch == Arch::Qwen3 { 1 } else { 2 },
-            head_dim: 128,
+            head_dim: if spec.preset == Preset::TinyHd64 {
+                64
+            } else {
+                128
+            },
             ff: 512,
             n_expert: 4,
             n_expert_used: 2,

@@ -1071,11 +1071,11 @@ fn gemm_wgmma_swiglu_matches_float64() {
 // Flash attention on the emulator
 // ---------------------------------------------------------------------------------------------
 
-const HD: usize = flash_attention::HEAD_DIM;
-
 /// A causal GQA problem: `n` queries at `start..start + n` over a bf16 KV cache of `cap`
-/// positions (a multiple of 128, zero past `start + n`); V stored transposed.
+/// positions (a multiple of 128, zero past `start + n`); V stored transposed; head_dim `hd`
+/// (64 or 128).
 struct Attention {
+    hd: usize,
     n: usize,
     start: usize,
     n_head: usize,
@@ -1090,8 +1090,10 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(salt: u64, n: usize, start: usize, n_head: usize, n_kv: usize) -> Self {
-        let mut r = rng(salt);
+    fn new(hd: usize, salt: u64, n: usize, start: usize, n_head: usize, n_kv: usize) -> Self {
+        #[allow(non_snake_case)]
+        let HD = hd;
+        let mut r = rng(salt * 1000 + hd as u64);
         let cap = (start + n).next_multiple_of(128);
         let (q, q_vals) = random_bf16(&mut r, n * n_head * HD, 1.0);
         let (mut k, mut k_vals) = random_bf16(&mut r, cap * n_kv * HD, 1.0);
@@ -1104,6 +1106,7 @@ impl Attention {
             vt_vals[row * cap + len..(row + 1) * cap].fill(0.0);
         }
         Attention {
+            hd,
             n,
             start,
             n_head,
@@ -1120,20 +1123,23 @@ impl Attention {
 
     /// Runs the kernel for queries `from..from + n` (positions `start + from..`); bf16 out.
     fn run(&self, from: usize, n: usize) -> Vec<u16> {
-        let width = self.n_head * HD;
-        let box_ = |t: &Bf16Tensor, from: usize, cols: usize, rows: usize| {
+        let hd = self.hd;
+        let width = self.n_head * hd;
+        let box_ = |t: &Bf16Tensor, from: usize, cols: usize, rows: usize, box_rows: usize| {
             t.map(
                 from,
                 cols as u64,
                 rows as u64,
                 flash_attention::BOX_INNER,
-                flash_attention::BOX_OUTER,
+                box_rows as u32,
             )
         };
+        let outer = flash_attention::BOX_OUTER as usize;
+        // V is read in boxes of 64 keys × one KV head's `hd` rows.
         let maps = [
-            box_(&self.q, from * width, width, n),
-            box_(&self.k, 0, self.n_kv * HD, self.cap),
-            box_(&self.vt, 0, self.cap, self.n_kv * HD),
+            box_(&self.q, from * width, width, n, outer),
+            box_(&self.k, 0, self.n_kv * hd, self.cap, outer),
+            box_(&self.vt, 0, self.cap, self.n_kv * hd, hd),
         ];
         let mut o = vec![0xffffu16; n * width];
         let (mq, mk, mv, oo) = (
@@ -1142,7 +1148,7 @@ impl Attention {
             In::from_slice(&maps[2..]),
             Out::from_slice(&mut o),
         );
-        let scale_log2 = std::f32::consts::LOG2_E / (HD as f32).sqrt();
+        let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
         let (start, heads, kvs) = (
             (self.start + from) as u32,
             self.n_head as u32,
@@ -1153,12 +1159,18 @@ impl Attention {
             cfg(
                 grid,
                 flash_attention::THREADS,
-                flash_attention::SHARED_BYTES,
+                flash_attention::shared_bytes(hd),
             ),
             || {
-                flash_attention::flash_attention_hd128(
-                    mq, mk, mv, oo, n as u32, start, heads, kvs, scale_log2,
-                )
+                if hd == 64 {
+                    flash_attention::flash_attention_hd64(
+                        mq, mk, mv, oo, n as u32, start, heads, kvs, scale_log2,
+                    )
+                } else {
+                    flash_attention::flash_attention_hd128(
+                        mq, mk, mv, oo, n as u32, start, heads, kvs, scale_log2,
+                    )
+                }
             },
         )
         .unwrap();
@@ -1167,6 +1179,8 @@ impl Attention {
 
     /// Float64 causal attention: query `i` at `start + i` sees keys `0..=start + i`.
     fn reference(&self) -> Vec<f64> {
+        #[allow(non_snake_case)]
+        let HD = self.hd;
         let width = self.n_head * HD;
         let group = self.n_head / self.n_kv;
         let keys: Vec<Vec<f64>> = (0..self.n_kv * self.cap)
@@ -1216,27 +1230,31 @@ fn flash_attention_matches_float64_causal_gqa() {
     .into_iter()
     .enumerate()
     {
-        let a = Attention::new(80 + i as u64, n, start, n_head, n_kv);
-        let got = a.run(0, n);
-        let err = rel_l2(&bf16_f32(&got), &a.reference());
-        assert!(
-            err < 1e-2,
-            "flash attention n={n} start={start} heads {n_head}/{n_kv}: rel L2 {err:.3e}"
-        );
+        for hd in [128, 64] {
+            let a = Attention::new(hd, 80 + i as u64, n, start, n_head, n_kv);
+            let got = a.run(0, n);
+            let err = rel_l2(&bf16_f32(&got), &a.reference());
+            assert!(
+                err < 1e-2,
+                "flash attention hd{hd} n={n} start={start} heads {n_head}/{n_kv}: rel L2 {err:.3e}"
+            );
+        }
     }
 }
 
 #[test]
 fn flash_attention_query_alone_is_bit_identical_to_the_same_query_in_a_batch() {
-    let a = Attention::new(90, 130, 70, 4, 2);
-    let all = a.run(0, 130);
-    let width = 4 * HD;
-    for i in [0, 57, 127, 128, 129] {
-        let alone = a.run(i, 1);
-        assert_eq!(
-            alone,
-            all[i * width..(i + 1) * width],
-            "query {i} computed alone differs from the same query in the 130-query call"
-        );
+    for hd in [128, 64] {
+        let a = Attention::new(hd, 90, 130, 70, 4, 2);
+        let all = a.run(0, 130);
+        let width = 4 * hd;
+        for i in [0, 57, 127, 128, 129] {
+            let alone = a.run(i, 1);
+            assert_eq!(
+                alone,
+                all[i * width..(i + 1) * width],
+                "hd{hd}: query {i} computed alone differs from the same query in the 130-query call"
+            );
+        }
     }
 }

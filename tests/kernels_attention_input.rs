@@ -17,8 +17,8 @@
 //! position moves elements by far more (an f32 angle off by one ulp at 1e5, 8e-3 rad, already
 //! by 8e-3·|x|). V is stored unchanged: its bits must be exactly bf16(v).
 //!
-//! Layouts checked: `q[t][h·128 + d]`; K at cache rows `start_pos + t`; V TRANSPOSED,
-//! `v_t[h·128 + d][start_pos + t]`. Every output starts poisoned (bf16 0xFFFF), and every
+//! Layouts checked, for head_dim hd = 128 and 64: `q[t][h·hd + d]`; K at cache rows
+//! `start_pos + t`; V TRANSPOSED, `v_t[h·hd + d][start_pos + t]`. Every output starts poisoned (bf16 0xFFFF), and every
 //! element outside the written rows/columns (q's extra row, cache rows before `start_pos` and
 //! from `start_pos + n`) must still be poison afterwards.
 
@@ -29,7 +29,6 @@ use kiln::gpu::ops::attention_input::{self, Projected, QkNorm};
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache};
 use kiln::reference::ops;
 
-const HD: usize = 128;
 const BASE: f64 = 1e6;
 const EPS: f32 = 1e-6;
 const SLACK: f64 = 1e-5;
@@ -43,20 +42,29 @@ struct Case {
 }
 
 impl Case {
-    fn new(n: usize, start_pos: usize, n_head: usize, n_kv: usize, norm: bool, salt: u64) -> Case {
-        let mut r = rng(salt);
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        hd: usize,
+        n: usize,
+        start_pos: usize,
+        n_head: usize,
+        n_kv: usize,
+        norm: bool,
+        salt: u64,
+    ) -> Case {
+        let mut r = rng(salt * 1000 + hd as u64);
         let shape = AttentionShape {
             n,
             start_pos,
             n_head,
             n_kv,
-            head_dim: HD,
+            head_dim: hd,
         };
         let near_one = |r: &mut kiln::rng::Rng| -> Vec<f32> {
-            r.normal_vec(HD, 0.2).iter().map(|v| 1.0 + v).collect()
+            r.normal_vec(hd, 0.2).iter().map(|v| 1.0 + v).collect()
         };
         Case {
-            qkv: r.normal_vec(n * (n_head + 2 * n_kv) * HD, 1.0),
+            qkv: r.normal_vec(n * (n_head + 2 * n_kv) * hd, 1.0),
             q_norm: near_one(&mut r),
             k_norm: near_one(&mut r),
             norm,
@@ -65,12 +73,13 @@ impl Case {
     }
 
     fn width(&self) -> usize {
-        (self.shape.n_head + 2 * self.shape.n_kv) * HD
+        (self.shape.n_head + 2 * self.shape.n_kv) * self.shape.head_dim
     }
 
     /// Head `j` (Q heads, then K, then V) of token `t`.
     fn head(&self, t: usize, j: usize) -> &[f32] {
-        &self.qkv[t * self.width() + j * HD..][..HD]
+        let hd = self.shape.head_dim;
+        &self.qkv[t * self.width() + j * hd..][..hd]
     }
 
     /// Q or K head `j` of token `t` after QK-norm (when on) and RoPE, in f64.
@@ -86,7 +95,7 @@ impl Case {
         }
         let pos = (self.shape.start_pos + t) as f32;
         // The kernel's angle: f32 position times f32 frequency, rounded in f32.
-        let angles: Vec<f64> = ops::rope_inv_freq(BASE, HD)
+        let angles: Vec<f64> = ops::rope_inv_freq(BASE, self.shape.head_dim)
             .iter()
             .map(|f| f64::from(pos * *f as f32))
             .collect();
@@ -96,11 +105,13 @@ impl Case {
 }
 
 /// A cache for `positions` positions with every element poisoned.
-fn poisoned_cache(dev: &Device, positions: usize, n_kv: usize) -> KvCache {
-    let cap = KvCache::new(dev, positions, n_kv).unwrap().capacity();
+fn poisoned_cache(dev: &Device, positions: usize, n_kv: usize, hd: usize) -> KvCache {
+    let cap = KvCache::new(dev, positions, n_kv, hd).unwrap().capacity();
     KvCache::from_parts(
-        poisoned_tma(dev, cap, n_kv * HD),
-        poisoned_tma(dev, n_kv * HD, cap),
+        dev,
+        poisoned_tma(dev, cap, n_kv * hd),
+        poisoned_tma(dev, n_kv * hd, cap),
+        hd,
     )
     .unwrap()
 }
@@ -112,18 +123,18 @@ fn run_and_check(dev: &Device, c: &Case, extra_positions: usize) {
         start_pos,
         n_head,
         n_kv,
-        ..
+        head_dim: hd,
     } = c.shape;
     let name = format!(
-        "attention_input n={n} start={start_pos} heads={n_head}/{n_kv} norm={}",
+        "attention_input hd{hd} n={n} start={start_pos} heads={n_head}/{n_kv} norm={}",
         c.norm
     );
-    let cache = poisoned_cache(dev, start_pos + n + extra_positions, n_kv);
+    let cache = poisoned_cache(dev, start_pos + n + extra_positions, n_kv, hd);
     let cap = cache.capacity();
-    let q = poisoned_tma(dev, n + 1, n_head * HD);
+    let q = poisoned_tma(dev, n + 1, n_head * hd);
     let (qkv, inv_freq) = (
         upload(dev, &c.qkv),
-        upload(dev, &attention_input::rope_inv_freq(BASE, HD)),
+        upload(dev, &attention_input::rope_inv_freq(BASE, hd)),
     );
     let (qn, kn) = (upload(dev, &c.q_norm), upload(dev, &c.k_norm));
     let input = Projected {
@@ -142,7 +153,7 @@ fn run_and_check(dev: &Device, c: &Case, extra_positions: usize) {
     let want_q: Vec<f64> = (0..n)
         .flat_map(|t| (0..n_head).flat_map(move |j| c.reference(t, j)))
         .collect();
-    let q_len = n * n_head * HD;
+    let q_len = n * n_head * hd;
     assert_bf16_close(&format!("{name}: q"), dev, &got_q[..q_len], &want_q, SLACK);
     assert!(
         got_q[q_len..].iter().all(|b| *b == BF16_POISON),
@@ -150,7 +161,7 @@ fn run_and_check(dev: &Device, c: &Case, extra_positions: usize) {
     );
 
     // K: cache rows start_pos.., poison elsewhere.
-    let kw = n_kv * HD;
+    let kw = n_kv * hd;
     let got_k = cache.k.data().to_vec().unwrap();
     let rows = start_pos * kw..(start_pos + n) * kw;
     let want_k: Vec<f64> = (0..n)
@@ -177,7 +188,7 @@ fn run_and_check(dev: &Device, c: &Case, extra_positions: usize) {
         for h in 0..n_kv {
             let v = bf16_bits(c.head(t, n_head + n_kv + h));
             for (d, b) in v.into_iter().enumerate() {
-                want_v[(h * HD + d) * cap + start_pos + t] = b;
+                want_v[(h * hd + d) * cap + start_pos + t] = b;
             }
         }
     }
@@ -203,8 +214,10 @@ fn attention_input_norms_rotates_and_fills_the_cache() {
                 for (n_head, n_kv) in [(2, 2), (4, 2), (8, 1)] {
                     for norm in [true, false] {
                         salt += 1;
-                        let c = Case::new(n, start_pos, n_head, n_kv, norm, salt);
-                        run_and_check(&dev, &c, 7);
+                        for hd in [128, 64] {
+                            let c = Case::new(hd, n, start_pos, n_head, n_kv, norm, salt);
+                            run_and_check(&dev, &c, 7);
+                        }
                     }
                 }
             }
@@ -219,16 +232,19 @@ fn attention_input_at_large_positions() {
     for dev in devices() {
         for (i, norm) in [true, false].into_iter().enumerate() {
             let (n, start_pos) = (33, 99_967); // positions 99 967..=99 999; capacity 100 096
-            let c = Case::new(n, start_pos, 4, 1, norm, 100 + i as u64);
-            run_and_check(&dev, &c, 96);
+            for hd in [128, 64] {
+                let c = Case::new(hd, n, start_pos, 4, 1, norm, 100 + i as u64);
+                run_and_check(&dev, &c, 96);
+            }
         }
     }
 }
 
 #[test]
 fn attention_input_shapes_are_checked_before_launching() {
+    const HD: usize = 128;
     let dev = Device::emulator();
-    let cache = KvCache::new(&dev, 100, 2).unwrap(); // capacity 128
+    let cache = KvCache::new(&dev, 100, 2, HD).unwrap(); // capacity 128
     let shape = AttentionShape {
         n: 3,
         start_pos: 0,
@@ -257,7 +273,22 @@ fn attention_input_shapes_are_checked_before_launching() {
         &qkv,
         &q,
     );
-    assert!(e.contains("head_dim 64"), "{e}");
+    assert!(
+        e.contains("head_dim 64, but the KV cache is for head_dim 128"),
+        "{e}"
+    );
+    let e = err(
+        AttentionShape {
+            head_dim: 96,
+            ..shape
+        },
+        &qkv,
+        &q,
+    );
+    assert!(
+        e.contains("head_dim 96: the flash attention kernels take head_dim 64 or 128 only"),
+        "{e}"
+    );
     let e = err(AttentionShape { n_kv: 3, ..shape }, &qkv, &q);
     assert!(e.contains("not a multiple of 3 KV heads"), "{e}");
     let e = err(

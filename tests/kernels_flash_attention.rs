@@ -1,11 +1,11 @@
-//! Flash attention (`flash_attention::flash_attention`: causal GQA, head_dim 128, bf16 Q, a bf16
+//! Flash attention (`flash_attention::flash_attention`: causal GQA, head_dim 128 and 64, bf16 Q, a bf16
 //! KV cache with V transposed, bf16 output) against a float64 causal GQA reference
 //! (`kiln::reference::ops::attend`) on the same bf16 Q/K/V, its batch invariance (a query's bits
 //! do not depend on the chunk it is computed in), and the wrapper's shape errors. Emulator by
 //! default, the GPU with `KILN_TEST_DEVICE=cuda|all`.
 //!
-//! The cache is written directly (`KvCache::from_parts`: K `[capacity][n_kv·128]`, V transposed
-//! `[n_kv·128][capacity]`), filled past the last position with large finite garbage (K ~ 30,
+//! The cache is written directly (`KvCache::from_parts`: K `[capacity][n_kv·hd]`, V transposed
+//! `[n_kv·hd][capacity]`), filled past the last position with large finite garbage (K ~ 30,
 //! V ~ 100 in scale): a key the causal mask lets through by mistake moves outputs by far more
 //! than the tolerance.
 //!
@@ -20,7 +20,9 @@
 //! V[0]'s bits.
 //!
 //! Shapes on the emulator: n ∈ {1, 5, 33, 257} × start_pos ∈ {0, 100}, GQA groups 1, 2 and 8
-//! (a few seconds); on the GPU also n = 4100 (33 query tiles, 33 key blocks).
+//! (a few seconds); on the GPU also n = 4100 (33 query tiles, 33 key blocks). Each for head_dim
+//! 128 and 64 (the same tolerances: the rounding policy is the same, and the hd64 error per
+//! element is of the same size — its sums have half the terms).
 
 mod common;
 use common::*;
@@ -28,7 +30,6 @@ use kiln::gpu::ops::flash_attention::{self, AttentionShape, KvCache};
 use kiln::gpu::{Device, GpuError, TmaMatrix};
 use kiln::reference::ops;
 
-const HD: usize = 128;
 const TOL: f64 = 5e-3;
 const TOL_QUERY: f64 = 1e-2;
 
@@ -44,17 +45,26 @@ struct Case {
 }
 
 impl Case {
-    fn new(dev: &Device, n: usize, start_pos: usize, n_head: usize, n_kv: usize) -> Case {
+    fn new(
+        dev: &Device,
+        hd: usize,
+        n: usize,
+        start_pos: usize,
+        n_head: usize,
+        n_kv: usize,
+    ) -> Case {
         let shape = AttentionShape {
             n,
             start_pos,
             n_head,
             n_kv,
-            head_dim: HD,
+            head_dim: hd,
         };
-        let capacity = KvCache::new(dev, start_pos + n, n_kv).unwrap().capacity();
-        let mut r = rng((n * 1000 + start_pos * 10 + n_head) as u64);
-        let kw = n_kv * HD;
+        let capacity = KvCache::new(dev, start_pos + n, n_kv, hd)
+            .unwrap()
+            .capacity();
+        let mut r = rng((n * 1000 + start_pos * 10 + n_head + hd) as u64);
+        let kw = n_kv * hd;
         let total = start_pos + n;
         // Real keys and values up to the chunk's last position; garbage after it.
         let mut k = r.normal_vec(total * kw, 1.0);
@@ -63,9 +73,9 @@ impl Case {
         v.extend(r.normal_vec((capacity - total) * kw, 100.0));
         Case {
             shape,
-            // q·k / √128 with std 2: peaked enough that single keys matter, flat enough that
+            // q·k / √hd with std 2: peaked enough that single keys matter, flat enough that
             // many do.
-            q: bf16_bits_and_values(&r.normal_vec(n * n_head * HD, 2.0)),
+            q: bf16_bits_and_values(&r.normal_vec(n * n_head * hd, 2.0)),
             k: bf16_bits_and_values(&k),
             v: bf16_bits_and_values(&v),
             capacity,
@@ -74,7 +84,8 @@ impl Case {
 
     /// The cache as flash attention reads it (V transposed).
     fn cache(&self, dev: &Device) -> KvCache {
-        let kw = self.shape.n_kv * HD;
+        let hd = self.shape.head_dim;
+        let kw = self.shape.n_kv * hd;
         let cap = self.capacity;
         let mut v_t = vec![0u16; kw * cap];
         for pos in 0..cap {
@@ -83,38 +94,39 @@ impl Case {
             }
         }
         let k = tma_upload(dev, &self.k.0, cap, kw);
-        let cache = KvCache::from_parts(k, tma_upload(dev, &v_t, kw, cap)).unwrap();
+        let cache = KvCache::from_parts(dev, k, tma_upload(dev, &v_t, kw, cap), hd).unwrap();
         assert_eq!(cache.capacity(), cap);
         cache
     }
 
-    /// Output of query `i` (all heads, `[n_head·128]`) in f64.
+    /// Output of query `i` (all heads, `[n_head·hd]`) in f64.
     fn reference(&self, i: usize) -> Vec<f64> {
         let AttentionShape {
             start_pos,
             n_head,
             n_kv,
+            head_dim: hd,
             ..
         } = self.shape;
-        let (kw, group) = (n_kv * HD, n_head / n_kv);
-        let scale = 1.0 / (HD as f64).sqrt();
+        let (kw, group) = (n_kv * hd, n_head / n_kv);
+        let scale = 1.0 / (hd as f64).sqrt();
         let (k, v) = (&self.k.1, &self.v.1);
         (0..n_head)
             .flat_map(|h| {
-                let at = h / group * HD;
-                let q = &self.q.1[(i * n_head + h) * HD..][..HD];
-                let key = |t: usize| &k[t * kw + at..][..HD];
-                let value = |t: usize| &v[t * kw + at..][..HD];
+                let at = h / group * hd;
+                let q = &self.q.1[(i * n_head + h) * hd..][..hd];
+                let key = |t: usize| &k[t * kw + at..][..hd];
+                let value = |t: usize| &v[t * kw + at..][..hd];
                 ops::attend(q, start_pos + i + 1, key, value, scale)
             })
             .collect()
     }
 
     /// Runs queries `first..first + n` as one chunk (at position `start_pos + first`); returns
-    /// their outputs (bf16 bits, `[n][n_head·128]`), checking that the poisoned row after them
+    /// their outputs (bf16 bits, `[n][n_head·hd]`), checking that the poisoned row after them
     /// stays poisoned.
     fn run(&self, dev: &Device, cache: &KvCache, first: usize, n: usize) -> Vec<u16> {
-        let w = self.shape.n_head * HD;
+        let w = self.shape.n_head * self.shape.head_dim;
         let q = tma_upload(dev, &self.q.0[first * w..(first + n) * w], n, w);
         let o = poisoned_tma(dev, n + 1, w);
         let shape = AttentionShape {
@@ -135,15 +147,16 @@ impl Case {
     fn name(&self) -> String {
         let s = &self.shape;
         format!(
-            "flash attention n={} start={} heads={}/{}",
-            s.n, s.start_pos, s.n_head, s.n_kv
+            "flash attention hd{} n={} start={} heads={}/{}",
+            s.head_dim, s.n, s.start_pos, s.n_head, s.n_kv
         )
     }
 }
 
 /// Checks `got` (all n queries) against the reference for the queries in `check`.
 fn check_against_f64(dev: &Device, c: &Case, got: &[u16], check: &[usize]) {
-    let w = c.shape.n_head * HD;
+    let hd = c.shape.head_dim;
+    let w = c.shape.n_head * hd;
     let (mut all_got, mut all_want) = (Vec::new(), Vec::new());
     for &i in check {
         let g = bf16_to_f32(&got[i * w..(i + 1) * w]);
@@ -167,9 +180,9 @@ fn check_against_f64(dev: &Device, c: &Case, got: &[u16], check: &[usize]) {
     if c.shape.start_pos == 0 {
         let group = c.shape.n_head / c.shape.n_kv;
         for h in 0..c.shape.n_head {
-            let v0 = &c.v.0[h / group * HD..][..HD];
+            let v0 = &c.v.0[h / group * hd..][..hd];
             let what = format!("{}: query 0, head {h} must be V[0] exactly", c.name());
-            assert_same(&got[h * HD..][..HD], v0, &what);
+            assert_same(&got[h * hd..][..hd], v0, &what);
         }
     }
 }
@@ -199,7 +212,7 @@ fn check_case(dev: &Device, c: &Case) {
     check_against_f64(dev, c, &whole, &checked);
 
     // Bit-identity: each sampled query alone at its position, and the chunk split in two.
-    let w = c.shape.n_head * HD;
+    let w = c.shape.n_head * c.shape.head_dim;
     for i in single_queries(dev, n) {
         let alone = c.run(dev, &cache, i, 1);
         let what = format!(
@@ -232,8 +245,10 @@ fn flash_attention_matches_f64_and_is_chunk_invariant() {
         (257, 100, 2, 1),
     ];
     for dev in devices() {
-        for (n, start_pos, n_head, n_kv) in cases {
-            check_case(&dev, &Case::new(&dev, n, start_pos, n_head, n_kv));
+        for hd in [128, 64] {
+            for (n, start_pos, n_head, n_kv) in cases {
+                check_case(&dev, &Case::new(&dev, hd, n, start_pos, n_head, n_kv));
+            }
         }
     }
 }
@@ -245,20 +260,23 @@ fn flash_attention_long_chunks() {
     // Long chunks and late starts: the full sizes on the GPU; on the emulator (CI) the same
     // code paths at sizes it can afford (several query tiles, key blocks past the chunk's own).
     for dev in devices() {
-        if dev.is_cuda() {
-            check_case(&dev, &Case::new(&dev, 4100, 0, 16, 2));
-            check_case(&dev, &Case::new(&dev, 1000, 3000, 4, 4));
-        } else {
-            check_case(&dev, &Case::new(&dev, 300, 0, 4, 2));
-            check_case(&dev, &Case::new(&dev, 140, 500, 2, 2));
+        for hd in [128, 64] {
+            if dev.is_cuda() {
+                check_case(&dev, &Case::new(&dev, hd, 4100, 0, 16, 2));
+                check_case(&dev, &Case::new(&dev, hd, 1000, 3000, 4, 4));
+            } else {
+                check_case(&dev, &Case::new(&dev, hd, 300, 0, 4, 2));
+                check_case(&dev, &Case::new(&dev, hd, 140, 500, 2, 2));
+            }
         }
     }
 }
 
 #[test]
 fn flash_attention_shapes_are_checked_before_launching() {
+    const HD: usize = 128;
     let dev = Device::emulator();
-    let cache = KvCache::new(&dev, 200, 2).unwrap(); // capacity 256
+    let cache = KvCache::new(&dev, 200, 2, HD).unwrap(); // capacity 256
     let shape = AttentionShape {
         n: 3,
         start_pos: 0,
@@ -278,6 +296,19 @@ fn flash_attention_shapes_are_checked_before_launching() {
     };
     let e = err(
         AttentionShape {
+            head_dim: 96,
+            ..shape
+        },
+        &q,
+        &o,
+    );
+    assert!(
+        e.contains("head_dim 96: the flash attention kernels take head_dim 64 or 128 only"),
+        "{e}"
+    );
+    // A head dim with a kernel, but not the cache's.
+    let e = err(
+        AttentionShape {
             head_dim: 64,
             ..shape
         },
@@ -285,7 +316,12 @@ fn flash_attention_shapes_are_checked_before_launching() {
         &o,
     );
     assert!(
-        e.contains("head_dim 64: the flash attention kernel takes head_dim 128"),
+        e.contains("head_dim 64, but the KV cache is for head_dim 128"),
+        "{e}"
+    );
+    let e = KvCache::new(&dev, 200, 2, 80).err().unwrap().to_string();
+    assert!(
+        e.contains("head_dim 80: the flash attention kernels"),
         "{e}"
     );
     let e = err(
@@ -310,7 +346,7 @@ fn flash_attention_shapes_are_checked_before_launching() {
         "{e}"
     );
     // A cache of another KV width.
-    let other = KvCache::new(&dev, 200, 1).unwrap();
+    let other = KvCache::new(&dev, 200, 1, HD).unwrap();
     let e = flash_attention::flash_attention(&dev, &q, &other, &o, shape).unwrap_err();
     assert!(e.to_string().contains("K cache is 256 × 128"), "{e}");
     // Caches put together from parts must fit each other and the key blocks.
@@ -321,7 +357,10 @@ fn flash_attention_shapes_are_checked_before_launching() {
         (part(256, 256), part(256, 128)), // V for fewer positions
         (part(256, 120), part(120, 256)), // not whole heads
     ] {
-        let e = KvCache::from_parts(k, v_t).err().unwrap().to_string();
+        let e = KvCache::from_parts(&dev, k, v_t, HD)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("do not match"), "{e}");
     }
     assert_eq!(

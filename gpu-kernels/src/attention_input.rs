@@ -1,7 +1,10 @@
 //! From the fused Q|K|V projection to what flash attention reads, in one pass: per token and
 //! head, Qwen3's QK-norm (RMSNorm over the head), NEOX RoPE at the token's position, and bf16
 //! stores: Q into the chunk's query matrix, K into the cache at its position, V into the
-//! transposed V cache (`[n_kv · 128][capacity]`, see `flash_attention`).
+//! transposed V cache (`[n_kv · head_dim][capacity]`, see `flash_attention`). Two entries,
+//! `attention_input_hd128` and `attention_input_hd64`, share one generic body ([`body`]) over
+//! the head dimension `D` (a warp per head vector, `D / 32` dims per lane; NEOX pairs `(d,
+//! d + D/2)`).
 //!
 //! The arithmetic is `rms_norm_heads` followed by `rope_neox`, operation for operation (the
 //! same strided partial sums and warp butterfly, the same f32 angle and range-reduced
@@ -13,64 +16,105 @@ use crate::device::float::f32_to_bf16;
 use crate::device::math::{fma, sincos, sqrt};
 use crate::device::*;
 
-/// The head dimension this kernel handles (the flash attention kernel's).
+/// The head dimension of `attention_input_hd128`.
 pub const HEAD_DIM: usize = 128;
+/// Head dimensions with an entry (`attention_input_hd64`, `attention_input_hd128`).
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// The body of both entries for head dimension `D` (64 or 128): `qkv`: `[n][(n_head + 2·n_kv)
+/// · D]` f32 (Q heads, then K heads, then V heads), row `t` the token at position
+/// `start_pos + t`; `inv_freq[D / 2]`; `q_norm`/`k_norm`: `[D]` weights, used when
+/// `has_norm != 0`. Writes `q`: `[n][n_head · D]` bf16; `k_cache[pos][n_kv · D]` and
+/// `v_cache_t[n_kv · D][capacity]` at `pos = start_pos + t`. Grid: (n, n_head + 2·n_kv);
+/// block: 32 threads (one warp per head vector, `D / 32` dims per lane).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn body<const D: usize>(
+    qkv: In<f32>,
+    inv_freq: In<f32>,
+    q_norm: In<f32>,
+    k_norm: In<f32>,
+    q: Out<u16>,
+    k_cache: Out<u16>,
+    v_cache_t: Out<u16>,
+    start_pos: u32,
+    n_head: u32,
+    n_kv: u32,
+    capacity: u32,
+    has_norm: u32,
+    eps: f32,
+) {
+    const { assert!(D == 64 || D == 128) };
+    // Dims per lane: lane holds d = lane + 32·i for i < per.
+    let per = D / 32;
+    let (t, j) = (block_idx().x as usize, block_idx().y as usize);
+    let (n_head, n_kv) = (n_head as usize, n_kv as usize);
+    let lane = thread_idx().x as usize;
+    let width = (n_head + 2 * n_kv) * D;
+    let pos = start_pos as usize + t;
+    let kind = if j < n_head {
+        0
+    } else if j < n_head + n_kv {
+        1
+    } else {
+        2
+    };
+    let src = t * width + j * D;
+    let mut v = [0.0f32; 4];
+    for (i, x) in v.iter_mut().take(per).enumerate() {
+        *x = qkv.at(src + lane + 32 * i);
+    }
+    if kind == 2 {
+        let h = j - n_head - n_kv;
+        for (i, x) in v.iter().take(per).enumerate() {
+            let row = h * D + lane + 32 * i;
+            v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(*x));
+        }
+        return;
+    }
+    if has_norm != 0 {
+        let w = if kind == 0 { q_norm } else { k_norm };
+        let mut sum_sq = 0.0f32;
+        for x in v.into_iter().take(per) {
+            sum_sq = fma(x, x, sum_sq);
+        }
+        let total = warp_sum_f32(sum_sq);
+        let scale = 1.0 / sqrt(total / D as f32 + eps);
+        for (i, x) in v.iter_mut().take(per).enumerate() {
+            *x = *x * scale * w.at(lane + 32 * i);
+        }
+    }
+    // NEOX pairs (d, d + D/2): this lane holds d = lane + 32·i for i < per / 2 with their
+    // partners (i + per / 2).
+    let mut out = [0.0f32; 4];
+    for half in 0..per / 2 {
+        let pair = lane + 32 * half;
+        let angle = pos as f32 * inv_freq.at(pair);
+        let (sin, cos) = sincos(angle);
+        let (x0, x1) = (v[half], v[half + per / 2]);
+        out[half] = x0 * cos - x1 * sin;
+        out[half + per / 2] = x0 * sin + x1 * cos;
+    }
+    let dst = if kind == 0 {
+        q.offset(t * n_head * D + j * D)
+    } else {
+        k_cache.offset(pos * n_kv * D + (j - n_head) * D)
+    };
+    for (i, x) in out.iter().take(per).enumerate() {
+        dst.set(lane + 32 * i, f32_to_bf16(*x));
+    }
+}
 
 kernel! {
-    /// `qkv`: `[n][(n_head + 2·n_kv) · 128]` f32 (Q heads, then K heads, then V heads), row
-    /// `t` the token at position `start_pos + t`; `inv_freq[64]`; `q_norm`/`k_norm`: `[128]` weights, used when
-    /// `has_norm != 0`. Writes `q`: `[n][n_head · 128]` bf16; `k_cache[pos][n_kv · 128]` and
-    /// `v_cache_t[n_kv · 128][capacity]` at `pos = start_pos + t`. Grid: (n, n_head + 2·n_kv);
-    /// block: 32 threads (one warp per head vector, four dims per lane).
+    /// QK-norm + RoPE + KV append for head_dim 128 (see [`body`]).
     pub fn attention_input_hd128(qkv: In<f32>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, has_norm: u32, eps: f32) {
-        let (t, j) = (block_idx().x as usize, block_idx().y as usize);
-        let (n_head, n_kv) = (n_head as usize, n_kv as usize);
-        let lane = thread_idx().x as usize;
-        let width = (n_head + 2 * n_kv) * HEAD_DIM;
-        let pos = start_pos as usize + t;
-        let kind = if j < n_head { 0 } else if j < n_head + n_kv { 1 } else { 2 };
-        let src = t * width + j * HEAD_DIM;
-        let mut v = [0.0f32; 4];
-        for (i, x) in v.iter_mut().enumerate() {
-            *x = qkv.at(src + lane + 32 * i);
-        }
-        if kind == 2 {
-            let h = j - n_head - n_kv;
-            for (i, x) in v.iter().enumerate() {
-                let row = h * HEAD_DIM + lane + 32 * i;
-                v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(*x));
-            }
-            return;
-        }
-        if has_norm != 0 {
-            let w = if kind == 0 { q_norm } else { k_norm };
-            let mut sum_sq = 0.0f32;
-            for x in v {
-                sum_sq = fma(x, x, sum_sq);
-            }
-            let total = warp_sum_f32(sum_sq);
-            let scale = 1.0 / sqrt(total / HEAD_DIM as f32 + eps);
-            for (i, x) in v.iter_mut().enumerate() {
-                *x = *x * scale * w.at(lane + 32 * i);
-            }
-        }
-        // NEOX pairs (d, d + 64): this lane holds d = lane and lane + 32 with their partners.
-        let mut out = [0.0f32; 4];
-        for half in 0..2 {
-            let pair = lane + 32 * half;
-            let angle = pos as f32 * inv_freq.at(pair);
-            let (sin, cos) = sincos(angle);
-            let (x0, x1) = (v[half], v[half + 2]);
-            out[half] = x0 * cos - x1 * sin;
-            out[half + 2] = x0 * sin + x1 * cos;
-        }
-        let dst = if kind == 0 {
-            q.offset(t * n_head * HEAD_DIM + j * HEAD_DIM)
-        } else {
-            k_cache.offset(pos * n_kv * HEAD_DIM + (j - n_head) * HEAD_DIM)
-        };
-        for (i, x) in out.iter().enumerate() {
-            dst.set(lane + 32 * i, f32_to_bf16(*x));
-        }
+        body::<128>(qkv, inv_freq, q_norm, k_norm, q, k_cache, v_cache_t, start_pos, n_head, n_kv, capacity, has_norm, eps);
+    }
+}
+
+kernel! {
+    /// QK-norm + RoPE + KV append for head_dim 64 (see [`body`]).
+    pub fn attention_input_hd64(qkv: In<f32>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, has_norm: u32, eps: f32) {
+        body::<64>(qkv, inv_freq, q_norm, k_norm, q, k_cache, v_cache_t, start_pos, n_head, n_kv, capacity, has_norm, eps);
     }
 }

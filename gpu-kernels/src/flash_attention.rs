@@ -1,6 +1,13 @@
-//! Flash attention for prefill on Hopper tensor cores: causal, GQA, head_dim 128, queries of a
-//! chunk at absolute positions `start_pos..start_pos + n` over keys `0..start_pos + n` of a
+//! Flash attention for prefill on Hopper tensor cores: causal, GQA, head_dim 128 or 64, queries
+//! of a chunk at absolute positions `start_pos..start_pos + n` over keys `0..start_pos + n` of a
 //! bf16 KV cache; output bf16 (it feeds the output projection's TMA loads).
+//!
+//! Two entries, `flash_attention_hd128` and `flash_attention_hd64`, share one generic body
+//! ([`attend`]) over the O accumulator type ([`HeadDim`]): `[f32; 64]` (head_dim 128, two
+//! 64-wide head-dim chunks, `O += P·V` as m64n128k16) or `[f32; 32]` (head_dim 64, one chunk,
+//! m64n64k16). Everything else is the same code: `S = Q·Kᵀ` is m64n128k16 over 4·chunks
+//! k-steps, P·V 8 k-steps of 16 keys, the same softmax, ring and pipeline. Shared memory
+//! scales with the chunk count (Q tile, K and V slots of `chunks · 16 KB` each).
 //!
 //! Block: 256 threads, two warpgroups of 64 query rows each (a 128-row tile of one query head).
 //! Thread 0 also issues the TMA loads: the Q tile, then K and V blocks of `BLOCK_KV` keys
@@ -22,13 +29,15 @@
 //! the GEMM uses. Cache entries past the written positions must be finite (the host zeroes the
 //! cache once): masked keys get probability 0, and 0 · V must stay 0.
 //!
-//! Batch invariance: key blocks are `BLOCK_KV` wide, aligned to absolute position 0, and always
+//! Batch invariance (both head dims): key blocks are `BLOCK_KV` wide, aligned to absolute position 0, and always
 //! visited in ascending order from block 0. A query's state after a block depends only on its
 //! row of Q, the block's keys and its own absolute position (the causal mask); a block that is
 //! entirely in a query's future leaves its state bit-identical (row max unchanged, rescale
 //! factor exp2(0) = 1, probabilities exactly 0, `+ 0` on O and on the row sum). So the result
 //! does not depend on N, on the chunking, or on which tile or tile row a query lands in. The
-//! row sums reduce in a fixed order (own 32 values in order, then lanes xor 1, xor 2).
+//! row sums reduce in a fixed order (own 32 values in order, then lanes xor 1, xor 2). The
+//! head_dim-64 variant changes only how many head dims a product spans, not the key blocks,
+//! their order or the update sequence, so the same argument holds for it unchanged.
 
 // `seq!` unrolls loops by substituting each literal index into arithmetic written for all of
 // them (`8 * R`, `4 * J + 0`, `KK / 4` with KK = 0, …); the lints below would flag the cases
@@ -42,13 +51,15 @@ use crate::device::float::f32_to_bf16;
 use crate::device::math::{exp2, max};
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
-    wgmma_m64n128k16_rs, wgmma_m64n128k16_ss, wgmma_wait,
+    wgmma_m64n64k16_rs, wgmma_m64n128k16_rs, wgmma_m64n128k16_ss, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
 
-/// Head dimension of this kernel.
+/// Head dimension of the `flash_attention_hd128` entry.
 pub const HEAD_DIM: usize = 128;
+/// Head dimensions with an entry (`flash_attention_hd64`, `flash_attention_hd128`).
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
 /// Query rows per block (two consumer warpgroups of 64).
 pub const BLOCK_Q: usize = 128;
 /// Keys per block; blocks start at multiples of this absolute position.
@@ -57,25 +68,39 @@ pub const BLOCK_KV: usize = 128;
 pub const THREADS: u32 = 256;
 /// A swizzled chunk: 128 rows of 64 bf16 (128 bytes).
 const CHUNK_BYTES: u32 = 128 * 128;
-const STAGE_BYTES: u32 = 2 * CHUNK_BYTES;
 const KV_STAGES: usize = 3;
-/// Dynamic shared memory a launch must provide.
-pub const SHARED_BYTES: u32 = (1 + 2 * KV_STAGES as u32) * STAGE_BYTES + 64 + 1024;
-/// Every tensor map this kernel reads has a box of 64 × 128 elements.
+/// Dynamic shared memory a launch of the head_dim-`head_dim` entry must provide: the Q tile
+/// and `KV_STAGES` K and V slots of `head_dim / 64` chunks each, the mbarriers, alignment slack.
+pub const fn shared_bytes(head_dim: usize) -> u32 {
+    (1 + 2 * KV_STAGES as u32) * (head_dim as u32 / 64) * CHUNK_BYTES + 64 + 1024
+}
+/// Dynamic shared memory of the head_dim-128 entry.
+pub const SHARED_BYTES: u32 = shared_bytes(HEAD_DIM);
+/// Q and K maps have a box of 64 × 128 elements; the transposed V cache a box of 64 keys ×
+/// `head_dim` rows.
 pub const BOX_INNER: u32 = 64;
 pub const BOX_OUTER: u32 = 128;
 
+/// The shared-memory layout for `chunks` 64-wide head-dim chunks: the Q tile, the K slots, the
+/// V slots (`chunks · CHUNK_BYTES` each, "a stage"), then the mbarriers.
 #[derive(Clone, Copy)]
 struct Smem {
     base: u32,
+    chunks: u32,
 }
 
 impl Smem {
     #[inline(always)]
-    fn new() -> Self {
+    fn new(chunks: u32) -> Self {
         Smem {
             base: swizzle_aligned_shared_base(),
+            chunks,
         }
+    }
+    /// Bytes of the Q tile, and of one K or one V slot.
+    #[inline(always)]
+    fn stage_bytes(self) -> u32 {
+        self.chunks * CHUNK_BYTES
     }
     /// Chunk `c` of the Q tile (head dims `64c..64c + 64` of 128 rows).
     #[inline(always)]
@@ -85,16 +110,18 @@ impl Smem {
     /// Chunk `c` of K slot `s`: head dims `64c..` of 128 keys.
     #[inline(always)]
     fn k(self, s: usize, c: u32) -> u32 {
-        self.base + STAGE_BYTES * (1 + s as u32) + c * CHUNK_BYTES
+        self.base + self.stage_bytes() * (1 + s as u32) + c * CHUNK_BYTES
     }
-    /// Chunk `c` of V slot `s`: keys `64c..` of all 128 head dims (V transposed).
+    /// Chunk `c` of V slot `s`: keys `64c..` of all head dims (V transposed; `64 · chunks`
+    /// rows of 128 bytes).
     #[inline(always)]
     fn v(self, s: usize, c: u32) -> u32 {
-        self.base + STAGE_BYTES * (1 + KV_STAGES as u32 + s as u32) + c * CHUNK_BYTES
+        let stage = self.stage_bytes();
+        self.base + stage * (1 + KV_STAGES as u32 + s as u32) + c * (stage / 2)
     }
     #[inline(always)]
     fn barrier(self, i: u32) -> Mbarrier {
-        Mbarrier(self.base + STAGE_BYTES * (1 + 2 * KV_STAGES as u32) + 8 * i)
+        Mbarrier(self.base + self.stage_bytes() * (1 + 2 * KV_STAGES as u32) + 8 * i)
     }
     #[inline(always)]
     fn q_full(self) -> Mbarrier {
@@ -136,33 +163,88 @@ struct RowState {
     sum: [f32; 2],
 }
 
-/// Issues `S = Q·Kᵀ` over the key block in slot `slot` (no commit).
+/// The O accumulator of one head dim, and what differs between the head dims: `[f32; 64]`
+/// for head_dim 128 (O += P·V as m64n128k16), `[f32; 32]` for head_dim 64 (m64n64k16). Per
+/// thread, value `4j + e` is row `r + 8·(e / 2)`, head dim `8j + 2·(lane % 4) + e % 2`.
+pub trait HeadDim: Accumulators + Copy {
+    /// 64-wide head-dim chunks (head_dim / 64).
+    const CHUNKS: usize;
+    const ZERO: Self;
+    /// One k-step of `O += P·V`: 16 keys of P (register A) times the V tile at `b`.
+    fn pv(&mut self, a: [u32; 4], b: WgmmaDesc);
+    /// Multiplies this thread's row `R` values by `alpha[R]`.
+    fn rescale(&mut self, alpha: [f32; 2]);
+    /// Stores the values of row `e0 / 2` (`e0` 0 or 2), times `inv`, as bf16 from `o[at]` on
+    /// (head dims `8j + e`, `at` the thread's first column).
+    fn store_row(&self, o: Out<u16>, at: usize, e0: usize, inv: f32);
+}
+
+macro_rules! head_dim_acc {
+    ($len:literal, $pv:ident) => {
+        impl HeadDim for [f32; $len] {
+            const CHUNKS: usize = $len / 32;
+            const ZERO: Self = [0.0; $len];
+            #[inline(always)]
+            fn pv(&mut self, a: [u32; 4], b: WgmmaDesc) {
+                $pv(self, a, b);
+            }
+            #[inline(always)]
+            fn rescale(&mut self, alpha: [f32; 2]) {
+                // A slice, so the indices past `$len` in the (compile-time dead) branches
+                // are no error.
+                let v: &mut [f32] = self;
+                seq!(I in 0..64 {
+                    if I < $len {
+                        v[I] *= alpha[I % 4 / 2];
+                    }
+                });
+            }
+            #[inline(always)]
+            fn store_row(&self, o: Out<u16>, at: usize, e0: usize, inv: f32) {
+                let v: &[f32] = self;
+                seq!(J in 0..16 {
+                    if J < $len / 4 {
+                        o.set(at + 8 * J, f32_to_bf16(v[4 * J + e0] * inv));
+                        o.set(at + 8 * J + 1, f32_to_bf16(v[4 * J + e0 + 1] * inv));
+                    }
+                });
+            }
+        }
+    };
+}
+
+head_dim_acc!(64, wgmma_m64n128k16_rs);
+head_dim_acc!(32, wgmma_m64n64k16_rs);
+
+/// Issues `S = Q·Kᵀ` over the key block in slot `slot` (no commit): `4 · A::CHUNKS` k-steps.
 #[inline(always)]
-fn scores(acc_s: &mut [f32; 64], qa: [WgmmaDesc; 2], sm: Smem, slot: usize) {
+fn scores<A: HeadDim>(acc_s: &mut [f32; 64], qa: [WgmmaDesc; 2], sm: Smem, slot: usize) {
     let kd = [
         WgmmaDesc::k_major_swizzle_128b(sm.k(slot, 0)),
         WgmmaDesc::k_major_swizzle_128b(sm.k(slot, 1)),
     ];
     seq!(KK in 0..8 {
-        wgmma_m64n128k16_ss(
-            acc_s,
-            qa[KK / 4].advance(32 * (KK % 4)),
-            kd[KK / 4].advance(32 * (KK % 4)),
-        );
+        if KK < 4 * A::CHUNKS {
+            wgmma_m64n128k16_ss(
+                acc_s,
+                qa[KK / 4].advance(32 * (KK % 4)),
+                kd[KK / 4].advance(32 * (KK % 4)),
+            );
+        }
     });
 }
 
 /// Issues `O += P·V` over the value block in slot `slot` (no commit); P as the A operand,
 /// k-step KK = keys 16·KK.. (its fragment registers `4·KK..4·KK + 4`).
 #[inline(always)]
-fn accumulate_pv(acc_o: &mut [f32; 64], pa: &[u32; 32], sm: Smem, slot: usize) {
+fn accumulate_pv<A: HeadDim>(acc_o: &mut A, pa: &[u32; 32], sm: Smem, slot: usize) {
     let vd = [
         WgmmaDesc::k_major_swizzle_128b(sm.v(slot, 0)),
         WgmmaDesc::k_major_swizzle_128b(sm.v(slot, 1)),
     ];
     seq!(KK in 0..8 {
         let a = [pa[4 * KK], pa[4 * KK + 1], pa[4 * KK + 2], pa[4 * KK + 3]];
-        wgmma_m64n128k16_rs(acc_o, a, vd[KK / 4].advance(32 * (KK % 4)));
+        acc_o.pv(a, vd[KK / 4].advance(32 * (KK % 4)));
     });
 }
 
@@ -230,127 +312,155 @@ fn pack_p(acc_s: &[f32; 64]) -> [u32; 32] {
     pa
 }
 
-kernel! {
-    /// Causal GQA attention of `n` queries at positions `start_pos..` over the cache.
-    /// `map_q`: bf16 `[rows ≥ n][n_head · 128]`; `map_k`: bf16 K cache `[capacity][n_kv · 128]`;
-    /// `map_v`: bf16 V cache transposed, `[n_kv · 128][capacity]`; every map has box
-    /// `BOX_INNER × BOX_OUTER` and 128B swizzle. `o`: bf16 `[n][n_head · 128]`.
-    /// `scale_log2` = softmax scale · log2(e). Grid: (n_head, ⌈n / BLOCK_Q⌉); `THREADS`
-    /// threads; `SHARED_BYTES` of dynamic shared memory.
-    pub fn flash_attention_hd128(map_q: In<TensorMap>, map_k: In<TensorMap>, map_v: In<TensorMap>, o: Out<u16>, n: u32, start_pos: u32, n_head: u32, n_kv: u32, scale_log2: f32) {
-        let tid = thread_idx().x;
-        // Heads vary fastest and query tiles run last to first: the longest (causal) tiles
-        // start first, so the last wave is made of short ones.
-        let head = block_idx().x;
-        let kv_head = head / (n_head / n_kv);
-        let row0 = (grid_dim().y - 1 - block_idx().y) * BLOCK_Q as u32;
-        let last_pos = start_pos + (row0 + BLOCK_Q as u32).min(n) - 1;
-        let n_blocks = (last_pos / BLOCK_KV as u32 + 1) as usize;
-        let sm = Smem::new();
-        if tid == 0 {
-            sm.q_full().init(1);
-            for s in 0..KV_STAGES {
-                sm.full(s).init(1);
-                sm.empty(s).init(2);
-            }
-            fence_mbarrier_init();
+/// The kernel body of both entries, for the O accumulator `A` (the head dim, see [`HeadDim`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend<A: HeadDim>(
+    map_q: In<TensorMap>,
+    map_k: In<TensorMap>,
+    map_v: In<TensorMap>,
+    o: Out<u16>,
+    n: u32,
+    start_pos: u32,
+    n_head: u32,
+    n_kv: u32,
+    scale_log2: f32,
+) {
+    let tid = thread_idx().x;
+    // Heads vary fastest and query tiles run last to first: the longest (causal) tiles
+    // start first, so the last wave is made of short ones.
+    let head = block_idx().x;
+    let kv_head = head / (n_head / n_kv);
+    let row0 = (grid_dim().y - 1 - block_idx().y) * BLOCK_Q as u32;
+    let last_pos = start_pos + (row0 + BLOCK_Q as u32).min(n) - 1;
+    let n_blocks = (last_pos / BLOCK_KV as u32 + 1) as usize;
+    let sm = Smem::new(A::CHUNKS as u32);
+    if tid == 0 {
+        sm.q_full().init(1);
+        for s in 0..KV_STAGES {
+            sm.full(s).init(1);
+            sm.empty(s).init(2);
         }
-        sync_threads();
-        let loads = Loads { map_q, map_k, map_v, sm, head, kv_head };
-        // Key blocks whose loads thread 0 has issued.
-        let mut issued = 0;
+        fence_mbarrier_init();
+    }
+    sync_threads();
+    let loads = Loads {
+        map_q,
+        map_k,
+        map_v,
+        sm,
+        head,
+        kv_head,
+    };
+    // Key blocks whose loads thread 0 has issued.
+    let mut issued = 0;
+    if tid == 0 {
+        loads.start(row0, n_blocks);
+        issued = KV_STAGES.min(n_blocks);
+    }
+    // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
+    let wg = tid / 128;
+    let (warp, lane) = (tid % 128 / 32, tid % 32);
+    let r = wg * 64 + warp * 16 + lane / 4;
+    let q_pos = [start_pos + row0 + r, start_pos + row0 + r + 8];
+    // Key blocks reaching past the warpgroup's first query need the causal mask.
+    let first_masked = ((start_pos + row0 + wg * 64) / BLOCK_KV as u32) as usize;
+    let col = 2 * (lane % 4);
+    sm.q_full().wait(0);
+    let qa = [
+        WgmmaDesc::k_major_swizzle_128b(sm.q(0) + wg * 8192),
+        WgmmaDesc::k_major_swizzle_128b(sm.q(1) + wg * 8192),
+    ];
+    let mut acc_o = A::ZERO;
+    let mut rows = RowState {
+        max: [f32::NEG_INFINITY; 2],
+        sum: [0.0; 2],
+    };
+    let step = |acc_s: &mut [f32; 64], rows: &mut RowState, kb: usize| {
+        let key0 = (kb * BLOCK_KV) as u32 + col;
+        softmax_step(acc_s, rows, key0, q_pos, kb >= first_masked, scale_log2)
+    };
+    // Software pipeline: while the tensor cores run O += P_{j-1}·V_{j-1}, the warpgroup
+    // does the softmax of S_j (issued just before it). The operations on O stay in the
+    // order of the unpipelined loop (… + P_{j-1}V_{j-1}, × alpha_j, + P_j V_j …), so the
+    // bits do too. Block 0 has no predecessor: its S and softmax run alone.
+    sm.full(0).wait(0);
+    let mut acc_s = [0.0f32; 64];
+    acc_s.keep_in_registers();
+    wgmma_fence();
+    scores::<A>(&mut acc_s, qa, sm, 0);
+    wgmma_commit();
+    wgmma_wait::<0>();
+    acc_s.keep_in_registers();
+    // O is zero: its rescale by alpha_0 (= 0) is a no-op.
+    step(&mut acc_s, &mut rows, 0);
+    let mut pa = pack_p(&acc_s);
+    for kb in 1..n_blocks {
+        let (slot, prev) = (kb % KV_STAGES, (kb - 1) % KV_STAGES);
         if tid == 0 {
-            loads.start(row0, n_blocks);
-            issued = KV_STAGES.min(n_blocks);
+            loads.top_up(&mut issued, kb, n_blocks);
         }
-        // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
-        let wg = tid / 128;
-        let (warp, lane) = (tid % 128 / 32, tid % 32);
-        let r = wg * 64 + warp * 16 + lane / 4;
-        let q_pos = [start_pos + row0 + r, start_pos + row0 + r + 8];
-        // Key blocks reaching past the warpgroup's first query need the causal mask.
-        let first_masked = ((start_pos + row0 + wg * 64) / BLOCK_KV as u32) as usize;
-        let col = 2 * (lane % 4);
-        sm.q_full().wait(0);
-        let qa = [
-            WgmmaDesc::k_major_swizzle_128b(sm.q(0) + wg * 8192),
-            WgmmaDesc::k_major_swizzle_128b(sm.q(1) + wg * 8192),
-        ];
-        let mut acc_o = [0.0f32; 64];
-        let mut rows = RowState {
-            max: [f32::NEG_INFINITY; 2],
-            sum: [0.0; 2],
-        };
-        let step = |acc_s: &mut [f32; 64], rows: &mut RowState, kb: usize| {
-            let key0 = (kb * BLOCK_KV) as u32 + col;
-            softmax_step(acc_s, rows, key0, q_pos, kb >= first_masked, scale_log2)
-        };
-        // Software pipeline: while the tensor cores run O += P_{j-1}·V_{j-1}, the warpgroup
-        // does the softmax of S_j (issued just before it). The operations on O stay in the
-        // order of the unpipelined loop (… + P_{j-1}V_{j-1}, × alpha_j, + P_j V_j …), so the
-        // bits do too. Block 0 has no predecessor: its S and softmax run alone.
-        sm.full(0).wait(0);
+        sm.full(slot).wait((kb / KV_STAGES) as u32 & 1);
         let mut acc_s = [0.0f32; 64];
         acc_s.keep_in_registers();
-        wgmma_fence();
-        scores(&mut acc_s, qa, sm, 0);
-        wgmma_commit();
-        wgmma_wait::<0>();
-        acc_s.keep_in_registers();
-        // O is zero: its rescale by alpha_0 (= 0) is a no-op.
-        step(&mut acc_s, &mut rows, 0);
-        let mut pa = pack_p(&acc_s);
-        for kb in 1..n_blocks {
-            let (slot, prev) = (kb % KV_STAGES, (kb - 1) % KV_STAGES);
-            if tid == 0 {
-                loads.top_up(&mut issued, kb, n_blocks);
-            }
-            sm.full(slot).wait((kb / KV_STAGES) as u32 & 1);
-            let mut acc_s = [0.0f32; 64];
-            acc_s.keep_in_registers();
-            pa.keep_in_registers();
-            acc_o.keep_in_registers();
-            wgmma_fence();
-            scores(&mut acc_s, qa, sm, slot);
-            wgmma_commit();
-            accumulate_pv(&mut acc_o, &pa, sm, prev);
-            wgmma_commit();
-            // S_j is the older group: done once at most one group is pending.
-            wgmma_wait::<1>();
-            acc_s.keep_in_registers();
-            let alpha = step(&mut acc_s, &mut rows, kb);
-            wgmma_wait::<0>();
-            acc_o.keep_in_registers();
-            sm.empty(prev).arrive_if(tid.is_multiple_of(128));
-            if tid == 0 {
-                loads.top_up(&mut issued, kb, n_blocks);
-            }
-            seq!(I in 0..64 {
-                acc_o[I] *= alpha[I % 4 / 2];
-            });
-            pa = pack_p(&acc_s);
-        }
         pa.keep_in_registers();
         acc_o.keep_in_registers();
         wgmma_fence();
-        accumulate_pv(&mut acc_o, &pa, sm, (n_blocks - 1) % KV_STAGES);
+        scores::<A>(&mut acc_s, qa, sm, slot);
         wgmma_commit();
+        accumulate_pv(&mut acc_o, &pa, sm, prev);
+        wgmma_commit();
+        // S_j is the older group: done once at most one group is pending.
+        wgmma_wait::<1>();
+        acc_s.keep_in_registers();
+        let alpha = step(&mut acc_s, &mut rows, kb);
         wgmma_wait::<0>();
         acc_o.keep_in_registers();
-        let row_sum = rows.sum;
-        let inv = [1.0 / row_sum[0], 1.0 / row_sum[1]];
-        let width = (n_head * HEAD_DIM as u32) as usize;
-        let base_col = (head * HEAD_DIM as u32 + col) as usize;
-        seq!(R in 0..2 {
-            let row = row0 + r + 8 * R;
-            if row < n {
-                let at = row as usize * width + base_col;
-                seq!(J in 0..16 {
-                    o.set(at + 8 * J, f32_to_bf16(acc_o[4 * J + 2 * R] * inv[R]));
-                    o.set(at + 8 * J + 1, f32_to_bf16(acc_o[4 * J + 2 * R + 1] * inv[R]));
-                });
-            }
-        });
+        sm.empty(prev).arrive_if(tid.is_multiple_of(128));
+        if tid == 0 {
+            loads.top_up(&mut issued, kb, n_blocks);
+        }
+        acc_o.rescale(alpha);
+        pa = pack_p(&acc_s);
+    }
+    pa.keep_in_registers();
+    acc_o.keep_in_registers();
+    wgmma_fence();
+    accumulate_pv(&mut acc_o, &pa, sm, (n_blocks - 1) % KV_STAGES);
+    wgmma_commit();
+    wgmma_wait::<0>();
+    acc_o.keep_in_registers();
+    let row_sum = rows.sum;
+    let inv = [1.0 / row_sum[0], 1.0 / row_sum[1]];
+    let hd = 64 * A::CHUNKS as u32;
+    let width = (n_head * hd) as usize;
+    let base_col = (head * hd + col) as usize;
+    seq!(R in 0..2 {
+        let row = row0 + r + 8 * R;
+        if row < n {
+            acc_o.store_row(o, row as usize * width + base_col, 2 * R, inv[R]);
+        }
+    });
+}
+
+kernel! {
+    /// Causal GQA attention of `n` queries at positions `start_pos..` over the cache, head_dim
+    /// 128. `map_q`: bf16 `[rows ≥ n][n_head · 128]`; `map_k`: bf16 K cache
+    /// `[capacity][n_kv · 128]`; `map_v`: bf16 V cache transposed, `[n_kv · 128][capacity]`;
+    /// Q and K maps have box `BOX_INNER × BOX_OUTER`, V box `BOX_INNER × 128`, all 128B
+    /// swizzle. `o`: bf16 `[n][n_head · 128]`. `scale_log2` = softmax scale · log2(e).
+    /// Grid: (n_head, ⌈n / BLOCK_Q⌉); `THREADS` threads; `shared_bytes(128)` of dynamic
+    /// shared memory.
+    pub fn flash_attention_hd128(map_q: In<TensorMap>, map_k: In<TensorMap>, map_v: In<TensorMap>, o: Out<u16>, n: u32, start_pos: u32, n_head: u32, n_kv: u32, scale_log2: f32) {
+        attend::<[f32; 64]>(map_q, map_k, map_v, o, n, start_pos, n_head, n_kv, scale_log2);
+    }
+}
+
+kernel! {
+    /// As `flash_attention_hd128` for head_dim 64: rows of `n_head · 64` / `n_kv · 64`, the V
+    /// map's box `BOX_INNER × 64`; `shared_bytes(64)` of dynamic shared memory.
+    pub fn flash_attention_hd64(map_q: In<TensorMap>, map_k: In<TensorMap>, map_v: In<TensorMap>, o: Out<u16>, n: u32, start_pos: u32, n_head: u32, n_kv: u32, scale_log2: f32) {
+        attend::<[f32; 32]>(map_q, map_k, map_v, o, n, start_pos, n_head, n_kv, scale_log2);
     }
 }
 
@@ -373,11 +483,13 @@ impl Loads {
             acquire_tensor_map(map);
             prefetch_tensor_map(map);
         }
-        let hd = HEAD_DIM as u32;
-        let q_full = self.sm.q_full();
-        q_full.arrive_expect_tx(STAGE_BYTES);
-        tma_load_2d(self.sm.q(0), self.map_q, self.head * hd, row0, q_full);
-        tma_load_2d(self.sm.q(1), self.map_q, self.head * hd + 64, row0, q_full);
+        let sm = self.sm;
+        let hd = 64 * sm.chunks;
+        let q_full = sm.q_full();
+        q_full.arrive_expect_tx(sm.stage_bytes());
+        for c in 0..sm.chunks {
+            tma_load_2d(sm.q(c), self.map_q, self.head * hd + 64 * c, row0, q_full);
+        }
         for kb in 0..KV_STAGES.min(n_blocks) {
             self.load_block(kb);
         }
@@ -407,14 +519,17 @@ impl Loads {
 
     #[inline(always)]
     fn load_block(self, kb: usize) {
-        let (sm, hd) = (self.sm, HEAD_DIM as u32);
+        let sm = self.sm;
+        let hd = 64 * sm.chunks;
         let s = kb % KV_STAGES;
         let full = sm.full(s);
-        full.arrive_expect_tx(2 * STAGE_BYTES);
+        full.arrive_expect_tx(2 * sm.stage_bytes());
         let key0 = (kb * BLOCK_KV) as u32;
         let col = self.kv_head * hd;
-        tma_load_2d(sm.k(s, 0), self.map_k, col, key0, full);
-        tma_load_2d(sm.k(s, 1), self.map_k, col + 64, key0, full);
+        for c in 0..sm.chunks {
+            tma_load_2d(sm.k(s, c), self.map_k, col + 64 * c, key0, full);
+        }
+        // V boxes are 64 keys × all `hd` rows of this KV head.
         tma_load_2d(sm.v(s, 0), self.map_v, key0, col, full);
         tma_load_2d(sm.v(s, 1), self.map_v, key0 + 64, col, full);
     }

@@ -42,8 +42,12 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
                 args.arch
             )
         })?,
-        preset: Preset::parse(&args.preset)
-            .ok_or_else(|| anyhow!("unknown preset {:?} (tiny, qwen3-30b-a3b)", args.preset))?,
+        preset: Preset::parse(&args.preset).ok_or_else(|| {
+            anyhow!(
+                "unknown preset {:?} (tiny, tiny-hd64, qwen3-30b-a3b)",
+                args.preset
+            )
+        })?,
         n_layer: args.layers,
         dtype: GgmlType::parse(&args.dtype)
             .ok_or_else(|| anyhow!("unknown dtype {:?} (F32, F16, BF16, Q8_0)", args.dtype))?,

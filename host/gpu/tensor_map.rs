@@ -29,6 +29,7 @@ struct TensorMap2d {
     first: usize,
     rows: usize,
     cols: usize,
+    box_rows: u32,
 }
 
 impl Device {
@@ -86,6 +87,7 @@ impl Device {
             first,
             rows,
             cols,
+            box_rows,
         })
     }
 }
@@ -168,6 +170,18 @@ impl Device {
         Ok(TmaMatrix { data, map })
     }
 
+    /// As [`Device::tma_matrix`], read in boxes of `BOX.0 × box_rows` (at most 256 rows).
+    pub fn tma_matrix_boxed(
+        &self,
+        data: Buffer<u16>,
+        rows: usize,
+        cols: usize,
+        box_rows: u32,
+    ) -> Result<TmaMatrix> {
+        let map = self.tensor_map_bf16(&data, rows, cols, BOX.0, box_rows)?;
+        Ok(TmaMatrix { data, map })
+    }
+
     /// A zero-filled `rows × cols` matrix.
     pub fn tma_zeros(&self, rows: usize, cols: usize, what: &str) -> Result<TmaMatrix> {
         let data = self.alloc::<u16>(rows * cols, what)?;
@@ -181,6 +195,15 @@ impl TmaMatrix {
     }
     pub fn cols(&self) -> usize {
         self.map.cols
+    }
+    /// Rows of the map's box (`BOX.1` unless made with [`Device::tma_matrix_boxed`]).
+    pub fn box_rows(&self) -> u32 {
+        self.map.box_rows
+    }
+    /// The same matrix read through a new map with boxes of `BOX.0 × box_rows`.
+    pub fn reboxed(self, dev: &Device, box_rows: u32) -> Result<TmaMatrix> {
+        let (rows, cols) = (self.rows(), self.cols());
+        dev.tma_matrix_boxed(self.data, rows, cols, box_rows)
     }
     /// The elements (row-major bf16 bits).
     pub fn data(&self) -> &Buffer<u16> {

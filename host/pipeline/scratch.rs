@@ -69,7 +69,7 @@ impl Scratch {
         let shexp = cfg.ff_shexp > 0;
         Ok(Scratch {
             kv: (0..cfg.n_layer)
-                .map(|_| KvCache::new(dev, capacity, cfg.n_head_kv))
+                .map(|_| KvCache::new(dev, capacity, cfg.n_head_kv, cfg.head_dim))
                 .collect::<Result<_>>()?,
             x: dev.alloc(n * cfg.hidden, "residual stream")?,
             xn16: dev.tma_zeros(n, cfg.hidden, "normed activations")?,

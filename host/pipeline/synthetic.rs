@@ -8,6 +8,7 @@
 
 use super::weights::{Dense, Experts, GpuFfn, GpuLayer, GpuModel, Moe, SharedExpert};
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
+use crate::gpu::ops::flash_attention::check_head_dim;
 use crate::gpu::ops::gemm_wgmma::interleaved_rows;
 use crate::gpu::ops::random_fill::{Fill, fill_bf16, fill_f32};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
@@ -67,6 +68,7 @@ impl Generator<'_> {
 impl GpuModel {
     /// Every weight of a `cfg`-shaped model generated on `dev` from `seed`.
     pub fn synthetic(dev: &Device, cfg: &ModelConfig, seed: u64) -> Result<Self> {
+        check_head_dim("GPU pipeline", cfg.head_dim)?;
         let mut g = Generator {
             dev,
             seed,

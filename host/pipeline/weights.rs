@@ -6,6 +6,7 @@
 
 use super::scratch::ScratchPool;
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
+use crate::gpu::ops::flash_attention::check_head_dim;
 use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::{Ffn, HostTensor, ModelConfig, RopeType, Weights};
@@ -235,13 +236,15 @@ impl GpuModel {
     }
 
     /// Uploads `weights` (host f32, already validated against `cfg`) to `dev`, calling
-    /// `on_tensors(n)` as each group of `n` host tensors is uploaded (for progress).
+    /// `on_tensors(n)` as each group of `n` host tensors is uploaded (for progress). A head dim
+    /// the attention kernels do not take (not 64 or 128) fails before anything is uploaded.
     pub fn upload(
         dev: &Device,
         cfg: &ModelConfig,
         weights: &Weights,
         on_tensors: &dyn Fn(u64),
     ) -> Result<Self> {
+        check_head_dim("GPU pipeline", cfg.head_dim)?;
         let reorder_qk = (cfg.rope == RopeType::Norm).then_some(cfg.head_dim);
         let up = Uploader {
             dev,

@@ -1,10 +1,10 @@
 //! Launch wrapper of the QK-norm + RoPE + KV-append pass (kernel:
-//! gpu-kernels/src/attention_input.rs).
+//! gpu-kernels/src/attention_input.rs: one entry per head dim, 64 and 128).
 
 use super::check_len;
 use super::flash_attention::{AttentionShape, KvCache};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::attention_input::{self, HEAD_DIM};
+use gpu_kernels::attention_input;
 
 /// RoPE's `inv_freq[i] = base^(-2i/rot_dims)` for `i < rot_dims/2`, computed in f64 and rounded
 /// once (the kernel then does one f32 multiply per angle, as the reference frameworks do).
@@ -22,9 +22,9 @@ pub struct QkNorm<'a> {
     pub eps: f32,
 }
 
-/// What `attention_input` reads: the fused projection `qkv` (`[n][(n_head + 2·n_kv) · 128]`
-/// f32, Q then K then V heads, row `t` at position `start_pos + t`), RoPE's `inv_freq[64]`, and
-/// the QK-norm weights when the model has them.
+/// What `attention_input` reads: the fused projection `qkv` (`[n][(n_head + 2·n_kv) ·
+/// head_dim]` f32, Q then K then V heads, row `t` at position `start_pos + t`), RoPE's
+/// `inv_freq[head_dim / 2]`, and the QK-norm weights (`[head_dim]`) when the model has them.
 #[derive(Clone, Copy)]
 pub struct Projected<'a> {
     pub qkv: &'a Buffer<f32>,
@@ -32,8 +32,9 @@ pub struct Projected<'a> {
     pub norm: Option<QkNorm<'a>>,
 }
 
-/// bf16 `q` (`[≥ n][n_head · 128]`) and the cache rows `start_pos..start_pos + n` from
-/// `input`: QK-norm when given, then NEOX RoPE.
+/// bf16 `q` (`[≥ n][n_head · head_dim]`) and the cache rows `start_pos..start_pos + n` from
+/// `input`: QK-norm when given, then NEOX RoPE. The entry is picked by `shape.head_dim` (64 or
+/// 128; others are a shape error).
 pub fn attention_input(
     dev: &Device,
     input: Projected<'_>,
@@ -46,18 +47,22 @@ pub fn attention_input(
         inv_freq,
         norm,
     } = input;
-    const K: &str = "attention_input_hd128";
-    let (n, start_pos) = shape.validate(K, cache)?;
+    let hd = shape.head_dim;
+    let k_name: &'static str = match hd {
+        64 => "attention_input_hd64",
+        _ => "attention_input_hd128",
+    };
+    let (n, start_pos) = shape.validate(k_name, cache)?;
     let heads = shape.n_head + 2 * shape.n_kv;
-    check_len(K, "qkv", qkv, shape.n * heads * HEAD_DIM)?;
-    check_len(K, "inv_freq", inv_freq, HEAD_DIM / 2)?;
-    q.check(K, "q", shape.n, shape.n_head * HEAD_DIM)?;
+    check_len(k_name, "qkv", qkv, shape.n * heads * hd)?;
+    check_len(k_name, "inv_freq", inv_freq, hd / 2)?;
+    q.check(k_name, "q", shape.n, shape.n_head * hd)?;
     if let Some(nw) = norm {
-        check_len(K, "q_norm", nw.q, HEAD_DIM)?;
-        check_len(K, "k_norm", nw.k, HEAD_DIM)?;
+        check_len(k_name, "q_norm", nw.q, hd)?;
+        check_len(k_name, "k_norm", nw.k, hd)?;
         ensure_shape!(
             nw.eps.is_finite() && nw.eps >= 0.0,
-            K,
+            k_name,
             "eps {} is not valid",
             nw.eps
         );
@@ -71,21 +76,40 @@ pub fn attention_input(
         Some(nw) => (nw.q, nw.k, nw.eps, 1),
         None => (inv_freq, inv_freq, 0.0, 0), // unread without a norm
     };
-    attention_input::attention_input_hd128::launch(
-        dev,
-        cfg,
-        qkv.input(),
-        inv_freq.input(),
-        qn.input(),
-        kn.input(),
-        q.data().output(),
-        cache.k.data().output(),
-        cache.v_t.data().output(),
-        start_pos,
-        shape.n_head as u32,
-        shape.n_kv as u32,
-        cache.capacity() as u32,
-        has,
-        eps,
-    )
+    match hd {
+        64 => attention_input::attention_input_hd64::launch(
+            dev,
+            cfg,
+            qkv.input(),
+            inv_freq.input(),
+            qn.input(),
+            kn.input(),
+            q.data().output(),
+            cache.k.data().output(),
+            cache.v_t.data().output(),
+            start_pos,
+            shape.n_head as u32,
+            shape.n_kv as u32,
+            cache.capacity() as u32,
+            has,
+            eps,
+        ),
+        _ => attention_input::attention_input_hd128::launch(
+            dev,
+            cfg,
+            qkv.input(),
+            inv_freq.input(),
+            qn.input(),
+            kn.input(),
+            q.data().output(),
+            cache.k.data().output(),
+            cache.v_t.data().output(),
+            start_pos,
+            shape.n_head as u32,
+            shape.n_kv as u32,
+            cache.capacity() as u32,
+            has,
+            eps,
+        ),
+    }
 }

@@ -1,29 +1,46 @@
 //! Flash attention launch wrapper and the KV cache it reads (kernel:
-//! gpu-kernels/src/flash_attention.rs). The cache is written by `attention_input`.
+//! gpu-kernels/src/flash_attention.rs: one entry per head dim, 64 and 128). The cache is
+//! written by `attention_input`.
 
 use super::to_u32;
-use crate::gpu::{Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::flash_attention::{self, BLOCK_KV, BLOCK_Q, HEAD_DIM, SHARED_BYTES, THREADS};
+use crate::gpu::{Device, GpuError, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use gpu_kernels::flash_attention::{self, BLOCK_KV, BLOCK_Q, HEAD_DIMS, THREADS, shared_bytes};
 
-/// One layer's KV cache in the layouts flash attention reads: K `[capacity][n_kv · 128]`, V
-/// transposed `[n_kv · 128][capacity]`, bf16; `capacity` a multiple of the key block. Zeroed
-/// when made: positions not yet written must hold finite values (masked keys get probability
-/// 0, and 0 · V must stay 0).
+/// Fails unless the kernels have an entry for `head_dim` (64 or 128).
+pub(crate) fn check_head_dim(kernel: &'static str, head_dim: usize) -> Result<()> {
+    ensure_shape!(
+        HEAD_DIMS.contains(&head_dim),
+        kernel,
+        "head_dim {head_dim}: the flash attention kernels take head_dim 64 or 128 only"
+    );
+    Ok(())
+}
+
+/// One layer's KV cache in the layouts flash attention reads: K `[capacity][n_kv · head_dim]`,
+/// V transposed `[n_kv · head_dim][capacity]`, bf16; `capacity` a multiple of the key block.
+/// V is read in boxes of 64 positions × `head_dim` rows (one KV head). Zeroed when made:
+/// positions not yet written must hold finite values (masked keys get probability 0, and
+/// 0 · V must stay 0).
 pub struct KvCache {
     pub k: TmaMatrix,
     pub v_t: TmaMatrix,
     capacity: usize,
+    head_dim: usize,
 }
 
 impl KvCache {
-    /// A zeroed cache for `positions` tokens (rounded up to the key block) of `n_kv` heads.
-    pub fn new(dev: &Device, positions: usize, n_kv: usize) -> Result<Self> {
+    /// A zeroed cache for `positions` tokens (rounded up to the key block) of `n_kv` heads of
+    /// `head_dim` (64 or 128).
+    pub fn new(dev: &Device, positions: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
+        check_head_dim("KvCache", head_dim)?;
         let capacity = positions.max(1).div_ceil(BLOCK_KV) * BLOCK_KV;
-        let width = n_kv * HEAD_DIM;
+        let width = n_kv * head_dim;
+        let v = dev.alloc::<u16>(width * capacity, "V cache")?;
         Ok(KvCache {
             k: dev.tma_zeros(capacity, width, "K cache")?,
-            v_t: dev.tma_zeros(width, capacity, "V cache")?,
+            v_t: dev.tma_matrix_boxed(v, width, capacity, head_dim as u32)?,
             capacity,
+            head_dim,
         })
     }
 
@@ -34,28 +51,41 @@ impl KvCache {
         self.v_t.zero()
     }
 
-    /// A cache from existing matrices (K `[capacity][n_kv · 128]`, V transposed `[n_kv · 128]
-    /// [capacity]`): for tests and benchmarks that fill them directly.
-    pub fn from_parts(k: TmaMatrix, v_t: TmaMatrix) -> Result<Self> {
+    /// A cache from existing matrices (K `[capacity][n_kv · head_dim]`, V transposed
+    /// `[n_kv · head_dim][capacity]`): for tests and benchmarks that fill them directly. V's map
+    /// is made again with the box the kernel reads.
+    pub fn from_parts(dev: &Device, k: TmaMatrix, v_t: TmaMatrix, head_dim: usize) -> Result<Self> {
+        check_head_dim("KvCache", head_dim)?;
         let capacity = k.rows();
         ensure_shape!(
             capacity.is_multiple_of(BLOCK_KV)
-                && k.cols().is_multiple_of(HEAD_DIM)
+                && k.cols().is_multiple_of(head_dim)
                 && v_t.rows() == k.cols()
                 && v_t.cols() == capacity,
-            "flash_attention_hd128",
+            "KvCache",
             "K cache {} × {} and V cache {} × {} do not match",
             k.rows(),
             k.cols(),
             v_t.rows(),
             v_t.cols()
         );
-        Ok(KvCache { k, v_t, capacity })
+        let v_t = v_t.reboxed(dev, head_dim as u32)?;
+        Ok(KvCache {
+            k,
+            v_t,
+            capacity,
+            head_dim,
+        })
     }
 
     /// Positions the cache holds (a multiple of the key block).
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The head dimension it was made for.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
     }
 }
 
@@ -79,10 +109,12 @@ impl AttentionShape {
             n_kv,
             head_dim,
         } = *self;
+        check_head_dim(kernel, head_dim)?;
         ensure_shape!(
-            head_dim == HEAD_DIM,
+            head_dim == cache.head_dim(),
             kernel,
-            "head_dim {head_dim}: the flash attention kernel takes head_dim {HEAD_DIM} only"
+            "head_dim {head_dim}, but the KV cache is for head_dim {}",
+            cache.head_dim()
         );
         ensure_shape!(
             n_kv > 0 && n_head > 0 && n_head % n_kv == 0,
@@ -98,19 +130,20 @@ impl AttentionShape {
         );
         cache
             .k
-            .check(kernel, "K cache", cache.capacity(), n_kv * HEAD_DIM)?;
+            .check(kernel, "K cache", cache.capacity(), n_kv * head_dim)?;
         cache
             .v_t
-            .check(kernel, "V cache", n_kv * HEAD_DIM, cache.capacity())?;
-        to_u32(kernel, "cache size", cache.capacity() * n_kv * HEAD_DIM)?;
-        to_u32(kernel, "queries", n * n_head * HEAD_DIM)?;
+            .check(kernel, "V cache", n_kv * head_dim, cache.capacity())?;
+        to_u32(kernel, "cache size", cache.capacity() * n_kv * head_dim)?;
+        to_u32(kernel, "queries", n * n_head * head_dim)?;
         Ok((n as u32, start_pos as u32))
     }
 }
 
 /// `o[i, h] = softmax(q[i, h] · K[0..=p]ᵀ / √d) · V[0..=p]` for query `i` at position
 /// `p = start_pos + i`, head `h` over KV head `h / (n_head / n_kv)`. `q` and `o`: `[≥ n][n_head ·
-/// 128]` bf16.
+/// head_dim]` bf16. The kernel entry is picked by `shape.head_dim` (64 or 128; others are a
+/// shape error).
 pub fn flash_attention(
     dev: &Device,
     q: &TmaMatrix,
@@ -118,36 +151,38 @@ pub fn flash_attention(
     o: &TmaMatrix,
     shape: AttentionShape,
 ) -> Result<()> {
-    const K: &str = "flash_attention_hd128";
-    let (n, start_pos) = shape.validate(K, cache)?;
-    let width = shape.n_head * HEAD_DIM;
-    q.check(K, "q", shape.n, width)?;
-    o.check(K, "o", shape.n, width)?;
+    let hd = shape.head_dim;
+    let k_name: &'static str = match hd {
+        64 => "flash_attention_hd64",
+        _ => "flash_attention_hd128",
+    };
+    let (n, start_pos) = shape.validate(k_name, cache)?;
+    let width = shape.n_head * hd;
+    q.check(k_name, "q", shape.n, width)?;
+    o.check(k_name, "o", shape.n, width)?;
     if shape.n == 0 {
         return Ok(());
     }
     // Heads along x, query tiles along y (the kernel runs them last to first).
-    let mut cfg =
-        LaunchConfig::linear(to_u32(K, "heads", shape.n_head)?, THREADS).with_shared(SHARED_BYTES);
-    cfg.grid.1 = to_u32(K, "query tiles", shape.n.div_ceil(BLOCK_Q))?;
+    let mut cfg = LaunchConfig::linear(to_u32(k_name, "heads", shape.n_head)?, THREADS)
+        .with_shared(shared_bytes(hd));
+    cfg.grid.1 = to_u32(k_name, "query tiles", shape.n.div_ceil(BLOCK_Q))?;
     ensure_shape!(
         cfg.grid.1 <= 65535,
-        K,
+        k_name,
         "{} query tiles exceed one launch",
         cfg.grid.1
     );
-    let scale_log2 = std::f32::consts::LOG2_E / (HEAD_DIM as f32).sqrt();
-    flash_attention::flash_attention_hd128::launch(
-        dev,
-        cfg,
-        q.map(),
-        cache.k.map(),
-        cache.v_t.map(),
-        o.data().output(),
-        n,
-        start_pos,
-        shape.n_head as u32,
-        shape.n_kv as u32,
-        scale_log2,
-    )
+    let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+    let (heads, kv) = (shape.n_head as u32, shape.n_kv as u32);
+    let (mq, mk, mv, out) = (q.map(), cache.k.map(), cache.v_t.map(), o.data().output());
+    match hd {
+        64 => flash_attention::flash_attention_hd64::launch(
+            dev, cfg, mq, mk, mv, out, n, start_pos, heads, kv, scale_log2,
+        ),
+        128 => flash_attention::flash_attention_hd128::launch(
+            dev, cfg, mq, mk, mv, out, n, start_pos, heads, kv, scale_log2,
+        ),
+        _ => Err(GpuError::Input(format!("head_dim {hd} passed validation"))),
+    }
 }
