@@ -242,11 +242,9 @@ fn for_each_pair(split: Split, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f
 fn store_f32(
     split: Split,
     acc: &Acc,
-    y: Out<f32>,
-    bias: In<f32>,
+    (y, bias): (Out<f32>, In<f32>),
     (row0, end): (u32, u32),
-    col0: u32,
-    m: u32,
+    (col0, m): (u32, u32),
     flags: u32,
 ) {
     for_each_pair(split, acc, |r, c, v0, v1| {
@@ -296,7 +294,7 @@ kernel! {
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
         mainloop(Split::Rows, map_x, map_w, row0, col0, k, |acc| {
-            store_f32(Split::Rows, acc, y, bias, (row0, n_rows), col0, m, flags)
+            store_f32(Split::Rows, acc, (y, bias), (row0, n_rows), (col0, m), flags)
         });
     }
 }
@@ -357,7 +355,7 @@ kernel! {
         };
         let col0 = block_idx().x * GROUPED_BN as u32;
         mainloop(Split::Cols, map_x, map_w, row0, e * m + col0, k, |acc| {
-            store_f32(Split::Cols, acc, y, y.as_in(), (row0, end), col0, m, 0)
+            store_f32(Split::Cols, acc, (y, y.as_in()), (row0, end), (col0, m), 0)
         });
     }
 }
