@@ -1,73 +1,82 @@
-//! GPT-2 byte-level BPE from the GGUF's embedded vocabulary (`tokenizer.ggml.model = gpt2`),
-//! with the `qwen2` pre-tokenizer.
+//! Tokenizers from a GGUF's embedded vocabulary, as llama.cpp runs them:
 //!
-//! Text → split around control tokens → pre-tokenize with the qwen2 regex → each piece's UTF-8
-//! bytes mapped to GPT-2's printable byte alphabet → BPE merges by rank → vocabulary ids.
+//! - `tokenizer.ggml.model = gpt2`: byte-level BPE with merges by rank, after the pre-tokenizer
+//!   split that `tokenizer.ggml.pre` names (see [`bpe`]: `qwen2`, `llama-bpe`, `smollm`,
+//!   `default` and their llama.cpp aliases);
+//! - `tokenizer.ggml.model = llama`: SentencePiece BPE with merges by score, the `▁` space
+//!   convention and byte fallback to `<0xNN>` tokens (see [`spm`]).
+//!
+//! Control, user-defined and unknown-type tokens written in the text are matched literally
+//! first (llama.cpp's `parse_special`); the text between them goes through the model. A BOS
+//! (and EOS) token is added when the GGUF asks for it (`tokenizer.ggml.add_bos_token`, with
+//! llama.cpp's defaults: on for `llama` and Llama 3 vocabularies, off for other gpt2 ones).
+
+mod bpe;
+mod spm;
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
-
-use fancy_regex::Regex;
 
 use crate::gguf::{GgufError, GgufFile, Value};
 
-/// The qwen2 pre-tokenizer (as in llama.cpp's `LLAMA_VOCAB_PRE_TYPE_QWEN2` and the HF
-/// tokenizer.json): contractions, letter runs with one optional leading non-letter, single
-/// digits, punctuation runs, newlines, and whitespace not followed by a non-space.
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub use bpe::{PreTokenizer, byte_alphabet};
 
-/// GGUF `tokenizer.ggml.token_type` value of control tokens.
-const TOKEN_TYPE_CONTROL: i64 = 3;
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TYPE_UNKNOWN: i64 = 2;
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+const TYPE_BYTE: i64 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported tokenizer model {0:?} (kiln supports gpt2 byte-level BPE)")]
+    #[error(
+        "unsupported tokenizer model {0:?} (kiln supports gpt2 byte-level BPE and llama \
+         SentencePiece BPE)"
+    )]
     UnsupportedModel(String),
+    #[error(
+        "unknown pre-tokenizer tokenizer.ggml.pre = {0:?}; kiln knows {known}",
+        known = bpe::known_pre()
+    )]
+    UnknownPre(String),
     #[error("tokenizer metadata: {0}")]
     Malformed(String),
     #[error("text piece {0:?} has no token in the vocabulary")]
     NoToken(String),
 }
 
-pub struct Tokenizer {
+enum Model {
+    Bpe(Box<bpe::Bpe>),
+    Spm(Box<spm::Spm>),
+}
+
+/// The vocabulary shared by both models.
+struct Vocab {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
-    /// Merge rank of each (left, right) pair: lower merges first.
-    ranks: HashMap<(String, String), usize>,
-    /// Control tokens, longest first, matched literally in the text before pre-tokenizing.
-    specials: Vec<(String, u32)>,
-    byte_to_char: [char; 256],
-    char_to_byte: HashMap<char, u8>,
-    pre: &'static Regex,
+    /// Token types (empty when the file has none).
+    types: Vec<i64>,
 }
 
-/// The compiled qwen2 pattern, built once: compiling its Unicode classes costs milliseconds.
-fn qwen2_regex() -> Result<&'static Regex, TokenizerError> {
-    static RE: OnceLock<Result<Regex, String>> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(QWEN2_PATTERN).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| TokenizerError::Malformed(format!("pre-tokenizer regex: {e}")))
-}
-
-/// GPT-2's `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other 68 bytes to
-/// U+0100 onwards in byte order, so every byte has a visible, unambiguous character.
-pub fn byte_alphabet() -> [char; 256] {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
-    let mut table = ['\0'; 256];
-    let mut next = 0x100u32;
-    for (b, slot) in table.iter_mut().enumerate() {
-        let b = b as u32;
-        let c = if printable(b) {
-            b
-        } else {
-            next += 1;
-            next - 1
-        };
-        *slot = char::from_u32(c).unwrap_or('\u{FFFD}');
+impl Vocab {
+    fn id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
     }
-    table
+
+    fn token_type(&self, id: u32) -> i64 {
+        self.types.get(id as usize).copied().unwrap_or(1)
+    }
+}
+
+pub struct Tokenizer {
+    vocab: Vocab,
+    model: Model,
+    /// Tokens matched literally in the text before tokenizing, longest first.
+    specials: Vec<(String, u32)>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    notes: Vec<String>,
 }
 
 fn strings(values: &[Value], key: &str) -> Result<Vec<String>, TokenizerError> {
@@ -81,19 +90,37 @@ fn strings(values: &[Value], key: &str) -> Result<Vec<String>, TokenizerError> {
         .collect()
 }
 
+/// An optional bool key; a present key of another type is an error.
+fn opt_bool(f: &GgufFile, key: &str) -> Result<Option<bool>, TokenizerError> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(_) => Ok(Some(f.get_bool(key)?)),
+    }
+}
+
+/// An optional token id key, checked against the vocabulary size.
+fn opt_id(f: &GgufFile, key: &str, n: usize) -> Result<Option<u32>, TokenizerError> {
+    if f.get(key).is_none() {
+        return Ok(None);
+    }
+    let id = f.get_u32(key)?;
+    if id as usize >= n {
+        return Err(TokenizerError::Malformed(format!(
+            "{key} = {id} is outside the vocabulary ({n} tokens)"
+        )));
+    }
+    Ok(Some(id))
+}
+
 impl Tokenizer {
     pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
-        let model = f.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_string()));
+        let model_name = f.get_str("tokenizer.ggml.model")?;
+        if model_name != "gpt2" && model_name != "llama" {
+            return Err(TokenizerError::UnsupportedModel(model_name.to_string()));
         }
         let tokens = strings(
             f.get_array("tokenizer.ggml.tokens")?,
             "tokenizer.ggml.tokens",
-        )?;
-        let merges = strings(
-            f.get_array("tokenizer.ggml.merges")?,
-            "tokenizer.ggml.merges",
         )?;
         let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
             Some(Value::Array(_, v)) => v
@@ -110,154 +137,237 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let ranks = merges
-            .iter()
-            .enumerate()
-            .map(|(rank, m)| {
-                let (a, b) = m.split_once(' ').ok_or_else(|| {
-                    TokenizerError::Malformed(format!("merge {rank} {m:?} has no space"))
-                })?;
-                Ok(((a.to_string(), b.to_string()), rank))
+        let vocab = Vocab { tokens, ids, types };
+        let n = vocab.tokens.len();
+        let mut notes = Vec::new();
+        let (model, default_bos, bos_fallback) = if model_name == "gpt2" {
+            let pre = match f.get("tokenizer.ggml.pre") {
+                None => {
+                    notes.push(
+                        "the GGUF has no tokenizer.ggml.pre; using llama.cpp's fallback, the \
+                         'default' pre-tokenizer (text may tokenize unlike the original model)"
+                            .to_string(),
+                    );
+                    PreTokenizer::DEFAULT
+                }
+                Some(_) => {
+                    let name = f.get_str("tokenizer.ggml.pre")?;
+                    PreTokenizer::from_name(name)
+                        .ok_or_else(|| TokenizerError::UnknownPre(name.to_string()))?
+                }
+            };
+            let merges = strings(
+                f.get_array("tokenizer.ggml.merges")?,
+                "tokenizer.ggml.merges",
+            )?;
+            let bpe = bpe::Bpe::new(pre, &merges)?;
+            (Model::Bpe(Box::new(bpe)), pre.adds_bos(), None)
+        } else {
+            let scores: Vec<f32> = match f.get("tokenizer.ggml.scores") {
+                Some(Value::Array(_, v)) => v
+                    .iter()
+                    .map(|x| x.as_f64().map(|s| s as f32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        TokenizerError::Malformed("tokenizer.ggml.scores holds a non-number".into())
+                    })?,
+                _ => {
+                    return Err(TokenizerError::Malformed(
+                        "a llama (SentencePiece) vocabulary needs tokenizer.ggml.scores".into(),
+                    ));
+                }
+            };
+            if scores.len() < n {
+                return Err(TokenizerError::Malformed(format!(
+                    "tokenizer.ggml.scores has {} entries for {n} tokens",
+                    scores.len()
+                )));
+            }
+            let space_prefix = opt_bool(f, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+            let spm = spm::Spm::new(&vocab, scores, space_prefix);
+            // llama.cpp's default ids for SentencePiece vocabularies: BOS 1.
+            (Model::Spm(Box::new(spm)), true, (n > 1).then_some(1))
+        };
+        let add_bos = opt_bool(f, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos);
+        let add_eos = opt_bool(f, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let bos_id = opt_id(f, "tokenizer.ggml.bos_token_id", n)?.or(bos_fallback);
+        let eos_id = opt_id(f, "tokenizer.ggml.eos_token_id", n)?;
+        let bos = match (add_bos, bos_id) {
+            (false, _) => None,
+            (true, Some(id)) => Some(id),
+            (true, None) => {
+                return Err(TokenizerError::Malformed(
+                    "the vocabulary asks for a BOS token but has no tokenizer.ggml.bos_token_id"
+                        .into(),
+                ));
+            }
+        };
+        let eos = match (add_eos, eos_id) {
+            (false, _) => None,
+            (true, Some(id)) => Some(id),
+            (true, None) => {
+                return Err(TokenizerError::Malformed(
+                    "tokenizer.ggml.add_eos_token is true but there is no \
+                     tokenizer.ggml.eos_token_id"
+                        .into(),
+                ));
+            }
+        };
+        let mut specials: Vec<(String, u32)> = (0..n)
+            .filter(|&i| {
+                matches!(
+                    vocab.token_type(i as u32),
+                    TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+                )
             })
-            .collect::<Result<_, TokenizerError>>()?;
-        let mut specials: Vec<(String, u32)> = types
-            .iter()
-            .enumerate()
-            .filter(|&(_, &t)| t == TOKEN_TYPE_CONTROL)
-            .filter_map(|(i, _)| tokens.get(i).map(|t| (t.clone(), i as u32)))
+            .map(|i| (vocab.tokens[i].clone(), i as u32))
             .filter(|(t, _)| !t.is_empty())
             .collect();
         specials.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
-        let byte_to_char = byte_alphabet();
-        let char_to_byte = byte_to_char
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
-        let pre = qwen2_regex()?;
         Ok(Tokenizer {
-            tokens,
-            ids,
-            ranks,
+            vocab,
+            model,
             specials,
-            byte_to_char,
-            char_to_byte,
-            pre,
+            bos,
+            eos,
+            notes,
         })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.vocab.tokens.len()
     }
 
+    /// What the tokenizer had to assume (e.g. a missing `tokenizer.ggml.pre`): to be shown.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The BOS token a prompt starts with, when the vocabulary asks for one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// The text as tokens, control tokens written in it included, without BOS/EOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenize(text, false)
+    }
+
+    /// A prompt's tokens: [`Tokenizer::encode`] with the BOS (and EOS) tokens the vocabulary
+    /// asks for (llama.cpp's `add_special`).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenize(text, true)
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut out = Vec::new();
+        if add_special {
+            out.extend(self.bos);
+        }
+        // SentencePiece prefixes a space to the first text and to text after a special token.
+        let mut after_special = true;
+        for fragment in self.fragments(text) {
+            match fragment {
+                Fragment::Special(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
+                Fragment::Text(t) => {
+                    match &self.model {
+                        Model::Bpe(b) => b.encode(&self.vocab, t, &mut out)?,
+                        Model::Spm(s) => s.encode(&self.vocab, t, after_special, &mut out)?,
+                    }
+                    after_special = false;
+                }
+            }
+        }
+        if add_special {
+            out.extend(self.eos);
+        }
+        Ok(out)
+    }
+
+    /// The text cut around the special tokens written in it (earliest first, longest on a
+    /// tie); empty text between them is left out.
+    fn fragments<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
         let mut out = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
-            // The earliest control token in the rest of the text (longest on a tie).
             let next = self
                 .specials
                 .iter()
                 .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
                 .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
-            let (plain, special) = match next {
-                Some((at, len, id)) => (&rest[..at], Some((id, at + len))),
-                None => (rest, None),
-            };
-            self.encode_plain(plain, &mut out)?;
-            match special {
-                Some((id, end)) => {
-                    out.push(id);
-                    rest = &rest[end..];
+            match next {
+                Some((at, len, id)) => {
+                    if at > 0 {
+                        out.push(Fragment::Text(&rest[..at]));
+                    }
+                    out.push(Fragment::Special(id));
+                    rest = &rest[at + len..];
                 }
-                None => rest = "",
-            }
-        }
-        Ok(out)
-    }
-
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
-        for piece in self.pre.find_iter(text) {
-            let piece = piece
-                .map_err(|e| TokenizerError::Malformed(format!("pre-tokenizer: {e}")))?
-                .as_str();
-            let symbols: Vec<String> = piece
-                .bytes()
-                .map(|b| self.byte_to_char[b as usize].to_string())
-                .collect();
-            for s in self.bpe(symbols) {
-                let id = self
-                    .ids
-                    .get(&s)
-                    .ok_or_else(|| TokenizerError::NoToken(s.clone()))?;
-                out.push(*id);
-            }
-        }
-        Ok(())
-    }
-
-    /// Repeatedly merges the adjacent pair with the lowest rank (every occurrence, left to
-    /// right) until no pair has a rank.
-    fn bpe(&self, mut symbols: Vec<String>) -> Vec<String> {
-        loop {
-            let best = symbols
-                .windows(2)
-                .filter_map(|w| self.ranks.get(&(w[0].clone(), w[1].clone())))
-                .min();
-            let Some(&best) = best else {
-                return symbols;
-            };
-            let mut merged = Vec::with_capacity(symbols.len());
-            let mut i = 0;
-            while i < symbols.len() {
-                if i + 1 < symbols.len()
-                    && self
-                        .ranks
-                        .get(&(symbols[i].clone(), symbols[i + 1].clone()))
-                        == Some(&best)
-                {
-                    merged.push(format!("{}{}", symbols[i], symbols[i + 1]));
-                    i += 2;
-                } else {
-                    merged.push(symbols[i].clone());
-                    i += 1;
+                None => {
+                    out.push(Fragment::Text(rest));
+                    rest = "";
                 }
             }
-            symbols = merged;
         }
+        out
     }
 
     /// The text of one token (control tokens as written; invalid UTF-8 replaced).
     pub fn decode_token(&self, id: u32) -> String {
-        self.decode(&[id])
+        let bytes = self.token_bytes(id).unwrap_or_else(|| "\u{FFFD}".into());
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The text of a token sequence; for SentencePiece without the space prefix of the first
+    /// text token.
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
+        let mut first = true;
         for &id in ids {
             match self.token_bytes(id) {
-                Some(b) => bytes.extend(b),
+                Some(b) => {
+                    let strip = first
+                        && matches!(&self.model, Model::Spm(s) if s.space_prefix())
+                        && b.first() == Some(&b' ')
+                        && !self.is_special(id);
+                    bytes.extend(&b[usize::from(strip)..]);
+                }
                 None => bytes.extend_from_slice("\u{FFFD}".as_bytes()),
             }
+            first &= self.is_special(id);
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        matches!(
+            self.vocab.token_type(id),
+            TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+        ) || self.specials.iter().any(|(_, s)| *s == id)
     }
 
     /// The bytes a token stands for (a control token's text as written), or `None` for an id
     /// outside the vocabulary.
     fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
-        let tok = self.tokens.get(id as usize)?;
-        if self.specials.iter().any(|(_, s)| *s == id) {
+        let tok = self.vocab.tokens.get(id as usize)?;
+        if self.is_special(id) {
             return Some(tok.as_bytes().to_vec());
         }
-        let mut bytes = Vec::with_capacity(tok.len());
-        for c in tok.chars() {
-            match self.char_to_byte.get(&c) {
-                Some(&b) => bytes.push(b),
-                None => bytes.extend_from_slice(c.to_string().as_bytes()),
+        Some(match &self.model {
+            Model::Bpe(b) => b.token_bytes(tok),
+            Model::Spm(_) => {
+                if self.vocab.token_type(id) == TYPE_BYTE
+                    && let Some(b) = spm::parse_byte_token(tok)
+                {
+                    vec![b]
+                } else {
+                    tok.replace(spm::SPACE, " ").into_bytes()
+                }
             }
-        }
-        Some(bytes)
+        })
     }
 
     /// A token as a listing shows it, quoted: its text, with bytes that are not (complete)
@@ -289,4 +399,9 @@ impl Tokenizer {
         out.push('"');
         out
     }
+}
+
+enum Fragment<'a> {
+    Text(&'a str),
+    Special(u32),
 }
