@@ -232,3 +232,53 @@ fn malformed_vocabularies_are_errors() {
         Err(TokenizerError::UnsupportedModel(_))
     ));
 }
+
+/// `kiln prefill --prompt` on the llama fixture: the BOS the vocabulary asks for is added, a
+/// missing pre-tokenizer is a note on stderr, an unknown one a one-line error.
+#[test]
+fn prefill_prompt_follows_the_vocabulary() {
+    let f = open("llama-legacy.gguf");
+    let run = |name: &str, edit: &dyn Fn(&mut kiln::gguf::GgufWriter)| {
+        let path = common::temp_path(name);
+        std::fs::write(&path, rewrite(&f, edit)).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["prefill", "--device", "cpu", "-m"])
+            .arg(&path)
+            .args(["-p", "hello world"])
+            .output()
+            .expect("running kiln");
+        std::fs::remove_file(&path).ok();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.success(), out, err)
+    };
+    let n_tokens = |out: &str| -> usize {
+        out.lines()
+            .find_map(|l| l.strip_prefix("prefill: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no token count in {out}"))
+    };
+    let (ok, plain, err) = run("tok-plain.gguf", &|_| {});
+    assert!(ok, "{err}");
+    let (ok, bos, err) = run("tok-bos.gguf", &|w| {
+        w.set_kv("tokenizer.ggml.add_bos_token", Value::Bool(true))
+    });
+    assert!(ok, "{err}");
+    assert_eq!(n_tokens(&bos), n_tokens(&plain) + 1);
+    let (ok, _, err) = run("tok-no-pre.gguf", &|w| w.remove_kv("tokenizer.ggml.pre"));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("note:") && err.contains("tokenizer.ggml.pre"),
+        "{err}"
+    );
+    let (ok, _, err) = run("tok-bad-pre.gguf", &|w| {
+        w.set_kv("tokenizer.ggml.pre", Value::String("no-such-pre".into()))
+    });
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("\"no-such-pre\""),
+        "{err}"
+    );
+}
