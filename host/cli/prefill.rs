@@ -324,7 +324,10 @@ pub(super) fn prompt_tokens(
              (--tokens 1,2,3)"
         )
     })?;
-    tok.encode(text)
+    for note in tok.notes() {
+        super::output::note(format_args!("note: {note}"));
+    }
+    tok.encode_prompt(text)
         .with_context(|| format!("tokenizing {text:?}"))
 }
 
