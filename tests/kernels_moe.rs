@@ -241,24 +241,9 @@ struct Chain {
 /// Runs the whole MoE chain for `c` as the pipeline does. Every intermediate starts poisoned,
 /// with one row more than the chain writes, which must stay poisoned.
 fn run_chain(c: &Case, shared: bool, resid: &[f32], sh_out: &[f32], sh_gate: &[f32]) -> Chain {
-    run_chain_tiled(c, shared, resid, sh_out, sh_gate, None)
-}
-
-/// `run_chain` with the grouped GEMMs' tile height fixed (64 or 128 rows) when given.
-fn run_chain_tiled(
-    c: &Case,
-    shared: bool,
-    resid: &[f32],
-    sh_out: &[f32],
-    sh_gate: &[f32],
-    tile_rows: Option<usize>,
-) -> Chain {
     let (dev, n, k) = (&c.dev, c.n, c.k);
     let pairs = n * k;
-    let mut routing = Routing::new(dev, n, N_EXPERT, k).unwrap();
-    if let Some(rows) = tile_rows {
-        routing.force_tile_rows(rows);
-    }
+    let routing = Routing::new(dev, n, N_EXPERT, k).unwrap();
     routing
         .route(dev, &upload(dev, &c.logits), n, true)
         .unwrap();
@@ -467,27 +452,4 @@ fn moe_shapes_are_checked_before_launching() {
         0,
         "nothing may launch after a failed check"
     );
-}
-
-/// The grouped GEMMs' two layouts (64-row tiles with the columns split between the consumers,
-/// 128-row tiles with the rows split; chosen per launch from the rows per expert) give every
-/// row the same bits: both are the same `m64n128k16` sequence per element. At N = 257 expert 0
-/// holds ~190 rows, so both tilings have full and partial tiles.
-#[test]
-fn grouped_tile_heights_give_identical_bits() {
-    for dev in devices() {
-        for (ci, &n) in ROWS.iter().enumerate() {
-            let c = Case::new(&dev, n, 3, 300 + ci as u64);
-            let mut r = rng(400 + ci as u64);
-            let resid = r.normal_vec(n * HIDDEN, 1.0);
-            let (sh_out, sh_gate) = (r.normal_vec(n * HIDDEN, 1.0), r.normal_vec(n, 2.0));
-            let run = |rows| run_chain_tiled(&c, true, &resid, &sh_out, &sh_gate, Some(rows));
-            let (short, tall) = (run(GROUP_TILE_ROWS), run(2 * GROUP_TILE_ROWS));
-            assert_eq!(short.h, tall.h, "SwiGLU rows, n={n} on {}", dev.name());
-            assert_eq!(bits(&short.out), bits(&tall.out), "down rows, n={n}");
-            assert_eq!(bits(&short.y), bits(&tall.y), "combined, n={n}");
-            let tiles = |ch: &Chain| ch.routing.num_tiles.to_vec().unwrap()[0];
-            assert!(tiles(&short) > tiles(&tall) || n < 64, "n={n}: tile counts");
-        }
-    }
 }

@@ -54,19 +54,13 @@ pub const GROUPED_BM: usize = 64;
 pub const GROUPED_BN: usize = 2 * BN;
 const GROUPED_STAGES: usize = 4;
 const GROUPED_B_BYTES: u32 = (GROUPED_BN * BK * 2) as u32;
-/// Dynamic shared memory of the grouped GEMMs, enough for either layout (in 64-row tiles the A
-/// box still brings 128 rows).
-pub const GROUPED_SHARED_BYTES: u32 = {
-    let cols = GROUPED_STAGES as u32 * (A_BYTES + GROUPED_B_BYTES) + 2 * 8 * GROUPED_STAGES as u32;
-    let rows = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32;
-    (if cols > rows { cols } else { rows }) + 1024
-};
+/// Dynamic shared memory of the grouped GEMMs (the A box still brings 128 rows).
+pub const GROUPED_SHARED_BYTES: u32 =
+    GROUPED_STAGES as u32 * (A_BYTES + GROUPED_B_BYTES) + 2 * 8 * GROUPED_STAGES as u32 + 1024;
 
-/// How the two consumer warpgroups share a block's tile. Either way every output element is
-/// the same `m64n128k16` sequence over its row and column, so the grouped GEMMs may choose the
-/// layout per launch (from the rows per expert) without changing a bit.
+/// How the two consumer warpgroups share a block's tile.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Split {
+enum Split {
     /// Dense: 128 rows × `BN` columns, consumer `c` takes rows `64c..`.
     Rows,
     /// Grouped: 64 rows × `GROUPED_BN` columns, consumer `c` takes columns `BN·c..`.
@@ -74,23 +68,6 @@ pub enum Split {
 }
 
 impl Split {
-    /// The grouped GEMMs' layout for tiles of `tile_rows` (64 or 128) rows.
-    #[inline(always)]
-    pub const fn for_tile_rows(tile_rows: u32) -> Self {
-        if tile_rows == GROUPED_BM as u32 {
-            Split::Cols
-        } else {
-            Split::Rows
-        }
-    }
-    /// Output columns per block.
-    #[inline(always)]
-    const fn block_cols(self) -> u32 {
-        match self {
-            Split::Rows => BN as u32,
-            Split::Cols => GROUPED_BN as u32,
-        }
-    }
     const fn stages(self) -> usize {
         match self {
             Split::Rows => STAGES,
@@ -353,19 +330,17 @@ fn grouped_tile(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>) -> Option<
 kernel! {
     /// MoE gate|up for every expert in one launch, SwiGLU fused: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`, the gathered activations), expert `e`'s interleaved gate|up rows
-    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. `tile_rows` (64 or 128): the tile
-    /// table's tile height, which picks the layout (`Split::for_tile_rows`). Grid: (⌈m / half
-    /// the layout's block columns⌉, max tiles); `GROUPED_SHARED_BYTES`.
-    pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32, tile_rows: u32) {
+    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: (⌈m / 128⌉, max tiles);
+    /// `GROUPED_SHARED_BYTES`.
+    pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
             return;
         };
-        let split = Split::for_tile_rows(tile_rows);
         let rows_per_expert = 2 * m.div_ceil(64) * 64;
-        let col0 = e * rows_per_expert + block_idx().x * split.block_cols();
-        mainloop(split, map_x, map_w, row0, col0, k, |acc| {
-            let out0 = block_idx().x * split.block_cols() / 2;
-            store_swiglu(split, acc, h, (row0, end), out0, m)
+        let col0 = e * rows_per_expert + block_idx().x * GROUPED_BN as u32;
+        mainloop(Split::Cols, map_x, map_w, row0, col0, k, |acc| {
+            let out0 = block_idx().x * (GROUPED_BN / 2) as u32;
+            store_swiglu(Split::Cols, acc, h, (row0, end), out0, m)
         });
     }
 }
@@ -373,16 +348,14 @@ kernel! {
 kernel! {
     /// MoE down projection for every expert in one launch: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`), expert `e`'s weights rows `e·m..` of `map_w` (`[experts·m][k]`).
-    /// `y`: f32 `[pairs][m]`. `tile_rows` as `moe_gemm_wgmma_swiglu`. Grid: (⌈m / the layout's
-    /// block columns⌉, max tiles); `GROUPED_SHARED_BYTES`.
-    pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32, tile_rows: u32) {
+    /// `y`: f32 `[pairs][m]`. Grid: (⌈m / GROUPED_BN⌉, max tiles); `GROUPED_SHARED_BYTES`.
+    pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
             return;
         };
-        let split = Split::for_tile_rows(tile_rows);
-        let col0 = block_idx().x * split.block_cols();
-        mainloop(split, map_x, map_w, row0, e * m + col0, k, |acc| {
-            store_f32(split, acc, (y, y.as_in()), (row0, end), (col0, m), 0)
+        let col0 = block_idx().x * GROUPED_BN as u32;
+        mainloop(Split::Cols, map_x, map_w, row0, e * m + col0, k, |acc| {
+            store_f32(Split::Cols, acc, (y, y.as_in()), (row0, end), (col0, m), 0)
         });
     }
 }

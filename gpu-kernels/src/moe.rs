@@ -11,8 +11,7 @@
 
 use crate::device::math::{exp, fma, max, sigmoid};
 use crate::device::*;
-/// The shortest tile of the grouped GEMMs (`gemm_wgmma::GROUPED_BM`); the scan is told the
-/// tile height of each launch (64 or 128).
+/// Rows per tile of the grouped GEMMs (`gemm_wgmma::GROUPED_BM`).
 pub const GROUP_TILE_ROWS: usize = crate::gemm_wgmma::GROUPED_BM;
 
 /// Experts a model may have (per-expert state lives in shared memory).
@@ -195,16 +194,15 @@ kernel! {
     /// Grouping, step 2 of 3 (one block of `SCAN_THREADS`): from the per-chunk counts, each
     /// expert's first row `offsets[e]` (`offsets[n_expert]` = pairs), each chunk's first row
     /// per expert (written over `counts`: `counts[c][e]` becomes `offsets[e] + Σ_{c' < c}`),
-    /// and the grouped GEMM's tile table of `tile_rows`-row tiles: `tiles[2t] = expert`,
-    /// `tiles[2t + 1] = first row`, `num_tiles[0]`.
+    /// and the grouped GEMM's tile table: `tiles[2t] = expert`, `tiles[2t + 1] = first row`,
+    /// `num_tiles[0]`.
     pub fn moe_group_scan(
         counts: Out<u32>,
         offsets: Out<u32>,
         tiles: Out<u32>,
         num_tiles: Out<u32>,
         n_chunks: u32,
-        n_expert: u32,
-        tile_rows: u32
+        n_expert: u32
     ) {
         let (n_chunks, ne) = (n_chunks as usize, n_expert as usize);
         let (rows, first_tile) = (moe_scan_offsets(), moe_scan_tiles());
@@ -228,7 +226,7 @@ kernel! {
                 rows.store(e, acc);
                 first_tile.store(e, tile_acc);
                 acc += count;
-                tile_acc += count.div_ceil(tile_rows);
+                tile_acc += count.div_ceil(GROUP_TILE_ROWS as u32);
             }
             rows.store(ne, acc);
             first_tile.store(ne, tile_acc);
@@ -252,7 +250,7 @@ kernel! {
                 tiles.set(2 * t, e as u32);
                 tiles.set(2 * t + 1, row);
                 t += 1;
-                row += tile_rows;
+                row += GROUP_TILE_ROWS as u32;
             }
             e += threads;
         }

@@ -5,7 +5,7 @@ use super::gemm_wgmma::interleaved_rows;
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, Input, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::device::WARP_SIZE;
-use gpu_kernels::gemm_wgmma::{self, GROUPED_SHARED_BYTES, Split, THREADS};
+use gpu_kernels::gemm_wgmma::{self, GROUPED_BN, GROUPED_SHARED_BYTES, THREADS};
 use gpu_kernels::moe::GROUP_TILE_ROWS;
 use gpu_kernels::moe::{
     self, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS, ROUTER_THREADS, SCAN_THREADS,
@@ -23,8 +23,6 @@ pub struct Routing {
     /// Per chunk of `GROUP_CHUNK_PAIRS` pairs and expert: the histogram, then the chunk's
     /// first row for that expert.
     chunk_rows: Buffer<u32>,
-    /// A fixed tile height (tests), instead of the one chosen from the rows per expert.
-    forced_tile_rows: Option<usize>,
     max_pairs: usize,
     n_expert: usize,
     top_k: usize,
@@ -64,16 +62,10 @@ impl MoeShape {
     }
 }
 
-/// Tiles of the grouped GEMM in the worst case (the shortest tiles): Σ⌈count_e / T⌉ ≤
-/// ⌈pairs / T⌉ + experts.
+/// Tiles of the grouped GEMM in the worst case: Σ⌈count_e / T⌉ ≤ ⌈pairs / T⌉ + experts.
 fn max_tiles(pairs: usize, n_expert: usize) -> usize {
     pairs.div_ceil(GROUP_TILE_ROWS) + n_expert
 }
-
-/// Experts averaging at least this many rows get 128-row tiles, fewer 64-row ones. Measured on
-/// the H200 (30b dims): 64-row tiles were 10% faster at N = 512 (32 rows per expert) and 11%
-/// slower at N = 4096 (256), where they read each expert's weights twice as often.
-const TALL_TILE_MIN_ROWS: usize = 192;
 
 impl Routing {
     /// Buffers for up to `max_tokens` tokens.
@@ -93,7 +85,6 @@ impl Routing {
             offsets: dev.alloc(n_expert + 1, "MoE offsets")?,
             tiles: dev.alloc(2 * max_tiles(pairs, n_expert), "MoE tile table")?,
             num_tiles: dev.alloc(1, "MoE tile count")?,
-            forced_tile_rows: None,
             chunk_rows: dev.alloc(
                 pairs.div_ceil(GROUP_CHUNK_PAIRS).max(1) * n_expert,
                 "MoE per-chunk expert rows",
@@ -102,24 +93,6 @@ impl Routing {
             n_expert,
             top_k,
         })
-    }
-
-    /// The grouped GEMMs' tile height for `pairs` pairs: 128 rows when experts average
-    /// `TALL_TILE_MIN_ROWS` or more, else 64. Only the tiling changes, never a value.
-    pub fn tile_rows(&self, pairs: usize) -> usize {
-        self.forced_tile_rows
-            .unwrap_or(if pairs >= TALL_TILE_MIN_ROWS * self.n_expert {
-                2 * GROUP_TILE_ROWS
-            } else {
-                GROUP_TILE_ROWS
-            })
-    }
-
-    /// Fixes the tile height (64 or 128) whatever the rows per expert: for tests that compare
-    /// the two layouts.
-    pub fn force_tile_rows(&mut self, rows: usize) {
-        assert!(rows == GROUP_TILE_ROWS || rows == 2 * GROUP_TILE_ROWS);
-        self.forced_tile_rows = Some(rows);
     }
 
     /// Routes `n` tokens from their router logits (`[n][n_expert]`) and groups the pairs.
@@ -168,7 +141,6 @@ impl Routing {
             self.num_tiles.output(),
             chunks as u32,
             nex,
-            self.tile_rows(n * k) as u32,
         )?;
         moe::moe_group_place::launch(
             dev,
@@ -237,7 +209,7 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let (cfg, tile_rows) = self.grouped_cfg(K, pairs, interleaved_rows(shape.ff))?;
+        let cfg = self.grouped_cfg(K, pairs, interleaved_rows(shape.ff))?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         gemm_wgmma::moe_gemm_wgmma_swiglu::launch(
             dev,
@@ -250,7 +222,6 @@ impl Routing {
             offsets,
             ff,
             hidden,
-            tile_rows,
         )
     }
 
@@ -273,11 +244,11 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let (cfg, tile_rows) = self.grouped_cfg(K, pairs, shape.hidden)?;
+        let cfg = self.grouped_cfg(K, pairs, shape.hidden)?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         let (h, w, out) = (h.map(), w_down.map(), out.output());
         gemm_wgmma::moe_gemm_wgmma_f32::launch(
-            dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff, tile_rows,
+            dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff,
         )
     }
 
@@ -289,19 +260,13 @@ impl Routing {
         )
     }
 
-    /// One block per (column tile of `m`, entry of the worst-case tile table), in the layout
-    /// of this launch's tile height; and that height.
-    fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<(LaunchConfig, u32)> {
-        let tile_rows = self.tile_rows(pairs) as u32;
-        let block_cols = match Split::for_tile_rows(tile_rows) {
-            Split::Rows => gemm_wgmma::BN,
-            Split::Cols => gemm_wgmma::GROUPED_BN,
-        };
-        let cols = to_u32(k, "column tiles", m.div_ceil(block_cols))?;
+    /// One block per (`GROUPED_BN`-column tile of `m`, entry of the worst-case tile table).
+    fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
+        let cols = to_u32(k, "column tiles", m.div_ceil(GROUPED_BN))?;
         let mut cfg = LaunchConfig::linear(cols, THREADS).with_shared(GROUPED_SHARED_BYTES);
         cfg.grid.1 = to_u32(k, "tiles", max_tiles(pairs, self.n_expert))?;
         ensure_shape!(cfg.grid.1 <= 65535, k, "{pairs} pairs exceed one launch");
-        Ok((cfg, tile_rows))
+        Ok(cfg)
     }
 
     /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`), shared
