@@ -22,9 +22,23 @@ pub fn uniform(seed: u64, i: u64) -> f32 {
     bits as f32 * (1.0 / (1u32 << 23) as f32) - 1.0
 }
 
+/// Calls `store(i, offset + scale · uniform(seed, i))` for this thread's elements `i < n`
+/// (grid-stride, so any 1-D grid covers `n`).
 #[inline(always)]
-fn seed_of(seed_lo: u32, seed_hi: u32) -> u64 {
-    (seed_hi as u64) << 32 | seed_lo as u64
+fn for_each_value(
+    n: u32,
+    (lo, hi): (u32, u32),
+    scale: f32,
+    offset: f32,
+    mut store: impl FnMut(usize, f32),
+) {
+    let seed = (hi as u64) << 32 | lo as u64;
+    let stride = (grid_dim().x * block_dim().x) as usize;
+    let mut i = (block_idx().x * block_dim().x + thread_idx().x) as usize;
+    while i < n as usize {
+        store(i, offset + scale * uniform(seed, i as u64));
+        i += stride;
+    }
 }
 
 kernel! {
@@ -37,13 +51,7 @@ kernel! {
         scale: f32,
         offset: f32
     ) {
-        let seed = seed_of(seed_lo, seed_hi);
-        let stride = (grid_dim().x * block_dim().x) as usize;
-        let mut i = (block_idx().x * block_dim().x + thread_idx().x) as usize;
-        while i < n as usize {
-            out.set(i, f32_to_bf16(offset + scale * uniform(seed, i as u64)));
-            i += stride;
-        }
+        for_each_value(n, (seed_lo, seed_hi), scale, offset, |i, v| out.set(i, f32_to_bf16(v)));
     }
 }
 
@@ -57,12 +65,6 @@ kernel! {
         scale: f32,
         offset: f32
     ) {
-        let seed = seed_of(seed_lo, seed_hi);
-        let stride = (grid_dim().x * block_dim().x) as usize;
-        let mut i = (block_idx().x * block_dim().x + thread_idx().x) as usize;
-        while i < n as usize {
-            out.set(i, offset + scale * uniform(seed, i as u64));
-            i += stride;
-        }
+        for_each_value(n, (seed_lo, seed_hi), scale, offset, |i, v| out.set(i, v));
     }
 }

@@ -76,40 +76,23 @@ pub fn attention_input(
         Some(nw) => (nw.q, nw.k, nw.eps, 1),
         None => (inv_freq, inv_freq, 0.0, 0), // unread without a norm
     };
+    let (x, f, qn, kn) = (qkv.input(), inv_freq.input(), qn.input(), kn.input());
+    let (q, k, v) = (
+        q.data().output(),
+        cache.k.data().output(),
+        cache.v_t.data().output(),
+    );
+    let (heads, kv, cap) = (
+        shape.n_head as u32,
+        shape.n_kv as u32,
+        cache.capacity() as u32,
+    );
     match hd {
         64 => attention_input::attention_input_hd64::launch(
-            dev,
-            cfg,
-            qkv.input(),
-            inv_freq.input(),
-            qn.input(),
-            kn.input(),
-            q.data().output(),
-            cache.k.data().output(),
-            cache.v_t.data().output(),
-            start_pos,
-            shape.n_head as u32,
-            shape.n_kv as u32,
-            cache.capacity() as u32,
-            has,
-            eps,
+            dev, cfg, x, f, qn, kn, q, k, v, start_pos, heads, kv, cap, has, eps,
         ),
         _ => attention_input::attention_input_hd128::launch(
-            dev,
-            cfg,
-            qkv.input(),
-            inv_freq.input(),
-            qn.input(),
-            kn.input(),
-            q.data().output(),
-            cache.k.data().output(),
-            cache.v_t.data().output(),
-            start_pos,
-            shape.n_head as u32,
-            shape.n_kv as u32,
-            cache.capacity() as u32,
-            has,
-            eps,
+            dev, cfg, x, f, qn, kn, q, k, v, start_pos, heads, kv, cap, has, eps,
         ),
     }
 }
