@@ -4,7 +4,6 @@
 //! everything else (model, device, times, why it stopped) goes to stderr, so that
 //! `kiln generate … > out.txt` holds just the continuation.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
@@ -13,8 +12,7 @@ use clap::Args;
 use super::DeviceArg;
 use super::output::{self, Progress, note};
 use super::prefill::{
-    Backend, TokenIds, check_prompt, load_weights, parse_chunk, parse_token_ids, prompt_tokens,
-    select_backend,
+    Backend, ModelPrompt, check_prompt, load_weights, parse_chunk, prompt_tokens, select_backend,
 };
 use crate::generate::{
     Decoder, GenerateError, GenerateOptions, Generation, PipelineDecoder, ReferenceDecoder,
@@ -23,24 +21,12 @@ use crate::generate::{
 use crate::model::ModelConfig;
 use crate::pipeline::{GpuModel, PrefillOptions, prefill};
 use crate::sample::SamplingOptions;
-use crate::synth;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// auto (the GPU if usable, else the CPU reference), cuda (alias gpu), cpu, or emulator
-    /// (the GPU pipeline on the CPU emulator: slow, for debugging).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
-    /// GGUF model (default: the embedded synthetic tiny qwen3moe).
-    #[arg(short, long)]
-    pub model: Option<PathBuf>,
-    /// Prompt text (with --chat: the user's message).
-    #[arg(short, long, conflicts_with = "tokens")]
-    pub prompt: Option<String>,
-    /// Prompt token ids, separated by commas and/or spaces ("1,2,3" or "1, 2, 3").
-    #[arg(long, value_name = "IDS", allow_hyphen_values = true, value_parser = parse_token_ids)]
-    pub tokens: Option<TokenIds>,
+    #[command(flatten)]
+    pub input: ModelPrompt,
     /// New tokens to generate at most (stops earlier at an end-of-text token or the context
     /// end).
     #[arg(short = 'n', long = "n-predict", value_name = "N", default_value = "32",
@@ -129,26 +115,20 @@ fn say(args: std::fmt::Arguments) -> anyhow::Result<()> {
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     let sampling = sampling(args)?;
-    if args.chat && args.tokens.is_some() {
+    if args.chat && args.input.tokens.is_some() {
         bail!(
             "--chat wraps a text prompt (-p TEXT) in the chat template; --tokens are fed as given"
         );
     }
-    let (file, label) = match &args.model {
-        Some(p) => (super::open_gguf(p)?, p.display().to_string()),
-        None => (
-            synth::default_model().context("building the embedded default model")?,
-            "embedded default (synthetic tiny qwen3moe, 2 layers, BF16)".to_string(),
-        ),
-    };
+    let (file, label) = args.input.open_model()?;
     let cfg = ModelConfig::from_gguf(&file).with_context(|| format!("reading model {label}"))?;
     let tokenizer = Tokenizer::from_gguf(&file);
-    let text = match (&args.prompt, args.chat) {
+    let text = match (&args.input.prompt, args.chat) {
         (Some(p), true) => Some(chat_prompt(&file, p).map_err(|e| anyhow!(e))?),
         (None, true) => bail!("--chat needs the user's message as -p TEXT"),
         (p, false) => p.clone(),
     };
-    let tokens = prompt_tokens(args.tokens.as_ref(), text.as_deref(), &tokenizer)?;
+    let tokens = prompt_tokens(args.input.tokens.as_ref(), text.as_deref(), &tokenizer)?;
     if args.chat {
         let start = tokenizer
             .as_ref()
@@ -160,7 +140,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     }
     check_prompt(&tokens, &cfg)?;
     let pipeline_only = args.chunk.is_some().then_some("--chunk");
-    let backend = select_backend(args.device, pipeline_only, &say)?;
+    let backend = select_backend(args.input.device, pipeline_only, &say)?;
     // Only now, so that a bad command line gets its one error line and nothing else.
     note(format_args!("model: {label}"));
     let t = Instant::now();
@@ -186,7 +166,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     };
     let result = match &backend {
         Backend::CpuReference => {
-            if !matches!(args.device, DeviceArg::Auto) {
+            if !matches!(args.input.device, DeviceArg::Auto) {
                 note(format_args!("device: CPU reference (f64 accumulation)"));
             }
             let mut dec = ReferenceDecoder::new(&cfg, &weights);

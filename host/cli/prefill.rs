@@ -25,8 +25,9 @@ pub enum Backend {
     Pipeline(Device),
 }
 
+/// The device, model and prompt options `prefill` and `generate` share.
 #[derive(Args, Debug)]
-pub struct PrefillArgs {
+pub struct ModelPrompt {
     /// auto (the GPU if usable, else the CPU reference), cuda (alias gpu), cpu, or emulator
     /// (the GPU pipeline on the CPU emulator: slow, for debugging).
     #[arg(long, value_enum, default_value = "auto")]
@@ -34,12 +35,31 @@ pub struct PrefillArgs {
     /// GGUF model (default: the embedded synthetic tiny qwen3moe).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
-    /// Prompt text.
+    /// Prompt text (with `generate --chat`: the user's message).
     #[arg(short, long, conflicts_with = "tokens")]
     pub prompt: Option<String>,
     /// Prompt token ids, separated by commas and/or spaces ("1,2,3" or "1, 2, 3").
     #[arg(long, value_name = "IDS", allow_hyphen_values = true, value_parser = parse_token_ids)]
     pub tokens: Option<TokenIds>,
+}
+
+impl ModelPrompt {
+    /// The model file (`--model`, else the embedded default) and how to name it.
+    pub fn open_model(&self) -> anyhow::Result<(GgufFile, String)> {
+        Ok(match &self.model {
+            Some(p) => (super::open_gguf(p)?, p.display().to_string()),
+            None => (
+                synth::default_model().context("building the embedded default model")?,
+                "embedded default (synthetic tiny qwen3moe, 2 layers, BF16)".to_string(),
+            ),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PrefillArgs {
+    #[command(flatten)]
+    pub input: ModelPrompt,
     /// Tokens per chunk on the GPU pipeline, at least 1 (default: the whole prompt at once).
     #[arg(long, value_parser = parse_chunk)]
     pub chunk: Option<usize>,
@@ -154,19 +174,17 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (file, label) = match &args.model {
-        Some(p) => (super::open_gguf(p)?, p.display().to_string()),
-        None => (
-            synth::default_model().context("building the embedded default model")?,
-            "embedded default (synthetic tiny qwen3moe, 2 layers, BF16)".to_string(),
-        ),
-    };
+    let (file, label) = args.input.open_model()?;
     outln!("model: {label}")?;
     let cfg = ModelConfig::from_gguf(&file).with_context(|| format!("reading model {label}"))?;
     let tokenizer = Tokenizer::from_gguf(&file);
-    let tokens = prompt_tokens(args.tokens.as_ref(), args.prompt.as_deref(), &tokenizer)?;
+    let tokens = prompt_tokens(
+        args.input.tokens.as_ref(),
+        args.input.prompt.as_deref(),
+        &tokenizer,
+    )?;
     check_prompt(&tokens, &cfg)?;
-    let backend = select_backend(args.device, pipeline_only, &super::output::line)?;
+    let backend = select_backend(args.input.device, pipeline_only, &super::output::line)?;
     let t = Instant::now();
     let weights =
         load_weights(&file, &cfg).with_context(|| format!("loading weights of {label}"))?;
@@ -179,7 +197,7 @@ pub fn run(args: &PrefillArgs) -> anyhow::Result<()> {
     let mut times = vec![("load", load_s)];
     let logits = match &backend {
         Backend::CpuReference => {
-            if !matches!(args.device, DeviceArg::Auto) {
+            if !matches!(args.input.device, DeviceArg::Auto) {
                 outln!("device: CPU reference (f64 accumulation)")?;
             }
             let start = Instant::now();
