@@ -5,34 +5,14 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{argmax, model_path, open, prompt, reference, rewrite, temp_path};
+use common::{
+    argmax, assert_one_line_error, assert_quiet_on_closed_stdout, kiln, model_path, open, prompt,
+    reference, rewrite, temp_path, tokens_arg,
+};
 use kiln::gguf::Value;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("running kiln")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Fails unless `kiln args` exits non-zero with exactly one stderr line "error: ..." that
-/// contains `needle`.
-fn assert_one_line_error(args: &[&str], needle: &str) {
-    let o = kiln(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert_eq!(err.lines().count(), 1, "{args:?}: stderr {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-}
-
-fn tokens_arg(ids: &[u32]) -> String {
-    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 #[test]
@@ -240,26 +220,6 @@ fn llama_and_qwen2_fixtures_info_and_prefill() {
 }
 
 // ---- issue 9: the CLI as a user meets it ----------------------------------------------------
-
-/// `kiln args` with stdout a pipe whose reader has already gone (as `| head -1` leaves it):
-/// kiln must end quietly, not panic with "failed printing to stdout" (exit 101).
-fn assert_quiet_on_closed_stdout(args: &[&str]) {
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kiln");
-    // Closing the read end before kiln writes makes its first write fail with EPIPE.
-    drop(child.stdout.take());
-    let o = child.wait_with_output().expect("waiting for kiln");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
-    assert!(o.status.code().is_some(), "{args:?}: killed by a signal");
-    assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
-}
 
 #[test]
 fn item1_output_into_a_closed_pipe_ends_quietly() {

@@ -2,17 +2,10 @@
 //! JSON it writes parses and holds every figure, the prompts file holds the ids it ran, and
 //! without a GPU the default device fails on one line.
 
-use std::process::{Command, Output};
+mod common;
 
+use common::kiln;
 use serde_json::Value;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("running kiln")
-}
-
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

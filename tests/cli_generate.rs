@@ -4,35 +4,18 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{load, model_path, open, prompt, rewrite, temp_path};
+use common::{
+    assert_one_line_error, assert_quiet_on_closed_stdout, kiln, load, model_path, open, prompt,
+    rewrite, temp_path, tokens_arg,
+};
 use kiln::generate::{GenerateOptions, PipelineDecoder, ReferenceDecoder, generate};
 use kiln::gguf::Value;
 use kiln::tokenizer::Tokenizer;
 
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("running kiln")
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn tokens_arg(ids: &[u32]) -> String {
-    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-}
-
-fn assert_one_line_error(args: &[&str], needle: &str) {
-    let o = kiln(args);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert_eq!(err.lines().count(), 1, "{args:?}: stderr {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
 }
 
 fn greedy(max_new: usize) -> GenerateOptions {
@@ -272,18 +255,7 @@ fn bad_generate_options_are_one_line_errors() {
 
 #[test]
 fn generate_output_into_a_closed_pipe_ends_quietly() {
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["generate", "--device", "cpu", "-n", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kiln");
-    drop(child.stdout.take());
-    let o = child.wait_with_output().expect("waiting for kiln");
-    let err = stderr(&o);
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(o.status.success(), "{:?} {err}", o.status);
+    assert_quiet_on_closed_stdout(&["generate", "--device", "cpu", "-n", "3"]);
 }
 
 /// With `auto`, the device line (and its fallback notice) goes to stderr: stdout is the text.

@@ -20,9 +20,11 @@
 
 mod common;
 use common::*;
+use kiln::gguf::{GgmlType, GgufFile};
 use kiln::gpu::Device;
-use kiln::model::{Ffn, ModelConfig, Weights};
+use kiln::model::{Arch, Ffn, ModelConfig, Weights};
 use kiln::pipeline::{GpuModel, PrefillOptions, PrefillOutput, prefill};
+use kiln::synth::{Preset, SynthSpec};
 
 fn run(model: &GpuModel, dev: &Device, tokens: &[u32], chunk: Option<usize>) -> PrefillOutput {
     let opts = PrefillOptions {
@@ -277,23 +279,13 @@ fn bad_prompts_are_errors_not_panics() {
 /// both).
 #[test]
 fn long_prompt_is_chunk_invariant() {
-    use kiln::model::Arch;
-    use kiln::synth::Preset;
     // head_dim 128 (qwen3moe) and head_dim 64 (llama).
     for dev in devices() {
         for (arch, preset) in [
             (Arch::Qwen3Moe, Preset::Tiny),
             (Arch::Llama, Preset::TinyHd64),
         ] {
-            let spec = kiln::synth::SynthSpec {
-                arch,
-                preset,
-                n_layer: if dev.is_cuda() { 2 } else { 1 },
-                dtype: kiln::gguf::GgmlType::BF16,
-                seed: common::seed(),
-            };
-            let file =
-                kiln::gguf::GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap();
+            let file = synthetic_file(&dev, arch, preset);
             let mut cfg = ModelConfig::from_gguf(&file).unwrap();
             let (len, chunk) = if dev.is_cuda() {
                 (4500, 1024)
@@ -344,9 +336,7 @@ fn long_prompt_is_chunk_invariant() {
 /// on scratch kept from a longer one gives the bits of a fresh model.
 #[test]
 fn synthetic_device_model_is_seeded_and_batch_invariant() {
-    use kiln::gguf::GgmlType;
-    use kiln::model::Arch;
-    use kiln::synth::{Preset, SynthSpec, config};
+    use kiln::synth::config;
     for dev in devices() {
         for arch in [Arch::Qwen3Moe, Arch::Qwen3] {
             let cfg = config(&SynthSpec {
@@ -398,29 +388,9 @@ fn synthetic_device_model_is_seeded_and_batch_invariant() {
 #[test]
 fn llama_and_qwen2_are_batch_invariant_and_match_the_cpu_reference() {
     for dev in devices() {
-        for arch in [kiln::model::Arch::Llama, kiln::model::Arch::Qwen2] {
-            let spec = kiln::synth::SynthSpec {
-                arch,
-                preset: kiln::synth::Preset::Tiny,
-                n_layer: if dev.is_cuda() { 2 } else { 1 },
-                dtype: kiln::gguf::GgmlType::BF16,
-                seed: common::seed(),
-            };
-            let bytes = kiln::synth::to_bytes(&spec).unwrap();
-            let file = kiln::gguf::GgufFile::from_bytes(bytes).unwrap();
-            let cfg = ModelConfig::from_gguf(&file).unwrap();
-            let w = Weights::load(&file, &cfg).unwrap();
-            let model = upload(&dev, &cfg, &w);
-            for p in prompts_for(&dev) {
-                let tokens = prompt(p);
-                let name = format!("synthetic {arch}");
-                let logits = check_invariance(&name, &model, &w, &dev, &tokens);
-                let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
-                let err = rel_l2_f32(&logits, cpu.last());
-                eprintln!("{name} {p} on {}: rel L2 vs CPU {err:.3e}", dev.name());
-                assert!(err <= 5e-3, "{name} {p}: rel L2 {err:.3e} vs the CPU");
-                assert_eq!(argmax(&logits), argmax(cpu.last()), "{name} {p}: top-1");
-            }
+        for arch in [Arch::Llama, Arch::Qwen2] {
+            let file = synthetic_file(&dev, arch, Preset::Tiny);
+            check_synthetic_against_cpu(&dev, &file, &format!("synthetic {arch}"));
         }
     }
 }
@@ -433,31 +403,42 @@ fn llama_and_qwen2_are_batch_invariant_and_match_the_cpu_reference() {
 #[test]
 fn head_dim_64_models_are_batch_invariant_and_match_the_cpu_reference() {
     for dev in devices() {
-        for arch in [kiln::model::Arch::Llama, kiln::model::Arch::Qwen3] {
-            let spec = kiln::synth::SynthSpec {
-                arch,
-                preset: kiln::synth::Preset::TinyHd64,
-                n_layer: if dev.is_cuda() { 2 } else { 1 },
-                dtype: kiln::gguf::GgmlType::BF16,
-                seed: common::seed(),
-            };
-            let bytes = kiln::synth::to_bytes(&spec).unwrap();
-            let file = kiln::gguf::GgufFile::from_bytes(bytes).unwrap();
-            let cfg = ModelConfig::from_gguf(&file).unwrap();
-            assert_eq!(cfg.head_dim, 64);
-            let w = Weights::load(&file, &cfg).unwrap();
-            let model = upload(&dev, &cfg, &w);
-            for p in prompts_for(&dev) {
-                let tokens = prompt(p);
-                let name = format!("synthetic {arch} head_dim 64");
-                let logits = check_invariance(&name, &model, &w, &dev, &tokens);
-                let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
-                let err = rel_l2_f32(&logits, cpu.last());
-                eprintln!("{name} {p} on {}: rel L2 vs CPU {err:.3e}", dev.name());
-                assert!(err <= 5e-3, "{name} {p}: rel L2 {err:.3e} vs the CPU");
-                assert_eq!(argmax(&logits), argmax(cpu.last()), "{name} {p}: top-1");
-            }
+        for arch in [Arch::Llama, Arch::Qwen3] {
+            let file = synthetic_file(&dev, arch, Preset::TinyHd64);
+            assert_eq!(ModelConfig::from_gguf(&file).unwrap().head_dim, 64);
+            let name = format!("synthetic {arch} head_dim 64");
+            check_synthetic_against_cpu(&dev, &file, &name);
         }
+    }
+}
+
+/// A seeded synthetic BF16 model of `arch` and `preset`: 2 layers on the GPU, 1 on the
+/// emulator (CI time).
+fn synthetic_file(dev: &Device, arch: Arch, preset: Preset) -> GgufFile {
+    let spec = SynthSpec {
+        arch,
+        preset,
+        n_layer: if dev.is_cuda() { 2 } else { 1 },
+        dtype: GgmlType::BF16,
+        seed: common::seed(),
+    };
+    GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap()
+}
+
+/// On the fixture prompts: batch invariance (`check_invariance`) and the CPU reference within
+/// 5e-3 with the same top-1.
+fn check_synthetic_against_cpu(dev: &Device, file: &GgufFile, name: &str) {
+    let cfg = ModelConfig::from_gguf(file).unwrap();
+    let w = Weights::load(file, &cfg).unwrap();
+    let model = upload(dev, &cfg, &w);
+    for p in prompts_for(dev) {
+        let tokens = prompt(p);
+        let logits = check_invariance(name, &model, &w, dev, &tokens);
+        let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
+        let err = rel_l2_f32(&logits, cpu.last());
+        eprintln!("{name} {p} on {}: rel L2 vs CPU {err:.3e}", dev.name());
+        assert!(err <= 5e-3, "{name} {p}: rel L2 {err:.3e} vs the CPU");
+        assert_eq!(argmax(&logits), argmax(cpu.last()), "{name} {p}: top-1");
     }
 }
 

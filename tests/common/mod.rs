@@ -344,3 +344,50 @@ pub fn arch_fixture(name: &str) -> ArchFixture {
         want,
     }
 }
+
+// ---- the `kiln` binary (CLI tests) -------------------------------------------------------
+
+/// Runs the built `kiln` with `args`, capturing its output.
+pub fn kiln(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("running kiln")
+}
+
+/// Fails unless `kiln args` exits non-zero with exactly one stderr line "error: ..." that
+/// contains `needle`.
+pub fn assert_one_line_error(args: &[&str], needle: &str) {
+    let o = kiln(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert_eq!(err.lines().count(), 1, "{args:?}: stderr {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+}
+
+/// Token ids as a `--tokens` argument.
+pub fn tokens_arg(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// `kiln args` with stdout a pipe whose reader has already gone (as `| head -1` leaves it):
+/// kiln must end quietly, not panic with "failed printing to stdout" (exit 101).
+pub fn assert_quiet_on_closed_stdout(args: &[&str]) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kiln");
+    // Closing the read end before kiln writes makes its first write fail with EPIPE.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("waiting for kiln");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+    assert!(o.status.code().is_some(), "{args:?}: killed by a signal");
+    assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
+}
