@@ -35,7 +35,8 @@
 //! entirely in a query's future leaves its state bit-identical (row max unchanged, rescale
 //! factor exp2(0) = 1, probabilities exactly 0, `+ 0` on O and on the row sum). So the result
 //! does not depend on N, on the chunking, or on which tile or tile row a query lands in. The
-//! row sums reduce in a fixed order (own 32 values in order, then lanes xor 1, xor 2). The
+//! row sums reduce in a fixed order (own 32 values in four interleaved partial sums added
+//! pairwise, then lanes xor 1, xor 2). The
 //! head_dim-64 variant changes only how many head dims a product spans, not the key blocks,
 //! their order or the update sequence, so the same argument holds for it unchanged.
 
@@ -47,8 +48,8 @@
 use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
 };
-use crate::device::float::f32_to_bf16;
-use crate::device::math::{exp2, max};
+use crate::device::float::pack_bf16x2;
+use crate::device::math::{exp2, fma, max};
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
     wgmma_m64n64k16_rs, wgmma_m64n128k16_rs, wgmma_m64n128k16_ss, wgmma_wait,
@@ -137,11 +138,6 @@ impl Smem {
     }
 }
 
-#[inline(always)]
-fn pack_bf16(lo: f32, hi: f32) -> u32 {
-    f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16
-}
-
 /// Max over the four lanes that share a fragment row (lanes `4g..4g + 4`).
 #[inline(always)]
 fn quad_max(v: f32) -> f32 {
@@ -174,9 +170,9 @@ pub trait HeadDim: Accumulators + Copy {
     fn pv(&mut self, a: [u32; 4], b: WgmmaDesc);
     /// Multiplies this thread's row `R` values by `alpha[R]`.
     fn rescale(&mut self, alpha: [f32; 2]);
-    /// Stores the values of row `e0 / 2` (`e0` 0 or 2), times `inv`, as bf16 from `o[at]` on
-    /// (head dims `8j + e`, `at` the thread's first column).
-    fn store_row(&self, o: Out<u16>, at: usize, e0: usize, inv: f32);
+    /// Stores the values of row `e0 / 2` (`e0` 0 or 2), times `inv`, as bf16 pairs from
+    /// `o[2·at]` on (head dims `8j + e`, `2·at` the thread's first column).
+    fn store_row(&self, o: Out<u32>, at: usize, e0: usize, inv: f32);
 }
 
 macro_rules! head_dim_acc {
@@ -200,12 +196,11 @@ macro_rules! head_dim_acc {
                 });
             }
             #[inline(always)]
-            fn store_row(&self, o: Out<u16>, at: usize, e0: usize, inv: f32) {
+            fn store_row(&self, o: Out<u32>, at: usize, e0: usize, inv: f32) {
                 let v: &[f32] = self;
                 seq!(J in 0..16 {
                     if J < $len / 4 {
-                        o.set(at + 8 * J, f32_to_bf16(v[4 * J + e0] * inv));
-                        o.set(at + 8 * J + 1, f32_to_bf16(v[4 * J + e0 + 1] * inv));
+                        o.set(at + 4 * J, pack_bf16x2(v[4 * J + e0] * inv, v[4 * J + e0 + 1] * inv));
                     }
                 });
             }
@@ -248,10 +243,15 @@ fn accumulate_pv<A: HeadDim>(acc_o: &mut A, pa: &[u32; 32], sm: Smem, slot: usiz
     });
 }
 
-/// One key block of the online softmax: S is scaled into the exp2 domain, keys after a row's
-/// absolute position are masked (only in blocks that reach past the warpgroup's first query:
-/// elsewhere every key is visible and the mask would change nothing), the row state advances,
-/// and S becomes P (f32). Returns the factor that rescales O to the new row maxima.
+/// One key block of the online softmax. Keys after a row's absolute position are masked (only
+/// in blocks that reach past the warpgroup's first query: elsewhere every key is visible and
+/// the mask would change nothing), the row state advances in the exp2 domain, and S becomes P
+/// (f32). Returns the factor that rescales O to the new row maxima.
+///
+/// The maxima are taken over the raw scores and scaled once: scaling by a positive factor is
+/// monotonic, rounding too, so `max(s)·scale` is exactly the maximum of the scaled scores; each
+/// probability is then one `fma` and one `ex2`. Maxima are exact in any order; the row sum
+/// adds in a fixed order (four interleaved partial sums, then lanes), the same for every N.
 #[inline(always)]
 fn softmax_step(
     acc_s: &mut [f32; 64],
@@ -261,40 +261,39 @@ fn softmax_step(
     masked: bool,
     scale_log2: f32,
 ) -> [f32; 2] {
-    let mut block_max = [f32::NEG_INFINITY; 2];
+    // Partial maxima per row: (row R, group I/4 % 4), so the chains are short.
+    let mut part_max = [[f32::NEG_INFINITY; 4]; 2];
     if masked {
         seq!(I in 0..64 {
             let key = key0 + 8 * (I / 4) + I % 2;
-            let v = if key > q_pos[I % 4 / 2] {
-                f32::NEG_INFINITY
-            } else {
-                acc_s[I] * scale_log2
-            };
-            acc_s[I] = v;
-            block_max[I % 4 / 2] = max(block_max[I % 4 / 2], v);
+            if key > q_pos[I % 4 / 2] {
+                acc_s[I] = f32::NEG_INFINITY;
+            }
+            part_max[I % 4 / 2][I / 4 % 4] = max(part_max[I % 4 / 2][I / 4 % 4], acc_s[I]);
         });
     } else {
         seq!(I in 0..64 {
-            let v = acc_s[I] * scale_log2;
-            acc_s[I] = v;
-            block_max[I % 4 / 2] = max(block_max[I % 4 / 2], v);
+            part_max[I % 4 / 2][I / 4 % 4] = max(part_max[I % 4 / 2][I / 4 % 4], acc_s[I]);
         });
     }
     let mut alpha = [0.0f32; 2];
-    let mut new_max = [0.0f32; 2];
+    let mut neg_max = [0.0f32; 2];
     seq!(R in 0..2 {
-        new_max[R] = max(rows.max[R], quad_max(block_max[R]));
-        alpha[R] = exp2(rows.max[R] - new_max[R]);
-        rows.max[R] = new_max[R];
+        let m = max(max(part_max[R][0], part_max[R][1]), max(part_max[R][2], part_max[R][3]));
+        let new_max = max(rows.max[R], quad_max(m) * scale_log2);
+        alpha[R] = exp2(rows.max[R] - new_max);
+        rows.max[R] = new_max;
+        neg_max[R] = -new_max;
     });
-    let mut block_sum = [0.0f32; 2];
+    let mut part_sum = [[0.0f32; 4]; 2];
     seq!(I in 0..64 {
-        let p = exp2(acc_s[I] - new_max[I % 4 / 2]);
+        let p = exp2(fma(acc_s[I], scale_log2, neg_max[I % 4 / 2]));
         acc_s[I] = p;
-        block_sum[I % 4 / 2] += p;
+        part_sum[I % 4 / 2][I / 4 % 4] += p;
     });
     seq!(R in 0..2 {
-        rows.sum[R] = rows.sum[R] * alpha[R] + quad_sum(block_sum[R]);
+        let block_sum = (part_sum[R][0] + part_sum[R][1]) + (part_sum[R][2] + part_sum[R][3]);
+        rows.sum[R] = rows.sum[R] * alpha[R] + quad_sum(block_sum);
     });
     alpha
 }
@@ -304,10 +303,10 @@ fn softmax_step(
 fn pack_p(acc_s: &[f32; 64]) -> [u32; 32] {
     let mut pa = [0u32; 32];
     seq!(KK in 0..8 {
-        pa[4 * KK] = pack_bf16(acc_s[8 * KK], acc_s[8 * KK + 1]);
-        pa[4 * KK + 1] = pack_bf16(acc_s[8 * KK + 2], acc_s[8 * KK + 3]);
-        pa[4 * KK + 2] = pack_bf16(acc_s[8 * KK + 4], acc_s[8 * KK + 5]);
-        pa[4 * KK + 3] = pack_bf16(acc_s[8 * KK + 6], acc_s[8 * KK + 7]);
+        pa[4 * KK] = pack_bf16x2(acc_s[8 * KK], acc_s[8 * KK + 1]);
+        pa[4 * KK + 1] = pack_bf16x2(acc_s[8 * KK + 2], acc_s[8 * KK + 3]);
+        pa[4 * KK + 2] = pack_bf16x2(acc_s[8 * KK + 4], acc_s[8 * KK + 5]);
+        pa[4 * KK + 3] = pack_bf16x2(acc_s[8 * KK + 6], acc_s[8 * KK + 7]);
     });
     pa
 }
@@ -435,10 +434,12 @@ fn attend<A: HeadDim>(
     let hd = 64 * A::CHUNKS as u32;
     let width = (n_head * hd) as usize;
     let base_col = (head * hd + col) as usize;
+    // Pairs of bf16 as one 4-byte store (`col` and `width` are even).
+    let o2 = o.cast::<u32>();
     seq!(R in 0..2 {
         let row = row0 + r + 8 * R;
         if row < n {
-            acc_o.store_row(o, row as usize * width + base_col, 2 * R, inv[R]);
+            acc_o.store_row(o2, (row as usize * width + base_col) / 2, 2 * R, inv[R]);
         }
     });
 }

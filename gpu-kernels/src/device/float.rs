@@ -7,16 +7,47 @@ pub fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// f32 → bf16, round to nearest even; NaN stays a (quiet) NaN. Integer arithmetic only, so the
-/// device and the host round identically.
+/// f32 → bf16, round to nearest even, as `cvt.rn.bf16.f32` (one instruction on the device). A
+/// NaN becomes the canonical NaN `0x7fff`, as the hardware makes it, so the emulator and the
+/// device round every value to the same bits.
 #[inline(always)]
 pub fn f32_to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if (b & 0x7fff_ffff) > 0x7f80_0000 {
-        return ((b >> 16) | 0x0040) as u16;
+    #[cfg(target_arch = "nvptx64")]
+    {
+        let r: u16;
+        // SAFETY: a pure register conversion.
+        unsafe { core::arch::asm!("cvt.rn.bf16.f32 {0}, {1};", out(reg16) r, in(reg32) x) };
+        r
     }
-    let rounding = 0x7fff + ((b >> 16) & 1);
-    (b.wrapping_add(rounding) >> 16) as u16
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        let b = x.to_bits();
+        if (b & 0x7fff_ffff) > 0x7f80_0000 {
+            return 0x7fff;
+        }
+        let rounding = 0x7fff + ((b >> 16) & 1);
+        (b.wrapping_add(rounding) >> 16) as u16
+    }
+}
+
+/// Two f32 → two bf16 packed in a `u32`, `lo` in bits 0–15 (the order of two adjacent bf16 in
+/// memory, and of a tensor-core register pair), rounded as [`f32_to_bf16`]: one
+/// `cvt.rn.bf16x2.f32` on the device.
+#[inline(always)]
+pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        let r: u32;
+        // SAFETY: a pure register conversion (the first source lands in the upper half).
+        unsafe {
+            core::arch::asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) r, in(reg32) hi, in(reg32) lo)
+        };
+        r
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16
+    }
 }
 
 /// IEEE half → f32 (exact).
