@@ -10,6 +10,10 @@
 //! TFLOP/s count 2·M·N·K for GEMMs and 4·N²·d·heads/2 for causal attention; the peak is the
 //! `KILN_PEAK_TFLOPS` measured in the same run by the peer script (default 790, the H200's
 //! measured bf16 matmul rate on 2026-11-29).
+//!
+//! `KILN_BENCH_ONLY=gemm,attention,moe` (any subset) runs only those families: with
+//! `KILN_KERNELS_PTX` (a variant build of the kernels, see `kiln::gpu::device`) it compares
+//! kernel variants in one GPU session.
 
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32, partials_len};
@@ -64,17 +68,20 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(790.0);
+    let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
+    let wanted = |family: &str| only.is_empty() || only.split(',').any(|f| f.trim() == family);
     let mut rng = Rng::new(0x6b69_6c6e);
     let mut rows = Vec::new();
     // Dense projections (M tokens × N features × K), as in the GEMM issue's table.
-    for (m, n, k, what) in [
+    let gemm_shapes = [
         (4096, 4096, 2048, "q proj"),
         (4096, 512, 2048, "k/v proj"),
         (4096, 2048, 4096, "o proj"),
         (4096, 5120, 2048, "fused qkv"),
         (8192, 8192, 8192, "square"),
         (512, 5120, 2048, "fused qkv, N=512"),
-    ] {
+    ];
+    for (m, n, k, what) in gemm_shapes.into_iter().filter(|_| wanted("gemm")) {
         let x = random_bf16(&dev, &mut rng, m, k);
         let w = random_bf16(&dev, &mut rng, n, k);
         let y = dev.alloc::<f32>(m * n, "y").expect("alloc");
@@ -90,7 +97,7 @@ fn main() {
         });
     }
     // The dense SwiGLU GEMM (gate|up of Qwen3's dense FFN at hidden 2048, ff 6144).
-    {
+    if wanted("gemm") {
         let (m, ff, k) = (4096, 6144, 2048);
         let x = random_bf16(&dev, &mut rng, m, k);
         let w = random_bf16(&dev, &mut rng, interleaved_rows(ff), k);
@@ -107,7 +114,8 @@ fn main() {
     }
     // Flash attention, causal, from position 0: Qwen3-30B-A3B heads (32 q / 4 kv × 128) and
     // Llama 3.2 1B heads (32 q / 8 kv × 64).
-    for (hd, n_kv) in [(128usize, 4usize), (64, 8)] {
+    let heads = [(128usize, 4usize), (64, 8)];
+    for (hd, n_kv) in heads.into_iter().filter(|_| wanted("attention")) {
         for n in [1024usize, 4096, 8192, 16384] {
             let n_head = 32;
             let capacity = n.div_ceil(128) * 128;
@@ -142,7 +150,7 @@ fn main() {
     }
     // The MoE stage at Qwen3-30B-A3B dims (hidden 2048, 128 experts of ff 768, top-8): the
     // f32 router GEMM, routing (top-k + grouping), and the grouped expert GEMMs.
-    {
+    if wanted("moe") {
         let (n, hidden, ff, ne, k) = (4096usize, 2048usize, 768usize, 128usize, 8usize);
         let x32: Vec<f32> = (0..n * hidden).map(|_| rng.normal() as f32).collect();
         let x32 = dev.upload(&x32, "x").expect("upload");
@@ -182,8 +190,8 @@ fn main() {
         let w_gate_up = random_bf16(&dev, &mut rng, ne * interleaved_rows(ff), hidden);
         let w_down = random_bf16(&dev, &mut rng, ne * hidden, ff);
         let pairs = n * k;
-        let xg = dev.tma_zeros(pairs, hidden, "xg").expect("alloc");
-        let h = dev.tma_zeros(pairs, ff, "h").expect("alloc");
+        let xg = Routing::grouped_operand(&dev, pairs, hidden, "xg").expect("alloc");
+        let h = Routing::grouped_operand(&dev, pairs, ff, "h").expect("alloc");
         let out = dev.alloc::<f32>(pairs * hidden, "out").expect("alloc");
         let moe = MoeShape {
             tokens: n,

@@ -255,9 +255,9 @@ fn run_chain(c: &Case, shared: bool, resid: &[f32], sh_out: &[f32], sh_gate: &[f
         HIDDEN,
     );
     let w_down = tma_upload(dev, &c.down.0, N_EXPERT * HIDDEN, FF);
-    let xg = poisoned_tma(dev, pairs + 1, HIDDEN);
+    let xg = grouped(dev, poisoned_tma(dev, pairs + 1, HIDDEN));
     routing.gather(dev, &x, &xg, shape(n)).unwrap();
-    let h = poisoned_tma(dev, pairs + 1, FF);
+    let h = grouped(dev, poisoned_tma(dev, pairs + 1, FF));
     routing
         .experts_swiglu(dev, &xg, &w_gate_up, &h, shape(n))
         .unwrap();
@@ -433,7 +433,17 @@ fn moe_shapes_are_checked_before_launching() {
         .gather(&dev, &x, &poisoned_tma(&dev, 7, HIDDEN), shape(4))
         .unwrap_err();
     assert!(e.to_string().contains("xg is 7 × 128"), "{e}");
-    let h = poisoned_tma(&dev, 8, FF);
+    let h = grouped(&dev, poisoned_tma(&dev, 8, FF));
+    let wgu = poisoned_tma(&dev, N_EXPERT * interleaved_rows(FF), HIDDEN);
+    // A map made for the dense GEMMs (128-row boxes) is refused as a grouped operand.
+    let e = routing
+        .experts_swiglu(&dev, &xg, &wgu, &h, shape(4))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("xg is read in boxes of 128 rows"),
+        "{e}"
+    );
+    let xg = grouped(&dev, xg);
     let wgu = poisoned_tma(&dev, N_EXPERT * interleaved_rows(FF) - 1, HIDDEN);
     let e = routing
         .experts_swiglu(&dev, &xg, &wgu, &h, shape(4))
@@ -452,4 +462,10 @@ fn moe_shapes_are_checked_before_launching() {
         0,
         "nothing may launch after a failed check"
     );
+}
+
+/// `m` read in the grouped GEMMs' 64-row boxes.
+fn grouped(dev: &Device, m: kiln::gpu::TmaMatrix) -> kiln::gpu::TmaMatrix {
+    m.reboxed(dev, gpu_kernels::gemm_wgmma::GROUPED_BM as u32)
+        .expect("reboxing a test matrix")
 }

@@ -48,15 +48,18 @@ pub const SHARED_BYTES: u32 = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAG
 
 /// Rows per tile of the grouped (MoE) GEMMs: experts hold a few hundred rows each, so 128-row
 /// tiles left up to half of each expert's last tile empty; their 64-row tiles are shared by
-/// both consumers, which split the columns instead (`GROUPED_BN` per block).
+/// both consumers, which split the columns instead (`GROUPED_BN` per block). Their A operand
+/// is read through a map whose box has `GROUPED_BM` rows.
 pub const GROUPED_BM: usize = 64;
 /// Output columns per block of the grouped GEMMs: each consumer takes 128.
 pub const GROUPED_BN: usize = 2 * BN;
-const GROUPED_STAGES: usize = 4;
+const GROUPED_STAGES: usize = 5;
+const GROUPED_A_BYTES: u32 = (GROUPED_BM * BK * 2) as u32;
 const GROUPED_B_BYTES: u32 = (GROUPED_BN * BK * 2) as u32;
-/// Dynamic shared memory of the grouped GEMMs (the A box still brings 128 rows).
-pub const GROUPED_SHARED_BYTES: u32 =
-    GROUPED_STAGES as u32 * (A_BYTES + GROUPED_B_BYTES) + 2 * 8 * GROUPED_STAGES as u32 + 1024;
+/// Dynamic shared memory of the grouped GEMMs.
+pub const GROUPED_SHARED_BYTES: u32 = GROUPED_STAGES as u32 * (GROUPED_A_BYTES + GROUPED_B_BYTES)
+    + 2 * 8 * GROUPED_STAGES as u32
+    + 1024;
 
 /// How the two consumer warpgroups share a block's tile.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,12 @@ impl Split {
         match self {
             Split::Rows => STAGES,
             Split::Cols => GROUPED_STAGES,
+        }
+    }
+    const fn a_bytes(self) -> u32 {
+        match self {
+            Split::Rows => A_BYTES,
+            Split::Cols => GROUPED_A_BYTES,
         }
     }
     const fn b_bytes(self) -> u32 {
@@ -110,15 +119,17 @@ impl Smem {
     }
     #[inline(always)]
     fn a(self, s: usize) -> u32 {
-        self.base + s as u32 * A_BYTES
+        self.base + s as u32 * self.split.a_bytes()
     }
     #[inline(always)]
     fn b(self, s: usize) -> u32 {
-        self.base + self.split.stages() as u32 * A_BYTES + s as u32 * self.split.b_bytes()
+        let split = self.split;
+        self.base + split.stages() as u32 * split.a_bytes() + s as u32 * split.b_bytes()
     }
     #[inline(always)]
     fn barriers(self) -> u32 {
-        self.base + self.split.stages() as u32 * (A_BYTES + self.split.b_bytes())
+        let split = self.split;
+        self.base + split.stages() as u32 * (split.a_bytes() + split.b_bytes())
     }
     #[inline(always)]
     fn full(self, s: usize) -> Mbarrier {
@@ -149,7 +160,7 @@ fn mainloop(
     let wg = tid / 128;
     let sm = Smem::new(split);
     let stages = split.stages();
-    let b_bytes = split.b_bytes();
+    let (a_bytes, b_bytes) = (split.a_bytes(), split.b_bytes());
     if tid == 0 {
         acquire_tensor_map(map_x);
         acquire_tensor_map(map_w);
@@ -171,7 +182,7 @@ fn mainloop(
                     sm.empty(s).wait(((kt / stages) as u32 + 1) & 1);
                 }
                 let full = sm.full(s);
-                full.arrive_expect_tx(A_BYTES + b_bytes);
+                full.arrive_expect_tx(a_bytes + b_bytes);
                 let kx = (kt * BK) as u32;
                 tma_load_2d(sm.a(s), map_x, kx, row0, full);
                 // The B tile in boxes of `BN` rows (one, or two for the grouped GEMMs).

@@ -10,6 +10,26 @@ use std::sync::{Arc, OnceLock};
 /// The PTX of every kernel in gpu-kernels, built by build.rs for sm_90.
 pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
+/// Names a PTX file to load instead of the built-in one: for comparing kernel variants in one
+/// GPU session (benches). The launches stay those of this build, so the file must come from
+/// the same kernel signatures and launch geometry, with only kernel bodies changed.
+pub const PTX_OVERRIDE_VAR: &str = "KILN_KERNELS_PTX";
+
+/// The kernel PTX and where it came from.
+fn kernels_ptx() -> Result<(String, String)> {
+    match std::env::var_os(PTX_OVERRIDE_VAR) {
+        None => Ok((KERNELS_PTX.to_string(), "built in".into())),
+        Some(path) => {
+            let shown = format!("{PTX_OVERRIDE_VAR}={}", path.to_string_lossy());
+            let ptx = std::fs::read_to_string(&path).map_err(|e| GpuError::Driver {
+                op: format!("reading {shown}"),
+                message: e.to_string(),
+            })?;
+            Ok((ptx, shown))
+        }
+    }
+}
+
 /// A loaded CUDA context with kiln's module.
 pub struct CudaRuntime {
     ctx: Arc<CudaContext>,
@@ -39,9 +59,10 @@ impl CudaRuntime {
         // SAFETY: called before any buffer or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let (ptx, source) = kernels_ptx()?;
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(KERNELS_PTX))
-            .map_err(|e| GpuError::driver("loading the kernel PTX", e))?;
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| GpuError::driver(format!("loading the kernel PTX ({source})"), e))?;
         let mut functions = HashMap::new();
         // Every kernel declared with `kernel!` (build.rs checked each is in the PTX).
         for entry in gpu_kernels::device::entry::entries() {

@@ -187,6 +187,18 @@ impl Device {
         let data = self.alloc::<u16>(rows * cols, what)?;
         self.tma_matrix(data, rows, cols)
     }
+
+    /// A zero-filled `rows × cols` matrix read in boxes of `BOX.0 × box_rows`.
+    pub fn tma_zeros_boxed(
+        &self,
+        rows: usize,
+        cols: usize,
+        box_rows: u32,
+        what: &str,
+    ) -> Result<TmaMatrix> {
+        let data = self.alloc::<u16>(rows * cols, what)?;
+        self.tma_matrix_boxed(data, rows, cols, box_rows)
+    }
 }
 
 impl TmaMatrix {

@@ -80,9 +80,18 @@ impl Scratch {
             qkv: dev.alloc(n * (cfg.q_dim() + 2 * cfg.kv_dim()), "Q|K|V")?,
             q16: dev.tma_zeros(n, cfg.q_dim(), "queries")?,
             attn16: dev.tma_zeros(n, cfg.q_dim(), "attention output")?,
-            ffn_h16: dev.tma_zeros(ff_rows, ff, "FFN hidden")?,
+            ffn_h16: if moe {
+                Routing::grouped_operand(dev, ff_rows, ff, "FFN hidden")?
+            } else {
+                dev.tma_zeros(ff_rows, ff, "FFN hidden")?
+            },
             xg16: if moe {
-                Some(dev.tma_zeros(pairs, cfg.hidden, "expert-ordered rows")?)
+                Some(Routing::grouped_operand(
+                    dev,
+                    pairs,
+                    cfg.hidden,
+                    "expert-ordered rows",
+                )?)
             } else {
                 None
             },

@@ -5,7 +5,7 @@ use super::gemm_wgmma::interleaved_rows;
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, Input, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::device::WARP_SIZE;
-use gpu_kernels::gemm_wgmma::{self, GROUPED_BN, GROUPED_SHARED_BYTES, THREADS};
+use gpu_kernels::gemm_wgmma::{self, GROUPED_BM, GROUPED_BN, GROUPED_SHARED_BYTES, THREADS};
 use gpu_kernels::moe::GROUP_TILE_ROWS;
 use gpu_kernels::moe::{
     self, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS, ROUTER_THREADS, SCAN_THREADS,
@@ -199,6 +199,7 @@ impl Routing {
         let (hidden, ff) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
         xg.check(K, "xg", pairs, shape.hidden)?;
+        check_grouped_operand(K, "xg", xg)?;
         w_gate_up.check(
             K,
             "w_gate_up",
@@ -239,6 +240,7 @@ impl Routing {
         let (hidden, ff) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
         h.check(K, "h", pairs, shape.ff)?;
+        check_grouped_operand(K, "h", h)?;
         w_down.check(K, "w_down", self.n_expert * shape.hidden, shape.ff)?;
         check_len(K, "out", out, pairs * shape.hidden)?;
         if pairs == 0 {
@@ -250,6 +252,13 @@ impl Routing {
         gemm_wgmma::moe_gemm_wgmma_f32::launch(
             dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff,
         )
+    }
+
+    /// A zero-filled `[rows][cols]` matrix the grouped GEMMs can read as their A operand
+    /// (`xg` of [`Routing::experts_swiglu`], `h` of [`Routing::experts_down`]): its map's box
+    /// is one 64-row tile.
+    pub fn grouped_operand(dev: &Device, rows: usize, cols: usize, what: &str) -> Result<TmaMatrix> {
+        dev.tma_zeros_boxed(rows, cols, GROUPED_BM as u32, what)
     }
 
     fn tile_table(&self) -> (Input<'_, u32>, Input<'_, u32>, Input<'_, u32>) {
@@ -313,4 +322,16 @@ impl Routing {
             shared.is_some() as u32,
         )
     }
+}
+
+/// The grouped GEMMs load `GROUPED_BM` rows of their A operand per tile: a map with taller boxes
+/// would bring (and count) rows the kernel does not expect.
+fn check_grouped_operand(kernel: &'static str, what: &str, m: &TmaMatrix) -> Result<()> {
+    ensure_shape!(
+        m.box_rows() == GROUPED_BM as u32,
+        kernel,
+        "{what} is read in boxes of {} rows; the grouped GEMMs need {GROUPED_BM} (make it with Routing::grouped_operand)",
+        m.box_rows()
+    );
+    Ok(())
 }
