@@ -17,7 +17,7 @@
 
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32, partials_len};
-use kiln::gpu::ops::gemm_wgmma::{interleaved_rows, matmul, matmul_swiglu};
+use kiln::gpu::ops::gemm_wgmma::{TileWidth, interleaved_rows, matmul_swiglu_tiled, matmul_tiled};
 use kiln::gpu::ops::moe::{MoeShape, Routing};
 use kiln::gpu::{Device, TmaMatrix};
 use kiln::rng::Rng;
@@ -85,16 +85,22 @@ fn main() {
         let x = random_bf16(&dev, &mut rng, m, k);
         let w = random_bf16(&dev, &mut rng, n, k);
         let y = dev.alloc::<f32>(m * n, "y").expect("alloc");
-        let ms = time_ms(&dev, 3, 20, || {
-            matmul(&dev, &x, &w, &y, m, Epilogue::STORE).expect("matmul")
-        });
-        let tflops = 2.0 * (m * n * k) as f64 / ms / 1e9;
-        rows.push(Row {
-            kernel: "gemm_wgmma_f32",
-            shape: format!("{m}x{n}x{k} ({what})"),
-            ms,
-            tflops,
-        });
+        // Both tile widths (the same bits), so the choice `TileWidth::Auto` makes can be checked.
+        for (width, kernel) in [
+            (TileWidth::Narrow, "gemm_wgmma_f32"),
+            (TileWidth::Wide, "gemm_wgmma_f32_wide"),
+        ] {
+            let ms = time_ms(&dev, 3, 20, || {
+                matmul_tiled(&dev, &x, &w, &y, (m, width), Epilogue::STORE).expect("matmul")
+            });
+            let tflops = 2.0 * (m * n * k) as f64 / ms / 1e9;
+            rows.push(Row {
+                kernel,
+                shape: format!("{m}x{n}x{k} ({what})"),
+                ms,
+                tflops,
+            });
+        }
     }
     // The dense SwiGLU GEMM (gate|up of Qwen3's dense FFN at hidden 2048, ff 6144).
     if wanted("gemm") {
@@ -102,15 +108,20 @@ fn main() {
         let x = random_bf16(&dev, &mut rng, m, k);
         let w = random_bf16(&dev, &mut rng, interleaved_rows(ff), k);
         let h = dev.tma_zeros(m, ff, "h").expect("alloc");
-        let ms = time_ms(&dev, 3, 20, || {
-            matmul_swiglu(&dev, &x, &w, &h, m).expect("swiglu")
-        });
-        rows.push(Row {
-            kernel: "gemm_wgmma_swiglu",
-            shape: format!("{m}x{}x{k}", 2 * ff),
-            ms,
-            tflops: 2.0 * (m * 2 * ff * k) as f64 / ms / 1e9,
-        });
+        for (width, kernel) in [
+            (TileWidth::Narrow, "gemm_wgmma_swiglu"),
+            (TileWidth::Wide, "gemm_wgmma_swiglu_wide"),
+        ] {
+            let ms = time_ms(&dev, 3, 20, || {
+                matmul_swiglu_tiled(&dev, &x, &w, &h, (m, width)).expect("swiglu")
+            });
+            rows.push(Row {
+                kernel,
+                shape: format!("{m}x{}x{k}", 2 * ff),
+                ms,
+                tflops: 2.0 * (m * 2 * ff * k) as f64 / ms / 1e9,
+            });
+        }
     }
     // Flash attention, causal, from position 0: Qwen3-30B-A3B heads (32 q / 4 kv × 128) and
     // Llama 3.2 1B heads (32 q / 8 kv × 64).
@@ -216,12 +227,12 @@ fn main() {
     }
     println!("\nkernels on {} (peak used: {peak:.0} TFLOP/s)", dev.name());
     println!(
-        "{:<22} {:<28} {:>9} {:>8} {:>7}",
+        "{:<24} {:<28} {:>9} {:>8} {:>7}",
         "kernel", "shape", "ms", "TFLOP/s", "%peak"
     );
     for r in &rows {
         println!(
-            "{:<22} {:<28} {:>9.3} {:>8.0} {:>6.1}%",
+            "{:<24} {:<28} {:>9.3} {:>8.0} {:>6.1}%",
             r.kernel,
             r.shape,
             r.ms,

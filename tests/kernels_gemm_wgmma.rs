@@ -27,10 +27,12 @@ mod common;
 use common::*;
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm::Epilogue;
-use kiln::gpu::ops::gemm_wgmma::{self, interleave_gate_up, interleaved_rows};
+use kiln::gpu::ops::gemm_wgmma::{self, TileWidth, interleave_gate_up, interleaved_rows};
 use kiln::reference::ops::{self, matmul};
 
 const TOL: f64 = 1e-5;
+/// Both tile widths of the dense kernels (128 and 256 columns per block).
+const WIDTHS: [TileWidth; 2] = [TileWidth::Narrow, TileWidth::Wide];
 const SWIGLU_SLACK: f64 = 3e-5;
 
 /// `n` fresh bf16 values of standard deviation `std`: bits and exact values.
@@ -63,18 +65,18 @@ impl Case {
         }
     }
 
-    fn name(&self) -> String {
-        format!("{}x{}x{}", self.rows, self.m, self.k)
+    fn name(&self, width: TileWidth) -> String {
+        format!("{}x{}x{} {width:?}", self.rows, self.m, self.k)
     }
 }
 
-/// `matmul` of rows `first..first + rows` of `c`'s x with `c`'s weights (and bias when
-/// `bias`); `y` starts as `init` (rows·m values; `+ y` when given, else NaN) followed by one
+/// `matmul` of rows `first..first + rows` of `c`'s x with `c`'s weights in tiles of `width`
+/// (and bias when `bias`); `y` starts as `init` (rows·m values; `+ y` when given, else NaN) followed by one
 /// row of NaN that must stay NaN. Returns the rows·m results.
 fn run_matmul(
     dev: &Device,
     c: &Case,
-    (first, rows): (usize, usize),
+    (first, rows, width): (usize, usize, TileWidth),
     bias: bool,
     init: Option<&[f32]>,
 ) -> Vec<f32> {
@@ -89,12 +91,12 @@ fn run_matmul(
         bias: bias.then_some(&b),
         add_to_y: init.is_some(),
     };
-    gemm_wgmma::matmul(dev, &x, &w, &y, rows, epilogue).unwrap();
+    gemm_wgmma::matmul_tiled(dev, &x, &w, &y, (rows, width), epilogue).unwrap();
     let got = y.to_vec().unwrap();
     assert!(
         got[rows * m..].iter().all(|v| v.is_nan()),
         "{}: y written past row {rows}",
-        c.name(),
+        c.name(width),
     );
     got[..rows * m].to_vec()
 }
@@ -112,12 +114,16 @@ fn matmul_with_bias_and_residual_matches_f64() {
         (129, 200, 64),
     ];
     for dev in devices() {
-        for (i, &(rows, m, k)) in shapes.iter().enumerate() {
+        for ((i, &(rows, m, k)), width) in shapes
+            .iter()
+            .enumerate()
+            .flat_map(|s| WIDTHS.map(|w| (s, w)))
+        {
             let c = Case::new(rows, m, k, 100 + i as u64);
             let plain_want = matmul(&c.x.1, &c.w.1, rows, m, k);
-            let plain = run_matmul(&dev, &c, (0, rows), false, None);
+            let plain = run_matmul(&dev, &c, (0, rows, width), false, None);
             assert_close(
-                &format!("matmul {}", c.name()),
+                &format!("matmul {}", c.name(width)),
                 &dev,
                 &plain,
                 &plain_want,
@@ -125,13 +131,13 @@ fn matmul_with_bias_and_residual_matches_f64() {
             );
 
             // Bias and residual: vs f64, and exactly the f32 adds after the product.
-            let both = run_matmul(&dev, &c, (0, rows), true, Some(&c.resid));
+            let both = run_matmul(&dev, &c, (0, rows, width), true, Some(&c.resid));
             let want: Vec<f64> = plain_want
                 .iter()
                 .enumerate()
                 .map(|(i, p)| p + f64::from(c.bias[i % m]) + f64::from(c.resid[i]))
                 .collect();
-            let name = format!("matmul + bias + residual {}", c.name());
+            let name = format!("matmul + bias + residual {}", c.name(width));
             assert_close(&name, &dev, &both, &want, TOL);
             let exact: Vec<f32> = plain
                 .iter()
@@ -146,7 +152,7 @@ fn matmul_with_bias_and_residual_matches_f64() {
 
             // Bias alone (the QKV projection's), on the small cases.
             if rows * m * k <= 200 * 200 * 136 {
-                let biased = run_matmul(&dev, &c, (0, rows), true, None);
+                let biased = run_matmul(&dev, &c, (0, rows, width), true, None);
                 let exact: Vec<f32> = plain
                     .iter()
                     .enumerate()
@@ -155,7 +161,7 @@ fn matmul_with_bias_and_residual_matches_f64() {
                 assert_same(
                     &bits(&biased),
                     &bits(&exact),
-                    &format!("{}: bias only", c.name()),
+                    &format!("{}: bias only", c.name(width)),
                 );
             }
         }
@@ -193,18 +199,18 @@ impl SwigluCase {
         g.iter().zip(&u).map(|(g, u)| ops::swiglu(*g, *u)).collect()
     }
 
-    /// Rows `first..first + rows` of x through the kernel (bf16 bits of h).
-    fn run(&self, dev: &Device, first: usize, rows: usize) -> Vec<u16> {
+    /// Rows `first..first + rows` of x through the kernel in tiles of `width` (bf16 bits of h).
+    fn run(&self, dev: &Device, (first, rows, width): (usize, usize, TileWidth)) -> Vec<u16> {
         let (m, k) = (self.m, self.k);
         let x = tma_upload(dev, &self.x.0[first * k..(first + rows) * k], rows, k);
         let wgu = interleave_gate_up(&self.gate.0, &self.up.0, m, k);
         let w = tma_upload(dev, &wgu, interleaved_rows(m), k);
         let h = poisoned_tma(dev, rows + 1, m);
-        gemm_wgmma::matmul_swiglu(dev, &x, &w, &h, rows).unwrap();
+        gemm_wgmma::matmul_swiglu_tiled(dev, &x, &w, &h, (rows, width)).unwrap();
         let got = h.data().to_vec().unwrap();
         assert!(
             got[rows * m..].iter().all(|b| *b == BF16_POISON),
-            "swiglu {rows}x{m}x{k}: h written past row {rows}"
+            "swiglu {rows}x{m}x{k} {width:?}: h written past row {rows}"
         );
         got[..rows * m].to_vec()
     }
@@ -221,18 +227,22 @@ fn matmul_swiglu_matches_f64() {
         (7, 64, 1000),
     ];
     for dev in devices() {
-        for (i, &(rows, m, k)) in shapes.iter().enumerate() {
+        for ((i, &(rows, m, k)), width) in shapes
+            .iter()
+            .enumerate()
+            .flat_map(|s| WIDTHS.map(|w| (s, w)))
+        {
             let c = SwigluCase::new(rows, m, k, 200 + i as u64);
-            let got = c.run(&dev, 0, rows);
-            let name = format!("swiglu {rows}x{m}x{k}");
+            let got = c.run(&dev, (0, rows, width));
+            let name = format!("swiglu {rows}x{m}x{k} {width:?}");
             assert_bf16_close(&name, &dev, &got, &c.reference(), SWIGLU_SLACK);
         }
     }
 }
 
-/// Rows of a 300-row call, computed again in calls of 1 row, of 7 rows, and starting at rows 3
-/// and 77 (other positions inside the 128-row tile, other neighbours, other row counts):
-/// the same bits.
+/// Rows of a 300-row call in wide tiles, computed again in narrow tiles, in calls of 1 row, of
+/// 7 rows, and starting at rows 3 and 77 (other positions inside the 128-row tile, other
+/// neighbours, other row counts, the other tile width): the same bits.
 #[test]
 fn gemms_are_batch_invariant() {
     let (rows, m, k) = (300, 200, 136);
@@ -250,11 +260,15 @@ fn gemms_are_batch_invariant() {
     ];
     for dev in devices() {
         let c = Case::new(rows, m, k, 300);
-        let full = run_matmul(&dev, &c, (0, rows), true, None);
+        let full = run_matmul(&dev, &c, (0, rows, TileWidth::Wide), true, None);
         let s = SwigluCase::new(rows, m, k, 301);
-        let full_h = s.run(&dev, 0, rows);
+        let full_h = s.run(&dev, (0, rows, TileWidth::Wide));
+        let narrow = run_matmul(&dev, &c, (0, rows, TileWidth::Narrow), true, None);
+        assert_same(&bits(&narrow), &bits(&full), "matmul narrow vs wide tiles");
+        let narrow_h = s.run(&dev, (0, rows, TileWidth::Narrow));
+        assert_same(&narrow_h, &full_h, "swiglu narrow vs wide tiles");
         for (first, n) in calls {
-            let got = run_matmul(&dev, &c, (first, n), true, None);
+            let got = run_matmul(&dev, &c, (first, n, TileWidth::Auto), true, None);
             let what = format!(
                 "rows {first}..{} alone vs in 300 on {}",
                 first + n,
@@ -266,7 +280,7 @@ fn gemms_are_batch_invariant() {
                 &bits(&full[span.clone()]),
                 &format!("matmul {what}"),
             );
-            let got_h = s.run(&dev, first, n);
+            let got_h = s.run(&dev, (first, n, TileWidth::Auto));
             assert_same(&got_h, &full_h[span], &format!("swiglu {what}"));
         }
     }

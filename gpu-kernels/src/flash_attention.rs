@@ -35,9 +35,9 @@
 //! entirely in a query's future leaves its state bit-identical (row max unchanged, rescale
 //! factor exp2(0) = 1, probabilities exactly 0, `+ 0` on O and on the row sum). So the result
 //! does not depend on N, on the chunking, or on which tile or tile row a query lands in. The
-//! row sums reduce in a fixed order (own 32 values in four interleaved partial sums added
-//! pairwise, then lanes xor 1, xor 2). The
-//! head_dim-64 variant changes only how many head dims a product spans, not the key blocks,
+//! row sums reduce in a fixed order: per block, a thread's own 32 values in four interleaved
+//! partial sums added pairwise, into its running sum; the four lanes of a row (xor 1, then
+//! xor 2) only at the end. The head_dim-64 variant changes only how many head dims a product spans, not the key blocks,
 //! their order or the update sequence, so the same argument holds for it unchanged.
 
 // `seq!` unrolls loops by substituting each literal index into arithmetic written for all of
@@ -152,7 +152,8 @@ fn quad_sum(v: f32) -> f32 {
     v + shfl_xor_f32(v, 2)
 }
 
-/// The online-softmax state of this thread's two rows (in the exp2 domain).
+/// The online-softmax state of this thread's two rows (in the exp2 domain): the row maxima,
+/// and the sums over this thread's columns of each row.
 #[derive(Clone, Copy)]
 struct RowState {
     max: [f32; 2],
@@ -293,7 +294,7 @@ fn softmax_step(
     });
     seq!(R in 0..2 {
         let block_sum = (part_sum[R][0] + part_sum[R][1]) + (part_sum[R][2] + part_sum[R][3]);
-        rows.sum[R] = rows.sum[R] * alpha[R] + quad_sum(block_sum);
+        rows.sum[R] = rows.sum[R] * alpha[R] + block_sum;
     });
     alpha
 }
@@ -419,7 +420,11 @@ fn attend<A: HeadDim>(
         if tid == 0 {
             loads.top_up(&mut issued, kb, n_blocks);
         }
-        acc_o.rescale(alpha);
+        // Once the row maxima settle, most blocks leave every factor at exactly 1: skip the
+        // multiplies then (x · 1 = x, so the bits are the same either way).
+        if !vote_all(alpha[0] == 1.0 && alpha[1] == 1.0) {
+            acc_o.rescale(alpha);
+        }
         pa = pack_p(&acc_s);
     }
     pa.keep_in_registers();
@@ -429,8 +434,8 @@ fn attend<A: HeadDim>(
     wgmma_commit();
     wgmma_wait::<0>();
     acc_o.keep_in_registers();
-    let row_sum = rows.sum;
-    let inv = [1.0 / row_sum[0], 1.0 / row_sum[1]];
+    // Each thread summed its own columns of the row; the four lanes of a row add theirs last.
+    let inv = [1.0 / quad_sum(rows.sum[0]), 1.0 / quad_sum(rows.sum[1])];
     let hd = 64 * A::CHUNKS as u32;
     let width = (n_head * hd) as usize;
     let base_col = (head * hd + col) as usize;

@@ -46,6 +46,14 @@ const B_BYTES: u32 = (BN * BK * 2) as u32;
 /// Dynamic shared memory a launch must provide (tiles, barriers, and slack to align to 1024).
 pub const SHARED_BYTES: u32 = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32 + 1024;
 
+/// Output columns per block of the wide dense kernels (`*_wide`): each consumer keeps two
+/// 128-column accumulators, so a block reads its A tile once per 256 columns instead of 128.
+pub const WIDE_BN: usize = 2 * BN;
+const WIDE_STAGES: usize = 4;
+/// Dynamic shared memory of the wide dense kernels.
+pub const WIDE_SHARED_BYTES: u32 =
+    WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES) + 2 * 8 * WIDE_STAGES as u32 + 1024;
+
 /// Rows per tile of the grouped (MoE) GEMMs: experts hold a few hundred rows each, so 128-row
 /// tiles left up to half of each expert's last tile empty; their 64-row tiles are shared by
 /// both consumers, which split the columns instead (`GROUPED_BN` per block). Their A operand
@@ -66,6 +74,9 @@ pub const GROUPED_SHARED_BYTES: u32 = GROUPED_STAGES as u32 * (GROUPED_A_BYTES +
 enum Split {
     /// Dense: 128 rows × `BN` columns, consumer `c` takes rows `64c..`.
     Rows,
+    /// Dense, wide: 128 rows × `WIDE_BN` columns, consumer `c` takes rows `64c..`, as two
+    /// 128-column halves.
+    WideRows,
     /// Grouped: 64 rows × `GROUPED_BN` columns, consumer `c` takes columns `BN·c..`.
     Cols,
 }
@@ -74,25 +85,31 @@ impl Split {
     const fn stages(self) -> usize {
         match self {
             Split::Rows => STAGES,
+            Split::WideRows => WIDE_STAGES,
             Split::Cols => GROUPED_STAGES,
         }
     }
     const fn a_bytes(self) -> u32 {
         match self {
-            Split::Rows => A_BYTES,
+            Split::Rows | Split::WideRows => A_BYTES,
             Split::Cols => GROUPED_A_BYTES,
         }
     }
     const fn b_bytes(self) -> u32 {
         match self {
             Split::Rows => B_BYTES,
+            Split::WideRows => 2 * B_BYTES,
             Split::Cols => GROUPED_B_BYTES,
         }
+    }
+    /// Whether each consumer keeps a second 128-column accumulator (columns `+BN`).
+    const fn wide(self) -> bool {
+        matches!(self, Split::WideRows)
     }
     /// (row, column) of consumer `c`'s part of the tile.
     const fn origin(self, c: u32) -> (u32, u32) {
         match self {
-            Split::Rows => (64 * c, 0),
+            Split::Rows | Split::WideRows => (64 * c, 0),
             Split::Cols => (0, BN as u32 * c),
         }
     }
@@ -145,7 +162,10 @@ impl Smem {
 type Acc = [f32; BN / 2];
 
 /// Runs the pipeline for the tile at (`row0`, `col0`); in the consumer warpgroups, hands the
-/// finished accumulators to `epilogue` (the producer warpgroup returns without calling it).
+/// finished accumulators to `epilogue` (the producer warpgroup returns without calling it):
+/// columns `0..BN` of the consumer's part, and for `Split::WideRows` columns `BN..2·BN` (two
+/// separate arrays, which LLVM keeps in registers where one 128-value array went to the
+/// stack).
 #[inline(always)]
 fn mainloop(
     split: Split,
@@ -154,7 +174,7 @@ fn mainloop(
     row0: u32,
     col0: u32,
     k: u32,
-    epilogue: impl FnOnce(&Acc),
+    epilogue: impl FnOnce(&Acc, &Acc),
 ) {
     let tid = thread_idx().x;
     let wg = tid / 128;
@@ -197,19 +217,31 @@ fn mainloop(
         return;
     }
     let consumer = wg - 1;
+    let wide = split.wide();
     let mut acc: Acc = [0.0; BN / 2];
+    let mut acc_hi: Acc = [0.0; BN / 2];
     // The zeros must be in their registers before the first `wgmma.fence` (see
     // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
     acc.keep_in_registers();
+    if wide {
+        acc_hi.keep_in_registers();
+    }
     let (row_off, col_off) = split.origin(consumer);
     for kt in 0..k_tiles {
         let s = kt % stages;
         sm.full(s).wait((kt / stages) as u32 & 1);
         let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + row_off * 128);
         let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s) + col_off * 128);
+        // The upper half's B rows follow the lower half's 128 rows.
+        let b_hi = b.advance(BN as u32 * 128);
         wgmma_fence();
+        // Each half gets the same four k16 steps in the same order as in a narrow tile, so an
+        // element's bits do not depend on the tile width.
         seq!(KK in 0..4 {
             wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
+            if wide {
+                wgmma_m64n128k16_ss(&mut acc_hi, a.advance(32 * KK), b_hi.advance(32 * KK));
+            }
         });
         wgmma_commit();
         // Keep this batch in flight; the previous one is done, so its slot can be refilled.
@@ -223,24 +255,28 @@ fn mainloop(
     }
     wgmma_wait::<0>();
     acc.keep_in_registers();
-    epilogue(&acc);
+    if wide {
+        acc_hi.keep_in_registers();
+    }
+    epilogue(&acc, &acc_hi);
 }
 
-/// Where a consumer thread's accumulators land in the tile: `d[4j + e]` is row
-/// `row + 8·(e/2)`, column `8j + col + e%2`.
+/// Where a consumer thread's accumulators of half `half` (0, or 1 for the upper 128 columns of
+/// a wide tile) land in the tile: `d[4j + e]` is row `row + 8·(e/2)`, column `8j + col + e%2`.
 #[inline(always)]
-fn fragment_origin(split: Split) -> (u32, u32) {
+fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
     let t = thread_idx().x % 128;
     let (row_off, col_off) = split.origin(thread_idx().x / 128 - 1);
     let (warp, lane) = (t / 32, t % 32);
-    (row_off + warp * 16 + lane / 4, col_off + 2 * (lane % 4))
+    let col = col_off + BN as u32 * half + 2 * (lane % 4);
+    (row_off + warp * 16 + lane / 4, col)
 }
 
 /// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
-/// (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
+/// in half `half` (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
 #[inline(always)]
-fn for_each_pair(split: Split, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
-    let (row, col) = fragment_origin(split);
+fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
+    let (row, col) = fragment_origin(split, half);
     seq!(J in 0..16 {
         store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
         store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
@@ -251,14 +287,14 @@ fn for_each_pair(split: Split, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f
 /// columns `col0 + c < m`.
 #[inline(always)]
 fn store_f32(
-    split: Split,
+    (split, half): (Split, u32),
     acc: &Acc,
     (y, bias): (Out<f32>, In<f32>),
     (row0, end): (u32, u32),
     (col0, m): (u32, u32),
     flags: u32,
 ) {
-    for_each_pair(split, acc, |r, c, v0, v1| {
+    for_each_pair(split, half, acc, |r, c, v0, v1| {
         let (r, c) = (row0 + r, col0 + c);
         if r >= end {
             return;
@@ -278,12 +314,19 @@ fn store_f32(
     });
 }
 
-/// The SwiGLU epilogue of a gate|up tile (per consumer: 64 gate columns, then the matching 64
-/// up columns): `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end` and
-/// `out0 + c < m`, `out0` the block's first output feature.
+/// The SwiGLU epilogue of a gate|up tile (per consumer and half: 64 gate columns, then the
+/// matching 64 up columns): `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end`
+/// and `out0 + c < m`, `out0` the block's first output feature.
 #[inline(always)]
-fn store_swiglu(split: Split, acc: &Acc, h: Out<u16>, (row0, end): (u32, u32), out0: u32, m: u32) {
-    let (row, col) = fragment_origin(split);
+fn store_swiglu(
+    (split, half): (Split, u32),
+    acc: &Acc,
+    h: Out<u16>,
+    (row0, end): (u32, u32),
+    out0: u32,
+    m: u32,
+) {
+    let (row, col) = fragment_origin(split, half);
     // A consumer's 128 tile columns make 64 outputs.
     let (row, col) = (row0 + row, out0 + col - col / BN as u32 * (BN / 2) as u32);
     seq!(J in 0..8 {
@@ -298,15 +341,75 @@ fn store_swiglu(split: Split, acc: &Acc, h: Out<u16>, (row0, end): (u32, u32), o
     });
 }
 
+/// The dense f32 GEMM, narrow (`BN` columns per block) or wide (`WIDE_BN`): the same
+/// arithmetic for every element, so the host may pick either per call.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dense_f32<const WIDE: bool>(
+    map_x: In<TensorMap>,
+    map_w: In<TensorMap>,
+    bias: In<f32>,
+    y: Out<f32>,
+    n_rows: u32,
+    m: u32,
+    k: u32,
+    flags: u32,
+) {
+    let (split, cols) = if WIDE {
+        (Split::WideRows, WIDE_BN)
+    } else {
+        (Split::Rows, BN)
+    };
+    let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * cols as u32);
+    mainloop(split, map_x, map_w, row0, col0, k, |acc, acc_hi| {
+        let out = (y, bias);
+        store_f32((split, 0), acc, out, (row0, n_rows), (col0, m), flags);
+        if WIDE {
+            store_f32((split, 1), acc_hi, out, (row0, n_rows), (col0, m), flags);
+        }
+    });
+}
+
+/// The dense SwiGLU GEMM, narrow or wide (as [`dense_f32`]).
+#[inline(always)]
+fn dense_swiglu<const WIDE: bool>(
+    map_x: In<TensorMap>,
+    map_w: In<TensorMap>,
+    h: Out<u16>,
+    n_rows: u32,
+    m: u32,
+    k: u32,
+) {
+    let (split, cols) = if WIDE {
+        (Split::WideRows, WIDE_BN)
+    } else {
+        (Split::Rows, BN)
+    };
+    let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * cols as u32);
+    // Each 128 tile columns make 64 outputs (`store_swiglu` maps a half's columns).
+    let out0 = block_idx().x * (cols / 2) as u32;
+    mainloop(split, map_x, map_w, row0, col0, k, |acc, acc_hi| {
+        store_swiglu((split, 0), acc, h, (row0, n_rows), out0, m);
+        if WIDE {
+            store_swiglu((split, 1), acc_hi, h, (row0, n_rows), out0, m);
+        }
+    });
+}
+
 kernel! {
     /// `y = x · wᵀ [+ bias] [+ y]` (flags `EPI_BIAS`, `EPI_ADD_TO_Y`), f32 out. `map_x`: bf16
     /// `[n_rows][k]`, box 64 × `BM`; `map_w`: bf16 `[m][k]`, box 64 × `BN`; both 128B-swizzled.
     /// Grid: (⌈m / BN⌉, ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        mainloop(Split::Rows, map_x, map_w, row0, col0, k, |acc| {
-            store_f32(Split::Rows, acc, (y, bias), (row0, n_rows), (col0, m), flags)
-        });
+        dense_f32::<false>(map_x, map_w, bias, y, n_rows, m, k, flags);
+    }
+}
+
+kernel! {
+    /// As `gemm_wgmma_f32` with `WIDE_BN` columns per block: grid (⌈m / WIDE_BN⌉,
+    /// ⌈n_rows / BM⌉), `WIDE_SHARED_BYTES`. Every element gets the same bits as there.
+    pub fn gemm_wgmma_f32_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        dense_f32::<true>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -317,10 +420,15 @@ kernel! {
     /// `m` is the number of output features (`map_w` has `2·⌈m/64⌉·64` rows).
     /// Grid: (⌈m / 64⌉, ⌈n_rows / BM⌉).
     pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
-        let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * BN as u32);
-        mainloop(Split::Rows, map_x, map_w, row0, col0, k, |acc| {
-            store_swiglu(Split::Rows, acc, h, (row0, n_rows), block_idx().x * (BN / 2) as u32, m)
-        });
+        dense_swiglu::<false>(map_x, map_w, h, n_rows, m, k);
+    }
+}
+
+kernel! {
+    /// As `gemm_wgmma_swiglu` with `WIDE_BN` columns per block: grid (⌈m / 128⌉,
+    /// ⌈n_rows / BM⌉), `WIDE_SHARED_BYTES`.
+    pub fn gemm_wgmma_swiglu_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
+        dense_swiglu::<true>(map_x, map_w, h, n_rows, m, k);
     }
 }
 
@@ -349,9 +457,9 @@ kernel! {
         };
         let rows_per_expert = 2 * m.div_ceil(64) * 64;
         let col0 = e * rows_per_expert + block_idx().x * GROUPED_BN as u32;
-        mainloop(Split::Cols, map_x, map_w, row0, col0, k, |acc| {
+        mainloop(Split::Cols, map_x, map_w, row0, col0, k, |acc, _| {
             let out0 = block_idx().x * (GROUPED_BN / 2) as u32;
-            store_swiglu(Split::Cols, acc, h, (row0, end), out0, m)
+            store_swiglu((Split::Cols, 0), acc, h, (row0, end), out0, m)
         });
     }
 }
@@ -365,8 +473,8 @@ kernel! {
             return;
         };
         let col0 = block_idx().x * GROUPED_BN as u32;
-        mainloop(Split::Cols, map_x, map_w, row0, e * m + col0, k, |acc| {
-            store_f32(Split::Cols, acc, (y, y.as_in()), (row0, end), (col0, m), 0)
+        mainloop(Split::Cols, map_x, map_w, row0, e * m + col0, k, |acc, _| {
+            store_f32((Split::Cols, 0), acc, (y, y.as_in()), (row0, end), (col0, m), 0)
         });
     }
 }

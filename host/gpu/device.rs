@@ -15,17 +15,17 @@ pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.pt
 /// the same kernel signatures and launch geometry, with only kernel bodies changed.
 pub const PTX_OVERRIDE_VAR: &str = "KILN_KERNELS_PTX";
 
-/// The kernel PTX and where it came from.
-fn kernels_ptx() -> Result<(String, String)> {
+/// The kernel PTX, where it came from, and whether that is the override.
+fn kernels_ptx() -> Result<(String, String, bool)> {
     match std::env::var_os(PTX_OVERRIDE_VAR) {
-        None => Ok((KERNELS_PTX.to_string(), "built in".into())),
+        None => Ok((KERNELS_PTX.to_string(), "built in".into(), false)),
         Some(path) => {
             let shown = format!("{PTX_OVERRIDE_VAR}={}", path.to_string_lossy());
             let ptx = std::fs::read_to_string(&path).map_err(|e| GpuError::Driver {
                 op: format!("reading {shown}"),
                 message: e.to_string(),
             })?;
-            Ok((ptx, shown))
+            Ok((ptx, shown, true))
         }
     }
 }
@@ -59,17 +59,24 @@ impl CudaRuntime {
         // SAFETY: called before any buffer or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        let (ptx, source) = kernels_ptx()?;
+        let (ptx, source, overridden) = kernels_ptx()?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(|e| GpuError::driver(format!("loading the kernel PTX ({source})"), e))?;
         let mut functions = HashMap::new();
         // Every kernel declared with `kernel!` (build.rs checked each is in the PTX).
+        // (An override PTX may predate some kernels: those are left out, and launching one
+        // fails with "no such kernel in the loaded PTX".)
         for entry in gpu_kernels::device::entry::entries() {
-            let f = module
-                .load_function(entry.name)
-                .map_err(|e| GpuError::driver(format!("loading kernel {}", entry.name), e))?;
-            functions.insert(entry.name, f);
+            match module.load_function(entry.name) {
+                Ok(f) => {
+                    functions.insert(entry.name, f);
+                }
+                Err(_) if overridden => {}
+                Err(e) => {
+                    return Err(GpuError::driver(format!("loading kernel {}", entry.name), e));
+                }
+            }
         }
         Ok(CudaRuntime {
             stream: ctx.default_stream(),

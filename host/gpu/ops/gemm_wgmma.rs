@@ -5,18 +5,47 @@
 use super::gemm::Epilogue;
 use super::to_u32;
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::gemm_wgmma::{self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS};
+use gpu_kernels::gemm_wgmma::{
+    self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
+};
 
 /// Output features per gate (or up) block of an interleaved gate|up weight matrix.
 pub const GATE_UP_BLOCK: usize = BN / 2;
 
+/// Output columns per block of the dense GEMMs: `BN` (narrow) or `WIDE_BN` (wide, which reads
+/// each A tile half as often). Both give every element the same bits (the same `wgmma`
+/// sequence), so the width may change from call to call without breaking batch invariance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileWidth {
+    /// Wide when that still makes [`WIDE_MIN_BLOCKS`] blocks, else narrow.
+    Auto,
+    Narrow,
+    Wide,
+}
+
+/// Blocks a wide launch needs for `TileWidth::Auto` to choose it: two waves of the 132
+/// multiprocessors of an H100/H200 (fewer, larger blocks leave multiprocessors idle).
+pub const WIDE_MIN_BLOCKS: usize = 264;
+
+impl TileWidth {
+    fn is_wide(self, rows: usize, n_cols: usize) -> bool {
+        match self {
+            TileWidth::Narrow => false,
+            TileWidth::Wide => true,
+            TileWidth::Auto => rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN) >= WIDE_MIN_BLOCKS,
+        }
+    }
+}
+
 /// One launch over `rows` rows of `x` and `n_cols` output columns.
-fn config(kernel: &'static str, rows: usize, n_cols: usize) -> Result<LaunchConfig> {
-    let mut cfg = LaunchConfig::linear(
-        to_u32(kernel, "column tiles", n_cols.div_ceil(BN))?,
-        THREADS,
-    )
-    .with_shared(SHARED_BYTES);
+fn config(kernel: &'static str, rows: usize, n_cols: usize, wide: bool) -> Result<LaunchConfig> {
+    let (cols, shared) = if wide {
+        (WIDE_BN, WIDE_SHARED_BYTES)
+    } else {
+        (BN, SHARED_BYTES)
+    };
+    let mut cfg = LaunchConfig::linear(to_u32(kernel, "column tiles", n_cols.div_ceil(cols))?, THREADS)
+        .with_shared(shared);
     cfg.grid.1 = to_u32(kernel, "row tiles", rows.div_ceil(BM))?;
     ensure_shape!(cfg.grid.1 <= 65535, kernel, "{rows} rows exceed one launch");
     Ok(cfg)
@@ -31,6 +60,18 @@ pub fn matmul(
     rows: usize,
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
+    matmul_tiled(dev, x, w, y, (rows, TileWidth::Auto), epilogue)
+}
+
+/// [`matmul`] with the tile width chosen by the caller (tests and benchmarks).
+pub fn matmul_tiled(
+    dev: &Device,
+    x: &TmaMatrix,
+    w: &TmaMatrix,
+    y: &Buffer<f32>,
+    (rows, width): (usize, TileWidth),
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
     const K: &str = "gemm_wgmma_f32";
     let (m, k) = (w.rows(), w.cols());
     x.check(K, "x", rows, k)?;
@@ -42,23 +83,18 @@ pub fn matmul(
     if rows == 0 {
         return Ok(());
     }
-    let cfg = config(K, rows, m)?;
+    let wide = width.is_wide(rows, m);
+    let cfg = config(K, rows, m, wide)?;
     let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
         | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
     let bias = epilogue.bias.unwrap_or(y); // unread without EPI_BIAS
+    let (x, w, bias, out) = (x.map(), w.map(), bias.input(), y.output());
     let (rows, m, k) = (rows as u32, m as u32, k as u32);
-    gemm_wgmma::gemm_wgmma_f32::launch(
-        dev,
-        cfg,
-        x.map(),
-        w.map(),
-        bias.input(),
-        y.output(),
-        rows,
-        m,
-        k,
-        flags,
-    )
+    if wide {
+        gemm_wgmma::gemm_wgmma_f32_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+    } else {
+        gemm_wgmma::gemm_wgmma_f32::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+    }
 }
 
 /// `h[rows][m] = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with `w_gate_up` interleaved by
@@ -70,6 +106,17 @@ pub fn matmul_swiglu(
     h: &TmaMatrix,
     rows: usize,
 ) -> Result<()> {
+    matmul_swiglu_tiled(dev, x, w_gate_up, h, (rows, TileWidth::Auto))
+}
+
+/// [`matmul_swiglu`] with the tile width chosen by the caller (tests and benchmarks).
+pub fn matmul_swiglu_tiled(
+    dev: &Device,
+    x: &TmaMatrix,
+    w_gate_up: &TmaMatrix,
+    h: &TmaMatrix,
+    (rows, width): (usize, TileWidth),
+) -> Result<()> {
     const K: &str = "gemm_wgmma_swiglu";
     let (m, k) = (h.cols(), w_gate_up.cols());
     x.check(K, "x", rows, k)?;
@@ -79,18 +126,15 @@ pub fn matmul_swiglu(
     if rows == 0 {
         return Ok(());
     }
-    let cfg = config(K, rows, interleaved_rows(m))?;
+    let wide = width.is_wide(rows, interleaved_rows(m));
+    let cfg = config(K, rows, interleaved_rows(m), wide)?;
+    let (x, w, h) = (x.map(), w_gate_up.map(), h.data().output());
     let (rows, m, k) = (rows as u32, m as u32, k as u32);
-    gemm_wgmma::gemm_wgmma_swiglu::launch(
-        dev,
-        cfg,
-        x.map(),
-        w_gate_up.map(),
-        h.data().output(),
-        rows,
-        m,
-        k,
-    )
+    if wide {
+        gemm_wgmma::gemm_wgmma_swiglu_wide::launch(dev, cfg, x, w, h, rows, m, k)
+    } else {
+        gemm_wgmma::gemm_wgmma_swiglu::launch(dev, cfg, x, w, h, rows, m, k)
+    }
 }
 
 /// Rows of an interleaved gate|up matrix for `m` output features.
