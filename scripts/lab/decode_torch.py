@@ -90,8 +90,8 @@ def measure(torch, model, ids, steps):
     new_tokens = out.shape[1] - n
     if new_tokens != steps + 1:
         raise RuntimeError(f"generate returned {new_tokens} new tokens, asked for {steps + 1}")
-    # The first put is the prompt itself; after it, one put per new token.
-    token_stamps = [t for t, k in streamer.stamps[1:]]
+    # generate puts the prompt first (n ids), then each new token (1 id at batch 1).
+    token_stamps = [t for t, k in streamer.stamps if k == 1]
     row = {"prompt": n, "steps": steps, "total_ms": total * 1e3,
            "first_tokens": out[0, n:n + 8].tolist()}
     if len(token_stamps) == steps + 1:
