@@ -88,7 +88,8 @@ fn main() {
         times.sort_by(f64::total_cmp);
         let secs = times[1];
         let mem = used_gib(&dev);
-        let tflops = prefill_flops(&cfg, n).total() / secs / 1e12;
+        let flops = prefill_flops(&cfg, n).total();
+        let tflops = flops / secs / 1e12;
         let profiled = PrefillOptions {
             profile: true,
             ..Default::default()
@@ -111,7 +112,7 @@ fn main() {
             breakdown.join(" | ")
         );
         rows.push(serde_json::json!({
-            "n": n, "ms": secs * 1e3, "tokens_per_s": n as f64 / secs, "tflops": tflops,
+            "n": n, "ms": secs * 1e3, "tokens_per_s": n as f64 / secs, "flops": flops, "tflops": tflops,
             "gpu_gib": mem,
             "stages": stages.iter().map(|(k, v)| serde_json::json!({"stage": k, "s": v})).collect::<Vec<_>>(),
         }));

@@ -413,8 +413,10 @@ def fmt_kernel_row(r):
 
 # ---- the model peer -------------------------------------------------------------------------------
 
-def build_model(torch, transformers, g, max_len, log):
-    cfgd = hf_config_dict(g, max_len)
+def qwen3moe_config(transformers, cfgd, log):
+    """A transformers Qwen3MoeConfig from a config dict (hf_config_dict's fields), RoPE theta
+    set however this transformers version spells it, SDPA attention asked for. Also used by
+    lab/full_depth_torch.py and lab/decode_torch.py."""
     theta = cfgd["rope_theta"]
     Config = transformers.Qwen3MoeConfig
     kwargs = dict(cfgd)
@@ -435,6 +437,30 @@ def build_model(torch, transformers, g, max_len, log):
         cfg._attn_implementation = "sdpa"
     except Exception as ex:
         log(f"  note: cannot set config._attn_implementation: {ex}")
+    return cfg
+
+
+def rope_inv_freq(torch, cfgd):
+    """RoPE's default inverse frequencies for cfgd, float64 on the CPU."""
+    hd, theta = cfgd["head_dim"], cfgd["rope_theta"]
+    return 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+
+
+def check_rope(torch, model, cfgd):
+    """Every *inv_freq buffer holds RoPE's frequencies for cfgd's theta (whatever way this
+    transformers version spells the config); raises otherwise."""
+    want = rope_inv_freq(torch, cfgd)
+    for name, buf in model.named_buffers():
+        if name.endswith("inv_freq"):
+            got = buf.detach().double().cpu()
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5):
+                raise RuntimeError(f"{name} does not match rope theta {cfgd['rope_theta']}: "
+                                   "RoPE config was not applied")
+
+
+def build_model(torch, transformers, g, max_len, log):
+    cfgd = hf_config_dict(g, max_len)
+    cfg = qwen3moe_config(transformers, cfgd, log)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -451,14 +477,7 @@ def build_model(torch, transformers, g, max_len, log):
     if attn != "sdpa":
         log(f"  note: attention implementation is {attn!r}, not 'sdpa'")
     # RoPE check independent of how this transformers version spells the config.
-    hd = cfgd["head_dim"]
-    want = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-    for name, buf in model.named_buffers():
-        if name.endswith("inv_freq"):
-            got = buf.detach().double().cpu()
-            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5):
-                raise RuntimeError(f"{name} does not match rope theta {theta}: RoPE config "
-                                   "was not applied")
+    check_rope(torch, model, cfgd)
     return model, cfgd
 
 

@@ -10,6 +10,15 @@
 #      its own launch path, TFLOP/s vs the peak) and lab/gemm.py, lab/attention.py (the same
 #      kernels beside cuBLAS and SDPA in one process, with correctness and bit-identity checks)
 #      -> kernels.txt, kernels-bench.json
+#  0b. full depth: bench-full-depth (benches/full_depth.rs: 48 layers, synthetic weights made
+#      on the GPU, N up to 32768), then its transformers peer lab/full_depth_torch.py at the
+#      same depth and lengths, with the side-by-side table -> full-depth.txt (both outputs),
+#      full-depth-bench.json (kiln), full-depth-torch.json (transformers)
+#  0c. decode at batch 1: bench-decode (benches/decode.rs: 30b dims at 2 and 48 layers, prompts
+#      512 and 4096, greedy, ms/token against the bytes-read roofline and the device copy
+#      measured in the same process), then lab/decode_torch.py (transformers generate, same
+#      dims, same depths and prompts) with the side by side -> decode.txt (both outputs),
+#      decode-bench.json (kiln), decode-torch.json (transformers)
 #   1. kiln synth: the tiny model and the 30b model (Qwen3-30B-A3B dims, KILN_BENCH_LAYERS
 #      layers, BF16, seed 0) into a scratch folder
 #   2. kiln bench on both files: tokens/s, TFLOP/s, weight TB/s, stage breakdown -> bench.json;
@@ -18,8 +27,9 @@
 #      transformers.Qwen3MoeForCausalLM on the same files and prompts -> torch.json
 #   4. the side-by-side table -> combined.txt (printed last)
 # Files in OUTDIR: env.txt, kernels.txt, kernels-bench.json, full-depth.txt,
-# full-depth-bench.json, bench.json, torch.json, combined.txt, kiln-bench.log, torch-bench.log
-# (10: the device tool brings back 8 files, so tar OUTDIR into $OUT when calling it there).
+# full-depth-bench.json, full-depth-torch.json, decode.txt, decode-bench.json,
+# decode-torch.json, bench.json, torch.json, combined.txt, kiln-bench.log, torch-bench.log
+# (14: the device tool brings back 8 files, so tar OUTDIR into $OUT when calling it there).
 #
 # Environment (all optional):
 #   KILN_BENCH_BUDGET=510      seconds for everything (the device tool stops a command at 600)
@@ -32,6 +42,14 @@
 #   KILN_BENCH_KERNELS=0       skip step 0 (the kernel benchmark and lab)
 #   KILN_BENCH_FULL_DEPTH=0    skip step 0b (benches/full_depth.rs: 48 layers, synthetic weights
 #                              generated on the GPU, N up to 32768 -> full-depth.txt, .json)
+#   KILN_FULL_DEPTH_LAYERS=48  step 0b's depth, and KILN_FULL_DEPTH_LENGTHS its lengths
+#                              (512,...,32768), for kiln and torch alike
+#   KILN_BENCH_FULL_DEPTH_TORCH=0          skip step 0b's transformers peer
+#   KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT=200   its cap in seconds (less if the budget is short)
+#   KILN_BENCH_FULL_DEPTH_TORCH_REPEATS=2  its timed runs per N (after 1 warm-up)
+#   KILN_BENCH_DECODE=0        skip step 0c (decode); KILN_BENCH_DECODE_TORCH=0 its torch peer only
+#   KILN_DECODE_LAYERS=2,48  KILN_DECODE_PROMPTS=512,4096  KILN_DECODE_STEPS=64   step 0c's runs
+#   KILN_BENCH_DECODE_TIMEOUT=120, KILN_BENCH_DECODE_TORCH_TIMEOUT=200   their caps in seconds
 #   KILN_BENCH_E2E=0           skip steps 1-4 (end-to-end prefill)
 #   KILN_BENCH_EXPERTS=grouped_mm,eager   transformers experts backends to time
 #   KILN_BENCH_DEVICE=emulator a smoke test of this whole script without a GPU: kiln on its CPU
@@ -61,6 +79,11 @@ experts="${KILN_BENCH_EXPERTS:-grouped_mm,eager}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}" PYTHONUNBUFFERED=1
 
 left() { echo $((budget - SECONDS)); }
+# Seconds a step may take: its cap ($1), or what is left of the budget less 30 s if less.
+cap_time() {
+    local room=$(($(left) - 30))
+    echo $((room < $1 ? room : $1))
+}
 say() { printf '\n== [%3ss] %s\n' "$SECONDS" "$*"; }
 
 # The kiln binary: packed into bin.tar.xz when the bundle was over budget.
@@ -68,7 +91,9 @@ kiln="$here/kiln"
 if [[ ! -x "$kiln" && -f "$here/bin.tar.xz" ]]; then
     if command -v xz >/dev/null; then
         tar -C "$here" -xJf "$here/bin.tar.xz" kiln
-        tar -C "$here" -xJf "$here/bin.tar.xz" bench-kernels bench-full-depth 2>/dev/null || true
+        for b in bench-kernels bench-full-depth bench-decode; do
+            tar -C "$here" -xJf "$here/bin.tar.xz" "$b" 2>/dev/null || true
+        done
     else
         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extract("kiln", sys.argv[2])' \
             "$here/bin.tar.xz" "$here"
@@ -110,13 +135,69 @@ if [[ "${KILN_BENCH_KERNELS:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulato
 fi
 # ---- 0b. full depth: 48 layers, synthetic weights made on the GPU -----------------------------
 if [[ "${KILN_BENCH_FULL_DEPTH:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulator ]]; then
-    say "full depth: bench-full-depth (48 layers, GPU-generated synthetic weights)"
+    fd_layers="${KILN_FULL_DEPTH_LAYERS:-48}"
+    fd_lengths="${KILN_FULL_DEPTH_LENGTHS:-512,2048,4096,8192,16384,32768}"
+    say "full depth: bench-full-depth ($fd_layers layers, GPU-generated synthetic weights)"
     if [[ -x "$here/bench-full-depth" ]]; then
-        KILN_BENCH_OUT="$out" timeout "${KILN_BENCH_FULL_DEPTH_TIMEOUT:-150}" \
+        KILN_BENCH_OUT="$out" KILN_BENCH_LAYERS="$fd_layers" KILN_FULL_DEPTH_LENGTHS="$fd_lengths" \
+            timeout "${KILN_BENCH_FULL_DEPTH_TIMEOUT:-150}" \
             "$here/bench-full-depth" 2>&1 | tee "$out/full-depth.txt" ||
             echo "bench-full-depth: exit $?" | tee -a "$out/full-depth.txt"
     else
         echo "bench-full-depth: not in the bundle" | tee "$out/full-depth.txt"
+    fi
+    # The transformers peer at the same depth and lengths (lab/full_depth_torch.py: random bf16
+    # weights made on the GPU). bench-full-depth was its own process and has exited, so its
+    # ~60 GB are free. Its build (~61 GB) and runs must fit in what is left: capped, and it
+    # starts no N past its own deadline.
+    if [[ "${KILN_BENCH_FULL_DEPTH_TORCH:-1}" != 0 ]]; then
+        fdt_time=$(cap_time "${KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT:-200}")
+        if ((fdt_time >= 60)); then
+            say "full depth: lab/full_depth_torch.py (transformers, same dims; ${fdt_time}s)"
+            timeout --kill-after=10 "$fdt_time" python3 "$here/lab/full_depth_torch.py" \
+                --layers "$fd_layers" --lengths "$fd_lengths" \
+                --repeats "${KILN_BENCH_FULL_DEPTH_TORCH_REPEATS:-2}" \
+                --deadline-s "$((fdt_time - 40))" --json "$out/full-depth-torch.json" \
+                --kiln-json "$out/full-depth-bench.json" 2>&1 | tee -a "$out/full-depth.txt"
+            echo "full_depth_torch.py: exit ${PIPESTATUS[0]}" | tee -a "$out/full-depth.txt"
+        else
+            echo "full_depth_torch.py: skipped, ${fdt_time}s left in the budget" |
+                tee -a "$out/full-depth.txt"
+        fi
+    fi
+fi
+# ---- 0c. decode at batch 1: kiln and transformers generate, same dims --------------------------
+if [[ "${KILN_BENCH_DECODE:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulator ]]; then
+    dec_layers="${KILN_DECODE_LAYERS:-2,48}"
+    dec_prompts="${KILN_DECODE_PROMPTS:-512,4096}"
+    dec_steps="${KILN_DECODE_STEPS:-64}"
+    : >"$out/decode.txt"
+    dec_time=$(cap_time "${KILN_BENCH_DECODE_TIMEOUT:-120}")
+    if [[ ! -x "$here/bench-decode" ]]; then
+        echo "bench-decode: not in the bundle" | tee -a "$out/decode.txt"
+    elif ((dec_time >= 20)); then
+        say "decode: bench-decode (layers $dec_layers, prompts $dec_prompts, $dec_steps steps; ${dec_time}s)"
+        KILN_BENCH_OUT="$out" KILN_DECODE_LAYERS="$dec_layers" KILN_DECODE_PROMPTS="$dec_prompts" \
+            KILN_DECODE_STEPS="$dec_steps" timeout --kill-after=10 "$dec_time" \
+            "$here/bench-decode" 2>&1 | tee -a "$out/decode.txt"
+        echo "bench-decode: exit ${PIPESTATUS[0]}" | tee -a "$out/decode.txt"
+    else
+        echo "bench-decode: skipped, ${dec_time}s left in the budget" | tee -a "$out/decode.txt"
+    fi
+    # transformers generate on the same dims (a separate process: bench-decode's memory is free).
+    if [[ "${KILN_BENCH_DECODE_TORCH:-1}" != 0 ]]; then
+        dect_time=$(cap_time "${KILN_BENCH_DECODE_TORCH_TIMEOUT:-200}")
+        if ((dect_time >= 60)); then
+            say "decode: lab/decode_torch.py (transformers generate; ${dect_time}s)"
+            timeout --kill-after=10 "$dect_time" python3 "$here/lab/decode_torch.py" \
+                --layers "$dec_layers" --prompts "$dec_prompts" --steps "$dec_steps" \
+                --deadline-s "$((dect_time - 30))" --json "$out/decode-torch.json" \
+                --kiln-json "$out/decode-bench.json" 2>&1 | tee -a "$out/decode.txt"
+            echo "decode_torch.py: exit ${PIPESTATUS[0]}" | tee -a "$out/decode.txt"
+        else
+            echo "decode_torch.py: skipped, ${dect_time}s left in the budget" |
+                tee -a "$out/decode.txt"
+        fi
     fi
 fi
 if [[ "${KILN_BENCH_E2E:-1}" == 0 ]]; then

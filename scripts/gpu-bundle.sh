@@ -11,6 +11,8 @@
 #   gpu-bundle/run.sh               the runner (a copy of scripts/gpu-bundle-run.sh)
 #   gpu-bundle/bench.sh             the benchmark (scripts/gpu-bench.sh; run.sh bench OUTDIR)
 #   gpu-bundle/bench_torch.py       its PyTorch peer (scripts/bench_torch.py)
+#   gpu-bundle/bench-kernels, bench-full-depth, bench-decode   the cargo benches (benches/*.rs)
+#   gpu-bundle/lab/                 scripts/lab/*.py: kernel lab, full-depth and decode peers
 #   gpu-bundle/MANIFEST.txt         what was built, from which commit, and the sizes
 #   (gpu-bundle/bin.tar.xz          kiln and tests/, packed, when the bundle is over budget)
 #
@@ -108,14 +110,14 @@ cp tests/data/* "$bundle/test-data/"
 # links the bundled kiln there when that path does not exist on the GPU machine.
 echo "$root/target/release/kiln" >"$bundle/kiln.path"
 
-# The benchmarks (benches/kernels.rs, benches/full_depth.rs) and the kernel lab (PyTorch peers
-# in the same call), as bench-kernels and bench-full-depth.
+# The benchmarks (benches/kernels.rs, full_depth.rs, decode.rs) and the lab (PyTorch peers in
+# the same call: scripts/lab/*.py into lab/), as bench-kernels, bench-full-depth, bench-decode.
 bench_exes=()
 while IFS=$'\t' read -r name exe; do
     [[ -n "$exe" ]] || continue
     cp "$exe" "$bundle/bench-${name//_/-}"
     bench_exes+=("$bundle/bench-${name//_/-}")
-done < <(cargo bench --no-run --bench kernels --bench full_depth \
+done < <(cargo bench --no-run --bench kernels --bench full_depth --bench decode \
     --message-format=json-render-diagnostics 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
@@ -125,8 +127,9 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["target"]["name"] + "\t" + m["executable"])')
-if [[ ${#bench_exes[@]} -lt 2 ]]; then
-    echo "warning: could not build both benches (benches/kernels.rs, benches/full_depth.rs)" >&2
+if [[ ${#bench_exes[@]} -lt 3 ]]; then
+    echo "warning: could not build all three benches (benches/kernels.rs, full_depth.rs," \
+        "decode.rs): ${#bench_exes[@]} built" >&2
 fi
 mkdir -p "$bundle/lab"
 cp scripts/lab/*.py "$bundle/lab/"

@@ -503,3 +503,66 @@ fn llama_and_qwen2_fixtures_match_their_references() {
         }
     }
 }
+
+/// `GpuModel::decode_bytes` (the decode roofline of benches/decode.rs) counts what one step reads
+/// from the model as stored, checked here against the config's sizes: bf16 matrices (gate|up
+/// interleaved: 2·ff rows, every tiny ff being a multiple of 64), f32 vectors and router, only
+/// `n_expert_used` experts, the whole LM head, one bf16 embedding row, and bf16 K and V of
+/// `context` positions per layer.
+#[test]
+fn decode_bytes_count_the_model_as_stored() {
+    use kiln::synth::config;
+    let dev = Device::emulator();
+    for arch in [Arch::Qwen3Moe, Arch::Qwen2Moe, Arch::Qwen3] {
+        let cfg = config(&SynthSpec {
+            arch,
+            preset: Preset::Tiny,
+            n_layer: 2,
+            dtype: GgmlType::BF16,
+            seed: 0,
+        });
+        let model = GpuModel::synthetic(&dev, &cfg, 1).unwrap();
+        let (h, qd, kvd, hd) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let swiglu = |ff: usize| 2 * (2 * ff * h + h * ff);
+        let mut layer = 2 * (h * (qd + 2 * kvd) + qd * h) + 4 * 2 * h;
+        if cfg.qk_norm {
+            layer += 4 * 2 * hd;
+        }
+        if cfg.qkv_bias {
+            layer += 4 * (qd + 2 * kvd);
+        }
+        let mut experts = 0;
+        if arch.is_moe() {
+            layer += 4 * h * cfg.n_expert;
+            experts = cfg.n_expert_used * swiglu(cfg.ff_exp);
+        } else {
+            layer += swiglu(cfg.ff);
+        }
+        if cfg.ff_shexp > 0 {
+            layer += 4 * h + swiglu(cfg.ff_shexp);
+        }
+        let l = cfg.n_layer;
+        let b = model.decode_bytes(100);
+        assert_eq!(b.layer_weights, (l * layer) as u64, "{arch} layer weights");
+        assert_eq!(
+            b.routed_experts,
+            (l * experts) as u64,
+            "{arch} routed experts"
+        );
+        assert_eq!(
+            b.lm_head,
+            (4 * h + 2 * cfg.vocab * h) as u64,
+            "{arch} LM head"
+        );
+        assert_eq!(b.embedding_row, (2 * h) as u64, "{arch} embedding row");
+        assert_eq!(
+            b.kv_cache,
+            (l * 2 * 100 * kvd * 2) as u64,
+            "{arch} KV cache"
+        );
+        assert_eq!(
+            b.total(),
+            b.layer_weights + b.routed_experts + b.lm_head + b.embedding_row + b.kv_cache
+        );
+    }
+}

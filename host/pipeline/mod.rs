@@ -13,4 +13,4 @@ mod synthetic;
 mod weights;
 
 pub use forward::{PrefillOptions, PrefillOutput, Session, prefill};
-pub use weights::GpuModel;
+pub use weights::{DECODE_BYTES, DecodeBytes, GpuModel};

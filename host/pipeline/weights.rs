@@ -225,7 +225,71 @@ impl GpuLayer {
     }
 }
 
+/// What one decode step (one token, attending to `context` positions) must read from device
+/// memory, counted from the model as it is stored there: the roofline of decoding at batch 1.
+/// In words: [`DECODE_BYTES`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeBytes {
+    /// Every layer's weights except the routed experts: norms, Q|K|V (with biases and QK
+    /// norms), the output projection, the MoE router (f32) and shared expert, or the dense FFN.
+    pub layer_weights: u64,
+    /// Per MoE layer, `n_expert_used` experts' gate|up and down: the experts one token reaches.
+    pub routed_experts: u64,
+    /// The final norm and the whole LM head.
+    pub lm_head: u64,
+    /// One row of the embedding table.
+    pub embedding_row: u64,
+    /// K and V (bf16) of `context` positions in every layer.
+    pub kv_cache: u64,
+}
+
+impl DecodeBytes {
+    pub fn total(&self) -> u64 {
+        self.layer_weights + self.routed_experts + self.lm_head + self.embedding_row + self.kv_cache
+    }
+}
+
+/// [`DecodeBytes`]'s formula, for reports.
+pub const DECODE_BYTES: &str = "sum over layers of (every weight matrix and vector except the \
+    routed experts, router included, as stored: bf16 matrices, f32 vectors/router) + n_layer * \
+    n_expert_used * (one expert's gate|up + down, bf16) + final norm + LM head (bf16) + one \
+    embedding row + n_layer * 2 (K and V) * context * n_kv_head * head_dim * 2 bytes (bf16)";
+
 impl GpuModel {
+    /// Bytes one decode step reads at `context` positions (see [`DecodeBytes`]); tensor maps
+    /// are left out (128 bytes each).
+    pub fn decode_bytes(&self, context: usize) -> DecodeBytes {
+        let cfg = &self.cfg;
+        let m = |t: &TmaMatrix| t.data().bytes();
+        let opt = |b: &Option<Buffer<f32>>| b.as_ref().map_or(0, Buffer::bytes);
+        let mut out = DecodeBytes::default();
+        for l in &self.layers {
+            out.layer_weights += l.attn_norm.bytes()
+                + m(&l.wqkv)
+                + opt(&l.bqkv)
+                + opt(&l.q_norm)
+                + opt(&l.k_norm)
+                + m(&l.wo)
+                + l.ffn_norm.bytes();
+            match &l.ffn {
+                GpuFfn::Dense(d) => out.layer_weights += m(&d.gate_up) + m(&d.down),
+                GpuFfn::Moe(moe) => {
+                    out.layer_weights += moe.router.bytes()
+                        + moe.shared.as_ref().map_or(0, |s| {
+                            s.gate_inp.bytes() + m(&s.ffn.gate_up) + m(&s.ffn.down)
+                        });
+                    let experts = cfg.n_expert.max(1) as u64;
+                    let one = (m(&moe.experts.gate_up) + m(&moe.experts.down)) / experts;
+                    out.routed_experts += one * cfg.n_expert_used.min(cfg.n_expert) as u64;
+                }
+            }
+        }
+        out.lm_head = self.output_norm.bytes() + m(&self.output);
+        out.embedding_row = self.token_embd.bytes() / cfg.vocab.max(1) as u64;
+        out.kv_cache = (self.layers.len() * 2 * context * cfg.kv_dim() * 2) as u64;
+        out
+    }
+
     /// Device bytes the model keeps resident: every weight buffer in its device layout
     /// (bf16 matrices with their tensor maps, f32 vectors and router), as allocated.
     pub fn device_bytes(&self) -> u64 {
