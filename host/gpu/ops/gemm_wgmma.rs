@@ -23,9 +23,11 @@ pub enum TileWidth {
     Wide,
 }
 
-/// Blocks a wide launch needs for `TileWidth::Auto` to choose it: two waves of the 132
-/// multiprocessors of an H100/H200 (fewer, larger blocks leave multiprocessors idle).
-pub const WIDE_MIN_BLOCKS: usize = 264;
+/// Blocks a wide launch needs for `TileWidth::Auto` to choose it. Measured on the H200 (132
+/// multiprocessors, 2026-11-29, same call): wide tiles won at 80 blocks (512 × 5120 × 2048:
+/// 255 vs 239 TFLOP/s) and above (4096 × 2048 × 4096, 256 blocks: 558 vs 495; 8192³: 592 vs
+/// 540) and lost at 64 (4096 × 512 × 2048: 218 vs 283), where half the multiprocessors idle.
+pub const WIDE_MIN_BLOCKS: usize = 72;
 
 impl TileWidth {
     fn is_wide(self, rows: usize, n_cols: usize) -> bool {
