@@ -101,6 +101,7 @@ fn bench_rejects_what_the_emulator_cannot_run() {
         (&["--models", "30b"][..], "only the tiny model"),
         (&["--lengths", "4096"][..], "at most 64 tokens"),
         (&["--models", "7b"][..], "unknown bench model"),
+        (&["--weights", "gpu"][..], "--weights gpu needs a CUDA GPU"),
     ] {
         let mut all = vec!["bench", "--device", "emulator"];
         all.extend_from_slice(args);

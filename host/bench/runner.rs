@@ -31,6 +31,10 @@ pub struct Settings {
     pub logits_dir: Option<PathBuf>,
     /// (model name, GGUF path): load that model from a file instead of generating it.
     pub model_files: Vec<(String, PathBuf)>,
+    /// Generate the weights of models without a file on the GPU (`GpuModel::synthetic`:
+    /// seconds at any depth) instead of on the host (`kiln synth`'s weights, which a file
+    /// written by `kiln synth` holds too, so the PyTorch peer can load the same model).
+    pub weights_on_gpu: bool,
     /// Skip a model's longer lengths once one prefill takes longer than this.
     pub skip_after_s: f64,
     /// Start no new (model, length) past this many seconds (0: no limit).
@@ -53,8 +57,11 @@ fn open_model(
     dev: &Device,
     m: &BenchModel,
     file: Option<&Path>,
-    max_len: usize,
+    (max_len, on_gpu): (usize, bool),
 ) -> anyhow::Result<Loaded> {
+    if on_gpu && file.is_none() {
+        return generate_on_gpu(dev, m, max_len);
+    }
     let t = Instant::now();
     let (gguf, source) = match file {
         Some(p) => (
@@ -108,6 +115,27 @@ fn open_model(
         source,
         build_s,
         upload_s,
+    })
+}
+
+/// The model with weights drawn on the GPU from the spec's seed (the same bits every run, but
+/// not the values `kiln synth` writes).
+fn generate_on_gpu(dev: &Device, m: &BenchModel, max_len: usize) -> anyhow::Result<Loaded> {
+    let mut cfg = synth::config(&m.spec);
+    cfg.ctx = cfg.ctx.max(max_len);
+    let t = Instant::now();
+    let gpu = GpuModel::synthetic(dev, &cfg, m.spec.seed)
+        .with_context(|| format!("generating the {} model on {}", m.name, dev.name()))?;
+    dev.synchronize()?;
+    Ok(Loaded {
+        cfg,
+        gpu,
+        source: format!(
+            "synthetic, generated on the GPU (seed {}; not the weights `kiln synth` writes)",
+            m.spec.seed
+        ),
+        build_s: 0.0,
+        upload_s: t.elapsed().as_secs_f64(),
     })
 }
 
@@ -254,12 +282,17 @@ pub fn run(s: &Settings, dev: &Device) -> anyhow::Result<()> {
             .map(|(_, p)| p);
         match file {
             Some(p) => note(format_args!("{}: loading {} ...", m.name, p.display())),
+            None if s.weights_on_gpu => note(format_args!(
+                "{}: generating SYNTHETIC weights on the GPU ...",
+                m.name
+            )),
             None => note(format_args!(
                 "{}: generating the synthetic weights ...",
                 m.name
             )),
         }
-        let loaded = match open_model(dev, m, file.map(PathBuf::as_path), longest) {
+        let how = (longest, s.weights_on_gpu);
+        let loaded = match open_model(dev, m, file.map(PathBuf::as_path), how) {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -278,8 +311,9 @@ pub fn run(s: &Settings, dev: &Device) -> anyhow::Result<()> {
         let cfg = &loaded.cfg;
         let resident = loaded.gpu.device_bytes();
         note(format_args!(
-            "{}: ready ({:.1} s to build/load, {:.1} s to upload, {:.2} GB resident)",
+            "{}: ready, weights {} ({:.1} s to build/load, {:.1} s to upload, {:.2} GB resident)",
             m.name,
+            loaded.source,
             loaded.build_s,
             loaded.upload_s,
             resident as f64 / 1e9

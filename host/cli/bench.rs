@@ -13,6 +13,13 @@ use crate::bench::{self, Settings};
 use crate::gpu::Device;
 use crate::synth::Preset;
 
+/// Where `kiln bench` makes synthetic weights.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsArg {
+    Host,
+    Gpu,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// cuda (alias gpu; the default), emulator (a CPU smoke run of the code path: tiny model,
@@ -30,6 +37,12 @@ pub struct BenchArgs {
     /// Layers of the 30b model.
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
+    /// Where the synthetic weights of a model without --model-file are made: host (the
+    /// weights `kiln synth` writes, so the PyTorch peer can load the same file) or gpu
+    /// (generated on the GPU from the seed in well under a second at any depth; other
+    /// values). Default: gpu when --layers is over 4 on a GPU, else host.
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightsArg>,
     /// Timed prefills per (model, length); the median is reported. Default: 3 (emulator: 1).
     #[arg(long)]
     pub repeats: Option<usize>,
@@ -103,6 +116,14 @@ fn settings(args: &BenchArgs, emulator: bool) -> anyhow::Result<Settings> {
         bail!("--layers must be at least 1");
     }
     let repeats = args.repeats.unwrap_or(if emulator { 1 } else { 3 });
+    let weights_on_gpu = match args.weights {
+        Some(WeightsArg::Gpu) if emulator => {
+            bail!("--weights gpu needs a CUDA GPU: the emulator generates them on the host")
+        }
+        Some(w) => w == WeightsArg::Gpu,
+        // Host synthesis of a 48-layer 30b model takes ~20 minutes; the GPU's, under a second.
+        None => !emulator && args.layers > 4,
+    };
     if repeats == 0 {
         bail!("--repeats must be at least 1");
     }
@@ -151,6 +172,7 @@ fn settings(args: &BenchArgs, emulator: bool) -> anyhow::Result<Settings> {
         prompts,
         logits_dir: args.logits_dir.clone(),
         model_files,
+        weights_on_gpu,
         skip_after_s: args.skip_after_s,
         deadline_s: args.deadline_s,
         peak_tflops: args.peak_tflops,

@@ -74,7 +74,10 @@ impl CudaRuntime {
                 }
                 Err(_) if overridden => {}
                 Err(e) => {
-                    return Err(GpuError::driver(format!("loading kernel {}", entry.name), e));
+                    return Err(GpuError::driver(
+                        format!("loading kernel {}", entry.name),
+                        e,
+                    ));
                 }
             }
         }
