@@ -120,6 +120,56 @@ def hf_weights(arch, cfg, path):
     return w, back
 
 
+def export(data, out, log=print):
+    """Writes the export of the fixtures in `data` into `out` (see the header); returns the
+    export.json summary. Raises AssertionError / SystemExit on any inconsistency."""
+    data, out = Path(data), Path(out)
+    meta = json.loads((data / "arch_fixtures.json").read_text())
+    prompt = meta["prompt"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prompt.json").write_text(json.dumps({"prompt": prompt}) + "\n")
+    summary = {
+        "method": "scripts/export_arch_hf.py (see its header)",
+        "versions": {"gguf": gguf_version(), "numpy": np.__version__},
+        "prompt": prompt,
+        "fixtures": {},
+    }
+    for name in NAMES:
+        arch = name.split("-")[0]
+        cfg = meta["configs"][arch]
+        assert cfg == json.loads(json.dumps(fx.CONFIGS[arch])), f"{arch}: config differs from the script's"
+        gpath = data / f"{name}.gguf"
+        sha = hashlib.sha256(gpath.read_bytes()).hexdigest()
+        assert sha == meta["files"][name]["sha256"], f"{gpath}: not the file arch_fixtures.json lists"
+        w, back = hf_weights(arch, cfg, gpath)
+        ref = np.load(data / f"{name}.p33.npy")
+        again = fx.forward64(cfg, back, prompt).astype(np.float32)
+        if not np.array_equal(again, ref):
+            d = np.abs(again - ref).max()
+            raise SystemExit(f"{name}: forward64 on the exported weights differs from {name}.p33.npy (max {d:.3e})")
+        (out / f"{name}.config.json").write_text(json.dumps(hf_config(arch, cfg), indent=1) + "\n")
+        # Stored uncompressed: zip's deflate gains little on float32 and np.load reads either.
+        np.savez(out / f"{name}.npz", **w)
+        np.save(out / f"{name}.p33.npy", ref)
+        summary["fixtures"][name] = {
+            "gguf_sha256": sha,
+            "parameters": {k: list(v.shape) for k, v in w.items()},
+            "n_parameters": int(sum(v.size for v in w.values())),
+            "npz_bytes": (out / f"{name}.npz").stat().st_size,
+        }
+        log(f"{name}: {len(w)} tensors, {summary['fixtures'][name]['n_parameters']} parameters, "
+            f"npz {summary['fixtures'][name]['npz_bytes']} bytes; forward64 reproduces {name}.p33.npy")
+    (out / "export.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def gguf_version():
+    try:
+        return importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:  # a copy of the package (the GPU bundle's)
+        return f"copy at {Path(gguf.__file__).parent}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,41 +178,7 @@ def main():
                     default=Path(os.environ.get("KILN_TEST_DATA", HERE.parent / "tests/data")),
                     help="where the fixtures are (default: KILN_TEST_DATA, else tests/data)")
     a = ap.parse_args()
-    meta = json.loads((a.data / "arch_fixtures.json").read_text())
-    prompt = meta["prompt"]
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "prompt.json").write_text(json.dumps({"prompt": prompt}) + "\n")
-    summary = {
-        "method": "scripts/export_arch_hf.py (see its header)",
-        "versions": {"gguf": importlib.metadata.version("gguf"), "numpy": np.__version__},
-        "fixtures": {},
-    }
-    for name in NAMES:
-        arch = name.split("-")[0]
-        cfg = meta["configs"][arch]
-        assert cfg == json.loads(json.dumps(fx.CONFIGS[arch])), f"{arch}: config differs from the script's"
-        gpath = a.data / f"{name}.gguf"
-        sha = hashlib.sha256(gpath.read_bytes()).hexdigest()
-        assert sha == meta["files"][name]["sha256"], f"{gpath}: not the file arch_fixtures.json lists"
-        w, back = hf_weights(arch, cfg, gpath)
-        ref = np.load(a.data / f"{name}.p33.npy")
-        again = fx.forward64(cfg, back, prompt).astype(np.float32)
-        if not np.array_equal(again, ref):
-            d = np.abs(again - ref).max()
-            sys.exit(f"{name}: forward64 on the exported weights differs from {name}.p33.npy (max {d:.3e})")
-        (a.out / f"{name}.config.json").write_text(json.dumps(hf_config(arch, cfg), indent=1) + "\n")
-        # Stored uncompressed: zip's deflate gains little on float32 and np.load reads either.
-        np.savez(a.out / f"{name}.npz", **w)
-        np.save(a.out / f"{name}.p33.npy", ref)
-        summary["fixtures"][name] = {
-            "gguf_sha256": sha,
-            "parameters": {k: list(v.shape) for k, v in w.items()},
-            "n_parameters": int(sum(v.size for v in w.values())),
-            "npz_bytes": (a.out / f"{name}.npz").stat().st_size,
-        }
-        print(f"{name}: {len(w)} tensors, {summary['fixtures'][name]['n_parameters']} parameters, "
-              f"npz {summary['fixtures'][name]['npz_bytes']} bytes; forward64 reproduces {name}.p33.npy")
-    (a.out / "export.json").write_text(json.dumps(summary, indent=1) + "\n")
+    export(a.data, a.out)
 
 
 if __name__ == "__main__":
