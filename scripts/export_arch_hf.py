@@ -22,6 +22,9 @@ must reproduce the committed NAME.p33.npy bit for bit (so these are the referenc
 
 Needs `pip install gguf numpy` (as make_arch_fixtures.py). Deterministic, a few seconds:
     python3 scripts/export_arch_hf.py OUTDIR [--data DIR]
+About 22 MB (float32 does not compress much): too big for the GPU bundle, so the bundle carries
+this script, make_arch_fixtures.py and a copy of gguf-py (lab/pylib/) instead, and
+arch_refs_torch.py runs export() there on the bundle's test-data/.
 """
 import argparse
 import hashlib
