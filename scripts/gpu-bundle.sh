@@ -12,12 +12,19 @@
 #   gpu-bundle/bench.sh             the benchmark (scripts/gpu-bench.sh; run.sh bench OUTDIR)
 #   gpu-bundle/bench_torch.py       its PyTorch peer (scripts/bench_torch.py)
 #   gpu-bundle/bench-kernels, bench-full-depth, bench-decode   the cargo benches (benches/*.rs)
-#   gpu-bundle/lab/                 scripts/lab/*.py: kernel lab, full-depth and decode peers
+#   gpu-bundle/lab/                 scripts/lab/*.py: kernel lab, full-depth and decode peers,
+#                                   arch_refs_torch.py (transformers references of the llama/qwen2
+#                                   fixtures, issue 10) with its exporter (export_arch_hf.py,
+#                                   make_arch_fixtures.py) and lab/pylib/gguf, a copy of this
+#                                   machine's gguf-py (the GPU machine has none; ~0.6 MB)
 #   gpu-bundle/MANIFEST.txt         what was built, from which commit, and the sizes
 #   (gpu-bundle/bin.tar.xz          kiln and tests/, packed, when the bundle is over budget)
 #
 # Then, on the GPU machine:  gpu-bundle/run.sh OUTDIR     (see that script's header)
 #                      or:  gpu-bundle/run.sh bench OUTDIR   (the benchmark, docs/bench.md)
+#                      or:  python3 gpu-bundle/lab/arch_refs_torch.py --out OUTDIR/arch-refs
+#                           (transformers logits of tests/data's llama/qwen2 fixtures: copy its
+#                           *.hf.p33.npy into tests/data, read by tests/arch_fixtures.rs)
 #
 # Environment:
 #   KILN_BUNDLE_STRIP=auto|1|0   strip debug info from the binaries: auto (default) strips only
@@ -133,6 +140,18 @@ if [[ ${#bench_exes[@]} -lt 3 ]]; then
 fi
 mkdir -p "$bundle/lab"
 cp scripts/lab/*.py "$bundle/lab/"
+# lab/arch_refs_torch.py exports the fixtures of test-data/ for transformers first: its exporter
+# and gguf-py (pure Python: numpy and pyyaml, which transformers brings) go beside it.
+cp scripts/export_arch_hf.py scripts/make_arch_fixtures.py "$bundle/lab/"
+if gguf_dir="$(python3 -c 'import gguf, os; print(os.path.dirname(gguf.__file__))' 2>/dev/null)"; then
+    mkdir -p "$bundle/lab/pylib"
+    cp -r "$gguf_dir" "$bundle/lab/pylib/gguf"
+    rm -rf "$bundle/lab/pylib/gguf/scripts"
+    find "$bundle/lab/pylib" -name __pycache__ -type d -prune -exec rm -rf {} +
+else
+    echo "warning: python3 has no gguf package (pip install gguf==0.19.0): lab/arch_refs_torch.py" \
+        "will need --export DIR made elsewhere by scripts/export_arch_hf.py" >&2
+fi
 
 cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
 chmod +x "$bundle/run.sh"

@@ -31,6 +31,11 @@ Method:
      SiLU-gated MLP, final norm, LM head. So the references are the exact answer for the
      stored weights, computed with no code shared with kiln.
 
+Transformers references (issue 10): scripts/export_arch_hf.py exports these fixtures as HF
+config + weights, scripts/lab/arch_refs_torch.py runs LlamaForCausalLM / Qwen2ForCausalLM on
+them (on the GPU machine, from the bundle) and writes {name}.hf.p33.npy, which
+tests/arch_fixtures.rs compares kiln with once they are committed here.
+
 Needs `pip install gguf numpy` (made with gguf 0.19.0, numpy 2.4.6). Deterministic:
     python3 scripts/make_arch_fixtures.py [OUTDIR]
 """
