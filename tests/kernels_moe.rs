@@ -435,15 +435,16 @@ fn moe_shapes_are_checked_before_launching() {
     assert!(e.to_string().contains("xg is 7 × 128"), "{e}");
     let h = grouped(&dev, poisoned_tma(&dev, 8, FF));
     let wgu = poisoned_tma(&dev, N_EXPERT * interleaved_rows(FF), HIDDEN);
-    // A map made for the dense GEMMs (128-row boxes) is refused as a grouped operand.
+    // A map whose boxes are not one grouped tile is refused as a grouped operand.
+    let short = xg.reboxed(&dev, 64).unwrap();
     let e = routing
-        .experts_swiglu(&dev, &xg, &wgu, &h, shape(4))
+        .experts_swiglu(&dev, &short, &wgu, &h, shape(4))
         .unwrap_err();
     assert!(
-        e.to_string().contains("xg is read in boxes of 128 rows"),
+        e.to_string().contains("xg is read in boxes of 64 rows"),
         "{e}"
     );
-    let xg = grouped(&dev, xg);
+    let xg = grouped(&dev, short);
     let wgu = poisoned_tma(&dev, N_EXPERT * interleaved_rows(FF) - 1, HIDDEN);
     let e = routing
         .experts_swiglu(&dev, &xg, &wgu, &h, shape(4))

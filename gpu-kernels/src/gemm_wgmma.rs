@@ -54,31 +54,22 @@ const WIDE_STAGES: usize = 4;
 pub const WIDE_SHARED_BYTES: u32 =
     WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES) + 2 * 8 * WIDE_STAGES as u32 + 1024;
 
-/// Rows per tile of the grouped (MoE) GEMMs: experts hold a few hundred rows each, so 128-row
-/// tiles left up to half of each expert's last tile empty; their 64-row tiles are shared by
-/// both consumers, which split the columns instead (`GROUPED_BN` per block). Their A operand
-/// is read through a map whose box has `GROUPED_BM` rows.
-pub const GROUPED_BM: usize = 64;
-/// Output columns per block of the grouped GEMMs: each consumer takes 128.
-pub const GROUPED_BN: usize = 2 * BN;
-const GROUPED_STAGES: usize = 5;
-const GROUPED_A_BYTES: u32 = (GROUPED_BM * BK * 2) as u32;
-const GROUPED_B_BYTES: u32 = (GROUPED_BN * BK * 2) as u32;
+/// Rows per tile of the grouped (MoE) GEMMs: they use the wide dense tile (128 × `WIDE_BN`),
+/// whose A operand is read through a map with boxes of `GROUPED_BM` rows.
+pub const GROUPED_BM: usize = BM;
+/// Output columns per block of the grouped GEMMs.
+pub const GROUPED_BN: usize = WIDE_BN;
 /// Dynamic shared memory of the grouped GEMMs.
-pub const GROUPED_SHARED_BYTES: u32 = GROUPED_STAGES as u32 * (GROUPED_A_BYTES + GROUPED_B_BYTES)
-    + 2 * 8 * GROUPED_STAGES as u32
-    + 1024;
+pub const GROUPED_SHARED_BYTES: u32 = WIDE_SHARED_BYTES;
 
 /// How the two consumer warpgroups share a block's tile.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Split {
     /// Dense: 128 rows × `BN` columns, consumer `c` takes rows `64c..`.
     Rows,
-    /// Dense, wide: 128 rows × `WIDE_BN` columns, consumer `c` takes rows `64c..`, as two
-    /// 128-column halves.
+    /// Wide (dense and grouped): 128 rows × `WIDE_BN` columns, consumer `c` takes rows
+    /// `64c..`, as two 128-column halves.
     WideRows,
-    /// Grouped: 64 rows × `GROUPED_BN` columns, consumer `c` takes columns `BN·c..`.
-    Cols,
 }
 
 impl Split {
@@ -86,20 +77,15 @@ impl Split {
         match self {
             Split::Rows => STAGES,
             Split::WideRows => WIDE_STAGES,
-            Split::Cols => GROUPED_STAGES,
         }
     }
     const fn a_bytes(self) -> u32 {
-        match self {
-            Split::Rows | Split::WideRows => A_BYTES,
-            Split::Cols => GROUPED_A_BYTES,
-        }
+        A_BYTES
     }
     const fn b_bytes(self) -> u32 {
         match self {
             Split::Rows => B_BYTES,
             Split::WideRows => 2 * B_BYTES,
-            Split::Cols => GROUPED_B_BYTES,
         }
     }
     /// Whether each consumer keeps a second 128-column accumulator (columns `+BN`).
@@ -108,10 +94,7 @@ impl Split {
     }
     /// (row, column) of consumer `c`'s part of the tile.
     const fn origin(self, c: u32) -> (u32, u32) {
-        match self {
-            Split::Rows | Split::WideRows => (64 * c, 0),
-            Split::Cols => (0, BN as u32 * c),
-        }
+        (64 * c, 0)
     }
 }
 
@@ -457,9 +440,10 @@ kernel! {
         };
         let rows_per_expert = 2 * m.div_ceil(64) * 64;
         let col0 = e * rows_per_expert + block_idx().x * GROUPED_BN as u32;
-        mainloop(Split::Cols, map_x, map_w, row0, col0, k, |acc, _| {
+        mainloop(Split::WideRows, map_x, map_w, row0, col0, k, |acc, acc_hi| {
             let out0 = block_idx().x * (GROUPED_BN / 2) as u32;
-            store_swiglu((Split::Cols, 0), acc, h, (row0, end), out0, m)
+            store_swiglu((Split::WideRows, 0), acc, h, (row0, end), out0, m);
+            store_swiglu((Split::WideRows, 1), acc_hi, h, (row0, end), out0, m);
         });
     }
 }
@@ -473,8 +457,10 @@ kernel! {
             return;
         };
         let col0 = block_idx().x * GROUPED_BN as u32;
-        mainloop(Split::Cols, map_x, map_w, row0, e * m + col0, k, |acc, _| {
-            store_f32((Split::Cols, 0), acc, (y, y.as_in()), (row0, end), (col0, m), 0)
+        mainloop(Split::WideRows, map_x, map_w, row0, e * m + col0, k, |acc, acc_hi| {
+            let out = (y, y.as_in());
+            store_f32((Split::WideRows, 0), acc, out, (row0, end), (col0, m), 0);
+            store_f32((Split::WideRows, 1), acc_hi, out, (row0, end), (col0, m), 0);
         });
     }
 }
