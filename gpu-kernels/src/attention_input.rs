@@ -10,7 +10,10 @@
 //! same strided partial sums and warp butterfly, the same f32 angle and range-reduced
 //! sin/cos), so the values are those the separate kernels produced.
 //!
-//! Batch invariance: every (token, head) is computed by one warp from that token's row alone.
+//! Batch invariance: every (token, head) is computed by one warp from that token's row alone;
+//! V is only rounded to bf16 and moved (by the warp of its token, or in full groups of 32
+//! tokens by 32 warps that each move a slice of the head for all 32: the same values either
+//! way).
 
 use crate::device::float::f32_to_bf16;
 use crate::device::math::{fma, sincos, sqrt};
@@ -59,18 +62,35 @@ fn body<const D: usize>(
     } else {
         2
     };
+    if kind == 2 {
+        let h = j - n_head - n_kv;
+        let n = grid_dim().x as usize;
+        let (group, slice) = (t / 32, t % 32);
+        if group * 32 + 32 <= n {
+            // In a full group of 32 tokens, block t writes dims `slice·per..` of the head for
+            // all 32 (lane = token): each store then fills 64 contiguous bytes of a V cache
+            // row, where one token per warp would touch 32·per rows with 2 bytes each.
+            let tok = group * 32 + lane;
+            let src = tok * width + j * D + slice * per;
+            let pos = start_pos as usize + tok;
+            for i in 0..per {
+                let row = h * D + slice * per + i;
+                v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(qkv.at(src + i)));
+            }
+        } else {
+            let src = t * width + j * D;
+            for i in 0..per {
+                let row = h * D + lane + 32 * i;
+                let x = qkv.at(src + lane + 32 * i);
+                v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(x));
+            }
+        }
+        return;
+    }
     let src = t * width + j * D;
     let mut v = [0.0f32; 4];
     for (i, x) in v.iter_mut().take(per).enumerate() {
         *x = qkv.at(src + lane + 32 * i);
-    }
-    if kind == 2 {
-        let h = j - n_head - n_kv;
-        for (i, x) in v.iter().take(per).enumerate() {
-            let row = h * D + lane + 32 * i;
-            v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(*x));
-        }
-        return;
     }
     if has_norm != 0 {
         let w = if kind == 0 { q_norm } else { k_norm };
