@@ -23,13 +23,17 @@ use crate::device::*;
 pub const HEAD_DIM: usize = 128;
 /// Head dimensions with an entry (`attention_input_hd64`, `attention_input_hd128`).
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
+/// Head vectors (warps) per block. One warp per block capped a multiprocessor at 32 resident
+/// warps (its block limit) for a latency-bound kernel; eight fill it.
+pub const HEADS_PER_BLOCK: usize = 8;
 
 /// The body of both entries for head dimension `D` (64 or 128): `qkv`: `[n][(n_head + 2·n_kv)
 /// · D]` f32 (Q heads, then K heads, then V heads), row `t` the token at position
 /// `start_pos + t`; `inv_freq[D / 2]`; `q_norm`/`k_norm`: `[D]` weights, used when
 /// `has_norm != 0`. Writes `q`: `[n][n_head · D]` bf16; `k_cache[pos][n_kv · D]` and
-/// `v_cache_t[n_kv · D][capacity]` at `pos = start_pos + t`. Grid: (n, n_head + 2·n_kv);
-/// block: 32 threads (one warp per head vector, `D / 32` dims per lane).
+/// `v_cache_t[n_kv · D][capacity]` at `pos = start_pos + t`. Grid: (n, ⌈(n_head + 2·n_kv) /
+/// HEADS_PER_BLOCK⌉); block: `32 · HEADS_PER_BLOCK` threads (one warp per head vector, `D / 32`
+/// dims per lane).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn body<const D: usize>(
@@ -50,9 +54,16 @@ fn body<const D: usize>(
     const { assert!(D == 64 || D == 128) };
     // Dims per lane: lane holds d = lane + 32·i for i < per.
     let per = D / 32;
-    let (t, j) = (block_idx().x as usize, block_idx().y as usize);
+    let warp = thread_idx().x as usize / 32;
+    let (t, j) = (
+        block_idx().x as usize,
+        block_idx().y as usize * HEADS_PER_BLOCK + warp,
+    );
     let (n_head, n_kv) = (n_head as usize, n_kv as usize);
-    let lane = thread_idx().x as usize;
+    if j >= n_head + 2 * n_kv {
+        return;
+    }
+    let lane = thread_idx().x as usize % 32;
     let width = (n_head + 2 * n_kv) * D;
     let pos = start_pos as usize + t;
     let kind = if j < n_head {

@@ -4,7 +4,7 @@
 use super::check_len;
 use super::flash_attention::{AttentionShape, KvCache};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::attention_input;
+use gpu_kernels::attention_input::{self, HEADS_PER_BLOCK};
 
 /// RoPE's `inv_freq[i] = base^(-2i/rot_dims)` for `i < rot_dims/2`, computed in f64 and rounded
 /// once (the kernel then does one f32 multiply per angle, as the reference frameworks do).
@@ -70,8 +70,8 @@ pub fn attention_input(
     if n == 0 {
         return Ok(());
     }
-    let mut cfg = LaunchConfig::linear(n, 32);
-    cfg.grid.1 = heads as u32;
+    let mut cfg = LaunchConfig::linear(n, 32 * HEADS_PER_BLOCK as u32);
+    cfg.grid.1 = heads.div_ceil(HEADS_PER_BLOCK) as u32;
     let (qn, kn, eps, has) = match norm {
         Some(nw) => (nw.q, nw.k, nw.eps, 1),
         None => (inv_freq, inv_freq, 0.0, 0), // unread without a norm
