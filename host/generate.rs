@@ -227,7 +227,8 @@ pub fn stop_tokens(file: &GgufFile, tokenizer: Option<&Tokenizer>, vocab: usize)
     ids
 }
 
-/// `message` as one ChatML user turn followed by the assistant's turn opening, when the
+/// `message` as one ChatML user turn followed by the assistant's turn opening (after the
+/// template's default system turn, if it has one: [`default_system_turn`]), when the
 /// file's `tokenizer.chat_template` is ChatML (it uses `<|im_start|>` and `<|im_end|>`);
 /// otherwise an error saying why not.
 pub fn chat_prompt(file: &GgufFile, message: &str) -> std::result::Result<String, String> {
@@ -246,6 +247,64 @@ pub fn chat_prompt(file: &GgufFile, message: &str) -> std::result::Result<String
         );
     }
     Ok(format!(
-        "<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+        "{}<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n",
+        default_system_turn(template).unwrap_or_default()
     ))
+}
+
+/// The system turn a ChatML template writes when the first message is not a system one
+/// (SmolLM2's and Qwen2.5's do: `{{ '<|im_start|>system\nYou are …<|im_end|>\n' }}`), as the
+/// template renders it: the first Jinja string literal that holds a whole system turn, with
+/// its `\n` escapes as newlines. `None` where the template has none (Qwen3's, plain ChatML).
+pub fn default_system_turn(template: &str) -> Option<String> {
+    for quote in ['\'', '"'] {
+        let open = format!("{quote}<|im_start|>system");
+        let mut rest = template;
+        while let Some(i) = rest.find(&open) {
+            let body = &rest[i + 1..];
+            let Some(end) = body.find(quote) else { break };
+            let lit = body[..end].replace("\\n", "\n");
+            if let Some(turn) = lit.strip_suffix("<|im_end|>\n")
+                && turn.starts_with("<|im_start|>system\n")
+                && !turn.contains("<|im_end|>")
+            {
+                return Some(lit);
+            }
+            rest = &body[end + 1..];
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_system_turn;
+
+    #[test]
+    fn default_system_turn_of_real_templates() {
+        // SmolLM2-135M-Instruct's template (actual newlines inside the literals).
+        let smol = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        assert_eq!(
+            default_system_turn(smol).as_deref(),
+            Some(
+                "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by \
+                 Hugging Face<|im_end|>\n"
+            )
+        );
+        // Qwen2.5's shape: a system prefix literal that is not a whole turn comes first, and the
+        // `\n` escapes are Jinja's.
+        let qwen25 = r"{%- if tools %}{{- '<|im_start|>system\n' }}{%- else %}{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}{%- endif %}{%- endif %}";
+        assert_eq!(
+            default_system_turn(qwen25).as_deref(),
+            Some(
+                "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful \
+                 assistant.<|im_end|>\n"
+            )
+        );
+        // Qwen3's and plain ChatML: no default system turn.
+        let qwen3 = r"{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- endif %}";
+        assert_eq!(default_system_turn(qwen3), None);
+        let plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+        assert_eq!(default_system_turn(plain), None);
+    }
 }
