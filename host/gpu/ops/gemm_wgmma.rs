@@ -46,8 +46,11 @@ fn config(kernel: &'static str, rows: usize, n_cols: usize, wide: bool) -> Resul
     } else {
         (BN, SHARED_BYTES)
     };
-    let mut cfg = LaunchConfig::linear(to_u32(kernel, "column tiles", n_cols.div_ceil(cols))?, THREADS)
-        .with_shared(shared);
+    let mut cfg = LaunchConfig::linear(
+        to_u32(kernel, "column tiles", n_cols.div_ceil(cols))?,
+        THREADS,
+    )
+    .with_shared(shared);
     cfg.grid.1 = to_u32(kernel, "row tiles", rows.div_ceil(BM))?;
     ensure_shape!(cfg.grid.1 <= 65535, kernel, "{rows} rows exceed one launch");
     Ok(cfg)

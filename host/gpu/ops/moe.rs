@@ -256,8 +256,13 @@ impl Routing {
 
     /// A zero-filled `[rows][cols]` matrix the grouped GEMMs can read as their A operand
     /// (`xg` of [`Routing::experts_swiglu`], `h` of [`Routing::experts_down`]): its map's box
-    /// is one 64-row tile.
-    pub fn grouped_operand(dev: &Device, rows: usize, cols: usize, what: &str) -> Result<TmaMatrix> {
+    /// is one `GROUPED_BM`-row tile.
+    pub fn grouped_operand(
+        dev: &Device,
+        rows: usize,
+        cols: usize,
+        what: &str,
+    ) -> Result<TmaMatrix> {
         dev.tma_zeros_boxed(rows, cols, GROUPED_BM as u32, what)
     }
 
