@@ -16,6 +16,9 @@
 //! `KILN_DECODE_PROMPTS` (512,4096), `KILN_DECODE_STEPS` (64 decode steps after the first
 //! token), `KILN_BENCH_OUT` (where the JSON goes, default `.`).
 
+mod common;
+use common::*;
+
 use kiln::bench::catalogue::prompt_ids;
 use kiln::generate::{GenerateOptions, PipelineDecoder, generate};
 use kiln::gguf::GgmlType;
@@ -30,30 +33,6 @@ use std::time::Instant;
 /// The weights' seed (benches/full_depth.rs's) and the prompts'.
 const WEIGHT_SEED: u64 = 0x6b69_6c6e;
 const PROMPT_SEED: u64 = 0;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-/// A comma-separated list of positive integers from `name`, else `default`.
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    let Ok(v) = std::env::var(name) else {
-        return default.to_vec();
-    };
-    let list: Vec<usize> = v
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .collect();
-    if list.is_empty() {
-        println!("{name}={v:?} holds no positive integer; using {default:?}");
-        return default.to_vec();
-    }
-    list
-}
 
 fn median(xs: &[f64]) -> f64 {
     let mut s = xs.to_vec();
@@ -217,12 +196,8 @@ impl Report {
 }
 
 fn main() {
-    let dev = match Device::cuda() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("decode bench: no usable GPU ({e}); nothing measured");
-            return;
-        }
+    let Some(dev) = cuda_or_say("decode bench") else {
+        return;
     };
     let layer_list = env_list("KILN_DECODE_LAYERS", &[2, 48]);
     let prompts = env_list("KILN_DECODE_PROMPTS", &[512, 4096]);

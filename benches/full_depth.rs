@@ -11,6 +11,9 @@
 //! measured in the same run by the peer script (default 790); `KILN_BENCH_LAYERS` (48) and
 //! `KILN_FULL_DEPTH_LENGTHS` override the depth and the lengths.
 
+mod common;
+use common::*;
+
 use kiln::bench::cost::prefill_flops;
 use kiln::gguf::GgmlType;
 use kiln::gpu::Device;
@@ -19,33 +22,21 @@ use kiln::pipeline::{GpuModel, PrefillOptions, prefill};
 use kiln::synth::{Preset, SynthSpec, config};
 use std::time::Instant;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn used_gib(dev: &Device) -> f64 {
     let (free, total) = dev.memory_info().expect("memory info");
     (total - free) as f64 / (1u64 << 30) as f64
 }
 
 fn main() {
-    let dev = match Device::cuda() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("full-depth bench: no usable GPU ({e}); nothing measured");
-            return;
-        }
+    let Some(dev) = cuda_or_say("full-depth bench") else {
+        return;
     };
     let peak: f64 = env_or("KILN_PEAK_TFLOPS", 790.0);
     let layers: usize = env_or("KILN_BENCH_LAYERS", 48);
-    let lengths: Vec<usize> = std::env::var("KILN_FULL_DEPTH_LENGTHS")
-        .unwrap_or_else(|_| "512,2048,4096,8192,16384,32768".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let lengths = env_list(
+        "KILN_FULL_DEPTH_LENGTHS",
+        &[512, 2048, 4096, 8192, 16384, 32768],
+    );
     let mut cfg = config(&SynthSpec {
         arch: Arch::Qwen3Moe,
         preset: Preset::Qwen3_30bA3b,

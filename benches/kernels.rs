@@ -15,6 +15,9 @@
 //! `KILN_KERNELS_PTX` (a variant build of the kernels, see `kiln::gpu::device`) it compares
 //! kernel variants in one GPU session.
 
+mod common;
+use common::*;
+
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32, partials_len};
 use kiln::gpu::ops::gemm_wgmma::{TileWidth, interleaved_rows, matmul_swiglu_tiled, matmul_tiled};
@@ -57,17 +60,10 @@ fn time_ms(dev: &Device, warmup: usize, iters: usize, mut f: impl FnMut()) -> f6
 }
 
 fn main() {
-    let dev = match Device::cuda() {
-        Ok(d) => d,
-        Err(e) => {
-            println!("kernels bench: no usable GPU ({e}); nothing measured");
-            return;
-        }
+    let Some(dev) = cuda_or_say("kernels bench") else {
+        return;
     };
-    let peak: f64 = std::env::var("KILN_PEAK_TFLOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(790.0);
+    let peak: f64 = env_or("KILN_PEAK_TFLOPS", 790.0);
     let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
     let wanted = |family: &str| only.is_empty() || only.split(',').any(|f| f.trim() == family);
     let mut rng = Rng::new(0x6b69_6c6e);

@@ -166,6 +166,19 @@ def f32_value(v):
     return float(str(np.float32(v)))
 
 
+# Qwen3MoeConfig fields every kiln qwen3moe model has (no tied head, no biases, SiLU, every layer
+# MoE, no sliding window); shared with lab/full_depth_torch.py.
+QWEN3MOE_FIXED = {
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "use_sliding_window": False,
+    "output_router_logits": False,
+}
+
+
 def hf_config_dict(g, max_len):
     """Qwen3MoeConfig fields from GGUF metadata (as host/model/config.rs reads them)."""
     if g.arch() != "qwen3moe":
@@ -188,13 +201,7 @@ def hf_config_dict(g, max_len):
         "rope_theta": f32_value(g.key("rope.freq_base")),
         "rms_norm_eps": f32_value(g.key("attention.layer_norm_rms_epsilon")),
         "max_position_embeddings": max(int(g.key("context_length", 0)), int(max_len)),
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "hidden_act": "silu",
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "use_sliding_window": False,
-        "output_router_logits": False,
+        **QWEN3MOE_FIXED,
     }
 
 

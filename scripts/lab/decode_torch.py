@@ -36,12 +36,8 @@ for d in (HERE, os.path.dirname(HERE)):  # full_depth_torch.py; bench_torch.py
         sys.path.insert(0, d)
 
 
-def median(xs):
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
+from bench_torch import median  # noqa: E402 (needs the path above)
+from full_depth_torch import write_json  # noqa: E402
 
 
 def parse_list(s, what):
@@ -168,13 +164,6 @@ def side_by_side(kiln, doc):
             line += f"  torch: {t['error'][:80]}"
         lines.append(line)
     return "\n".join(lines)
-
-
-def write_json(path, doc):
-    if path:
-        with open(path + ".tmp", "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(path + ".tmp", path)
 
 
 def main():

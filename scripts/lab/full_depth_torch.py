@@ -37,6 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(HERE))  # bench_torch.py
 
+from bench_torch import QWEN3MOE_FIXED  # noqa: E402 (needs the path above)
+
 DEFAULT_LENGTHS = "512,2048,4096,8192,16384,32768"
 
 
@@ -58,13 +60,7 @@ def qwen3_30b_config(layers, max_len):
         "rope_theta": 1000000.0,
         "rms_norm_eps": 1e-6,
         "max_position_embeddings": max(40960, int(max_len)),
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "hidden_act": "silu",
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "use_sliding_window": False,
-        "output_router_logits": False,
+        **QWEN3MOE_FIXED,
     }
 
 
