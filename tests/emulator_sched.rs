@@ -2,8 +2,14 @@
 //! (`gpu_kernels::device::emu`): spin-waits and yields, deadlock detection without timeouts,
 //! parallel blocks with a deterministic error report, collectives over warpgroups with shared
 //! memory by address, and per-block state for modules that complete work asynchronously.
+//!
+//! One of the emulator's self-tests, split by what they cover (`emu_common/mod.rs` lists
+//! them and holds their helpers).
 
-use gpu_kernels::device::emu::{self, BlockExtension, EmuError, Exchange, Group, LaunchConfig};
+mod emu_common;
+
+use emu_common::expect_err;
+use gpu_kernels::device::emu::{self, BlockExtension, Exchange, Group, LaunchConfig};
 use gpu_kernels::device::{
     Dim3, Out, atomic_add_u32, block_dim, block_idx, dynamic_shared, sync_threads, thread_idx,
     thread_rank,
@@ -16,13 +22,6 @@ fn cfg(blocks: u32, threads: u32, shared_bytes: u32) -> LaunchConfig {
         grid: Dim3::new(blocks, 1, 1),
         block: Dim3::new(threads, 1, 1),
         dynamic_shared_bytes: shared_bytes,
-    }
-}
-
-fn expect_err(r: Result<(), EmuError>) -> String {
-    match r {
-        Ok(()) => panic!("the emulator accepted a launch it must reject"),
-        Err(e) => e.0,
     }
 }
 

@@ -8,7 +8,7 @@
 //! inside a block takes a lock or makes a system call: the cost of a barrier is one coroutine
 //! switch per thread.
 //!
-//! **Guarantees** (each checked by `tests/emulator.rs`):
+//! **Guarantees** (each checked by the `tests/emulator_*.rs` self-tests):
 //! - every global and shared access is bounds-checked; an error names block, thread, index and
 //!   length; a panic in any thread fails the launch with its coordinates, and the block's other
 //!   threads are aborted where they next wait (none is left hanging);
@@ -23,7 +23,7 @@
 //! - atomics are atomic across all threads and blocks; launches over sm_90's limits are refused;
 //! - Hopper's `mbarrier`, TMA and bulk copies, and `wgmma` are modelled from the PTX ISA, their
 //!   misuse reported, and copies and `wgmma` reads checked for races ([`hopper`];
-//!   `tests/emulator_hopper.rs`).
+//!   `tests/emulator_hopper_*.rs`).
 //!
 //! Scheduling is deterministic within a block (threads start in rank order in even blocks and
 //! in reverse order in odd ones, so a read that misses its barrier sees poison whichever

@@ -1,0 +1,95 @@
+//! What the tests of the emulator's Hopper model share: the launch shape they use, 16-byte
+//! aligned host tensors with their emulated tensor maps, and random bf16 operands.
+
+use gpu_kernels::device::Dim3;
+use gpu_kernels::device::async_copy::{Swizzle, TensorMap};
+use gpu_kernels::device::emu::LaunchConfig;
+use half::bf16;
+use kiln::rng::Rng;
+
+/// A `grid.0 × grid.1` grid of 1-D blocks of `threads` threads.
+pub fn cfg(grid: (u32, u32), threads: u32, shared_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: Dim3::new(grid.0, grid.1, 1),
+        block: Dim3::new(threads, 1, 1),
+        dynamic_shared_bytes: shared_bytes,
+    }
+}
+
+/// 16-byte aligned storage (TMA and bulk sources must be 16-byte aligned; a `Vec<u16>` or
+/// `Vec<u32>` is only promised its element's alignment).
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Chunk([u8; 16]);
+
+/// A copy of a `[T]` at a 16-byte aligned address.
+pub struct Aligned<T> {
+    chunks: Vec<Chunk>,
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+/// A row-major bf16 tensor (bits) for TMA.
+pub type Bf16Tensor = Aligned<u16>;
+
+impl<T: Copy> Aligned<T> {
+    pub fn new(v: &[T]) -> Self {
+        let bytes = std::mem::size_of_val(v);
+        let mut chunks = vec![Chunk([0; 16]); bytes.div_ceil(16)];
+        // SAFETY: `chunks` holds at least `bytes` bytes; both regions are plain data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                v.as_ptr().cast::<u8>(),
+                chunks.as_mut_ptr().cast(),
+                bytes,
+            )
+        };
+        Aligned {
+            chunks,
+            len: v.len(),
+            _t: std::marker::PhantomData,
+        }
+    }
+    pub fn get(&self) -> &[T] {
+        // SAFETY: the first `len` elements were copied in from a `[T]`; 16-byte alignment
+        // covers `T`'s.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr().cast(), self.len) }
+    }
+}
+
+impl Aligned<u16> {
+    pub fn bits(&self) -> &[u16] {
+        self.get()
+    }
+    /// The map of the `[rows][cols]` tensor starting at element `from` (row-major, dense).
+    pub fn map(
+        &self,
+        from: usize,
+        cols: u64,
+        rows: u64,
+        box_cols: u32,
+        box_rows: u32,
+    ) -> TensorMap {
+        let s = &self.bits()[from..];
+        TensorMap::emulated_2d(
+            s.as_ptr() as u64,
+            2,
+            cols,
+            rows,
+            2 * cols,
+            box_cols,
+            box_rows,
+            Swizzle::B128,
+        )
+        .with_extent(2 * s.len() as u64)
+    }
+}
+
+/// `n` random bf16 (N(0, std²) rounded): the bits and their exact values.
+pub fn random_bf16(r: &mut Rng, n: usize, std: f64) -> (Vec<u16>, Vec<f64>) {
+    let bits: Vec<u16> = (0..n)
+        .map(|_| bf16::from_f64(r.normal() * std).to_bits())
+        .collect();
+    let vals = bits.iter().map(|b| bf16::from_bits(*b).to_f64()).collect();
+    (bits, vals)
+}
