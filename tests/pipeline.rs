@@ -426,7 +426,7 @@ fn synthetic_file(dev: &Device, arch: Arch, preset: Preset) -> GgufFile {
 }
 
 /// On the fixture prompts: batch invariance (`check_invariance`) and the CPU reference within
-/// 5e-3 with the same top-1.
+/// 5e-3 with the same top-1 (unless the reference's top two are a near-tie).
 fn check_synthetic_against_cpu(dev: &Device, file: &GgufFile, name: &str) {
     let cfg = ModelConfig::from_gguf(file).unwrap();
     let w = Weights::load(file, &cfg).unwrap();
@@ -438,7 +438,11 @@ fn check_synthetic_against_cpu(dev: &Device, file: &GgufFile, name: &str) {
         let err = rel_l2_f32(&logits, cpu.last());
         eprintln!("{name} {p} on {}: rel L2 vs CPU {err:.3e}", dev.name());
         assert!(err <= 5e-3, "{name} {p}: rel L2 {err:.3e} vs the CPU");
-        assert_eq!(argmax(&logits), argmax(cpu.last()), "{name} {p}: top-1");
+        // Fresh weights each run: a near-tie at the top may flip (seen on the H200 with
+        // KILN_TEST_SEED=1795948462483635336, llama p5: rel L2 3.9e-3, top-1 482 vs 262).
+        if top2_gap(cpu.last()) > TOP1_NEAR_TIE {
+            assert_eq!(argmax(&logits), argmax(cpu.last()), "{name} {p}: top-1");
+        }
     }
 }
 

@@ -13,10 +13,10 @@ use crate::synth::{self, Preset, SynthSpec};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// qwen3, qwen3moe or qwen2moe.
+    /// qwen3, qwen3moe, qwen2moe, llama or qwen2.
     #[arg(long, default_value = "qwen3moe")]
     pub arch: String,
-    /// tiny (the fixture dims) or qwen3-30b-a3b.
+    /// tiny (the fixture dims), tiny-hd64 (head_dim 64) or qwen3-30b-a3b.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     #[arg(long, default_value_t = 2)]
