@@ -40,7 +40,8 @@ pub struct BenchArgs {
     /// Where the synthetic weights of a model without --model-file are made: host (the
     /// weights `kiln synth` writes, so the PyTorch peer can load the same file) or gpu
     /// (generated on the GPU from the seed in well under a second at any depth; other
-    /// values). Default: gpu when --layers is over 4 on a GPU, else host.
+    /// values; on the emulator, by the same kernels emulated). Default: gpu when --layers is
+    /// over 4 on a GPU, else host.
     #[arg(long, value_enum)]
     pub weights: Option<WeightsArg>,
     /// Timed prefills per (model, length); the median is reported. Default: 3 (emulator: 1).
@@ -117,9 +118,6 @@ fn settings(args: &BenchArgs, emulator: bool) -> anyhow::Result<Settings> {
     }
     let repeats = args.repeats.unwrap_or(if emulator { 1 } else { 3 });
     let weights_on_gpu = match args.weights {
-        Some(WeightsArg::Gpu) if emulator => {
-            bail!("--weights gpu needs a CUDA GPU: the emulator generates them on the host")
-        }
         Some(w) => w == WeightsArg::Gpu,
         // Host synthesis of a 48-layer 30b model takes ~20 minutes; the GPU's, under a second.
         None => !emulator && args.layers > 4,
