@@ -21,12 +21,9 @@ use common::*;
 
 use kiln::bench::catalogue::prompt_ids;
 use kiln::generate::{GenerateOptions, PipelineDecoder, generate};
-use kiln::gguf::GgmlType;
 use kiln::gpu::Device;
-use kiln::model::Arch;
 use kiln::pipeline::{DECODE_BYTES, GpuModel};
 use kiln::sample::SamplingOptions;
-use kiln::synth::{Preset, SynthSpec, config};
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -242,15 +239,8 @@ fn main() {
     };
     let mut rows = Vec::new();
     for &layers in &layer_list {
-        let mut cfg = config(&SynthSpec {
-            arch: Arch::Qwen3Moe,
-            preset: Preset::Qwen3_30bA3b,
-            n_layer: layers,
-            dtype: GgmlType::BF16,
-            seed: 0,
-        });
         let longest = prompts.iter().copied().max().unwrap_or(0) + steps + 1;
-        cfg.ctx = cfg.ctx.max(longest);
+        let cfg = qwen3_30b_config(layers, longest);
         let t = Instant::now();
         let model = match GpuModel::synthetic(&dev, &cfg, WEIGHT_SEED)
             .and_then(|m| dev.synchronize().map(|()| m))

@@ -15,11 +15,8 @@ mod common;
 use common::*;
 
 use kiln::bench::cost::prefill_flops;
-use kiln::gguf::GgmlType;
 use kiln::gpu::Device;
-use kiln::model::Arch;
 use kiln::pipeline::{GpuModel, PrefillOptions, prefill};
-use kiln::synth::{Preset, SynthSpec, config};
 use std::time::Instant;
 
 fn used_gib(dev: &Device) -> f64 {
@@ -37,14 +34,7 @@ fn main() {
         "KILN_FULL_DEPTH_LENGTHS",
         &[512, 2048, 4096, 8192, 16384, 32768],
     );
-    let mut cfg = config(&SynthSpec {
-        arch: Arch::Qwen3Moe,
-        preset: Preset::Qwen3_30bA3b,
-        n_layer: layers,
-        dtype: GgmlType::BF16,
-        seed: 0,
-    });
-    cfg.ctx = cfg.ctx.max(lengths.iter().copied().max().unwrap_or(0));
+    let cfg = qwen3_30b_config(layers, lengths.iter().copied().max().unwrap_or(0));
     let before = used_gib(&dev);
     let t = Instant::now();
     let model = GpuModel::synthetic(&dev, &cfg, 0x6b69_6c6e).expect("synthetic model");

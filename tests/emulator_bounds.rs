@@ -11,7 +11,7 @@
 
 mod emu_common;
 
-use emu_common::{cfg, expect_err, global_thread, linear};
+use emu_common::{cfg, expect_err, global_thread, linear, reported_thread};
 use gpu_kernels::device::emu;
 use gpu_kernels::device::{
     Dim3, In, Out, atomic_add_u32, block_idx, dynamic_shared, sync_threads, thread_idx,
@@ -204,12 +204,7 @@ fn out_of_range_shared_access_is_reported() {
         "{msg}"
     );
     // Which thread reports first is up to the scheduler; it is one of the three that overrun.
-    let t: u32 = msg["block (0, 0, 0) thread (".len()..]
-        .split(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let t = reported_thread(&msg);
     assert!((61..64).contains(&t), "{msg}");
     assert!(msg.contains(&format!("index {}", t + 3)), "{msg}");
 }

@@ -171,7 +171,7 @@ fn flash_attention_matches_float64_causal_gqa() {
         (5, 70, 4, 2),
         (130, 0, 2, 2),
         (130, 70, 4, 2),
-        // 3 and 6 key blocks through the 2-slot ring: slots refilled.
+        // 3 and 6 key blocks through the 3-slot ring: slots refilled in the second.
         (5, 300, 4, 2),
         (1, 700, 2, 1),
     ]

@@ -8,7 +8,7 @@
 
 mod emu_common;
 
-use emu_common::expect_err;
+use emu_common::{expect_err, reported_thread};
 use gpu_kernels::device::emu::{self, BlockExtension, Exchange, Group, LaunchConfig};
 use gpu_kernels::device::{
     Dim3, Out, atomic_add_u32, block_dim, block_idx, dynamic_shared, sync_threads, thread_idx,
@@ -197,12 +197,7 @@ fn warpgroup_collectives_exchange_between_128_threads() {
         msg.contains("of a warpgroup with 32 threads (blocks must be whole warpgroups)"),
         "{msg}"
     );
-    let t: u32 = msg["block (0, 0, 0) thread (".len()..]
-        .split(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let t = reported_thread(&msg);
     assert!((128..160).contains(&t), "{msg}");
 }
 

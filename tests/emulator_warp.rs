@@ -9,7 +9,7 @@
 
 mod emu_common;
 
-use emu_common::{expect_err, global_thread, linear};
+use emu_common::{expect_err, global_thread, linear, reported_thread};
 use gpu_kernels::device::emu;
 use gpu_kernels::device::{
     Out, WARP_SIZE, ballot, block_dim, block_idx, block_sum_f32, lane_id, shfl_down_f32,
@@ -251,12 +251,7 @@ fn shuffles_across_a_partial_warp_are_errors() {
                 && msg.contains("of a warp with 16 lanes (blocks must be whole warps)"),
             "{what}: {msg}"
         );
-        let t: u32 = msg["block (0, 0, 0) thread (".len()..]
-            .split(',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let t = reported_thread(&msg);
         assert!(
             (32..48).contains(&t),
             "{what}: the report names thread {t}: {msg}"

@@ -1,7 +1,25 @@
 //! What the GPU benches share: the device (or a line saying there is none) and their
 //! environment settings.
 
+use kiln::gguf::GgmlType;
 use kiln::gpu::Device;
+use kiln::model::{Arch, ModelConfig};
+use kiln::synth::{Preset, SynthSpec, config};
+
+/// The Qwen3-30B-A3B-shaped model of `layers` layers (BF16, seed 0) whose context holds
+/// `tokens`: what the GPU generates weights for (`GpuModel::synthetic`).
+#[allow(dead_code)] // the kernels bench builds no model
+pub fn qwen3_30b_config(layers: usize, tokens: usize) -> ModelConfig {
+    let mut cfg = config(&SynthSpec {
+        arch: Arch::Qwen3Moe,
+        preset: Preset::Qwen3_30bA3b,
+        n_layer: layers,
+        dtype: GgmlType::BF16,
+        seed: 0,
+    });
+    cfg.ctx = cfg.ctx.max(tokens);
+    cfg
+}
 
 /// The CUDA device, or `None` after printing that `bench` measured nothing (CI has no GPU, and
 /// a benchmark is not a test).

@@ -40,6 +40,15 @@ pub fn expect_err(r: Result<(), EmuError>) -> String {
     }
 }
 
+/// The x index of the thread a launch error of block (0, 0, 0) names ("block (0, 0, 0) thread
+/// (T, …"): which thread reports first is up to the scheduler.
+pub fn reported_thread(msg: &str) -> u32 {
+    msg.strip_prefix("block (0, 0, 0) thread (")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no thread of block (0, 0, 0) named in {msg:?}"))
+}
+
 /// The thread's index in a 1-D launch: `block_idx().x * block_dim().x + thread_idx().x`.
 pub fn global_thread() -> usize {
     (block_idx().x * block_dim().x + thread_idx().x) as usize
