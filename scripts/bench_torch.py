@@ -465,16 +465,22 @@ def check_rope(torch, model, cfgd):
                                    "RoPE config was not applied")
 
 
-def build_model(torch, transformers, g, max_len, log):
-    cfgd = hf_config_dict(g, max_len)
-    cfg = qwen3moe_config(transformers, cfgd, log)
+def construct_bf16(torch, transformers, cfg, device):
+    """Qwen3MoeForCausalLM(cfg) with bf16 parameters made directly on `device` ("meta": shapes
+    only), the default dtype restored afterwards."""
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device(DEVICE):
-            model = transformers.Qwen3MoeForCausalLM(cfg)
+        with torch.device(device):
+            return transformers.Qwen3MoeForCausalLM(cfg)
     finally:
         torch.set_default_dtype(prev)
+
+
+def build_model(torch, transformers, g, max_len, log):
+    cfgd = hf_config_dict(g, max_len)
+    cfg = qwen3moe_config(transformers, cfgd, log)
+    model = construct_bf16(torch, transformers, cfg, DEVICE)
     # Not model.to(bf16): that would also round the f32 RoPE inv_freq buffer to bf16.
     model = model.eval()
     dtypes = {p.dtype for p in model.parameters()}

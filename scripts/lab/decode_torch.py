@@ -24,7 +24,6 @@ kiln ms, both against kiln's bytes-read roofline of the same row).
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -37,17 +36,7 @@ for d in (HERE, os.path.dirname(HERE)):  # full_depth_torch.py; bench_torch.py
 
 
 from bench_torch import median  # noqa: E402 (needs the path above)
-from full_depth_torch import write_json  # noqa: E402
-
-
-def parse_list(s, what):
-    try:
-        out = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"{what} {s!r}: expected comma-separated integers")
-    if not out or min(out) <= 0:
-        raise SystemExit(f"{what} {s!r}: expected positive integers")
-    return out
+from full_depth_torch import load_kiln, log_side_by_side, parse_list, write_json  # noqa: E402
 
 
 class StampStreamer:
@@ -115,17 +104,10 @@ def measure(torch, model, ids, steps):
     return row
 
 
-def load_kiln(path):
-    if not path or not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-        return doc, {(int(r["layers"]), int(r["prompt"])): r for r in doc.get("rows", [])
-                     if "median_ms_per_token" in r}
-    except Exception as ex:
-        print(f"could not read {path}: {ex}")
-        return None
+def load_kiln_decode(path):
+    """decode-bench.json's timed rows by (layers, prompt)."""
+    return load_kiln(path, key=lambda r: (int(r["layers"]), int(r["prompt"])),
+                     timed="median_ms_per_token")
 
 
 def side_by_side(kiln, doc):
@@ -262,13 +244,8 @@ def main():
     doc["total_seconds"] = time.time() - start
     write_json(args.json, doc)
     log(f"wrote {args.json} ({doc['total_seconds']:.0f} s)")
-    if args.kiln_json:
-        kiln = load_kiln(args.kiln_json)
-        if kiln:
-            log("")
-            log(side_by_side(kiln, doc))
-        else:
-            log(f"(no kiln figures: {args.kiln_json} missing or unreadable)")
+    kiln = load_kiln_decode(args.kiln_json)
+    log_side_by_side(log, kiln, doc, args.kiln_json, side_by_side)
     return 0
 
 

@@ -145,13 +145,9 @@ def build_synthetic_model(torch, transformers, cfgd, log, seed=0, std=0.02, devi
     info = {"seed": seed, "std": std, "norm_weights": 1.0}
     t0 = time.time()
     cfg = bt.qwen3moe_config(transformers, cfgd, log)
-    prev = torch.get_default_dtype()
     model = None
     try:
-        torch.set_default_dtype(torch.bfloat16)
-        with torch.device("meta"):
-            model = transformers.Qwen3MoeForCausalLM(cfg)
-        torch.set_default_dtype(prev)
+        model = bt.construct_bf16(torch, transformers, cfg, "meta")
         dtypes = {p.dtype for p in model.parameters()}
         if dtypes != {torch.bfloat16}:
             raise RuntimeError(f"parameters are {dtypes} on meta, expected bf16 only")
@@ -161,19 +157,12 @@ def build_synthetic_model(torch, transformers, cfgd, log, seed=0, std=0.02, devi
     except Exception as ex:
         info["meta_error"] = f"{type(ex).__name__}: {ex}"
         model = None
-    finally:
-        torch.set_default_dtype(prev)
     if model is None:  # outside the except block: its traceback no longer holds GPU memory
         log(f"  meta/to_empty build failed ({info['meta_error']}); building on {device} "
             "directly instead")
         if device == "cuda":
             torch.cuda.empty_cache()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device(device):
-                model = transformers.Qwen3MoeForCausalLM(cfg)
-        finally:
-            torch.set_default_dtype(prev)
+        model = bt.construct_bf16(torch, transformers, cfg, device)
         info["method"] = f"built on {device} (transformers init) + in-place fill"
     model = model.eval()
     info["parameters"], info["norm_parameters"] = _fill(torch, model, seed, std, device)
@@ -220,17 +209,29 @@ def is_oom(torch, ex):
     return (oom is not None and isinstance(ex, oom)) or "out of memory" in str(ex).lower()
 
 
-def load_kiln(path):
-    """full-depth-bench.json's rows by N (None when absent or unreadable)."""
+def load_kiln(path, key=lambda r: int(r["n"]), timed="ms"):
+    """A kiln bench JSON and its timed rows (those with a `timed` field) by `key`: by N for
+    full-depth-bench.json. None when absent or unreadable."""
     if not path or not os.path.exists(path):
         return None
     try:
         with open(path) as f:
             doc = json.load(f)
-        return doc, {int(r["n"]): r for r in doc.get("rows", []) if "ms" in r}
+        return doc, {key(r): r for r in doc.get("rows", []) if timed in r}
     except Exception as ex:
         print(f"could not read {path}: {ex}")
         return None
+
+
+def log_side_by_side(log, kiln, doc, kiln_json, side_by_side):
+    """The side-by-side table when `--kiln-json` was given (`kiln` as load_kiln read it)."""
+    if not kiln_json:
+        return
+    if kiln:
+        log("")
+        log(side_by_side(kiln, doc))
+    else:
+        log(f"(no kiln figures: {kiln_json} missing or unreadable)")
 
 
 def kiln_flops(row):
@@ -275,13 +276,14 @@ def write_json(path, doc):
         os.replace(path + ".tmp", path)
 
 
-def parse_lengths(s):
+def parse_list(s, what):
+    """Positive integers from a comma list, in their order (`what`: the option, for errors)."""
     try:
-        out = sorted({int(x) for x in s.split(",") if x.strip()})
+        out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"--lengths {s!r}: expected comma-separated integers")
-    if not out or out[0] <= 0:
-        raise SystemExit(f"--lengths {s!r}: expected positive integers")
+        raise SystemExit(f"{what} {s!r}: expected comma-separated integers")
+    if not out or min(out) <= 0:
+        raise SystemExit(f"{what} {s!r}: expected positive integers")
     return out
 
 
@@ -324,7 +326,7 @@ def main():
     ap.add_argument("--kiln-json", help="bench-full-depth's full-depth-bench.json: its FLOP "
                     "counts, and the side-by-side table")
     args = ap.parse_args()
-    lengths = parse_lengths(args.lengths)
+    lengths = sorted(set(parse_list(args.lengths, "--lengths")))
     if args.layers < 1 or args.repeats < 1:
         raise SystemExit("--layers and --repeats must be at least 1")
     start = time.time()
@@ -414,12 +416,7 @@ def main():
     doc["total_seconds"] = time.time() - start
     write_json(args.json, doc)
     log(f"wrote {args.json} ({doc['total_seconds']:.0f} s)")
-    if args.kiln_json:
-        if kiln:
-            log("")
-            log(side_by_side(kiln, doc))
-        else:
-            log(f"(no kiln figures: {args.kiln_json} missing or unreadable)")
+    log_side_by_side(log, kiln, doc, args.kiln_json, side_by_side)
     return 0
 
 
