@@ -14,7 +14,8 @@
 //! `gpu::ops` (`$OUT_DIR/ops_modules.rs`), so adding a wrapper is adding its file.
 //!
 //! Outputs: `$OUT_DIR/kernels.ptx` (embedded by the host), `$OUT_DIR/ops_modules.rs`, and for
-//! people and the GPU bundle `target/ptx/kernels.ptx` plus `target/ptx/ptxas-report.txt`.
+//! people and the GPU bundle `target/ptx/kernels.ptx` plus `target/ptx/ptxas-report.txt`
+//! (rustc's own output, before the `.maxntid` directives, is `target/ptx/kernels.rustc.ptx`).
 //!
 //! `KILN_SKIP_PTX=1` builds the host without kernels (the GPU path then reports that clearly).
 
@@ -65,11 +66,15 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("ptx");
     ensure_nightly();
+    // rustc's output, and the PTX everything else uses (with the block-size directives).
+    let rustc_ptx_path = target_dir.join("kernels.rustc.ptx");
     let ptx_path = target_dir.join("kernels.ptx");
-    compile_ptx(&kernels_dir, &target_dir, &ptx_path);
-    let ptx = fs::read_to_string(&ptx_path)
-        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", ptx_path.display())));
+    compile_ptx(&kernels_dir, &target_dir, &rustc_ptx_path);
+    let ptx = fs::read_to_string(&rustc_ptx_path)
+        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", rustc_ptx_path.display())));
     check_ptx(&ptx, &kernels);
+    let ptx = with_block_sizes(&ptx, &kernels);
+    write(&ptx_path, &ptx);
     validate_with_ptxas(&root, &ptx_path, &target_dir.join("ptxas-report.txt"));
     write(&out_dir.join("kernels.ptx"), &ptx);
 }
@@ -304,6 +309,44 @@ fn check_ptx(ptx: &str, kernels: &[&'static Entry]) {
             unresolved.join("\n")
         ));
     }
+}
+
+/// `ptx` with `.maxntid N, 1, 1` after the parameter list of each entry declared with
+/// `kernel! { threads = N; ... }`. rustc cannot emit the directive, and ptxas needs it: without
+/// a known block size it ignores `setmaxnreg` (warning C7508), the per-warpgroup register
+/// budgets the warp-specialised kernels are written for.
+fn with_block_sizes(ptx: &str, kernels: &[&'static Entry]) -> String {
+    let mut out = String::with_capacity(ptx.len() + 64 * kernels.len());
+    // The block size of the entry whose header is being copied, until its `)` line.
+    let mut pending: Option<u32> = None;
+    for line in ptx.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix(".visible .entry ") {
+            let name = rest.split('(').next().unwrap_or(rest).trim();
+            pending = kernels
+                .iter()
+                .find(|k| k.name == name)
+                .and_then(|k| k.threads);
+            if pending.is_some() && !t.ends_with(')') {
+                continue;
+            }
+        } else if pending.is_none() || !t.ends_with(')') {
+            continue;
+        }
+        if let Some(n) = pending.take() {
+            out.push_str(&format!(".maxntid {n}, 1, 1\n"));
+        }
+    }
+    let want = kernels.iter().filter(|k| k.threads.is_some()).count();
+    let got = out.matches(".maxntid ").count();
+    if got != want {
+        fail(&format!(
+            "{want} kernels declare a block size, but {got} PTX entries got `.maxntid`"
+        ));
+    }
+    out
 }
 
 fn validate_with_ptxas(root: &Path, ptx_path: &Path, report_path: &Path) {

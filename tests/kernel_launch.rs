@@ -38,6 +38,14 @@ kernel! {
     pub fn nothing() {}
 }
 
+kernel! {
+    threads = 64;
+    /// Built for blocks of exactly 64 threads.
+    pub fn fixed_block(y: Out<u32>) {
+        y.set(thread_idx().x as usize, 1);
+    }
+}
+
 /// A launcher that runs on the emulator (one block of `Config` threads) or records the CUDA
 /// parameter slots it is given.
 struct Recorder {
@@ -150,6 +158,11 @@ fn entries_are_registered_with_their_parameters() {
     assert_eq!(fourteen::ENTRY.params[12].0, "f");
     assert!(nothing::ENTRY.params.is_empty());
     assert!(fourteen::ENTRY.file.ends_with("kernel_launch.rs"));
+    assert_eq!(fixed_block::ENTRY.threads, Some(64));
+    assert_eq!(fourteen::ENTRY.threads, None);
+    let y = RefCell::new(vec![0u32; 64]);
+    fixed_block::launch(&recorder(true), 64, Write(&y)).unwrap();
+    assert!(y.borrow().iter().all(|&v| v == 1));
 
     let names: Vec<&str> = entry::entries().iter().map(|e| e.name).collect();
     for name in [

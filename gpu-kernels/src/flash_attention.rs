@@ -9,19 +9,22 @@
 //! k-steps, P·V 8 k-steps of 16 keys, the same softmax, ring and pipeline. Shared memory
 //! scales with the chunk count (Q tile, K and V slots of `chunks · 16 KB` each).
 //!
-//! Block: 256 threads, two warpgroups of 64 query rows each (a 128-row tile of one query head).
-//! Thread 0 also issues the TMA loads: the Q tile, then K and V blocks of `BLOCK_KV` keys
-//! through a three-slot ring (128B swizzle, full/empty mbarriers), refilling a slot as soon as
-//! both warpgroups have released it. Per key block a consumer computes `S = Q·Kᵀ` (`wgmma`
+//! Block: 384 threads, three warpgroups. Warpgroups 0 and 1 are the consumers, 64 query rows
+//! each (a 128-row tile of one query head); warpgroup 2 is the producer: its first thread
+//! issues the TMA loads (the Q tile, then K and V blocks of `BLOCK_KV` keys through a
+//! three-slot ring, 128B swizzle, full/empty mbarriers), refilling a slot as soon as both
+//! consumers have released it. Per key block a consumer computes `S = Q·Kᵀ` (`wgmma`
 //! m64n128k16 from shared memory), scales it (and masks it, in blocks on the diagonal), updates
 //! the online softmax in registers, and accumulates `O += P·V` with P taken from the S
 //! registers as the A operand (`wgmma` register-A form). The loop is software-pipelined: the
 //! softmax of block j runs on the CUDA cores while the tensor cores do block j−1's P·V.
 //!
-//! Why no separate producer warp: registers are allocated per SM sub-partition (16 K each, warps
-//! dealt round-robin), so a 9-warp block gives 3 warps to one sub-partition and caps a thread at
-//! 168 registers; this kernel needs ~200 (two 64-value accumulators), and a 288-thread launch
-//! failed with "too many resources" on the H200. Eight warps allow 256 per thread.
+//! Registers: 384 threads get at most 168 each at launch, and a consumer needs ~200 (two
+//! 64-value accumulators and P). So the producer warpgroup gives its registers back
+//! (`lower_registers::<24>`) and the consumers take them (`raise_registers::<240>`), which
+//! ptxas honours because the entry is declared for exactly `THREADS` threads (`.maxntid`).
+//! Before that, thread 0 of a consumer issued the loads between its own products, and its
+//! warp stalled at every refill.
 //!
 //! Cache layouts: K is `[position][n_kv · head_dim]` (row-major, so a key block is K-major for
 //! `S = Q·Kᵀ`); V is stored transposed, `[n_kv · head_dim][capacity]`, so a value block is
@@ -65,8 +68,10 @@ pub const HEAD_DIMS: [usize; 2] = [64, 128];
 pub const BLOCK_Q: usize = 128;
 /// Keys per block; blocks start at multiples of this absolute position.
 pub const BLOCK_KV: usize = 128;
-/// Threads per block: two warpgroups.
-pub const THREADS: u32 = 256;
+/// Threads per block: two consumer warpgroups and the producer.
+pub const THREADS: u32 = 384;
+/// The first thread of the producer warpgroup.
+const PRODUCER: u32 = 256;
 /// A swizzled chunk: 128 rows of 64 bf16 (128 bytes).
 const CHUNK_BYTES: u32 = 128 * 128;
 const KV_STAGES: usize = 3;
@@ -352,12 +357,16 @@ fn attend<A: HeadDim>(
         head,
         kv_head,
     };
-    // Key blocks whose loads thread 0 has issued.
-    let mut issued = 0;
-    if tid == 0 {
-        loads.start(row0, n_blocks);
-        issued = KV_STAGES.min(n_blocks);
+    if tid >= PRODUCER {
+        lower_registers::<24>();
+        if tid == PRODUCER {
+            loads.start(row0, n_blocks);
+            let mut issued = KV_STAGES.min(n_blocks);
+            loads.top_up(&mut issued, n_blocks);
+        }
+        return;
     }
+    raise_registers::<240>();
     // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
     let wg = tid / 128;
     let (warp, lane) = (tid % 128 / 32, tid % 32);
@@ -397,9 +406,6 @@ fn attend<A: HeadDim>(
     let mut pa = pack_p(&acc_s);
     for kb in 1..n_blocks {
         let (slot, prev) = (kb % KV_STAGES, (kb - 1) % KV_STAGES);
-        if tid == 0 {
-            loads.top_up(&mut issued, kb, n_blocks);
-        }
         sm.full(slot).wait((kb / KV_STAGES) as u32 & 1);
         let mut acc_s = [0.0f32; 64];
         acc_s.keep_in_registers();
@@ -417,9 +423,6 @@ fn attend<A: HeadDim>(
         wgmma_wait::<0>();
         acc_o.keep_in_registers();
         sm.empty(prev).arrive_if(tid.is_multiple_of(128));
-        if tid == 0 {
-            loads.top_up(&mut issued, kb, n_blocks);
-        }
         // Once the row maxima settle, most blocks leave every factor at exactly 1: skip the
         // multiplies then (x · 1 = x, so the bits are the same either way).
         if !vote_all(alpha[0] == 1.0 && alpha[1] == 1.0) {
@@ -450,6 +453,7 @@ fn attend<A: HeadDim>(
 }
 
 kernel! {
+    threads = THREADS;
     /// Causal GQA attention of `n` queries at positions `start_pos..` over the cache, head_dim
     /// 128. `map_q`: bf16 `[rows ≥ n][n_head · 128]`; `map_k`: bf16 K cache
     /// `[capacity][n_kv · 128]`; `map_v`: bf16 V cache transposed, `[n_kv · 128][capacity]`;
@@ -463,6 +467,7 @@ kernel! {
 }
 
 kernel! {
+    threads = THREADS;
     /// As `flash_attention_hd128` for head_dim 64: rows of `n_head · 64` / `n_kv · 64`, the V
     /// map's box `BOX_INNER × 64`; `shared_bytes(64)` of dynamic shared memory.
     pub fn flash_attention_hd64(map_q: In<TensorMap>, map_k: In<TensorMap>, map_v: In<TensorMap>, o: Out<u16>, n: u32, start_pos: u32, n_head: u32, n_kv: u32, scale_log2: f32) {
@@ -470,7 +475,7 @@ kernel! {
     }
 }
 
-/// The TMA loads of one block, all issued by thread 0.
+/// The TMA loads of one block, all issued by the producer's first thread.
 #[derive(Clone, Copy)]
 struct Loads {
     map_q: In<TensorMap>,
@@ -501,23 +506,14 @@ impl Loads {
         }
     }
 
-    /// Issues the key blocks after `issued` whose slots both warpgroups have released:
-    /// blocks up to `needed` (the one this thread waits for next) however long that takes,
-    /// later ones only if their slot is already free. So thread 0 never waits for the other
-    /// warpgroup to finish a block unless its own warpgroup needs the slot's next block.
+    /// Issues the key blocks after `issued`, each as soon as both consumers have released its
+    /// slot.
     #[inline(always)]
-    fn top_up(self, issued: &mut usize, needed: usize, n_blocks: usize) {
+    fn top_up(self, issued: &mut usize, n_blocks: usize) {
         while *issued < n_blocks {
             let kb = *issued;
-            let (empty, parity) = (
-                self.sm.empty(kb % KV_STAGES),
-                ((kb / KV_STAGES) as u32 + 1) & 1,
-            );
-            if kb <= needed {
-                empty.wait(parity);
-            } else if !empty.test_wait(parity) {
-                return;
-            }
+            let parity = ((kb / KV_STAGES) as u32 + 1) & 1;
+            self.sm.empty(kb % KV_STAGES).wait(parity);
             self.load_block(kb);
             *issued += 1;
         }

@@ -55,6 +55,7 @@ unsafe impl Launcher for Device {
     }
 
     fn launch_cuda(&self, entry: &'static Entry, cfg: LaunchConfig, params: &[u64]) -> Result<()> {
+        check_block_size(entry, &cfg)?;
         let Backend::Cuda(rt) = self.backend() else {
             return Err(GpuError::WrongBackend {
                 buffer: "cuda",
@@ -71,6 +72,7 @@ unsafe impl Launcher for Device {
         cfg: LaunchConfig,
         kernel: &(dyn Fn() + Sync),
     ) -> Result<()> {
+        check_block_size(entry, &cfg)?;
         self.count_launch();
         let dim = |(x, y, z)| Dim3::new(x, y, z);
         let emu_cfg = emu::LaunchConfig {
@@ -82,6 +84,23 @@ unsafe impl Launcher for Device {
             kernel: entry.name,
             message: e.0,
         })
+    }
+}
+
+/// A kernel declared for one block size (`kernel! { threads = N; ... }`, compiled with
+/// `.maxntid N`) cannot run in another: the driver would refuse a larger block, and a smaller
+/// one would leave its warpgroup roles unfilled.
+fn check_block_size(entry: &'static Entry, cfg: &LaunchConfig) -> Result<()> {
+    let (x, y, z) = cfg.block;
+    let threads = u64::from(x) * u64::from(y) * u64::from(z);
+    match entry.threads {
+        Some(want) if threads != u64::from(want) || y != 1 || z != 1 => Err(GpuError::Shape {
+            kernel: entry.name,
+            message: format!(
+                "blocks of ({x}, {y}, {z}) threads; the kernel is built for ({want}, 1, 1)"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -153,5 +172,39 @@ impl CudaRuntime {
             )
         }
         .map_err(|e| GpuError::driver(format!("launching {kernel}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpu_kernels::device::entry::entries;
+
+    #[test]
+    fn a_kernel_built_for_one_block_size_refuses_any_other() {
+        let fixed = entries()
+            .into_iter()
+            .find(|e| e.name == "flash_attention_hd128")
+            .expect("flash_attention_hd128 is registered");
+        let want = fixed
+            .threads
+            .expect("flash attention declares its block size");
+        let cfg = |block| LaunchConfig {
+            grid: (1, 1, 1),
+            block,
+            shared_bytes: 0,
+        };
+        assert!(check_block_size(fixed, &cfg((want, 1, 1))).is_ok());
+        for block in [(want - 128, 1, 1), (want + 32, 1, 1), (want / 3, 3, 1)] {
+            let err = check_block_size(fixed, &cfg(block)).expect_err("wrong block size");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("built for ({want}, 1, 1)")), "{msg}");
+        }
+        // Kernels without a declared size take any block.
+        let free = entries()
+            .into_iter()
+            .find(|e| e.threads.is_none())
+            .expect("some kernel has no fixed size");
+        assert!(check_block_size(free, &cfg((32, 2, 1))).is_ok());
     }
 }

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from common import kernel, ptr, u32, f32, tensor_map_2d, time_ms, rel_l2, table
 
-HD, BQ, THREADS = 128, 128, 256
+HD, BQ = 128, 128
+THREADS = 384
 # gpu_kernels::flash_attention::SHARED_BYTES (tests/lab_constants.rs keeps the two equal)
 SHARED = 230464
 

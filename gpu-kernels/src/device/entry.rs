@@ -71,6 +71,9 @@ pub struct Entry {
     /// Where it is declared (for error messages).
     pub file: &'static str,
     pub line: u32,
+    /// The one block size the kernel is written for (`kernel! { threads = N; ... }`): the PTX
+    /// entry carries `.maxntid N, 1, 1` and launches must use exactly `N` threads.
+    pub threads: Option<u32>,
     /// Parameter names and kinds, in order.
     pub params: &'static [(&'static str, ParamKind)],
 }

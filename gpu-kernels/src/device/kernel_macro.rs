@@ -8,9 +8,19 @@
 //! Any number of parameters works. Entry points must be monomorphic: write a generic body and
 //! one `kernel!` per instance.
 
+/// `kernel! { threads = N; pub fn ... }` declares that the kernel only runs in blocks of
+/// exactly `N` threads: `build.rs` gives its PTX entry `.maxntid N, 1, 1` (which `ptxas` needs
+/// before it honours `setmaxnreg`: see `device::lower_registers`), and a launch with any other
+/// block size is refused with an error on both backends.
 #[macro_export]
 macro_rules! kernel {
+    (threads = $threads:expr; $(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $crate::kernel!(@entry Some($threads); $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
+    };
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $crate::kernel!(@entry None; $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
+    };
+    (@entry $threads:expr; $(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[cfg(target_arch = "nvptx64")]
         #[unsafe(no_mangle)]
@@ -33,6 +43,7 @@ macro_rules! kernel {
                 name: stringify!($name),
                 file: file!(),
                 line: line!(),
+                threads: $threads,
                 params: &[$((
                     stringify!($arg),
                     <$ty as $crate::device::entry::Param>::KIND,

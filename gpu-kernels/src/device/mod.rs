@@ -55,6 +55,45 @@ pub fn trap(why: &str) -> ! {
     panic!("{why}")
 }
 
+#[cfg(target_arch = "nvptx64")]
+#[allow(improper_ctypes)]
+unsafe extern "C" {
+    // `asm!("setmaxnreg...")` is rejected by LLVM's NVPTX inline-asm parser; the intrinsics
+    // work. Their operand must be an immediate: the const generics below guarantee it.
+    #[link_name = "llvm.nvvm.setmaxnreg.inc.sync.aligned.u32"]
+    fn setmaxnreg_inc(registers: u32);
+    #[link_name = "llvm.nvvm.setmaxnreg.dec.sync.aligned.u32"]
+    fn setmaxnreg_dec(registers: u32);
+}
+
+/// Lowers this warpgroup's register budget to `N` per thread (`setmaxnreg.dec`), releasing the
+/// rest to the block's pool for [`raise_registers`]: a producer warpgroup that only issues
+/// copies needs few. Every thread of the warpgroup must call it, converged (`.sync.aligned`),
+/// in a kernel declared with `kernel! { threads = ...; }` (ptxas ignores it without a known
+/// block size). `N`: a multiple of 8 in 24..=256. A no-op in the emulator.
+#[inline(always)]
+pub fn lower_registers<const N: u32>() {
+    const { assert!(N % 8 == 0 && N >= 24 && N <= 256) };
+    // SAFETY: warpgroup-wide and converged by the caller's contract; the count is an
+    // immediate in range.
+    #[cfg(target_arch = "nvptx64")]
+    unsafe {
+        setmaxnreg_dec(N)
+    };
+}
+
+/// Raises this warpgroup's register budget to `N` per thread (`setmaxnreg.inc`), waiting until
+/// other warpgroups have released enough. Same contract as [`lower_registers`].
+#[inline(always)]
+pub fn raise_registers<const N: u32>() {
+    const { assert!(N % 8 == 0 && N >= 24 && N <= 256) };
+    // SAFETY: as for `lower_registers`.
+    #[cfg(target_arch = "nvptx64")]
+    unsafe {
+        setmaxnreg_inc(N)
+    };
+}
+
 /// This multiprocessor's cycle counter (`%clock64`), for watchdogs. (`%globaltimer` does not
 /// advance on the H200 virtual machines: measured 0 ns over a million-iteration loop.)
 #[inline(always)]
