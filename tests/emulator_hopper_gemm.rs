@@ -20,6 +20,13 @@ use gpu_kernels::device::emu;
 use gpu_kernels::device::{In, Out};
 use gpu_kernels::gemm_wgmma;
 
+/// Blocks of a persistent launch over `rows` × `b_rows` (narrow tiles): two, fewer than the
+/// tiles of most calls here, so blocks walk several tiles and carry the ring across them.
+fn persistent_blocks(rows: usize, b_rows: usize) -> u32 {
+    let tiles = rows.div_ceil(gemm_wgmma::BM) * b_rows.div_ceil(gemm_wgmma::BN);
+    tiles.min(2) as u32
+}
+
 /// A GEMM problem: x `[rows][k]`, w `[m][k]` (bf16), bias `[m]`, residual y `[rows][m]`.
 struct Gemm {
     rows: usize,
@@ -81,10 +88,7 @@ impl Gemm {
             In::from_slice(&self.bias),
             Out::from_slice(&mut y),
         );
-        let grid = (
-            m.div_ceil(gemm_wgmma::BN) as u32,
-            rows.div_ceil(gemm_wgmma::BM) as u32,
-        );
+        let grid = (persistent_blocks(rows, m), 1);
         emu::launch(
             cfg(grid, gemm_wgmma::THREADS, gemm_wgmma::SHARED_BYTES),
             || gemm_wgmma::gemm_wgmma_f32(mx, mw, b, yo, rows as u32, m as u32, k as u32, flags),
@@ -183,7 +187,7 @@ fn gemm_wgmma_swiglu_matches_float64() {
             In::from_slice(&maps[1..]),
             Out::from_slice(&mut h),
         );
-        let grid = (blocks as u32, rows.div_ceil(128) as u32);
+        let grid = (persistent_blocks(rows, 128 * blocks), 1);
         emu::launch(
             cfg(grid, gemm_wgmma::THREADS, gemm_wgmma::SHARED_BYTES),
             || gemm_wgmma::gemm_wgmma_swiglu(mx, mw, ho, rows as u32, m as u32, k as u32),

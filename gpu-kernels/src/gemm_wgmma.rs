@@ -8,6 +8,10 @@
 //! keeping one batch in flight, then releases the slot. The epilogue goes from registers
 //! straight to global memory.
 //!
+//! Launches are persistent: a block per multiprocessor walks the tiles (`persistent`), so the
+//! producer fills the ring with the next tile's slices while the consumers run the epilogue of
+//! the last one, and the ring is set up once per block instead of once per tile.
+//!
 //! Batch invariance: every output element is one accumulator in one thread, fed by the same
 //! sequence of `wgmma` instructions (K slices in ascending order, four k16 steps each) whatever
 //! the number of rows, the tile a row falls in, or its neighbours; rows past the end of `x`
@@ -144,104 +148,146 @@ impl Smem {
 /// The accumulators of one consumer thread: 64 rows × BN columns per warpgroup.
 type Acc = [f32; BN / 2];
 
-/// Runs the pipeline for the tile at (`row0`, `col0`); in the consumer warpgroups, hands the
-/// finished accumulators to `epilogue` (the producer warpgroup returns without calling it):
-/// columns `0..BN` of the consumer's part, and for `Split::WideRows` columns `BN..2·BN` (two
-/// separate arrays, which LLVM keeps in registers where one 128-value array went to the
-/// stack).
-#[inline(always)]
-fn mainloop(
-    split: Split,
-    map_x: In<TensorMap>,
-    map_w: In<TensorMap>,
+/// One output tile of a persistent launch: rows `row0..end` of x (rows past `end` are computed
+/// but never stored), B rows from `w_row0` of `map_w`, and `col`, the tile's column block
+/// (which output columns it makes is the epilogue's business).
+#[derive(Clone, Copy)]
+struct Tile {
     row0: u32,
-    col0: u32,
+    end: u32,
+    w_row0: u32,
+    col: u32,
+}
+
+/// Runs every tile of a persistent launch: block `b` takes tiles `b`, `b + grid`, … of
+/// `tile_at` (the first `None` ends the walk), so the producer streams the next tile's K slices
+/// while the consumers store the last one. Consumer warpgroups hand each finished tile's
+/// accumulators to `epilogue`: columns `0..BN` of the consumer's part, and for
+/// `Split::WideRows` columns `BN..2·BN` (two separate arrays, which LLVM keeps in registers
+/// where one 128-value array went to the stack). The ring's slot and phase run on across tiles
+/// (`it` counts K slices since the launch), identically in producer and consumers.
+#[inline(always)]
+fn persistent(
+    split: Split,
+    (map_x, map_w): (In<TensorMap>, In<TensorMap>),
     k: u32,
-    epilogue: impl FnOnce(&Acc, &Acc),
+    tile_at: impl Fn(u32) -> Option<Tile>,
+    mut epilogue: impl FnMut(Tile, &Acc, &Acc),
 ) {
     let tid = thread_idx().x;
     let wg = tid / 128;
     let sm = Smem::new(split);
-    let stages = split.stages();
+    let stages = split.stages() as u32;
     let (a_bytes, b_bytes) = (split.a_bytes(), split.b_bytes());
     if tid == 0 {
         acquire_tensor_map(map_x);
         acquire_tensor_map(map_w);
         prefetch_tensor_map(map_x);
         prefetch_tensor_map(map_w);
-        for s in 0..stages {
+        for s in 0..stages as usize {
             sm.full(s).init(1);
             sm.empty(s).init(2);
         }
         fence_mbarrier_init();
     }
     sync_threads();
-    let k_tiles = k.div_ceil(BK as u32) as usize;
+    let k_tiles = k.div_ceil(BK as u32);
+    let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         if tid == 0 {
-            for kt in 0..k_tiles {
-                let s = kt % stages;
-                if kt >= stages {
-                    sm.empty(s).wait(((kt / stages) as u32 + 1) & 1);
+            let mut it = 0u32;
+            let mut t = first;
+            while let Some(tile) = tile_at(t) {
+                for kt in 0..k_tiles {
+                    let s = (it % stages) as usize;
+                    if it >= stages {
+                        sm.empty(s).wait((it / stages + 1) & 1);
+                    }
+                    let full = sm.full(s);
+                    full.arrive_expect_tx(a_bytes + b_bytes);
+                    let kx = kt * BK as u32;
+                    tma_load_2d(sm.a(s), map_x, kx, tile.row0, full);
+                    // The B tile in boxes of `BN` rows (one, or two for wide tiles).
+                    let mut r = 0;
+                    while r * B_BYTES < b_bytes {
+                        let rows = r * BN as u32;
+                        tma_load_2d(sm.b(s) + r * B_BYTES, map_w, kx, tile.w_row0 + rows, full);
+                        r += 1;
+                    }
+                    it += 1;
                 }
-                let full = sm.full(s);
-                full.arrive_expect_tx(a_bytes + b_bytes);
-                let kx = (kt * BK) as u32;
-                tma_load_2d(sm.a(s), map_x, kx, row0, full);
-                // The B tile in boxes of `BN` rows (one, or two for the grouped GEMMs).
-                let mut r = 0;
-                while r * B_BYTES < b_bytes {
-                    let rows = r * BN as u32;
-                    tma_load_2d(sm.b(s) + r * B_BYTES, map_w, kx, col0 + rows, full);
-                    r += 1;
-                }
+                t += stride;
             }
         }
         return;
     }
     let consumer = wg - 1;
     let wide = split.wide();
-    let mut acc: Acc = [0.0; BN / 2];
-    let mut acc_hi: Acc = [0.0; BN / 2];
-    // The zeros must be in their registers before the first `wgmma.fence` (see
-    // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
-    acc.keep_in_registers();
-    if wide {
-        acc_hi.keep_in_registers();
-    }
     let (row_off, col_off) = split.origin(consumer);
-    for kt in 0..k_tiles {
-        let s = kt % stages;
-        sm.full(s).wait((kt / stages) as u32 & 1);
-        let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + row_off * 128);
-        let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s) + col_off * 128);
-        // The upper half's B rows follow the lower half's 128 rows.
-        let b_hi = b.advance(BN as u32 * 128);
-        wgmma_fence();
-        // Each half gets the same four k16 steps in the same order as in a narrow tile, so an
-        // element's bits do not depend on the tile width.
-        seq!(KK in 0..4 {
-            wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
-            if wide {
-                wgmma_m64n128k16_ss(&mut acc_hi, a.advance(32 * KK), b_hi.advance(32 * KK));
-            }
-        });
-        wgmma_commit();
-        // Keep this batch in flight; the previous one is done, so its slot can be refilled.
-        // (No register fence here: with a batch in flight, any instruction that names the
-        // accumulators, even the copies LLVM makes around an empty `asm!`, serialises.)
-        wgmma_wait::<1>();
-        if kt > 0 {
-            sm.empty((kt - 1) % stages)
-                .arrive_if(tid.is_multiple_of(128));
+    let release = tid.is_multiple_of(128);
+    let mut it = 0u32;
+    let mut t = first;
+    while let Some(tile) = tile_at(t) {
+        let mut acc: Acc = [0.0; BN / 2];
+        let mut acc_hi: Acc = [0.0; BN / 2];
+        // The zeros must be in their registers before the first `wgmma.fence` (see
+        // `keep_in_registers`); a `mov` after it makes ptxas serialise the batch.
+        acc.keep_in_registers();
+        if wide {
+            acc_hi.keep_in_registers();
         }
+        for kt in 0..k_tiles {
+            let s = (it % stages) as usize;
+            sm.full(s).wait((it / stages) & 1);
+            let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + row_off * 128);
+            let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s) + col_off * 128);
+            // The upper half's B rows follow the lower half's 128 rows.
+            let b_hi = b.advance(BN as u32 * 128);
+            wgmma_fence();
+            // Each half gets the same four k16 steps in the same order as in a narrow tile, so
+            // an element's bits do not depend on the tile width.
+            seq!(KK in 0..4 {
+                wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
+                if wide {
+                    wgmma_m64n128k16_ss(&mut acc_hi, a.advance(32 * KK), b_hi.advance(32 * KK));
+                }
+            });
+            wgmma_commit();
+            // Keep this batch in flight; the previous one is done, so its slot can be
+            // refilled. (No register fence here: with a batch in flight, any instruction that
+            // names the accumulators, even the copies LLVM makes around an empty `asm!`,
+            // serialises.)
+            wgmma_wait::<1>();
+            if kt > 0 {
+                sm.empty(((it - 1) % stages) as usize).arrive_if(release);
+            }
+            it += 1;
+        }
+        wgmma_wait::<0>();
+        // The tile's last slot, so the producer can fill it with the next tile's first slices.
+        sm.empty(((it - 1) % stages) as usize).arrive_if(release);
+        acc.keep_in_registers();
+        if wide {
+            acc_hi.keep_in_registers();
+        }
+        epilogue(tile, &acc, &acc_hi);
+        t += stride;
     }
-    wgmma_wait::<0>();
-    acc.keep_in_registers();
-    if wide {
-        acc_hi.keep_in_registers();
-    }
-    epilogue(&acc, &acc_hi);
+}
+
+/// Tile `t` of a dense launch over `n_rows` rows and `n_cols` B rows in blocks of `cols`:
+/// column blocks vary fastest, so the blocks running at once share their A rows.
+#[inline(always)]
+fn dense_tile(t: u32, n_rows: u32, n_cols: u32, cols: u32) -> Option<Tile> {
+    let col_blocks = n_cols.div_ceil(cols);
+    let (row_tile, col) = (t / col_blocks, t % col_blocks);
+    let row0 = row_tile * BM as u32;
+    (row0 < n_rows).then_some(Tile {
+        row0,
+        end: n_rows,
+        w_row0: col * cols,
+        col,
+    })
 }
 
 /// Where a consumer thread's accumulators of half `half` (0, or 1 for the upper 128 columns of
@@ -343,12 +389,13 @@ fn dense_f32<const WIDE: bool>(
     } else {
         (Split::Rows, BN)
     };
-    let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * cols as u32);
-    mainloop(split, map_x, map_w, row0, col0, k, |acc, acc_hi| {
+    let tiles = |t| dense_tile(t, n_rows, m, cols as u32);
+    persistent(split, (map_x, map_w), k, tiles, |tile, acc, acc_hi| {
         let out = (y, bias);
-        store_f32((split, 0), acc, out, (row0, n_rows), (col0, m), flags);
+        let (rows, col0) = ((tile.row0, tile.end), tile.col * cols as u32);
+        store_f32((split, 0), acc, out, rows, (col0, m), flags);
         if WIDE {
-            store_f32((split, 1), acc_hi, out, (row0, n_rows), (col0, m), flags);
+            store_f32((split, 1), acc_hi, out, rows, (col0, m), flags);
         }
     });
 }
@@ -368,99 +415,113 @@ fn dense_swiglu<const WIDE: bool>(
     } else {
         (Split::Rows, BN)
     };
-    let (row0, col0) = (block_idx().y * BM as u32, block_idx().x * cols as u32);
     // Each 128 tile columns make 64 outputs (`store_swiglu` maps a half's columns).
-    let out0 = block_idx().x * (cols / 2) as u32;
-    mainloop(split, map_x, map_w, row0, col0, k, |acc, acc_hi| {
-        store_swiglu((split, 0), acc, h, (row0, n_rows), out0, m);
+    let w_rows = 2 * m.div_ceil(64) * 64;
+    let tiles = |t| dense_tile(t, n_rows, w_rows, cols as u32);
+    persistent(split, (map_x, map_w), k, tiles, |tile, acc, acc_hi| {
+        let (rows, out0) = ((tile.row0, tile.end), tile.col * (cols / 2) as u32);
+        store_swiglu((split, 0), acc, h, rows, out0, m);
         if WIDE {
-            store_swiglu((split, 1), acc_hi, h, (row0, n_rows), out0, m);
+            store_swiglu((split, 1), acc_hi, h, rows, out0, m);
         }
     });
 }
 
 kernel! {
+    threads = THREADS;
     /// `y = x · wᵀ [+ bias] [+ y]` (flags `EPI_BIAS`, `EPI_ADD_TO_Y`), f32 out. `map_x`: bf16
     /// `[n_rows][k]`, box 64 × `BM`; `map_w`: bf16 `[m][k]`, box 64 × `BN`; both 128B-swizzled.
-    /// Grid: (⌈m / BN⌉, ⌈n_rows / BM⌉); `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
+    /// Persistent: any 1-D grid (one block per multiprocessor, at most one per tile);
+    /// `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         dense_f32::<false>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
 kernel! {
-    /// As `gemm_wgmma_f32` with `WIDE_BN` columns per block: grid (⌈m / WIDE_BN⌉,
-    /// ⌈n_rows / BM⌉), `WIDE_SHARED_BYTES`. Every element gets the same bits as there.
+    threads = THREADS;
+    /// As `gemm_wgmma_f32` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`. Every
+    /// element gets the same bits as there.
     pub fn gemm_wgmma_f32_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         dense_f32::<true>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
 kernel! {
+    threads = THREADS;
     /// `h = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with gate and up interleaved in `map_w` in
     /// blocks of 64 rows (rows `128i..128i+64` gate features `64i..`, the next 64 rows up), so a
     /// 128-column tile holds 64 gate and the matching 64 up columns in the same thread.
     /// `m` is the number of output features (`map_w` has `2·⌈m/64⌉·64` rows).
-    /// Grid: (⌈m / 64⌉, ⌈n_rows / BM⌉).
+    /// Persistent, as `gemm_wgmma_f32`.
     pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
         dense_swiglu::<false>(map_x, map_w, h, n_rows, m, k);
     }
 }
 
 kernel! {
-    /// As `gemm_wgmma_swiglu` with `WIDE_BN` columns per block: grid (⌈m / 128⌉,
-    /// ⌈n_rows / BM⌉), `WIDE_SHARED_BYTES`.
+    threads = THREADS;
+    /// As `gemm_wgmma_swiglu` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`.
     pub fn gemm_wgmma_swiglu_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
         dense_swiglu::<true>(map_x, map_w, h, n_rows, m, k);
     }
 }
 
-/// Tile `blockIdx.y` of a grouped GEMM: (expert, first row, end of the expert's rows), from the
-/// table `moe::moe_group_scan` builds (`tiles[2t] = expert`, `tiles[2t + 1] = first row`,
-/// `GROUPED_BM` rows per tile); `None` past `num_tiles[0]` (the grid is sized for the worst
-/// case).
+/// Tile `t` of a grouped GEMM over `col_blocks` column blocks: row tile `t / col_blocks` of
+/// the table `moe::moe_group_scan` builds (`tiles[2i] = expert`, `tiles[2i + 1] = first row`,
+/// `GROUPED_BM` rows per tile, `num_tiles[0]` of them), ending at its expert's last row; and
+/// the expert. `w_rows`: B rows per expert.
 #[inline(always)]
-fn grouped_tile(tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>) -> Option<(u32, u32, u32)> {
-    let t = block_idx().y as usize;
-    if t >= num_tiles.at(0) as usize {
+fn grouped_tile(
+    t: u32,
+    (tiles, num_tiles, offsets): (In<u32>, In<u32>, In<u32>),
+    col_blocks: u32,
+    w_rows: u32,
+) -> Option<Tile> {
+    let (i, col) = ((t / col_blocks) as usize, t % col_blocks);
+    if i >= num_tiles.at(0) as usize {
         return None;
     }
-    let expert = tiles.at(2 * t);
-    Some((expert, tiles.at(2 * t + 1), offsets.at(expert as usize + 1)))
+    let expert = tiles.at(2 * i);
+    Some(Tile {
+        row0: tiles.at(2 * i + 1),
+        end: offsets.at(expert as usize + 1),
+        w_row0: expert * w_rows + col * GROUPED_BN as u32,
+        col,
+    })
 }
 
 kernel! {
+    threads = THREADS;
     /// MoE gate|up for every expert in one launch, SwiGLU fused: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`, the gathered activations), expert `e`'s interleaved gate|up rows
-    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Grid: (⌈m / 128⌉, max tiles);
-    /// `GROUPED_SHARED_BYTES`.
+    /// `e·2·⌈m/64⌉·64..` of `map_w`. `h`: bf16 `[pairs][m]`. Persistent: any 1-D grid (one
+    /// block per multiprocessor); `GROUPED_SHARED_BYTES`.
     pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
-        let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
-            return;
-        };
-        let rows_per_expert = 2 * m.div_ceil(64) * 64;
-        let col0 = e * rows_per_expert + block_idx().x * GROUPED_BN as u32;
-        mainloop(Split::WideRows, map_x, map_w, row0, col0, k, |acc, acc_hi| {
-            let out0 = block_idx().x * (GROUPED_BN / 2) as u32;
-            store_swiglu((Split::WideRows, 0), acc, h, (row0, end), out0, m);
-            store_swiglu((Split::WideRows, 1), acc_hi, h, (row0, end), out0, m);
+        let w_rows = 2 * m.div_ceil(64) * 64;
+        let table = (tiles, num_tiles, offsets);
+        let tile_at = |t| grouped_tile(t, table, w_rows.div_ceil(GROUPED_BN as u32), w_rows);
+        persistent(Split::WideRows, (map_x, map_w), k, tile_at, |tile, acc, acc_hi| {
+            let (rows, out0) = ((tile.row0, tile.end), tile.col * (GROUPED_BN / 2) as u32);
+            store_swiglu((Split::WideRows, 0), acc, h, rows, out0, m);
+            store_swiglu((Split::WideRows, 1), acc_hi, h, rows, out0, m);
         });
     }
 }
 
 kernel! {
+    threads = THREADS;
     /// MoE down projection for every expert in one launch: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`), expert `e`'s weights rows `e·m..` of `map_w` (`[experts·m][k]`).
-    /// `y`: f32 `[pairs][m]`. Grid: (⌈m / GROUPED_BN⌉, max tiles); `GROUPED_SHARED_BYTES`.
+    /// `y`: f32 `[pairs][m]`. Persistent: any 1-D grid; `GROUPED_SHARED_BYTES`.
     pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
-        let Some((e, row0, end)) = grouped_tile(tiles, num_tiles, offsets) else {
-            return;
-        };
-        let col0 = block_idx().x * GROUPED_BN as u32;
-        mainloop(Split::WideRows, map_x, map_w, row0, e * m + col0, k, |acc, acc_hi| {
+        let table = (tiles, num_tiles, offsets);
+        let tile_at = |t| grouped_tile(t, table, m.div_ceil(GROUPED_BN as u32), m);
+        persistent(Split::WideRows, (map_x, map_w), k, tile_at, |tile, acc, acc_hi| {
             let out = (y, y.as_in());
-            store_f32((Split::WideRows, 0), acc, out, (row0, end), (col0, m), 0);
-            store_f32((Split::WideRows, 1), acc_hi, out, (row0, end), (col0, m), 0);
+            let (rows, col0) = ((tile.row0, tile.end), tile.col * GROUPED_BN as u32);
+            store_f32((Split::WideRows, 0), acc, out, rows, (col0, m), 0);
+            store_f32((Split::WideRows, 1), acc_hi, out, rows, (col0, m), 0);
         });
     }
 }

@@ -30,6 +30,9 @@ fn kernels_ptx() -> Result<(String, String, bool)> {
     }
 }
 
+/// What [`Device::multiprocessors`] reports for the emulator.
+pub const EMULATED_MULTIPROCESSORS: u32 = 3;
+
 /// A loaded CUDA context with kiln's module.
 pub struct CudaRuntime {
     ctx: Arc<CudaContext>,
@@ -37,6 +40,7 @@ pub struct CudaRuntime {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
+    multiprocessors: u32,
 }
 
 impl CudaRuntime {
@@ -59,6 +63,9 @@ impl CudaRuntime {
         // SAFETY: called before any buffer or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| GpuError::driver("reading the multiprocessor count", e))?;
         let (ptx, source, overridden) = kernels_ptx()?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
@@ -87,6 +94,7 @@ impl CudaRuntime {
             _module: module,
             functions,
             name,
+            multiprocessors: multiprocessors.max(1) as u32,
         })
     }
 
@@ -161,6 +169,15 @@ impl Device {
         match &self.backend {
             Backend::Cuda(rt) => rt.name.clone(),
             Backend::Emulator => "CPU emulator".into(),
+        }
+    }
+
+    /// Blocks a persistent kernel launches (one per multiprocessor). The emulator reports a
+    /// few, so its persistent launches walk several tiles per block, as on a GPU.
+    pub fn multiprocessors(&self) -> u32 {
+        match &self.backend {
+            Backend::Cuda(rt) => rt.multiprocessors,
+            Backend::Emulator => EMULATED_MULTIPROCESSORS,
         }
     }
 

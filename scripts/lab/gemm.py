@@ -10,6 +10,7 @@ BM, BN, THREADS = 128, 128, 384
 STAGES, BK = 5, 64
 # gpu_kernels::gemm_wgmma::SHARED_BYTES (tests/lab_constants.rs keeps the two equal)
 SHARED = 164944
+SMS = torch.cuda.get_device_properties(0).multi_processor_count
 
 
 def run_f32(x, w, bias=None, y=None, add=False):
@@ -22,7 +23,9 @@ def run_f32(x, w, bias=None, y=None, add=False):
     kern = kernel("gemm_wgmma_f32", SHARED)
     flags = (1 if bias is not None else 0) | (2 if add else 0)
     b = bias if bias is not None else y
-    grid = ((m + BN - 1) // BN, (n_rows + BM - 1) // BM, 1)
+    # Persistent: a block per multiprocessor, at most one per tile.
+    tiles = ((m + BN - 1) // BN) * ((n_rows + BM - 1) // BM)
+    grid = (min(tiles, SMS), 1, 1)
 
     def launch():
         kern(grid, (THREADS, 1, 1), (ptr(mx), ptr(mw), ptr(b), ptr(y), u32(n_rows), u32(m), u32(k), u32(flags)),

@@ -4,7 +4,7 @@
 
 use super::gemm::Epilogue;
 use super::to_u32;
-use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix};
 use gpu_kernels::gemm_wgmma::{
     self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
 };
@@ -39,21 +39,24 @@ impl TileWidth {
     }
 }
 
-/// One launch over `rows` rows of `x` and `n_cols` output columns.
-fn config(kernel: &'static str, rows: usize, n_cols: usize, wide: bool) -> Result<LaunchConfig> {
+/// One persistent launch over `rows` rows of `x` and `n_cols` B rows: a block per
+/// multiprocessor, at most one per tile.
+fn config(
+    dev: &Device,
+    kernel: &'static str,
+    rows: usize,
+    n_cols: usize,
+    wide: bool,
+) -> Result<LaunchConfig> {
     let (cols, shared) = if wide {
         (WIDE_BN, WIDE_SHARED_BYTES)
     } else {
         (BN, SHARED_BYTES)
     };
-    let mut cfg = LaunchConfig::linear(
-        to_u32(kernel, "column tiles", n_cols.div_ceil(cols))?,
-        THREADS,
-    )
-    .with_shared(shared);
-    cfg.grid.1 = to_u32(kernel, "row tiles", rows.div_ceil(BM))?;
-    ensure_shape!(cfg.grid.1 <= 65535, kernel, "{rows} rows exceed one launch");
-    Ok(cfg)
+    let tiles = rows.div_ceil(BM) * n_cols.div_ceil(cols);
+    to_u32(kernel, "tiles", tiles)?;
+    let blocks = tiles.min(dev.multiprocessors() as usize) as u32;
+    Ok(LaunchConfig::linear(blocks, THREADS).with_shared(shared))
 }
 
 /// `y[rows][m] = x[rows][k] · w[m][k]ᵀ (+ bias) (+ y)`, f32 out; `m`, `k` from `w`.
@@ -89,7 +92,7 @@ pub fn matmul_tiled(
         return Ok(());
     }
     let wide = width.is_wide(rows, m);
-    let cfg = config(K, rows, m, wide)?;
+    let cfg = config(dev, K, rows, m, wide)?;
     let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
         | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
     let bias = epilogue.bias.unwrap_or(y); // unread without EPI_BIAS
@@ -132,7 +135,7 @@ pub fn matmul_swiglu_tiled(
         return Ok(());
     }
     let wide = width.is_wide(rows, interleaved_rows(m));
-    let cfg = config(K, rows, interleaved_rows(m), wide)?;
+    let cfg = config(dev, K, rows, interleaved_rows(m), wide)?;
     let (x, w, h) = (x.map(), w_gate_up.map(), h.data().output());
     let (rows, m, k) = (rows as u32, m as u32, k as u32);
     if wide {

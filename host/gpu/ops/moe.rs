@@ -210,7 +210,7 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(K, pairs, interleaved_rows(shape.ff))?;
+        let cfg = self.grouped_cfg(dev, K, pairs, interleaved_rows(shape.ff))?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         gemm_wgmma::moe_gemm_wgmma_swiglu::launch(
             dev,
@@ -246,7 +246,7 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let cfg = self.grouped_cfg(K, pairs, shape.hidden)?;
+        let cfg = self.grouped_cfg(dev, K, pairs, shape.hidden)?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         let (h, w, out) = (h.map(), w_down.map(), out.output());
         gemm_wgmma::moe_gemm_wgmma_f32::launch(
@@ -274,13 +274,19 @@ impl Routing {
         )
     }
 
-    /// One block per (`GROUPED_BN`-column tile of `m`, entry of the worst-case tile table).
-    fn grouped_cfg(&self, k: &'static str, pairs: usize, m: usize) -> Result<LaunchConfig> {
-        let cols = to_u32(k, "column tiles", m.div_ceil(GROUPED_BN))?;
-        let mut cfg = LaunchConfig::linear(cols, THREADS).with_shared(GROUPED_SHARED_BYTES);
-        cfg.grid.1 = to_u32(k, "tiles", max_tiles(pairs, self.n_expert))?;
-        ensure_shape!(cfg.grid.1 <= 65535, k, "{pairs} pairs exceed one launch");
-        Ok(cfg)
+    /// A persistent launch: a block per multiprocessor, at most one per tile of the
+    /// worst-case table (`GROUPED_BN`-column blocks of `m` × row tiles).
+    fn grouped_cfg(
+        &self,
+        dev: &Device,
+        k: &'static str,
+        pairs: usize,
+        m: usize,
+    ) -> Result<LaunchConfig> {
+        let tiles = m.div_ceil(GROUPED_BN) * max_tiles(pairs, self.n_expert);
+        to_u32(k, "tiles", tiles)?;
+        let blocks = tiles.min(dev.multiprocessors() as usize) as u32;
+        Ok(LaunchConfig::linear(blocks, THREADS).with_shared(GROUPED_SHARED_BYTES))
     }
 
     /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`), shared
