@@ -78,6 +78,46 @@ pub fn {name}(d: &mut [f32; {regs}], {a_param}, b: WgmmaDesc) {{
 '''
 
 
+def gen_pair():
+    """m64n256k16 (A, B from shared memory) on two 64-register halves: columns 0..128 in `lo`,
+    128..256 in `hi` (the n256 fragment is the two n128 fragments side by side). Two arrays,
+    because LLVM keeps two 64-value arrays in registers where one 128-value array went to the
+    stack."""
+    tmpl = ("{{ .reg .pred p; setp.ne.b32 p, 1, 0; "
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+            f"{{{{{operand_list(0, 128)}}}}}, {{a}}, {{b}}, p, 1, 1, 0, 0; }}}}")
+    outs = "\n".join(f"            inout(reg32) lo[{i}]," for i in range(64))
+    outs += "\n" + "\n".join(f"            inout(reg32) hi[{i}]," for i in range(64))
+    return f'''
+/// `[lo | hi] += A·B` for a 64 × 256 tile, the accumulators as two 64 × 128 halves (A and B
+/// from the shared-memory descriptors `a`, `b`): one instruction where two m64n128k16 would
+/// read the A tile twice.
+#[inline(always)]
+pub fn wgmma_m64n256k16_ss_pair(lo: &mut [f32; 64], hi: &mut [f32; 64], a: WgmmaDesc, b: WgmmaDesc) {{
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a warpgroup-collective tensor-core instruction on registers and shared memory
+    // the descriptors point to; callers keep it warpgroup-uniform and fence/commit/wait it.
+    unsafe {{
+        core::arch::asm!(
+            "{tmpl}",
+{outs}
+            a = in(reg64) a.0,
+            b = in(reg64) b.0,
+        );
+    }}
+    #[cfg(not(target_arch = "nvptx64"))]
+    {{
+        let mut d = [0.0f32; 128];
+        d[..64].copy_from_slice(lo);
+        d[64..].copy_from_slice(hi);
+        super::emu::hopper::wgmma_ss(&mut d, a, b, 256);
+        lo.copy_from_slice(&d[..64]);
+        hi.copy_from_slice(&d[64..]);
+    }}
+}}
+'''
+
+
 def gen_fence(regs, ty="f32"):
     comment = " ".join("{%d}" % i for i in range(regs))
     ops = "\n".join(f"                inout(reg32) self[{i}]," for i in range(regs))
@@ -102,7 +142,8 @@ def main():
     root = pathlib.Path(__file__).resolve().parent.parent
     out = root / "gpu-kernels/src/device/wgmma_shapes.rs"
     regs = sorted({n // 2 for n, _ in SHAPES})
-    text = (HEADER + "".join(gen(n, k) for n, k in SHAPES) + "".join(gen_fence(r) for r in regs)
+    text = (HEADER + "".join(gen(n, k) for n, k in SHAPES) + gen_pair()
+            + "".join(gen_fence(r) for r in regs)
             # Register-A fragments of a 64 × 128 A tile (8 k-steps × 4 words).
             + gen_fence(32, "u32"))
     out.write_text(text)

@@ -4,7 +4,7 @@
 //! Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread streams 64-wide
 //! K slices of the x tile (`BM` rows) and the w tile (`BN` rows) into a ring of `STAGES`
 //! shared-memory slots, each guarded by a "full" and an "empty" mbarrier. Warpgroups 1 and 2
-//! are consumers: each owns 64 rows of the tile and runs four `m64nBNk16` products per slot,
+//! are consumers: each owns 64 rows of the tile and runs four k16 steps of `m64n128k16` (`m64n256k16` for wide tiles) per slot,
 //! keeping one batch in flight, then releases the slot. The epilogue goes from registers
 //! straight to global memory.
 //!
@@ -30,7 +30,7 @@ use crate::device::float::f32_to_bf16;
 use crate::device::math::silu;
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
-    wgmma_m64n128k16_ss, wgmma_wait,
+    wgmma_m64n128k16_ss, wgmma_m64n256k16_ss_pair, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
@@ -241,15 +241,16 @@ fn persistent(
             sm.full(s).wait((it / stages) & 1);
             let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + row_off * 128);
             let b = WgmmaDesc::k_major_swizzle_128b(sm.b(s) + col_off * 128);
-            // The upper half's B rows follow the lower half's 128 rows.
-            let b_hi = b.advance(BN as u32 * 128);
             wgmma_fence();
-            // Each half gets the same four k16 steps in the same order as in a narrow tile, so
-            // an element's bits do not depend on the tile width.
+            // Every element gets the same four k16 steps in the same order in a narrow tile
+            // (m64n128k16) and a wide one (m64n256k16, one instruction, so A is read once per
+            // step): an element's bits do not depend on the tile width (a GPU test checks it).
             seq!(KK in 0..4 {
-                wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
                 if wide {
-                    wgmma_m64n128k16_ss(&mut acc_hi, a.advance(32 * KK), b_hi.advance(32 * KK));
+                    let (a, b) = (a.advance(32 * KK), b.advance(32 * KK));
+                    wgmma_m64n256k16_ss_pair(&mut acc, &mut acc_hi, a, b);
+                } else {
+                    wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
                 }
             });
             wgmma_commit();
