@@ -8,6 +8,11 @@
 //! keeping one batch in flight, then releases the slot. The epilogue goes from registers
 //! straight to global memory.
 //!
+//! Registers: 384 threads get at most 168 each at launch; the producer warpgroup lowers its
+//! budget to 40 and the consumers raise theirs to 232 (`setmaxnreg`, honoured because each
+//! entry is declared for exactly `THREADS` threads), so the wide tiles' 128 accumulators and
+//! the epilogue's addressing fit without spills.
+//!
 //! Launches are persistent: a block per multiprocessor walks the tiles (`persistent`), so the
 //! producer fills the ring with the next tile's slices while the consumers run the epilogue of
 //! the last one, and the ring is set up once per block instead of once per tile.
@@ -26,7 +31,7 @@
 use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
 };
-use crate::device::float::f32_to_bf16;
+use crate::device::float::{f32_to_bf16, pack_bf16x2};
 use crate::device::math::silu;
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
@@ -90,6 +95,13 @@ impl Split {
         match self {
             Split::Rows => B_BYTES,
             Split::WideRows => 2 * B_BYTES,
+        }
+    }
+    /// B rows (tile columns) per tile.
+    const fn cols(self) -> u32 {
+        match self {
+            Split::Rows => BN as u32,
+            Split::WideRows => WIDE_BN as u32,
         }
     }
     /// Whether each consumer keeps a second 128-column accumulator (columns `+BN`).
@@ -162,7 +174,7 @@ struct Tile {
 /// Runs every tile of a persistent launch: block `b` takes tiles `b`, `b + grid`, … of
 /// `tile_at` (the first `None` ends the walk), so the producer streams the next tile's K slices
 /// while the consumers store the last one. Consumer warpgroups hand each finished tile's
-/// accumulators to `epilogue`: columns `0..BN` of the consumer's part, and for
+/// accumulators to `epilogue` (a [`TileStore`]): columns `0..BN` of the consumer's part, and for
 /// `Split::WideRows` columns `BN..2·BN` (two separate arrays, which LLVM keeps in registers
 /// where one 128-value array went to the stack). The ring's slot and phase run on across tiles
 /// (`it` counts K slices since the launch), identically in producer and consumers.
@@ -172,7 +184,7 @@ fn persistent(
     (map_x, map_w): (In<TensorMap>, In<TensorMap>),
     k: u32,
     tile_at: impl Fn(u32) -> Option<Tile>,
-    mut epilogue: impl FnMut(Tile, &Acc, &Acc),
+    epilogue: impl TileStore,
 ) {
     let tid = thread_idx().x;
     let wg = tid / 128;
@@ -194,6 +206,8 @@ fn persistent(
     let k_tiles = k.div_ceil(BK as u32);
     let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
+        // The producer needs few registers; the consumers get them (see the module doc).
+        lower_registers::<40>();
         if tid == 0 {
             let mut it = 0u32;
             let mut t = first;
@@ -221,6 +235,7 @@ fn persistent(
         }
         return;
     }
+    raise_registers::<232>();
     let consumer = wg - 1;
     let wide = split.wide();
     let (row_off, col_off) = split.origin(consumer);
@@ -271,7 +286,7 @@ fn persistent(
         if wide {
             acc_hi.keep_in_registers();
         }
-        epilogue(tile, &acc, &acc_hi);
+        epilogue.store(tile, &acc, &acc_hi);
         t += stride;
     }
 }
@@ -314,7 +329,8 @@ fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, 
 }
 
 /// The f32 epilogue: `y[r, c] = acc [+ bias[c]] [+ y[r, c]]` for rows `row0 + r < end` and
-/// columns `col0 + c < m`.
+/// columns `col0 + c < m`. A thread's two adjacent columns go as one 8-byte store where both
+/// exist and `m` is even (so the pair is aligned): four lanes then fill a 32-byte sector.
 #[inline(always)]
 fn store_f32(
     (split, half): (Split, u32),
@@ -330,6 +346,19 @@ fn store_f32(
             return;
         }
         let at = (r * m + c) as usize;
+        if c + 1 < m && m.is_multiple_of(2) {
+            let mut v = [v0, v1];
+            if flags & EPI_BIAS != 0 {
+                let b = bias.at2(c as usize);
+                v = [v[0] + b[0], v[1] + b[1]];
+            }
+            if flags & EPI_ADD_TO_Y != 0 {
+                let old = y.as_in().at2(at);
+                v = [v[0] + old[0], v[1] + old[1]];
+            }
+            y.set2(at, v);
+            return;
+        }
         for (i, mut v) in [(0, v0), (1, v1)] {
             if c + i < m {
                 if flags & EPI_BIAS != 0 {
@@ -346,7 +375,8 @@ fn store_f32(
 
 /// The SwiGLU epilogue of a gate|up tile (per consumer and half: 64 gate columns, then the
 /// matching 64 up columns): `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end`
-/// and `out0 + c < m`, `out0` the block's first output feature.
+/// and `out0 + c < m`, `out0` the block's first output feature. Adjacent outputs go as one
+/// packed 4-byte store where both exist and `m` is even.
 #[inline(always)]
 fn store_swiglu(
     (split, half): (Split, u32),
@@ -359,16 +389,75 @@ fn store_swiglu(
     let (row, col) = fragment_origin(split, half);
     // A consumer's 128 tile columns make 64 outputs.
     let (row, col) = (row0 + row, out0 + col - col / BN as u32 * (BN / 2) as u32);
+    let pairs = m.is_multiple_of(2);
+    let h2 = h.cast::<u32>();
     seq!(J in 0..8 {
-        seq!(E in 0..4 {
-            let r = row + 8 * (E / 2);
-            let c = col + 8 * J + E % 2;
-            let (g, u) = (acc[4 * J + E], acc[4 * (J + 8) + E]);
-            if r < end && c < m {
-                h.set((r * m + c) as usize, f32_to_bf16(silu(g) * u));
+        seq!(R in 0..2 {
+            let r = row + 8 * R;
+            let c = col + 8 * J;
+            let e = 2 * R;
+            let out = |i: usize| silu(acc[4 * J + e + i]) * acc[4 * (J + 8) + e + i];
+            if r < end {
+                if pairs && c + 1 < m {
+                    h2.set(((r * m + c) / 2) as usize, pack_bf16x2(out(0), out(1)));
+                } else {
+                    for i in 0..2 {
+                        if c + (i as u32) < m {
+                            h.set((r * m + c) as usize + i, f32_to_bf16(out(i)));
+                        }
+                    }
+                }
             }
         });
     });
+}
+
+/// What a consumer does with a finished tile. A trait with `#[inline(always)]` methods rather
+/// than a closure: LLVM declined to inline the larger epilogue closures, and then passed the
+/// 128 accumulators through the stack.
+trait TileStore {
+    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc);
+}
+
+/// f32 out ([`store_f32`]): tile column block `c` is output columns `c · cols..`.
+struct F32Store {
+    split: Split,
+    y: Out<f32>,
+    bias: In<f32>,
+    m: u32,
+    flags: u32,
+}
+
+impl TileStore for F32Store {
+    #[inline(always)]
+    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
+        let (split, m, flags) = (self.split, self.m, self.flags);
+        let (out, rows) = ((self.y, self.bias), (tile.row0, tile.end));
+        let col0 = tile.col * split.cols();
+        store_f32((split, 0), acc, out, rows, (col0, m), flags);
+        if split.wide() {
+            store_f32((split, 1), acc_hi, out, rows, (col0, m), flags);
+        }
+    }
+}
+
+/// SwiGLU out ([`store_swiglu`]): each 128 tile columns make 64 outputs.
+struct SwigluStore {
+    split: Split,
+    h: Out<u16>,
+    m: u32,
+}
+
+impl TileStore for SwigluStore {
+    #[inline(always)]
+    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
+        let (split, h, m) = (self.split, self.h, self.m);
+        let (rows, out0) = ((tile.row0, tile.end), tile.col * split.cols() / 2);
+        store_swiglu((split, 0), acc, h, rows, out0, m);
+        if split.wide() {
+            store_swiglu((split, 1), acc_hi, h, rows, out0, m);
+        }
+    }
 }
 
 /// The dense f32 GEMM, narrow (`BN` columns per block) or wide (`WIDE_BN`): the same
@@ -391,14 +480,14 @@ fn dense_f32<const WIDE: bool>(
         (Split::Rows, BN)
     };
     let tiles = |t| dense_tile(t, n_rows, m, cols as u32);
-    persistent(split, (map_x, map_w), k, tiles, |tile, acc, acc_hi| {
-        let out = (y, bias);
-        let (rows, col0) = ((tile.row0, tile.end), tile.col * cols as u32);
-        store_f32((split, 0), acc, out, rows, (col0, m), flags);
-        if WIDE {
-            store_f32((split, 1), acc_hi, out, rows, (col0, m), flags);
-        }
-    });
+    let out = F32Store {
+        split,
+        y,
+        bias,
+        m,
+        flags,
+    };
+    persistent(split, (map_x, map_w), k, tiles, out);
 }
 
 /// The dense SwiGLU GEMM, narrow or wide (as [`dense_f32`]).
@@ -416,16 +505,9 @@ fn dense_swiglu<const WIDE: bool>(
     } else {
         (Split::Rows, BN)
     };
-    // Each 128 tile columns make 64 outputs (`store_swiglu` maps a half's columns).
     let w_rows = 2 * m.div_ceil(64) * 64;
     let tiles = |t| dense_tile(t, n_rows, w_rows, cols as u32);
-    persistent(split, (map_x, map_w), k, tiles, |tile, acc, acc_hi| {
-        let (rows, out0) = ((tile.row0, tile.end), tile.col * (cols / 2) as u32);
-        store_swiglu((split, 0), acc, h, rows, out0, m);
-        if WIDE {
-            store_swiglu((split, 1), acc_hi, h, rows, out0, m);
-        }
-    });
+    persistent(split, (map_x, map_w), k, tiles, SwigluStore { split, h, m });
 }
 
 kernel! {
@@ -502,11 +584,8 @@ kernel! {
         let w_rows = 2 * m.div_ceil(64) * 64;
         let table = (tiles, num_tiles, offsets);
         let tile_at = |t| grouped_tile(t, table, w_rows.div_ceil(GROUPED_BN as u32), w_rows);
-        persistent(Split::WideRows, (map_x, map_w), k, tile_at, |tile, acc, acc_hi| {
-            let (rows, out0) = ((tile.row0, tile.end), tile.col * (GROUPED_BN / 2) as u32);
-            store_swiglu((Split::WideRows, 0), acc, h, rows, out0, m);
-            store_swiglu((Split::WideRows, 1), acc_hi, h, rows, out0, m);
-        });
+        let split = Split::WideRows;
+        persistent(split, (map_x, map_w), k, tile_at, SwigluStore { split, h, m });
     }
 }
 
@@ -518,11 +597,8 @@ kernel! {
     pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let table = (tiles, num_tiles, offsets);
         let tile_at = |t| grouped_tile(t, table, m.div_ceil(GROUPED_BN as u32), m);
-        persistent(Split::WideRows, (map_x, map_w), k, tile_at, |tile, acc, acc_hi| {
-            let out = (y, y.as_in());
-            let (rows, col0) = ((tile.row0, tile.end), tile.col * GROUPED_BN as u32);
-            store_f32((Split::WideRows, 0), acc, out, rows, (col0, m), 0);
-            store_f32((Split::WideRows, 1), acc_hi, out, rows, (col0, m), 0);
-        });
+        let (split, bias, flags) = (Split::WideRows, y.as_in(), 0);
+        let out = F32Store { split, y, bias, m, flags };
+        persistent(split, (map_x, map_w), k, tile_at, out);
     }
 }

@@ -107,6 +107,20 @@ impl<T: Copy> In<T> {
         unsafe { (self.ptr.add(i) as *const V<T>).read().0 }
     }
 
+    /// Two consecutive elements starting at `i` (even), one 8-byte load when `T` is 4 bytes
+    /// wide (device allocations are aligned).
+    #[inline(always)]
+    pub fn at2(self, i: usize) -> [T; 2] {
+        #[cfg(not(target_arch = "nvptx64"))]
+        if i + 2 > self.len || !i.is_multiple_of(2) {
+            out_of_bounds("2-wide read", i, self.len);
+        }
+        #[repr(C, align(8))]
+        struct V<T>([T; 2]);
+        // SAFETY: as `at`, and `i % 2 == 0` on an aligned allocation makes the load aligned.
+        unsafe { (self.ptr.add(i) as *const V<T>).read().0 }
+    }
+
     /// A view starting `offset` elements in (for per-layer or per-expert slices).
     #[inline(always)]
     pub fn offset(self, offset: usize) -> Self {
@@ -191,6 +205,44 @@ impl<T: Copy> Out<T> {
         }
         // SAFETY: see `In::at`.
         unsafe { self.ptr.add(i).write(v) }
+    }
+
+    /// Two consecutive elements at `i` (even) in one 8-byte store (`T` 4 bytes wide).
+    #[inline(always)]
+    pub fn set2(self, i: usize, v: [T; 2]) {
+        #[cfg(not(target_arch = "nvptx64"))]
+        if i + 2 > self.len || !i.is_multiple_of(2) {
+            out_of_bounds("2-wide write", i, self.len);
+        }
+        // LLVM splits an 8-byte aggregate store into two 4-byte ones (seen in the GEMM
+        // epilogue: half-filled 32-byte sectors), so on the device the pair goes as one
+        // `st.global.v2.b32`.
+        #[cfg(target_arch = "nvptx64")]
+        {
+            const { assert!(core::mem::size_of::<T>() == 4) };
+            // SAFETY: as `set`, with `i` even on an 8-byte aligned allocation; T is 4 bytes,
+            // so its bits are a u32. Global allocations' generic addresses convert with cvta.
+            unsafe {
+                let (a, b): (u32, u32) = (
+                    core::mem::transmute_copy(&v[0]),
+                    core::mem::transmute_copy(&v[1]),
+                );
+                core::arch::asm!(
+                    "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; st.global.v2.b32 [g], {{{a}, {b}}}; }}",
+                    p = in(reg64) self.ptr.add(i),
+                    a = in(reg32) a,
+                    b = in(reg32) b,
+                    options(nostack),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "nvptx64"))]
+        {
+            #[repr(C, align(8))]
+            struct V<T>([T; 2]);
+            // SAFETY: see `In::at2`.
+            unsafe { (self.ptr.add(i) as *mut V<T>).write(V(v)) }
+        }
     }
 
     /// Four consecutive elements at `i` (a multiple of 4) in one 16-byte store.
