@@ -19,9 +19,10 @@ mod common;
 use common::*;
 
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
-use kiln::gpu::ops::gemm::{Epilogue, GemmShape, matmul_f32, partials_len};
+use kiln::gpu::ops::gemm::Epilogue;
 use kiln::gpu::ops::gemm_wgmma::{TileWidth, interleaved_rows, matmul_swiglu_tiled, matmul_tiled};
 use kiln::gpu::ops::moe::{MoeShape, Routing};
+use kiln::gpu::ops::moe_router::{RouteOptions, Router, RouterMode};
 use kiln::gpu::{Device, TmaMatrix};
 use kiln::rng::Rng;
 use std::time::Instant;
@@ -156,7 +157,7 @@ fn main() {
         }
     }
     // The MoE stage at Qwen3-30B-A3B dims (hidden 2048, 128 experts of ff 768, top-8): the
-    // f32 router GEMM, routing (top-k + grouping), and the grouped expert GEMMs.
+    // routing stage (f32 router GEMM, top-k, grouping), and the grouped expert GEMMs.
     // N = 512 too: there the routing's share of a layer is what issue 7 bounds.
     for n in [512usize, 4096].into_iter().filter(|_| wanted("moe")) {
         let (hidden, ff, ne, k) = (2048usize, 768usize, 128usize, 8usize);
@@ -166,34 +167,32 @@ fn main() {
             .map(|_| rng.normal() as f32 * 0.02)
             .collect();
         let wr = dev.upload(&wr, "router").expect("upload");
-        let logits = dev.alloc::<f32>(n * ne, "logits").expect("alloc");
-        let shape = GemmShape {
-            rows: n,
-            m: ne,
-            k: hidden,
-        };
-        let partials = dev
-            .alloc::<f32>(partials_len(shape), "partials")
-            .expect("alloc");
-        let ms = time_ms(&dev, 3, 20, || {
-            matmul_f32(&dev, &x32, &wr, &logits, &partials, shape).expect("router")
-        });
-        rows.push(Row {
-            kernel: "gemm_f32 (router)",
-            shape: format!("{n}x{ne}x{hidden}"),
-            ms,
-            tflops: 2.0 * (n * ne * hidden) as f64 / ms / 1e9,
-        });
+        // The whole routing stage (router GEMM + softmax/top-k + grouping) as the pipeline
+        // runs it (split: 3 launches), and the fused mode (2 launches) beside it.
         let routing = Routing::new(&dev, n, ne, k).expect("routing");
-        let ms = time_ms(&dev, 3, 20, || {
-            routing.route(&dev, &logits, n, true).expect("route")
-        });
-        rows.push(Row {
-            kernel: "moe routing",
-            shape: format!("N={n} {ne} experts top-{k}"),
-            ms,
-            tflops: 0.0,
-        });
+        let router = Router::new(&dev, n, ne, hidden).expect("router");
+        let modes = [
+            ("moe routing", RouterMode::Auto),
+            ("moe routing (fused)", RouterMode::Fused),
+        ];
+        for (kernel, mode) in modes {
+            let opts = RouteOptions {
+                renormalise: true,
+                mode,
+                logits: None,
+            };
+            let ms = time_ms(&dev, 3, 20, || {
+                router
+                    .route(&dev, &x32, &wr, &routing, n, opts)
+                    .expect("route")
+            });
+            rows.push(Row {
+                kernel,
+                shape: format!("N={n} h={hidden} {ne} experts top-{k}"),
+                ms,
+                tflops: 2.0 * (n * ne * hidden) as f64 / ms / 1e9,
+            });
+        }
         let x = random_bf16(&dev, &mut rng, n, hidden);
         let w_gate_up = random_bf16(&dev, &mut rng, ne * interleaved_rows(ff), hidden);
         let w_down = random_bf16(&dev, &mut rng, ne * hidden, ff);

@@ -20,6 +20,7 @@
 
 mod common;
 use common::*;
+use gpu_kernels::moe_router::FAST_MAX_EXPERTS;
 use kiln::gguf::{GgmlType, GgufFile};
 use kiln::gpu::Device;
 use kiln::model::{Arch, Ffn, ModelConfig, Weights};
@@ -48,7 +49,13 @@ fn expected_launches(w: &Weights, chunks: &[usize]) -> u64 {
             let attention = 5;
             let ffn = 1 + match &l.ffn {
                 Ffn::Dense { .. } => 2,
-                Ffn::Moe { shared, .. } => 10 + if shared.is_some() { 4 } else { 0 },
+                Ffn::Moe { shared, router, .. } => {
+                    // GGUF order: [hidden, n_expert].
+                    let (hidden, ne) = (router.shape[0], router.shape[1]);
+                    let fast = ne <= FAST_MAX_EXPERTS && hidden.is_multiple_of(4);
+                    let routing = if fast { 3 } else { 6 };
+                    routing + 4 + if shared.is_some() { 4 } else { 0 }
+                }
             };
             attention + ffn
         })

@@ -32,7 +32,7 @@ shared_array!(fn moe_scan_tiles() -> [u32; 1025]);
 /// The better of two (logit, expert) candidates: higher logit, ties to the lower expert id;
 /// `u32::MAX` marks "none".
 #[inline(always)]
-fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
+pub(crate) fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
     let b_wins = a.1 == u32::MAX || (b.1 != u32::MAX && (b.0 > a.0 || (b.0 == a.0 && b.1 < a.1)));
     if b_wins { b } else { a }
 }
@@ -111,22 +111,19 @@ kernel! {
     }
 }
 
-/// Walks one chunk of `GROUP_CHUNK_PAIRS` pairs with one warp, 32 pairs at a time in pair order,
+/// Walks pairs `first..end` with one warp, 32 pairs at a time in pair order,
 /// keeping per-expert running row counts in `running` (this warp's own `n_expert` words). Each
 /// pair's row is its expert's running count plus the number of earlier lanes of its round with
 /// the same expert, so the order within an expert is pair order (a stable grouping). With
 /// `place`, writes `sorted[row] = pair` and `row_of_pair[pair] = row`.
 #[inline(always)]
-fn walk_chunk(
+pub(crate) fn walk_pairs(
     ids: In<u32>,
-    n_pairs: usize,
-    chunk: usize,
+    (first, end): (usize, usize),
     expert_bits: u32,
     running: Shared<u32>,
     place: Option<(Out<u32>, Out<u32>)>,
 ) {
-    let first = chunk * GROUP_CHUNK_PAIRS;
-    let end = (first + GROUP_CHUNK_PAIRS).min(n_pairs);
     let mut p0 = first;
     while p0 < end {
         let p = p0 + lane_id() as usize;
@@ -151,6 +148,13 @@ fn walk_chunk(
     }
 }
 
+/// The pairs of chunk `chunk`: `first..end`.
+#[inline(always)]
+fn chunk_pairs(n_pairs: usize, chunk: usize) -> (usize, usize) {
+    let first = chunk * GROUP_CHUNK_PAIRS;
+    (first, (first + GROUP_CHUNK_PAIRS).min(n_pairs))
+}
+
 /// This warp's chunk (`None` past the last) and its `n_expert` running counts in shared memory.
 #[inline(always)]
 fn chunk_of_warp(n_pairs: usize, ne: usize) -> Option<(usize, Shared<u32>)> {
@@ -163,7 +167,7 @@ fn chunk_of_warp(n_pairs: usize, ne: usize) -> Option<(usize, Shared<u32>)> {
 
 /// Bits that tell the experts of `n_expert` apart.
 #[inline(always)]
-fn expert_bits(ne: usize) -> u32 {
+pub(crate) fn expert_bits(ne: usize) -> u32 {
     usize::BITS - (ne.max(2) - 1).leading_zeros()
 }
 
@@ -181,7 +185,7 @@ kernel! {
             e += WARP_SIZE as usize;
         }
         sync_warp();
-        walk_chunk(ids, n_pairs, chunk, expert_bits(ne), running, None);
+        walk_pairs(ids, chunk_pairs(n_pairs, chunk), expert_bits(ne), running, None);
         let mut e = lane_id() as usize;
         while e < ne {
             counts.set(chunk * ne + e, running.load(e));
@@ -280,7 +284,7 @@ kernel! {
         }
         sync_warp();
         let place = Some((sorted, row_of_pair));
-        walk_chunk(ids, n_pairs, chunk, expert_bits(ne), running, place);
+        walk_pairs(ids, chunk_pairs(n_pairs, chunk), expert_bits(ne), running, place);
     }
 }
 

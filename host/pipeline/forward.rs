@@ -9,6 +9,7 @@ use crate::gpu::ops::flash_attention::{AttentionShape, flash_attention};
 use crate::gpu::ops::gemm::{self, Epilogue, GemmShape};
 use crate::gpu::ops::gemm_wgmma::{matmul, matmul_swiglu};
 use crate::gpu::ops::moe::MoeShape;
+use crate::gpu::ops::moe_router::RouteOptions;
 use crate::gpu::ops::norm::{self, NormShape};
 use crate::gpu::{Device, GpuError, Result};
 use std::time::Instant;
@@ -230,17 +231,11 @@ impl<'m> Session<'m> {
                 };
                 let f32_proj = |m| GemmShape { rows: n, m, k: h };
                 self.stage("moe routing", |dev, s| {
-                    let r = s.routing()?;
-                    let logits = &s.router_logits;
-                    gemm::matmul_f32(
-                        dev,
-                        &s.xn,
-                        router,
-                        logits,
-                        &s.f32_partials,
-                        f32_proj(cfg.n_expert),
-                    )?;
-                    r.route(dev, logits, n, cfg.norm_topk)
+                    let opts = RouteOptions {
+                        renormalise: cfg.norm_topk,
+                        ..RouteOptions::default()
+                    };
+                    s.router()?.route(dev, &s.xn, router, s.routing()?, n, opts)
                 })?;
                 self.stage("moe experts", |dev, s| {
                     let r = s.routing()?;

@@ -8,6 +8,7 @@
 use crate::gpu::ops::flash_attention::KvCache;
 use crate::gpu::ops::gemm::{GemmShape, partials_len};
 use crate::gpu::ops::moe::Routing;
+use crate::gpu::ops::moe_router::Router;
 use crate::gpu::{Buffer, Device, GpuError, Result, TmaMatrix};
 use crate::model::ModelConfig;
 use std::ops::{Deref, DerefMut};
@@ -30,13 +31,13 @@ pub(super) struct Scratch {
     /// MoE: token rows gathered in expert order `[pairs][hidden]`, expert outputs.
     pub xg16: Option<TmaMatrix>,
     pub expert_out: Buffer<f32>,
-    pub router_logits: Buffer<f32>,
-    /// The f32 GEMMs' (router, shared-expert gate) partial sums over fixed K splits.
+    /// The shared-expert gate's (an f32 GEMM) partial sums over fixed K splits.
     pub f32_partials: Buffer<f32>,
     pub shared_h16: Option<TmaMatrix>,
     pub shared_out: Buffer<f32>,
     pub shared_gate: Buffer<f32>,
     pub routing: Option<Routing>,
+    pub router: Option<Router>,
     pub tokens: Buffer<u32>,
     pub inv_freq: Buffer<f32>,
     /// The rows whose logits are wanted, copied from `x`, then normed (bf16) for the LM head.
@@ -96,12 +97,11 @@ impl Scratch {
                 None
             },
             expert_out: dev.alloc(pairs * cfg.hidden, "expert outputs")?,
-            router_logits: dev.alloc(if moe { n * cfg.n_expert } else { 0 }, "router logits")?,
             f32_partials: dev.alloc(
-                if moe {
+                if shexp {
                     partials_len(GemmShape {
                         rows: n,
-                        m: cfg.n_expert.max(1),
+                        m: 1,
                         k: cfg.hidden,
                     })
                 } else {
@@ -124,6 +124,11 @@ impl Scratch {
             } else {
                 None
             },
+            router: if moe {
+                Some(Router::new(dev, n, cfg.n_expert, cfg.hidden)?)
+            } else {
+                None
+            },
             tokens: dev.alloc(n, "token ids")?,
             inv_freq: dev.upload(inv_freq, "RoPE frequencies")?,
             final_rows: dev.alloc(logit_rows * cfg.hidden, "final rows")?,
@@ -138,6 +143,13 @@ impl Scratch {
         self.routing
             .as_ref()
             .ok_or_else(|| GpuError::Input("MoE buffers missing for a MoE layer".into()))
+    }
+
+    /// The MoE router's own buffers (allocated for MoE models only).
+    pub fn router(&self) -> Result<&Router> {
+        self.router
+            .as_ref()
+            .ok_or_else(|| GpuError::Input("MoE router missing for a MoE layer".into()))
     }
 
     /// A buffer allocated only for some models (MoE, shared expert), or an error naming it.

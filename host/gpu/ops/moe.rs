@@ -95,6 +95,21 @@ impl Routing {
         })
     }
 
+    /// Experts of the model this routing is for.
+    pub fn n_expert(&self) -> usize {
+        self.n_expert
+    }
+
+    /// Experts each token chooses.
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// Pairs the buffers hold (tokens × top-k).
+    pub fn max_pairs(&self) -> usize {
+        self.max_pairs
+    }
+
     /// Routes `n` tokens from their router logits (`[n][n_expert]`) and groups the pairs.
     pub fn route(
         &self,
