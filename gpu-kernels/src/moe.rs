@@ -288,11 +288,15 @@ kernel! {
     }
 }
 
+/// Features one thread of `moe_combine` sums, with 16-byte loads and stores (`hidden` must be
+/// a multiple; the grouped GEMMs' tensor maps already need a multiple of 8).
+pub const COMBINE_WIDTH: usize = 4;
+
 kernel! {
     /// The weighted scatter-reduce, in one launch: for token `t` and feature `d`,
     /// `y[t, d] += Σ_s weights[t, s] · expert_out[row_of_pair[t·k + s], d]` in slot order, then
     /// (when `has_shared`) `+ sigmoid(shared_gate[t]) · shared_out[t, d]` last.
-    /// One thread per (t, d); any 1-D grid covering `n_tokens · hidden`.
+    /// One thread per (t, `COMBINE_WIDTH` features); any 1-D grid covering them.
     pub fn moe_combine(
         expert_out: In<f32>,
         row_of_pair: In<u32>,
@@ -305,22 +309,31 @@ kernel! {
         top_k: u32,
         has_shared: u32
     ) {
+        const W: usize = COMBINE_WIDTH;
         let i = (block_idx().x * block_dim().x + thread_idx().x) as usize;
-        let hidden = hidden as usize;
-        if i >= n_tokens as usize * hidden {
+        let (hidden, k) = (hidden as usize, top_k as usize);
+        let groups = hidden / W;
+        if i >= n_tokens as usize * groups {
             return;
         }
-        let (t, d) = (i / hidden, i % hidden);
-        let k = top_k as usize;
-        let mut acc = 0.0f32;
+        let (t, d) = (i / groups, W * (i % groups));
+        let mut acc = [0.0f32; W];
         for s in 0..k {
             let row = row_of_pair.at(t * k + s) as usize;
-            acc = fma(weights.at(t * k + s), expert_out.at(row * hidden + d), acc);
+            let (wt, v) = (weights.at(t * k + s), expert_out.at4(row * hidden + d));
+            for e in 0..W {
+                acc[e] = fma(wt, v[e], acc[e]);
+            }
         }
+        let at = t * hidden + d;
         if has_shared != 0 {
-            acc = fma(sigmoid(shared_gate.at(t)), shared_out.at(i), acc);
+            let (g, v) = (sigmoid(shared_gate.at(t)), shared_out.at4(at));
+            for e in 0..W {
+                acc[e] = fma(g, v[e], acc[e]);
+            }
         }
-        y.set(i, y.at(i) + acc);
+        let old = y.as_in().at4(at);
+        y.set4(at, core::array::from_fn(|e| old[e] + acc[e]));
     }
 }
 

@@ -316,6 +316,13 @@ impl Routing {
     ) -> Result<()> {
         const K: &str = "moe_combine";
         let (hidden, _) = shape.validate(K, self)?;
+        ensure_shape!(
+            shape.hidden.is_multiple_of(moe::COMBINE_WIDTH),
+            K,
+            "hidden {} is not a multiple of {}",
+            shape.hidden,
+            moe::COMBINE_WIDTH
+        );
         let n = shape.tokens;
         check_len(
             K,
@@ -332,7 +339,7 @@ impl Routing {
             return Ok(());
         }
         let (s_out, s_gate) = shared.unwrap_or((expert_out, expert_out)); // unread without it
-        let cfg = LaunchConfig::covering(n * shape.hidden, 256);
+        let cfg = LaunchConfig::covering(n * shape.hidden / moe::COMBINE_WIDTH, 256);
         moe::moe_combine::launch(
             dev,
             cfg,
