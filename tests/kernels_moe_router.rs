@@ -138,6 +138,7 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
     let (ne, k) = (p.ne, p.k);
     let (a, b, _) = tie_pair(ne);
     let mut worst_w = 0.0f64;
+    let (mut planted, mut on_top) = (0usize, 0usize);
     for t in 0..p.n {
         let exact: Vec<(f64, f64)> = (0..ne).map(|e| p.logit(t, e)).collect();
         for (e, &(l, bound)) in exact.iter().enumerate() {
@@ -165,7 +166,21 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
         sorted_ids.sort();
         sorted_ids.dedup();
         assert_eq!(sorted_ids.len(), k, "{what}: token {t} repeats an expert");
-        if planted_lead(t) == Some(0.0) && k >= 2 {
+        // The planted pair is on top for most tokens, not all (x leans on a's row, and at
+        // small h another expert can still beat it): check the tie only where float64 puts
+        // a and b first with a resolvable gap to the third.
+        let tie_on_top = k >= 2
+            && ne >= 3
+            && planted_lead(t).is_some()
+            && order[..2].contains(&a)
+            && order[..2].contains(&b)
+            && exact[order[1]].0 - exact[order[2]].0
+                > 2.0 * exact[order[1]].1.max(exact[order[2]].1);
+        if planted_lead(t).is_some() {
+            planted += 1;
+            on_top += tie_on_top as usize;
+        }
+        if planted_lead(t) == Some(0.0) && tie_on_top {
             // x[k0] = 0: the two f32 sums are the same operations on the same values.
             let (la, lb) = (got.logits[t * ne + a], got.logits[t * ne + b]);
             assert_eq!(la.to_bits(), lb.to_bits(), "{what}: token {t}: exact tie");
@@ -175,7 +190,7 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
                 "{what}: token {t}: a tie goes to the lower id"
             );
         }
-        if planted_lead(t).is_some() && k >= 2 {
+        if tie_on_top {
             assert!(
                 ids[..2].contains(&a) && ids[..2].contains(&b),
                 "{what}: token {t}: the near-tied experts {a}, {b} are not its top two: {ids:?}"
@@ -196,7 +211,11 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
             );
         }
     }
-    eprintln!("{what}: worst weight error {worst_w:.2e}");
+    eprintln!("{what}: worst weight error {worst_w:.2e}; planted ties on top {on_top}/{planted}");
+    assert!(
+        k < 2 || ne < 3 || 2 * on_top >= planted,
+        "{what}: the planted tie was on top for only {on_top} of {planted} tokens"
+    );
     check_grouping(&got.routing, &got.ids, ne, k, what);
 }
 

@@ -7,7 +7,8 @@
 //!   streams K through shared memory (`cp.async`, `STAGES` deep). Split: grid `(tiles,
 //!   K_SEGMENTS)`, block `(tile, s)` writes segment `s`'s partial logits. Fused: grid
 //!   `(tiles, 1)`, the block walks all segments and routes its tokens itself.
-//! - `moe_router_finish_*` (split only): adds each token's partials and routes it.
+//! - `moe_router_finish_*` (split only): adds each token's partials and routes it, a warp
+//!   per token.
 //! - `moe_group_scan_place`: one block per tile of tokens: the scan over experts (parallel over
 //!   experts), the tile's pairs placed, block 0 writes offsets and the tile table.
 //!
@@ -58,6 +59,11 @@ pub const fn segment_len(h: usize) -> usize {
 /// Experts per lane: lane `l` holds experts `l + 32 j`, `j < experts_per_lane`.
 pub const fn experts_per_lane(n_expert: usize) -> usize {
     if n_expert <= 128 { 4 } else { 8 }
+}
+
+/// Threads of `moe_router_finish_*` for `n_expert` experts: a warp per token of the tile.
+pub const fn finish_threads(n_expert: usize) -> u32 {
+    (tile_tokens(n_expert) * WARP_SIZE as usize) as u32
 }
 
 /// Tokens per block (and per grouping tile): each warp owns `32 / experts_per_lane` tokens, so
@@ -305,8 +311,11 @@ struct Outputs {
 
 /// Routes the tile's tokens, `logit(r, j)` being tile row `r`'s logit of expert
 /// `lane + 32 j` (called for this warp's rows only), and writes `tile_counts[tile][e]`: the
-/// tile's pairs routed to expert `e`. The rows are walked in a loop (not unrolled) so the
-/// logits stay where they are instead of in a dynamically indexed local array.
+/// tile's pairs routed to expert `e`. The block's warps share the tile's rows evenly (the
+/// GEMM's `WARPS` warps take `TPW` rows each; the finish kernel has a warp per row, since
+/// routing a token is a chain of dependent shuffles that one warp cannot overlap). The rows
+/// are walked in a loop (not unrolled) so the logits stay where they are instead of in a
+/// dynamically indexed local array.
 #[inline(always)]
 fn route_tile<const TPW: usize, const EPL: usize>(
     logit: impl Fn(usize, usize) -> f32,
@@ -316,10 +325,11 @@ fn route_tile<const TPW: usize, const EPL: usize>(
 ) {
     let tm = WARPS * TPW;
     let (warp, lane) = (warp_id() as usize, lane_id() as usize);
+    let per_warp = tm / (block_dim().x / WARP_SIZE) as usize;
     let tile_ids = router_tile_ids();
     let rows = p.n.min((tile + 1) * tm) - tile * tm;
-    let mut r = warp * TPW;
-    while r < rows.min((warp + 1) * TPW) {
+    let mut r = warp * per_warp;
+    while r < rows.min((warp + 1) * per_warp) {
         let t = tile * tm + r;
         let v: [f32; EPL] = core::array::from_fn(|j| logit(r, j));
         if p.flags & FLAG_WRITE_LOGITS != 0 {
@@ -347,7 +357,7 @@ fn route_tile<const TPW: usize, const EPL: usize>(
             count += (tile_ids.load(q) as usize == e) as u32;
         }
         out.tile_counts.set(tile * p.ne + e, count);
-        e += THREADS as usize;
+        e += block_dim().x as usize;
     }
 }
 
@@ -440,8 +450,8 @@ macro_rules! router_kernels {
         kernel! {
             /// Adds the split router GEMM's partials in segment order and routes each token:
             /// `ids[t][s]`, `weights[t][s]` in selection order, `logits` with
-            /// `FLAG_WRITE_LOGITS`, and `tile_counts[tile][e]`. Block `THREADS`, grid
-            /// `⌈n / tile_tokens⌉`.
+            /// `FLAG_WRITE_LOGITS`, and `tile_counts[tile][e]`. Block
+            /// `finish_threads(n_expert)` (a warp per token), grid `⌈n / tile_tokens⌉`.
             pub fn $finish(
                 partials: In<f32>,
                 ids: Out<u32>,

@@ -10,7 +10,7 @@ use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
 use gpu_kernels::moe_router::{
     self, FAST_MAX_EXPERTS, FLAG_FUSED, FLAG_RENORMALISE, FLAG_WRITE_LOGITS, K_SEGMENTS,
-    MAX_TOP_K, PLACE_THREADS, THREADS, gemm_shared_bytes, tile_tokens,
+    MAX_TOP_K, PLACE_THREADS, THREADS, finish_threads, gemm_shared_bytes, tile_tokens,
 };
 
 /// How the fast path computes the logits (the bits are the same either way).
@@ -184,7 +184,7 @@ impl Router {
             )?;
         }
         if !fused {
-            let cfg = LaunchConfig::linear(grid, THREADS);
+            let cfg = LaunchConfig::linear(grid, finish_threads(ne));
             let (ids, weights) = (routing.ids.output(), routing.weights.output());
             let (lo, counts, pi) = (logits.output(), tile_counts.output(), partials.input());
             if ne <= 128 {
