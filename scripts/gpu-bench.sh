@@ -44,6 +44,8 @@
 #                              generated on the GPU, N up to 32768 -> full-depth.txt, .json)
 #   KILN_FULL_DEPTH_LAYERS=48  step 0b's depth, and KILN_FULL_DEPTH_LENGTHS its lengths
 #                              (512,...,32768), for kiln and torch alike
+#   KILN_BENCH_FULL_DEPTH_TIMEOUT=150      bench-full-depth's timeout in seconds (not cut to
+#                                          the budget)
 #   KILN_BENCH_FULL_DEPTH_TORCH=0          skip step 0b's transformers peer
 #   KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT=200   its cap in seconds (less if the budget is short)
 #   KILN_BENCH_FULL_DEPTH_TORCH_REPEATS=2  its timed runs per N (after 1 warm-up)
@@ -85,6 +87,21 @@ cap_time() {
     echo $((room < $1 ? room : $1))
 }
 say() { printf '\n== [%3ss] %s\n' "$SECONDS" "$*"; }
+# run_capped TXT NAME SECONDS MIN TITLE CMD...: one program of steps 0b and 0c. When SECONDS (a
+# cap_time) is at least MIN: says TITLE, runs CMD under `timeout --kill-after=10 SECONDS` and
+# prints "NAME: exit N"; otherwise prints only "NAME: skipped, SECONDSs left in the budget".
+# CMD's output (stdout and stderr) and the NAME line are appended to TXT as well.
+run_capped() {
+    local txt=$1 name=$2 secs=$3 min=$4 title=$5
+    shift 5
+    if ((secs >= min)); then
+        say "$title"
+        timeout --kill-after=10 "$secs" "$@" 2>&1 | tee -a "$txt"
+        echo "$name: exit ${PIPESTATUS[0]}" | tee -a "$txt"
+    else
+        echo "$name: skipped, ${secs}s left in the budget" | tee -a "$txt"
+    fi
+}
 
 # The kiln binary: packed into bin.tar.xz when the bundle was over budget.
 kiln="$here/kiln"
@@ -137,33 +154,29 @@ fi
 if [[ "${KILN_BENCH_FULL_DEPTH:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulator ]]; then
     fd_layers="${KILN_FULL_DEPTH_LAYERS:-48}"
     fd_lengths="${KILN_FULL_DEPTH_LENGTHS:-512,2048,4096,8192,16384,32768}"
+    txt="$out/full-depth.txt"
     say "full depth: bench-full-depth ($fd_layers layers, GPU-generated synthetic weights)"
+    # Not through run_capped: its own timeout, not capped by the budget, and an exit line only
+    # when it fails.
     if [[ -x "$here/bench-full-depth" ]]; then
         KILN_BENCH_OUT="$out" KILN_BENCH_LAYERS="$fd_layers" KILN_FULL_DEPTH_LENGTHS="$fd_lengths" \
             timeout "${KILN_BENCH_FULL_DEPTH_TIMEOUT:-150}" \
-            "$here/bench-full-depth" 2>&1 | tee "$out/full-depth.txt" ||
-            echo "bench-full-depth: exit $?" | tee -a "$out/full-depth.txt"
+            "$here/bench-full-depth" 2>&1 | tee "$txt" ||
+            echo "bench-full-depth: exit $?" | tee -a "$txt"
     else
-        echo "bench-full-depth: not in the bundle" | tee "$out/full-depth.txt"
+        echo "bench-full-depth: not in the bundle" | tee "$txt"
     fi
     # The transformers peer at the same depth and lengths (lab/full_depth_torch.py: random bf16
     # weights made on the GPU). bench-full-depth was its own process and has exited, so its
     # ~60 GB are free. Its build (~61 GB) and runs must fit in what is left: capped, and it
     # starts no N past its own deadline.
     if [[ "${KILN_BENCH_FULL_DEPTH_TORCH:-1}" != 0 ]]; then
-        fdt_time=$(cap_time "${KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT:-200}")
-        if ((fdt_time >= 60)); then
-            say "full depth: lab/full_depth_torch.py (transformers, same dims; ${fdt_time}s)"
-            timeout --kill-after=10 "$fdt_time" python3 "$here/lab/full_depth_torch.py" \
-                --layers "$fd_layers" --lengths "$fd_lengths" \
-                --repeats "${KILN_BENCH_FULL_DEPTH_TORCH_REPEATS:-2}" \
-                --deadline-s "$((fdt_time - 40))" --json "$out/full-depth-torch.json" \
-                --kiln-json "$out/full-depth-bench.json" 2>&1 | tee -a "$out/full-depth.txt"
-            echo "full_depth_torch.py: exit ${PIPESTATUS[0]}" | tee -a "$out/full-depth.txt"
-        else
-            echo "full_depth_torch.py: skipped, ${fdt_time}s left in the budget" |
-                tee -a "$out/full-depth.txt"
-        fi
+        t=$(cap_time "${KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT:-200}")
+        run_capped "$txt" full_depth_torch.py "$t" 60 \
+            "full depth: lab/full_depth_torch.py (transformers, same dims; ${t}s)" \
+            python3 "$here/lab/full_depth_torch.py" --layers "$fd_layers" --lengths "$fd_lengths" \
+            --repeats "${KILN_BENCH_FULL_DEPTH_TORCH_REPEATS:-2}" --deadline-s "$((t - 40))" \
+            --json "$out/full-depth-torch.json" --kiln-json "$out/full-depth-bench.json"
     fi
 fi
 # ---- 0c. decode at batch 1: kiln and transformers generate, same dims --------------------------
@@ -171,33 +184,25 @@ if [[ "${KILN_BENCH_DECODE:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emulator
     dec_layers="${KILN_DECODE_LAYERS:-2,48}"
     dec_prompts="${KILN_DECODE_PROMPTS:-512,4096}"
     dec_steps="${KILN_DECODE_STEPS:-64}"
-    : >"$out/decode.txt"
-    dec_time=$(cap_time "${KILN_BENCH_DECODE_TIMEOUT:-120}")
+    txt="$out/decode.txt"
+    : >"$txt"
+    t=$(cap_time "${KILN_BENCH_DECODE_TIMEOUT:-120}")
     if [[ ! -x "$here/bench-decode" ]]; then
-        echo "bench-decode: not in the bundle" | tee -a "$out/decode.txt"
-    elif ((dec_time >= 20)); then
-        say "decode: bench-decode (layers $dec_layers, prompts $dec_prompts, $dec_steps steps; ${dec_time}s)"
-        KILN_BENCH_OUT="$out" KILN_DECODE_LAYERS="$dec_layers" KILN_DECODE_PROMPTS="$dec_prompts" \
-            KILN_DECODE_STEPS="$dec_steps" timeout --kill-after=10 "$dec_time" \
-            "$here/bench-decode" 2>&1 | tee -a "$out/decode.txt"
-        echo "bench-decode: exit ${PIPESTATUS[0]}" | tee -a "$out/decode.txt"
+        echo "bench-decode: not in the bundle" | tee -a "$txt"
     else
-        echo "bench-decode: skipped, ${dec_time}s left in the budget" | tee -a "$out/decode.txt"
+        run_capped "$txt" bench-decode "$t" 20 \
+            "decode: bench-decode (layers $dec_layers, prompts $dec_prompts, $dec_steps steps; ${t}s)" \
+            env KILN_BENCH_OUT="$out" KILN_DECODE_LAYERS="$dec_layers" \
+            KILN_DECODE_PROMPTS="$dec_prompts" KILN_DECODE_STEPS="$dec_steps" "$here/bench-decode"
     fi
     # transformers generate on the same dims (a separate process: bench-decode's memory is free).
     if [[ "${KILN_BENCH_DECODE_TORCH:-1}" != 0 ]]; then
-        dect_time=$(cap_time "${KILN_BENCH_DECODE_TORCH_TIMEOUT:-200}")
-        if ((dect_time >= 60)); then
-            say "decode: lab/decode_torch.py (transformers generate; ${dect_time}s)"
-            timeout --kill-after=10 "$dect_time" python3 "$here/lab/decode_torch.py" \
-                --layers "$dec_layers" --prompts "$dec_prompts" --steps "$dec_steps" \
-                --deadline-s "$((dect_time - 30))" --json "$out/decode-torch.json" \
-                --kiln-json "$out/decode-bench.json" 2>&1 | tee -a "$out/decode.txt"
-            echo "decode_torch.py: exit ${PIPESTATUS[0]}" | tee -a "$out/decode.txt"
-        else
-            echo "decode_torch.py: skipped, ${dect_time}s left in the budget" |
-                tee -a "$out/decode.txt"
-        fi
+        t=$(cap_time "${KILN_BENCH_DECODE_TORCH_TIMEOUT:-200}")
+        run_capped "$txt" decode_torch.py "$t" 60 \
+            "decode: lab/decode_torch.py (transformers generate; ${t}s)" \
+            python3 "$here/lab/decode_torch.py" --layers "$dec_layers" --prompts "$dec_prompts" \
+            --steps "$dec_steps" --deadline-s "$((t - 30))" --json "$out/decode-torch.json" \
+            --kiln-json "$out/decode-bench.json"
     fi
 fi
 if [[ "${KILN_BENCH_E2E:-1}" == 0 ]]; then
