@@ -3,8 +3,8 @@
 //! warp operations are [`collective`]s over the warp; atomics are host atomics.
 //! (Shared memory is in `shared.rs`.)
 
+use super::block::{self, ctx};
 use super::collective::{Exchange, Group, collective};
-use super::sched::{self, ctx};
 use crate::device::ptr::Out;
 use crate::device::types::{Dim3, WARP_SIZE};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,7 +28,7 @@ pub fn grid_dim() -> Dim3 {
 
 /// `bar.sync 0`: every live (not exited) thread of the block must arrive.
 pub fn sync_threads() {
-    sched::barrier()
+    block::barrier()
 }
 
 /// Every lane publishes `v`, then reads the value of lane `source(lane)`.

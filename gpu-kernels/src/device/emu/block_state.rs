@@ -3,7 +3,7 @@
 //! the scheduler calls at each `sync_threads`, when the block cannot make progress, when it is
 //! reported deadlocked, and when it ends.
 
-use super::sched::ctx;
+use super::block::ctx;
 use super::shared::SharedWindow;
 use std::any::{Any, TypeId};
 use std::cell::RefCell;

@@ -3,7 +3,7 @@
 //! block's shared memory by address). Warp shuffles, votes and `mma.sync` are built on this;
 //! `wgmma` can be.
 
-use super::sched::{Gate, Queue, Suspend, abort, ctx};
+use super::block::{Gate, Queue, Suspend, abort, ctx};
 use super::shared::SharedWindow;
 use crate::device::types::WARP_SIZE;
 use std::cell::{Cell, Ref, RefCell};

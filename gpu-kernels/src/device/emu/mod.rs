@@ -45,6 +45,7 @@
 //! [`hopper`] models `mbarrier`, TMA and bulk copies, and `wgmma` on these points.
 
 mod api;
+mod block;
 mod block_state;
 mod collective;
 pub mod hopper;
@@ -56,9 +57,10 @@ pub use api::{
     shfl_down_f32, shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32, sync_threads, sync_warp,
     thread_idx, vote_all, vote_any,
 };
+pub use block::{spin_wait, yield_now};
 pub use block_state::{BlockExtension, with_block_state};
 pub use collective::{Exchange, Group, collective};
-pub use sched::{launch, spin_wait, yield_now};
+pub use sched::launch;
 pub use shared::{
     Shared, SharedWindow, StaticShared, dynamic_shared, dynamic_shared_address, shared_window,
     static_shared,

@@ -4,20 +4,21 @@
 //! `yield_now`, a failed `spin_wait` poll) or returns; then the next runnable one is resumed.
 //! Nothing inside a block needs a lock, an atomic or a system call.
 //!
+//! This file is the OS-thread side: `launch`, the drivers, the coroutines and their stack pool,
+//! and deadlock detection. What a GPU thread sees of its block and how it gives up the driver
+//! (its context, the block's state, barriers, `yield_now`, `spin_wait`) is in `block.rs`.
+//!
 //! Scheduling is deterministic within a block: threads start in rank order (even blocks) or
 //! reverse rank order (odd blocks, so a missing barrier shows up whichever neighbour reads), and
 //! are resumed in the order they became runnable. Blocks run in parallel, in no promised order.
 
-use super::block_state::Extensions;
-use super::collective::{GROUP_KINDS, Groups};
-use super::shared::SharedMem;
+use super::block::{Aborted, Block, CURRENT, Resume, Suspend, ThreadCtx};
 use super::{EmuError, LaunchConfig, check_limits};
 use crate::device::types::Dim3;
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -30,25 +31,6 @@ const MAX_POOLED_STACKS: usize = 4096;
 /// which is the machine's available parallelism).
 const MAX_DRIVERS: usize = 16;
 
-/// How a waiting thread is resumed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Resume {
-    Run,
-    /// Another thread of the block failed: unwind.
-    Abort,
-}
-
-/// Why a thread gave up the driver.
-#[derive(Clone, Copy)]
-pub(super) enum Suspend {
-    /// At a barrier or a collective: whoever completes it queues the thread again.
-    Blocked,
-    /// `yield_now`: runnable again at once, after the others.
-    Yield,
-    /// A `spin_wait` condition was false: runnable again, but it changed nothing.
-    Poll(&'static str),
-}
-
 /// How a thread's kernel invocation ended.
 enum Outcome {
     Exited,
@@ -56,268 +38,8 @@ enum Outcome {
     Failed(String),
 }
 
-/// Unwinds the other threads of a block once one has failed; carries no message of its own.
-struct Aborted;
-
-pub(super) fn abort() -> ! {
-    resume_unwind(Box::new(Aborted))
-}
-
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The running thread
-// ---------------------------------------------------------------------------------------------
-
-/// What the device API needs to know about the GPU thread that is running.
-pub(super) struct ThreadCtx {
-    pub thread_idx: Dim3,
-    pub block_idx: Dim3,
-    pub block_dim: Dim3,
-    pub grid_dim: Dim3,
-    pub rank: u32,
-    block: *const Block,
-    yielder: Cell<*const Yielder<Resume, Suspend>>,
-    /// Collectives this thread has taken part in, per group kind (the parity picks the buffer).
-    pub(super) seq: [Cell<u64>; GROUP_KINDS],
-}
-
-impl ThreadCtx {
-    pub(super) fn block(&self) -> &Block {
-        // SAFETY: set by `run_block` before any thread of the block runs; the block outlives
-        // every coroutine of its threads (see `Driver`).
-        unsafe { &*self.block }
-    }
-
-    /// Gives the OS thread back to the scheduler until resumed; unwinds if the block failed.
-    pub(super) fn suspend(&self, why: Suspend) {
-        // SAFETY: set when the coroutine starts; the yielder lives as long as the coroutine.
-        let yielder = unsafe { &*self.yielder.get() };
-        if yielder.suspend(why) == Resume::Abort {
-            abort();
-        }
-    }
-}
-
-thread_local! {
-    /// The thread context of the coroutine the driver on this OS thread is running (null when
-    /// none): set before every resume, so the device API always answers for the running thread.
-    static CURRENT: Cell<*const ThreadCtx> = const { Cell::new(std::ptr::null()) };
-}
-
-/// The running GPU thread. The reference is only valid while that thread runs: use it, never
-/// store it.
-#[inline(always)]
-pub(super) fn ctx() -> &'static ThreadCtx {
-    let p = CURRENT.with(Cell::get);
-    if p.is_null() {
-        outside_launch();
-    }
-    // SAFETY: non-null only while a coroutine of a live block runs on this OS thread.
-    unsafe { &*p }
-}
-
-#[cold]
-#[inline(never)]
-fn outside_launch() -> ! {
-    panic!("device API used outside an emulated kernel launch")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Waiting: barriers, yields, spin-waits
-// ---------------------------------------------------------------------------------------------
-
-/// A block's runnable threads, in the order they will run.
-pub(super) type Queue = RefCell<VecDeque<u32>>;
-
-/// A set of threads that wait for each other: the block barrier, or a group's collective.
-/// Like `bar.sync` on sm_70+, it waits for live members only: exited threads leave it.
-pub(super) struct Gate {
-    expected: Cell<u32>,
-    waiting: RefCell<Vec<u32>>,
-}
-
-impl Gate {
-    pub(super) fn new(members: u32) -> Self {
-        Gate {
-            expected: Cell::new(members),
-            waiting: RefCell::new(Vec::new()),
-        }
-    }
-
-    pub(super) fn reset(&mut self, members: u32) {
-        self.expected.set(members);
-        self.waiting.get_mut().clear();
-    }
-
-    /// `rank` arrives; true if it completed the gate (the waiters are queued again), false if
-    /// it must suspend.
-    pub(super) fn arrive(&self, rank: u32, queue: &Queue) -> bool {
-        let mut waiting = self.waiting.borrow_mut();
-        if waiting.len() as u32 + 1 >= self.expected.get() {
-            queue.borrow_mut().extend(waiting.drain(..));
-            true
-        } else {
-            waiting.push(rank);
-            false
-        }
-    }
-
-    /// A member exited: later waits no longer count it, and it may have been the last one
-    /// the others were waiting for.
-    pub(super) fn leave(&self, queue: &Queue) {
-        self.expected.set(self.expected.get() - 1);
-        let mut waiting = self.waiting.borrow_mut();
-        if !waiting.is_empty() && waiting.len() as u32 >= self.expected.get() {
-            queue.borrow_mut().extend(waiting.drain(..));
-        }
-    }
-
-    /// Threads waiting now.
-    pub(super) fn waiting(&self) -> usize {
-        self.waiting.borrow().len()
-    }
-
-    /// Live members.
-    pub(super) fn expected(&self) -> u32 {
-        self.expected.get()
-    }
-}
-
-/// `bar.sync 0`: waits until every live thread of the block has arrived.
-pub(super) fn barrier() {
-    let c = ctx();
-    let block = c.block();
-    if block.failed() {
-        abort();
-    }
-    block.extensions.on_sync_threads(c.rank, false);
-    if !block.barrier.arrive(c.rank, &block.queue) {
-        c.suspend(Suspend::Blocked);
-    }
-    block.extensions.on_sync_threads(c.rank, true);
-}
-
-/// Lets the block's other runnable threads run before this one continues: for a thread that
-/// polls something another thread of the block will change. A loop of `yield_now` is not
-/// detected as a deadlock (the emulator cannot know what the caller did between two yields):
-/// prefer [`spin_wait`] for waiting on a condition.
-pub fn yield_now() {
-    let c = ctx();
-    if c.block().failed() {
-        abort();
-    }
-    c.suspend(Suspend::Yield);
-}
-
-/// Polls `cond` until it holds, letting the block's other threads run between polls: the
-/// emulation of `mbarrier.try_wait` loops, `cp.async.wait_group` and other spin-waits.
-/// `cond` must only read state that this block changes (its threads, its shared memory, its
-/// `BlockExtension`s), never another block's progress: when every live thread of the block
-/// is waiting (at a barrier, a collective, or here with `cond` false) and a round of polls
-/// changed nothing, the extensions get a chance (`BlockExtension::on_idle`) and then the launch
-/// fails with a deadlock naming `what`.
-pub fn spin_wait(what: &'static str, mut cond: impl FnMut() -> bool) {
-    let c = ctx();
-    loop {
-        if cond() {
-            let block = c.block();
-            block.events.set(block.events.get() + 1);
-            return;
-        }
-        if c.block().failed() {
-            abort();
-        }
-        c.suspend(Suspend::Poll(what));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A block
-// ---------------------------------------------------------------------------------------------
-
-/// One running block: its barrier, collectives, run queue, shared memory and extensions. Owned
-/// by one driver (OS thread) and reset for each block it runs; coroutines reach it through
-/// their `ThreadCtx`, and only one of them runs at a time.
-pub(super) struct Block {
-    idx: Dim3,
-    threads: u32,
-    live: Cell<u32>,
-    failed: Cell<bool>,
-    barrier: Gate,
-    pub(super) groups: Groups,
-    pub(super) queue: Queue,
-    /// Counts things that happened other than vain polls (for deadlock detection).
-    events: Cell<u64>,
-    pub(super) shared: SharedMem,
-    pub(super) extensions: Extensions,
-}
-
-impl Block {
-    fn new(threads: u32, dynamic_shared_bytes: u32) -> Self {
-        Block {
-            idx: Dim3::new(0, 0, 0),
-            threads,
-            live: Cell::new(threads),
-            failed: Cell::new(false),
-            barrier: Gate::new(threads),
-            groups: Groups::new(threads),
-            queue: RefCell::new(VecDeque::with_capacity(threads as usize)),
-            events: Cell::new(0),
-            shared: SharedMem::new(dynamic_shared_bytes),
-            extensions: Extensions::default(),
-        }
-    }
-
-    /// Ready for the block at `idx`, whose threads start in `order`.
-    fn reset(&mut self, idx: Dim3, order: impl Iterator<Item = u32>) {
-        self.idx = idx;
-        self.live.set(self.threads);
-        self.failed.set(false);
-        self.barrier.reset(self.threads);
-        self.groups.reset();
-        let q = self.queue.get_mut();
-        q.clear();
-        q.extend(order);
-        self.shared.reset();
-        self.extensions.clear();
-    }
-
-    pub(super) fn failed(&self) -> bool {
-        self.failed.get()
-    }
-
-    /// Everything live threads are stuck on, for a deadlock report.
-    fn waits(&self, pollers: &[&'static str]) -> String {
-        let mut parts = Vec::new();
-        let n = self.barrier.waiting();
-        if n > 0 {
-            parts.push(format!(
-                "sync_threads reached by {n} of {} live threads",
-                self.barrier.expected()
-            ));
-        }
-        self.groups.waits(&mut parts);
-        let mut whats: Vec<&str> = pollers.to_vec();
-        whats.sort_unstable();
-        whats.dedup();
-        for w in whats {
-            let n = pollers.iter().filter(|p| **p == w).count();
-            parts.push(format!(
-                "{w} polled in vain by {n} of {} live threads",
-                self.live.get()
-            ));
-        }
-        self.extensions.describe_waits(&mut parts);
-        parts.join("; ")
-    }
-
-    fn coordinates(&self) -> String {
-        let b = self.idx;
-        format!("block ({}, {}, {})", b.x, b.y, b.z)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

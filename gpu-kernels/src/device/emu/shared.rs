@@ -7,7 +7,7 @@
 //! number, as `wgmma` descriptors and TMA/bulk copies do, can reach it through [`SharedWindow`].
 
 use super::MAX_SHARED_BYTES_PER_BLOCK;
-use super::sched::ctx;
+use super::block::ctx;
 use crate::device::types::SharedWord;
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;

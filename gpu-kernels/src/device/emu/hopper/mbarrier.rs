@@ -11,7 +11,7 @@
 
 use super::race::Races;
 use super::{Hopper, with_hopper};
-use crate::device::emu::sched::{ctx, spin_wait};
+use crate::device::emu::block::{ctx, spin_wait};
 use crate::device::emu::shared::shared_window;
 use crate::device::types::Dim3;
 

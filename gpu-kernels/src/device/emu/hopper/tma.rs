@@ -18,7 +18,7 @@
 use super::with_hopper;
 use crate::device::In;
 use crate::device::async_copy::{EMULATED_TENSOR_MAP_MAGIC, Swizzle, TensorMap};
-use crate::device::emu::sched::ctx;
+use crate::device::emu::block::ctx;
 use crate::device::emu::shared::shared_window;
 
 #[cfg(not(target_endian = "little"))]

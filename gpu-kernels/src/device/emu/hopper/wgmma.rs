@@ -34,8 +34,8 @@
 //! wait does not cover them), and a thread that exits with batches not waited for.
 
 use super::with_hopper;
+use crate::device::emu::block::ctx;
 use crate::device::emu::collective::{Exchange, Group, collective};
-use crate::device::emu::sched::ctx;
 use crate::device::emu::shared::SharedWindow;
 use crate::device::tensor_core::WgmmaDesc;
 use crate::device::types::Dim3;
