@@ -24,6 +24,7 @@
 //! token with fixed xor butterflies (as `moe::moe_router_topk`), and the grouping only decides
 //! where a pair's row is stored: stable by (expert, pair id), whatever the tiling.
 
+use crate::device::async_copy::{cp_async_16, cp_async_commit, cp_async_wait};
 use crate::device::math::{exp, fma, max};
 use crate::device::*;
 use crate::moe::{GROUP_TILE_ROWS, better, expert_bits, walk_pairs};
@@ -83,55 +84,19 @@ shared_array!(fn router_tile_ids() -> [u32; 1024]);
 shared_array!(fn place_running() -> [u32; 256]);
 shared_array!(fn place_warp_sums() -> [u32; 16]);
 
-/// 16 bytes from `src[si..]` to `dst[di..]` through `cp.async` (zeros when `!valid`). The
-/// emulator copies at once: a copy that races with readers of its stage shows there too.
+/// 16 bytes from `src[si..]` to `dst[di..]` through `cp.async` (zeros when `!valid`).
 #[inline(always)]
 fn copy16(dst: Shared<f32>, di: usize, src: In<f32>, si: usize, valid: bool) {
-    #[cfg(target_arch = "nvptx64")]
-    {
-        let d = dst.offset(di).addr();
-        let (s, bytes) = if valid {
-            (src.offset(si).address(), 16u32)
-        } else {
-            (src.address(), 0)
-        };
-        // SAFETY: `d` is a 16-byte aligned shared address inside the stage; `s` is in bounds
-        // (checked by the launch wrapper) or not read (source size 0 zero-fills).
-        unsafe {
-            core::arch::asm!(
-                "{{ .reg .u64 g; cvta.to.global.u64 g, {s}; cp.async.cg.shared.global [{d}], [g], 16, {n}; }}",
-                d = in(reg32) d,
-                s = in(reg64) s,
-                n = in(reg32) bytes,
-            )
-        }
-    }
-    #[cfg(not(target_arch = "nvptx64"))]
-    dst.store4(di, if valid { src.at4(si) } else { [0.0; 4] });
-}
-
-/// Closes this thread's group of `cp.async` copies.
-#[inline(always)]
-fn commit_copies() {
-    // SAFETY: no operands; orders nothing but the thread's own copies.
-    #[cfg(target_arch = "nvptx64")]
-    unsafe {
-        core::arch::asm!("cp.async.commit_group;")
-    }
+    cp_async_16(dst.offset(di).addr(), src, si, valid);
 }
 
 /// Waits until at most `STAGES - 2` of this thread's groups are in flight (`ALL`: none).
 #[inline(always)]
 fn wait_copies<const ALL: bool>() {
-    const _: () = assert!(STAGES == 4, "wait_group's count is written out below");
-    // SAFETY: waits on the thread's own copies.
-    #[cfg(target_arch = "nvptx64")]
-    unsafe {
-        if ALL {
-            core::arch::asm!("cp.async.wait_group 0;")
-        } else {
-            core::arch::asm!("cp.async.wait_group 2;")
-        }
+    if ALL {
+        cp_async_wait::<0>();
+    } else {
+        cp_async_wait::<{ STAGES as u32 - 2 }>();
     }
 }
 
@@ -212,7 +177,7 @@ fn gemm_tile<const TPW: usize, const EPL: usize>(
         if t < n_tiles {
             issue(t);
         }
-        commit_copies();
+        cp_async_commit();
     }
     let mut seg = segs.0;
     for t in 0..n_tiles {
@@ -223,7 +188,7 @@ fn gemm_tile<const TPW: usize, const EPL: usize>(
         if t + STAGES - 1 < n_tiles {
             issue(t + STAGES - 1);
         }
-        commit_copies();
+        cp_async_commit();
         while (kb + t * K_TILE) / len > seg {
             fold(&mut acc);
             seg += 1;

@@ -1,7 +1,8 @@
 //! Asynchronous copies into shared memory and the barriers that track them: Hopper's tensor
 //! memory accelerator (TMA: `cp.async.bulk.tensor`, a whole tile per instruction, described by
 //! a tensor map the host encodes), `mbarrier` (a shared-memory barrier with a phase bit and a
-//! transaction-byte count), and the proxy fences that order ordinary and async accesses.
+//! transaction-byte count), the proxy fences that order ordinary and async accesses, and
+//! Ampere's per-thread `cp.async` (16 bytes at a time).
 //!
 //! An `mbarrier` completes a phase when its expected arrivals have arrived AND the bytes
 //! announced with `arrive_expect_tx` have landed. Waiters name the phase parity they wait for:
@@ -302,4 +303,54 @@ pub fn prefetch_tensor_map(map: In<TensorMap>) {
     };
     #[cfg(not(target_arch = "nvptx64"))]
     let _ = map;
+}
+
+/// Starts copying 16 bytes, element `index` of `src` onward (16-byte aligned), to shared
+/// memory at `dst` (16-byte aligned): Ampere's per-thread `cp.async.cg` (through L2 only).
+/// With `!valid` it writes 16 zero bytes and reads nothing. Completion: [`cp_async_commit`]
+/// closes a group, [`cp_async_wait`] waits for all but the newest groups. (The emulator
+/// copies at once, so a reader that does not wait still races visibly with the next refill.)
+#[inline(always)]
+pub fn cp_async_16<T: Copy>(dst: u32, src: In<T>, index: usize, valid: bool) {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        let (s, bytes) = if valid {
+            (src.offset(index).address(), 16u32)
+        } else {
+            (src.address(), 0)
+        };
+        // SAFETY: `dst` is a 16-byte aligned shared address the caller reserved; `s` is in
+        // bounds (checked by the launch wrapper) or not read (source size 0 zero-fills).
+        unsafe {
+            core::arch::asm!(
+                "{{ .reg .u64 g; cvta.to.global.u64 g, {s}; cp.async.cg.shared.global [{d}], [g], 16, {n}; }}",
+                d = in(reg32) dst,
+                s = in(reg64) s,
+                n = in(reg32) bytes,
+            )
+        }
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    super::emu::hopper::cp_async_16(dst, src, index, valid);
+}
+
+/// Closes this thread's current group of `cp_async_16` copies (`cp.async.commit_group`).
+#[inline(always)]
+pub fn cp_async_commit() {
+    // SAFETY: no operands; it only groups the thread's own copies.
+    #[cfg(target_arch = "nvptx64")]
+    unsafe {
+        core::arch::asm!("cp.async.commit_group;")
+    }
+}
+
+/// Waits until at most `PENDING` of this thread's commit groups are still in flight
+/// (`cp.async.wait_group`; the emulator's copies have all landed already).
+#[inline(always)]
+pub fn cp_async_wait<const PENDING: u32>() {
+    // SAFETY: waits on the thread's own copies.
+    #[cfg(target_arch = "nvptx64")]
+    unsafe {
+        core::arch::asm!("cp.async.wait_group {n};", n = const PENDING)
+    }
 }

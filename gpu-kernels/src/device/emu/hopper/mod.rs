@@ -1,5 +1,6 @@
 //! Hopper's asynchronous pieces on the emulator, modelled from the PTX ISA: `mbarrier`
-//! (`mbarrier.rs`), TMA and bulk copies into shared memory (`tma.rs`), and the warpgroup
+//! (`mbarrier.rs`), TMA, bulk and per-thread `cp.async` copies into shared memory (`tma.rs`),
+//! and the warpgroup
 //! tensor-core product `wgmma` (`wgmma.rs`). The device API (`device::async_copy`,
 //! `device::tensor_core`) calls these on the host; each module documents what it models and
 //! the misuse it reports, and `race.rs` checks that the copies and `wgmma`s of a pipeline are
@@ -26,7 +27,7 @@ use super::shared::SharedWindow;
 pub use mbarrier::{
     mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait, mbarrier_wait,
 };
-pub use tma::{acquire_tensor_map, bulk_load, tma_load_2d};
+pub use tma::{acquire_tensor_map, bulk_load, cp_async_16, tma_load_2d};
 pub use wgmma::{wgmma_commit, wgmma_fence, wgmma_rs, wgmma_ss, wgmma_wait};
 
 /// A block's Hopper state: its barriers, the happens-before clocks and the shared-memory

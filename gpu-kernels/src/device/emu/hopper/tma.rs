@@ -226,6 +226,33 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
     complete_tx(bar, bytes as u32, TENSOR_OP);
 }
 
+/// `cp.async.cg.shared.global [dst], [src + index elements], 16, valid ? 16 : 0`: 16 bytes
+/// (zeros when `!valid`, `src` then unread) to shared `dst`, at once.
+pub fn cp_async_16<T: Copy>(dst: u32, src: In<T>, index: usize, valid: bool) {
+    const OP: &str = "cp.async.cg.shared.global";
+    if !dst.is_multiple_of(16) || !shared_window().contains(dst, 16) {
+        panic!("{OP}: 16 bytes at shared address {dst:#x}: not 16-byte aligned, or outside the block's shared memory");
+    }
+    let mut words = [0u32; 4];
+    if valid {
+        let offset = index * core::mem::size_of::<T>();
+        let addr = src.address() + offset as u64;
+        if !addr.is_multiple_of(16) || offset + 16 > src.byte_len() {
+            panic!(
+                "{OP}: bytes {offset}..{} of a global buffer of {} bytes at {:#x} (16-byte aligned and inside, please)",
+                offset + 16,
+                src.byte_len(),
+                src.address()
+            );
+        }
+        // SAFETY: the 16 bytes lie inside the buffer `src` views (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(addr as *const u8, as_bytes(&mut words).as_mut_ptr(), 16)
+        };
+    }
+    shared_window().write(dst, &words);
+}
+
 /// `cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [src], bytes,
 /// [bar]`: `bytes` (a multiple of 16) from `src` (16-byte aligned) to `dst` (16-byte aligned).
 pub fn bulk_load<T: Copy>(dst: u32, src: In<T>, bytes: u32, bar: u32) {
