@@ -93,7 +93,12 @@ def gen_pair():
 /// from the shared-memory descriptors `a`, `b`): one instruction where two m64n128k16 would
 /// read the A tile twice.
 #[inline(always)]
-pub fn wgmma_m64n256k16_ss_pair(lo: &mut [f32; 64], hi: &mut [f32; 64], a: WgmmaDesc, b: WgmmaDesc) {{
+pub fn wgmma_m64n256k16_ss_pair(
+    lo: &mut [f32; 64],
+    hi: &mut [f32; 64],
+    a: WgmmaDesc,
+    b: WgmmaDesc,
+) {{
     #[cfg(target_arch = "nvptx64")]
     // SAFETY: a warpgroup-collective tensor-core instruction on registers and shared memory
     // the descriptors point to; callers keep it warpgroup-uniform and fence/commit/wait it.

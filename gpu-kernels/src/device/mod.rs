@@ -73,7 +73,7 @@ unsafe extern "C" {
 /// block size). `N`: a multiple of 8 in 24..=256. A no-op in the emulator.
 #[inline(always)]
 pub fn lower_registers<const N: u32>() {
-    const { assert!(N % 8 == 0 && N >= 24 && N <= 256) };
+    const { assert!(N.is_multiple_of(8) && N >= 24 && N <= 256) };
     // SAFETY: warpgroup-wide and converged by the caller's contract; the count is an
     // immediate in range.
     #[cfg(target_arch = "nvptx64")]
@@ -86,7 +86,7 @@ pub fn lower_registers<const N: u32>() {
 /// other warpgroups have released enough. Same contract as [`lower_registers`].
 #[inline(always)]
 pub fn raise_registers<const N: u32>() {
-    const { assert!(N % 8 == 0 && N >= 24 && N <= 256) };
+    const { assert!(N.is_multiple_of(8) && N >= 24 && N <= 256) };
     // SAFETY: as for `lower_registers`.
     #[cfg(target_arch = "nvptx64")]
     unsafe {

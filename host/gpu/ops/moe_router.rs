@@ -9,8 +9,8 @@ use super::moe::Routing;
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
 use gpu_kernels::moe_router::{
-    self, FAST_MAX_EXPERTS, FLAG_FUSED, FLAG_RENORMALISE, FLAG_WRITE_LOGITS, K_SEGMENTS,
-    MAX_TOP_K, PLACE_THREADS, THREADS, finish_threads, gemm_shared_bytes, tile_tokens,
+    self, FAST_MAX_EXPERTS, FLAG_FUSED, FLAG_RENORMALISE, FLAG_WRITE_LOGITS, K_SEGMENTS, MAX_TOP_K,
+    PLACE_THREADS, THREADS, finish_threads, gemm_shared_bytes, tile_tokens,
 };
 
 /// How the fast path computes the logits (the bits are the same either way).

@@ -231,7 +231,9 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
 pub fn cp_async_16<T: Copy>(dst: u32, src: In<T>, index: usize, valid: bool) {
     const OP: &str = "cp.async.cg.shared.global";
     if !dst.is_multiple_of(16) || !shared_window().contains(dst, 16) {
-        panic!("{OP}: 16 bytes at shared address {dst:#x}: not 16-byte aligned, or outside the block's shared memory");
+        panic!(
+            "{OP}: 16 bytes at shared address {dst:#x}: not 16-byte aligned, or outside the block's shared memory"
+        );
     }
     let mut words = [0u32; 4];
     if valid {
