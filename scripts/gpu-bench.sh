@@ -44,8 +44,8 @@
 #                              generated on the GPU, N up to 32768 -> full-depth.txt, .json)
 #   KILN_FULL_DEPTH_LAYERS=48  step 0b's depth, and KILN_FULL_DEPTH_LENGTHS its lengths
 #                              (512,...,32768), for kiln and torch alike
-#   KILN_BENCH_FULL_DEPTH_TIMEOUT=150      bench-full-depth's timeout in seconds (not cut to
-#                                          the budget)
+#   KILN_BENCH_FULL_DEPTH_TIMEOUT=150      bench-full-depth's cap in seconds (less if the
+#                                          budget is short)
 #   KILN_BENCH_FULL_DEPTH_TORCH=0          skip step 0b's transformers peer
 #   KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT=200   its cap in seconds (less if the budget is short)
 #   KILN_BENCH_FULL_DEPTH_TORCH_REPEATS=2  its timed runs per N (after 1 warm-up)
@@ -155,14 +155,14 @@ if [[ "${KILN_BENCH_FULL_DEPTH:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emul
     fd_layers="${KILN_FULL_DEPTH_LAYERS:-48}"
     fd_lengths="${KILN_FULL_DEPTH_LENGTHS:-512,2048,4096,8192,16384,32768}"
     txt="$out/full-depth.txt"
-    say "full depth: bench-full-depth ($fd_layers layers, GPU-generated synthetic weights)"
-    # Not through run_capped: its own timeout, not capped by the budget, and an exit line only
-    # when it fails.
+    : >"$txt"
     if [[ -x "$here/bench-full-depth" ]]; then
-        KILN_BENCH_OUT="$out" KILN_BENCH_LAYERS="$fd_layers" KILN_FULL_DEPTH_LENGTHS="$fd_lengths" \
-            timeout "${KILN_BENCH_FULL_DEPTH_TIMEOUT:-150}" \
-            "$here/bench-full-depth" 2>&1 | tee "$txt" ||
-            echo "bench-full-depth: exit $?" | tee -a "$txt"
+        # Capped by the budget like the steps after it, so the run keeps inside it.
+        t=$(cap_time "${KILN_BENCH_FULL_DEPTH_TIMEOUT:-150}")
+        run_capped "$txt" bench-full-depth "$t" 20 \
+            "full depth: bench-full-depth ($fd_layers layers, GPU-generated synthetic weights; ${t}s)" \
+            env KILN_BENCH_OUT="$out" KILN_BENCH_LAYERS="$fd_layers" \
+            KILN_FULL_DEPTH_LENGTHS="$fd_lengths" "$here/bench-full-depth"
     else
         echo "bench-full-depth: not in the bundle" | tee "$txt"
     fi
