@@ -23,10 +23,12 @@ pub enum TileWidth {
     Wide,
 }
 
-/// Blocks a wide launch needs for `TileWidth::Auto` to choose it. Measured on the H200 (132
-/// multiprocessors, 2026-11-29, same call): wide tiles won at 80 blocks (512 × 5120 × 2048:
-/// 255 vs 239 TFLOP/s) and above (4096 × 2048 × 4096, 256 blocks: 558 vs 495; 8192³: 592 vs
-/// 540) and lost at 64 (4096 × 512 × 2048: 218 vs 283), where half the multiprocessors idle.
+/// Wide tiles a launch needs for `TileWidth::Auto` to choose them. Measured on the H200 (132
+/// multiprocessors, 2026-11-29, same call, one block per tile then): wide tiles won at 80
+/// tiles (512 × 5120 × 2048: 255 vs 239 TFLOP/s) and above (4096 × 2048 × 4096, 256 tiles:
+/// 558 vs 495; 8192³: 592 vs 540) and lost at 64 (4096 × 512 × 2048: 218 vs 283), where half
+/// the multiprocessors idle. Rechecked with persistent launches and the faster epilogue
+/// (session 4): 291 vs 277 at 80 tiles, 237 vs 339 at 64.
 pub const WIDE_MIN_BLOCKS: usize = 72;
 
 impl TileWidth {
