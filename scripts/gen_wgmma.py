@@ -29,6 +29,30 @@ def operand_list(first, count):
     return ", ".join("{%d}" % i for i in range(first, first + count))
 
 
+def asm_block(n, accumulators, a_tmpl, a_operand, trans):
+    """The `#[cfg(nvptx64)]` body of a wgmma function: the m64n{n}k16 instruction with
+    `accumulators` (Rust place expressions, in fragment order) as its D operands."""
+    # Braces for PTX's vector syntax are doubled in a Rust format template.
+    # scale-d = 1 (accumulate) as a predicate set from immediates: a register operand would be
+    # materialised by a `mov` between `wgmma.fence` and the `wgmma`, which makes ptxas insert
+    # its own fence and serialise the batch (C7520).
+    tmpl = (f"{{{{ .reg .pred p; setp.ne.b32 p, 1, 0; "
+            f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 "
+            f"{{{{{operand_list(0, len(accumulators))}}}}}, {a_tmpl}, {{b}}, p, 1, 1, {trans}; }}}}")
+    outs = "\n".join(f"            inout(reg32) {acc}," for acc in accumulators)
+    return f'''    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a warpgroup-collective tensor-core instruction on registers and shared memory
+    // the descriptors point to; callers keep it warpgroup-uniform and fence/commit/wait it.
+    unsafe {{
+        core::arch::asm!(
+            "{tmpl}",
+{outs}
+            {a_operand}
+            b = in(reg64) b.0,
+        );
+    }}'''
+
+
 def gen(n, kind):
     regs = n // 2
     name = f"wgmma_m64n{n}k16_{kind}"
@@ -49,29 +73,12 @@ def gen(n, kind):
     # flags (0 = K-major): trans-a and trans-b with A in shared memory, trans-b only with A in
     # registers.
     trans = "0, 0" if kind == "ss" else "0"
-    # Braces for PTX's vector syntax are doubled in a Rust format template.
-    # scale-d = 1 (accumulate) as a predicate set from immediates: a register operand would be
-    # materialised by a `mov` between `wgmma.fence` and the `wgmma`, which makes ptxas insert
-    # its own fence and serialise the batch (C7520).
-    tmpl = (f"{{{{ .reg .pred p; setp.ne.b32 p, 1, 0; "
-            f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 "
-            f"{{{{{operand_list(0, regs)}}}}}, {a_tmpl}, {{b}}, p, 1, 1, {trans}; }}}}")
-    outs = "\n".join(f"            inout(reg32) d[{i}]," for i in range(regs))
+    body = asm_block(n, [f"d[{i}]" for i in range(regs)], a_tmpl, a_operand, trans)
     return f'''
 /// `d += A·B` for a 64 × {n} tile ({doc_a}, B from `b`).
 #[inline(always)]
 pub fn {name}(d: &mut [f32; {regs}], {a_param}, b: WgmmaDesc) {{
-    #[cfg(target_arch = "nvptx64")]
-    // SAFETY: a warpgroup-collective tensor-core instruction on registers and shared memory
-    // the descriptors point to; callers keep it warpgroup-uniform and fence/commit/wait it.
-    unsafe {{
-        core::arch::asm!(
-            "{tmpl}",
-{outs}
-            {a_operand}
-            b = in(reg64) b.0,
-        );
-    }}
+{body}
     #[cfg(not(target_arch = "nvptx64"))]
     {emu}
 }}
@@ -83,11 +90,8 @@ def gen_pair():
     128..256 in `hi` (the n256 fragment is the two n128 fragments side by side). Two arrays,
     because LLVM keeps two 64-value arrays in registers where one 128-value array went to the
     stack."""
-    tmpl = ("{{ .reg .pred p; setp.ne.b32 p, 1, 0; "
-            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-            f"{{{{{operand_list(0, 128)}}}}}, {{a}}, {{b}}, p, 1, 1, 0, 0; }}}}")
-    outs = "\n".join(f"            inout(reg32) lo[{i}]," for i in range(64))
-    outs += "\n" + "\n".join(f"            inout(reg32) hi[{i}]," for i in range(64))
+    accumulators = [f"lo[{i}]" for i in range(64)] + [f"hi[{i}]" for i in range(64)]
+    body = asm_block(256, accumulators, "{a}", "a = in(reg64) a.0,", "0, 0")
     return f'''
 /// `[lo | hi] += A·B` for a 64 × 256 tile, the accumulators as two 64 × 128 halves (A and B
 /// from the shared-memory descriptors `a`, `b`): one instruction where two m64n128k16 would
@@ -99,17 +103,7 @@ pub fn wgmma_m64n256k16_ss_pair(
     a: WgmmaDesc,
     b: WgmmaDesc,
 ) {{
-    #[cfg(target_arch = "nvptx64")]
-    // SAFETY: a warpgroup-collective tensor-core instruction on registers and shared memory
-    // the descriptors point to; callers keep it warpgroup-uniform and fence/commit/wait it.
-    unsafe {{
-        core::arch::asm!(
-            "{tmpl}",
-{outs}
-            a = in(reg64) a.0,
-            b = in(reg64) b.0,
-        );
-    }}
+{body}
     #[cfg(not(target_arch = "nvptx64"))]
     {{
         let mut d = [0.0f32; 128];
