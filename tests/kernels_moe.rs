@@ -20,7 +20,6 @@
 
 mod common;
 use common::*;
-use gpu_kernels::moe::GROUP_TILE_ROWS;
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
 use kiln::gpu::ops::moe::{MoeShape, Routing};
@@ -135,50 +134,7 @@ fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, re
     let w = routing.weights.to_vec().unwrap();
     assert_close(&format!("routing weights {what}"), dev, &w, &want_w, 1e-6);
 
-    // Grouping: stable by (expert, pair id), offsets are prefix counts, the tile table covers
-    // each expert's rows in GROUP_TILE_ROWS-row tiles.
-    let mut pairs: Vec<(u32, u32)> = (0..pairs_len).map(|p| (want_ids[p], p as u32)).collect();
-    pairs.sort();
-    let want_sorted: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-    assert_eq!(
-        routing.sorted.to_vec().unwrap(),
-        want_sorted,
-        "grouped order, {what}"
-    );
-    let row_of_pair = routing.row_of_pair.to_vec().unwrap();
-    for (row, &p) in want_sorted.iter().enumerate() {
-        assert_eq!(
-            row_of_pair[p as usize] as usize, row,
-            "row of pair {p}, {what}"
-        );
-    }
-    let mut offsets = vec![0u32; ne + 1];
-    for &id in &want_ids {
-        offsets[id as usize + 1] += 1;
-    }
-    for e in 0..ne {
-        offsets[e + 1] += offsets[e];
-    }
-    assert_eq!(
-        routing.offsets.to_vec().unwrap(),
-        offsets,
-        "offsets, {what}"
-    );
-    let mut tiles = Vec::new();
-    for e in 0..ne {
-        tiles.extend(
-            (offsets[e]..offsets[e + 1])
-                .step_by(GROUP_TILE_ROWS)
-                .flat_map(|f| [e as u32, f]),
-        );
-    }
-    let num = routing.num_tiles.to_vec().unwrap()[0] as usize;
-    assert_eq!(num * 2, tiles.len(), "tile count, {what}");
-    assert_eq!(
-        routing.tiles.to_vec().unwrap()[..tiles.len()],
-        tiles[..],
-        "tile table, {what}"
-    );
+    check_grouping(&routing, &want_ids, ne, k, &what);
 }
 
 #[test]

@@ -18,7 +18,6 @@
 
 mod common;
 use common::*;
-use gpu_kernels::moe::GROUP_TILE_ROWS;
 use kiln::gpu::ops::moe::Routing;
 use kiln::gpu::ops::moe_router::{RouteOptions, Router, RouterMode};
 use kiln::gpu::{Buffer, Device};
@@ -217,58 +216,6 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
         "{what}: the planted tie was on top for only {on_top} of {planted} tokens"
     );
     check_grouping(&got.routing, &got.ids, ne, k, what);
-}
-
-/// The grouping is exact: stable by (expert, pair id), offsets are prefix counts, the tile
-/// table covers each expert's rows in `GROUP_TILE_ROWS`-row tiles.
-fn check_grouping(routing: &Routing, ids: &[u32], ne: usize, k: usize, what: &str) {
-    let pairs_len = ids.len();
-    let mut pairs: Vec<(u32, u32)> = (0..pairs_len).map(|p| (ids[p], p as u32)).collect();
-    pairs.sort();
-    let want_sorted: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-    assert_eq!(
-        routing.sorted.to_vec().unwrap(),
-        want_sorted,
-        "grouped order, {what}"
-    );
-    let row_of_pair = routing.row_of_pair.to_vec().unwrap();
-    for (row, &p) in want_sorted.iter().enumerate() {
-        assert_eq!(
-            row_of_pair[p as usize] as usize, row,
-            "row of pair {p}, {what}"
-        );
-    }
-    let mut offsets = vec![0u32; ne + 1];
-    for &id in ids {
-        offsets[id as usize + 1] += 1;
-    }
-    for e in 0..ne {
-        offsets[e + 1] += offsets[e];
-    }
-    assert_eq!(
-        routing.offsets.to_vec().unwrap(),
-        offsets,
-        "offsets, {what}"
-    );
-    let mut tiles = Vec::new();
-    for e in 0..ne {
-        tiles.extend(
-            (offsets[e]..offsets[e + 1])
-                .step_by(GROUP_TILE_ROWS)
-                .flat_map(|f| [e as u32, f]),
-        );
-    }
-    let num = routing.num_tiles.to_vec().unwrap()[0] as usize;
-    assert_eq!(num * 2, tiles.len(), "tile count, {what}");
-    assert_eq!(
-        routing.tiles.to_vec().unwrap()[..tiles.len()],
-        tiles[..],
-        "tile table, {what}"
-    );
-    assert!(
-        k > 0 && pairs_len.is_multiple_of(k),
-        "{what}: pairs are whole tokens"
-    );
 }
 
 /// (experts, hidden, tokens, top-k, renormalise): the model's 128 experts with top-8; 60

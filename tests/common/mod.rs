@@ -391,3 +391,62 @@ pub fn assert_quiet_on_closed_stdout(args: &[&str]) {
     assert!(o.status.code().is_some(), "{args:?}: killed by a signal");
     assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
 }
+
+/// The grouping is exact: stable by (expert, pair id), offsets are prefix counts, the tile
+/// table covers each expert's rows in `GROUP_TILE_ROWS`-row tiles; `ids` are the pairs'
+/// experts (`k` per token). Shared by the router tests (`kernels_moe`, `kernels_moe_router`).
+pub fn check_grouping(
+    routing: &kiln::gpu::ops::moe::Routing,
+    ids: &[u32],
+    ne: usize,
+    k: usize,
+    what: &str,
+) {
+    let pairs_len = ids.len();
+    let mut pairs: Vec<(u32, u32)> = (0..pairs_len).map(|p| (ids[p], p as u32)).collect();
+    pairs.sort();
+    let want_sorted: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+    assert_eq!(
+        routing.sorted.to_vec().unwrap(),
+        want_sorted,
+        "grouped order, {what}"
+    );
+    let row_of_pair = routing.row_of_pair.to_vec().unwrap();
+    for (row, &p) in want_sorted.iter().enumerate() {
+        assert_eq!(
+            row_of_pair[p as usize] as usize, row,
+            "row of pair {p}, {what}"
+        );
+    }
+    let mut offsets = vec![0u32; ne + 1];
+    for &id in ids {
+        offsets[id as usize + 1] += 1;
+    }
+    for e in 0..ne {
+        offsets[e + 1] += offsets[e];
+    }
+    assert_eq!(
+        routing.offsets.to_vec().unwrap(),
+        offsets,
+        "offsets, {what}"
+    );
+    let mut tiles = Vec::new();
+    for e in 0..ne {
+        tiles.extend(
+            (offsets[e]..offsets[e + 1])
+                .step_by(gpu_kernels::moe::GROUP_TILE_ROWS)
+                .flat_map(|f| [e as u32, f]),
+        );
+    }
+    let num = routing.num_tiles.to_vec().unwrap()[0] as usize;
+    assert_eq!(num * 2, tiles.len(), "tile count, {what}");
+    assert_eq!(
+        routing.tiles.to_vec().unwrap()[..tiles.len()],
+        tiles[..],
+        "tile table, {what}"
+    );
+    assert!(
+        k > 0 && pairs_len.is_multiple_of(k),
+        "{what}: pairs are whole tokens"
+    );
+}
