@@ -17,7 +17,7 @@ pub const GATE_UP_BLOCK: usize = BN / 2;
 /// sequence), so the width may change from call to call without breaking batch invariance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileWidth {
-    /// Wide when that still makes [`WIDE_MIN_BLOCKS`] blocks, else narrow.
+    /// Wide when that still makes [`WIDE_MIN_TILES`] wide tiles, else narrow.
     Auto,
     Narrow,
     Wide,
@@ -29,14 +29,14 @@ pub enum TileWidth {
 /// 558 vs 495; 8192³: 592 vs 540) and lost at 64 (4096 × 512 × 2048: 218 vs 283), where half
 /// the multiprocessors idle. Rechecked with persistent launches and the faster epilogue
 /// (session 4): 291 vs 277 at 80 tiles, 237 vs 339 at 64.
-pub const WIDE_MIN_BLOCKS: usize = 72;
+pub const WIDE_MIN_TILES: usize = 72;
 
 impl TileWidth {
     fn is_wide(self, rows: usize, n_cols: usize) -> bool {
         match self {
             TileWidth::Narrow => false,
             TileWidth::Wide => true,
-            TileWidth::Auto => rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN) >= WIDE_MIN_BLOCKS,
+            TileWidth::Auto => rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN) >= WIDE_MIN_TILES,
         }
     }
 }
