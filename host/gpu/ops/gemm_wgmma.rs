@@ -56,9 +56,7 @@ fn config(
         (BN, SHARED_BYTES)
     };
     let tiles = rows.div_ceil(BM) * n_cols.div_ceil(cols);
-    to_u32(kernel, "tiles", tiles)?;
-    let blocks = tiles.min(dev.multiprocessors() as usize) as u32;
-    Ok(LaunchConfig::linear(blocks, THREADS).with_shared(shared))
+    super::persistent(dev, kernel, tiles, THREADS, shared)
 }
 
 /// `y[rows][m] = x[rows][k] · w[m][k]ᵀ (+ bias) (+ y)`, f32 out; `m`, `k` from `w`.

@@ -7,7 +7,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/ops_modules.rs"));
 
-use super::{Buffer, Element, GpuError, Result};
+use super::{Buffer, Device, Element, GpuError, LaunchConfig, Result};
 
 /// Fails unless `buf` holds at least `needed` elements.
 pub(crate) fn check_len<T: Element>(
@@ -31,4 +31,19 @@ pub(crate) fn to_u32(kernel: &'static str, what: &str, v: usize) -> Result<u32> 
         kernel,
         message: format!("{what} = {v} does not fit the kernel's 32-bit index"),
     })
+}
+
+/// A persistent launch over `tiles` tiles (the kernel walks tiles `b`, `b + grid`, …): a block
+/// of `threads` per multiprocessor, at most one per tile, with `shared` bytes of dynamic shared
+/// memory. Fails when the tile count does not fit the kernel's 32-bit index.
+pub(crate) fn persistent(
+    dev: &Device,
+    kernel: &'static str,
+    tiles: usize,
+    threads: u32,
+    shared: u32,
+) -> Result<LaunchConfig> {
+    to_u32(kernel, "tiles", tiles)?;
+    let blocks = tiles.min(dev.multiprocessors() as usize) as u32;
+    Ok(LaunchConfig::linear(blocks, threads).with_shared(shared))
 }

@@ -299,9 +299,7 @@ impl Routing {
         m: usize,
     ) -> Result<LaunchConfig> {
         let tiles = m.div_ceil(GROUPED_BN) * max_tiles(pairs, self.n_expert);
-        to_u32(k, "tiles", tiles)?;
-        let blocks = tiles.min(dev.multiprocessors() as usize) as u32;
-        Ok(LaunchConfig::linear(blocks, THREADS).with_shared(GROUPED_SHARED_BYTES))
+        super::persistent(dev, k, tiles, THREADS, GROUPED_SHARED_BYTES)
     }
 
     /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`), shared
