@@ -15,7 +15,7 @@
 //!
 //! Outputs: `$OUT_DIR/kernels.ptx` (embedded by the host), `$OUT_DIR/ops_modules.rs`, and for
 //! people and the GPU bundle `target/ptx/kernels.ptx` plus `target/ptx/ptxas-report.txt`
-//! (rustc's own output, before the `.maxntid` directives, is `target/ptx/kernels.rustc.ptx`).
+//! (rustc's own output, before the `.maxntid` / cluster directives, is `target/ptx/kernels.rustc.ptx`).
 //!
 //! `KILN_SKIP_PTX=1` builds the host without kernels (the GPU path then reports that clearly).
 
@@ -315,10 +315,20 @@ fn check_ptx(ptx: &str, kernels: &[&'static Entry]) {
 /// `kernel! { threads = N; ... }`. rustc cannot emit the directive, and ptxas needs it: without
 /// a known block size it ignores `setmaxnreg` (warning C7508), the per-warpgroup register
 /// budgets the warp-specialised kernels are written for.
+///
+/// An entry also declared with `cluster = C` gets `.explicitcluster` and `.reqnctapercluster
+/// C, 1, 1` after it: the pair LLVM's NVPTX printer emits for clang's `__cluster_dims__`
+/// (`NVPTXAsmPrinter::emitKernelFunctionDirectives`). A cluster size fixed in the PTX is what
+/// lets the host keep its plain `cuLaunchKernel`: the CUDA programming guide's compile-time
+/// cluster example launches such a kernel with `<<<grid, block>>>` ("the grid dimension must be
+/// a multiple of cluster size"), and Triton's launcher relies on the same (a kernel whose
+/// cubin carries `.reqnctapercluster` gets no launch-time cluster attribute). The host checks
+/// the multiple (`host/gpu/launch.rs`).
 fn with_block_sizes(ptx: &str, kernels: &[&'static Entry]) -> String {
     let mut out = String::with_capacity(ptx.len() + 64 * kernels.len());
-    // The block size of the entry whose header is being copied, until its `)` line.
-    let mut pending: Option<u32> = None;
+    // The block size and cluster size of the entry whose header is being copied, until its
+    // `)` line.
+    let mut pending: Option<(u32, Option<u32>)> = None;
     for line in ptx.lines() {
         out.push_str(line);
         out.push('\n');
@@ -328,15 +338,18 @@ fn with_block_sizes(ptx: &str, kernels: &[&'static Entry]) -> String {
             pending = kernels
                 .iter()
                 .find(|k| k.name == name)
-                .and_then(|k| k.threads);
+                .and_then(|k| Some((k.threads?, k.cluster)));
             if pending.is_some() && !t.ends_with(')') {
                 continue;
             }
         } else if pending.is_none() || !t.ends_with(')') {
             continue;
         }
-        if let Some(n) = pending.take() {
+        if let Some((n, cluster)) = pending.take() {
             out.push_str(&format!(".maxntid {n}, 1, 1\n"));
+            if let Some(c) = cluster {
+                out.push_str(&format!(".explicitcluster\n.reqnctapercluster {c}, 1, 1\n"));
+            }
         }
     }
     let want = kernels.iter().filter(|k| k.threads.is_some()).count();
@@ -344,6 +357,14 @@ fn with_block_sizes(ptx: &str, kernels: &[&'static Entry]) -> String {
     if got != want {
         fail(&format!(
             "{want} kernels declare a block size, but {got} PTX entries got `.maxntid`"
+        ));
+    }
+    let want = kernels.iter().filter(|k| k.cluster.is_some()).count();
+    let got = out.matches(".reqnctapercluster ").count();
+    if got != want {
+        fail(&format!(
+            "{want} kernels declare a cluster size, but {got} PTX entries got \
+             `.reqnctapercluster`"
         ));
     }
     out

@@ -1,6 +1,8 @@
 //! Probe kernels: each exercises one device-API piece in isolation (TMA, mbarrier, `wgmma`), so
 //! a test can check the piece against the PTX ISA's layouts on the GPU and on the emulator
-//! before any real kernel depends on it. Not used by the pipeline.
+//! before any real kernel depends on it. Not used by the pipeline. The `cluster = 2` probes at
+//! the end are also the only code that makes ptxas see the cluster instructions
+//! (`device::cluster`, multicast TMA, remote arrivals) before a GEMM uses them.
 
 // `seq!` unrolls loops by substituting each literal index into arithmetic written for all of
 // them (`8 * R`, `4 * J + 0`, `KK / 4` with KK = 0, …); the lints below would flag the cases
@@ -9,7 +11,9 @@
 
 use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, bulk_load, fence_mbarrier_init, tma_load_2d,
+    tma_load_2d_multicast,
 };
+use crate::device::cluster::{cluster_ctarank, cluster_size, cluster_sync};
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
     wgmma_m64n128k16_ss, wgmma_wait,
@@ -125,5 +129,139 @@ kernel! {
         }
         bar.wait(0);
         copy_shared_out(base, bytes, out);
+    }
+}
+
+kernel! {
+    threads = 128; cluster = 2;
+    /// Per block, thread 0 writes `out[3·block + 0..3]`: its cluster rank, the cluster size,
+    /// and 1 once a barrier of its own that expects one arrival from every block of the
+    /// cluster (each block's thread 0 arrives on every block's copy, `arrive_cluster`) has
+    /// completed. Checks the cluster registers, `cluster_sync`, `mapa` and remote arrivals.
+    pub fn probe_cluster_ids(out: Out<u32>) {
+        let bar = Mbarrier(swizzle_aligned_shared_base());
+        let tid = thread_idx().x;
+        if tid == 0 {
+            bar.init(cluster_size());
+            fence_mbarrier_init();
+        }
+        cluster_sync();
+        if tid == 0 {
+            for r in 0..cluster_size() {
+                bar.arrive_cluster(r);
+            }
+            bar.wait(0);
+            let at = 3 * block_idx().x as usize;
+            out.set(at, cluster_ctarank());
+            out.set(at + 1, cluster_size());
+            out.set(at + 2, 1);
+        }
+        // No block exits while a peer may still arrive on its barrier.
+        cluster_sync();
+    }
+}
+
+kernel! {
+    threads = 128; cluster = 2;
+    /// Block rank 0 of each cluster loads the box at (`x`, `y`) of `map` (`box_bytes` bytes)
+    /// into both blocks' shared memory with one multicast TMA; each block waits on its own
+    /// barrier and copies its shared bytes, as laid out there, to `out[block][box_bytes / 4]`.
+    pub fn probe_tma_multicast(map: In<TensorMap>, out: Out<u32>, x: u32, y: u32, box_bytes: u32) {
+        let base = swizzle_aligned_shared_base();
+        let bar = Mbarrier(base + 32768);
+        let tid = thread_idx().x;
+        if tid == 0 {
+            bar.init(1);
+            fence_mbarrier_init();
+        }
+        // Both barriers are initialised before either block's bytes can land.
+        cluster_sync();
+        if tid == 0 {
+            bar.arrive_expect_tx(box_bytes);
+            if cluster_ctarank() == 0 {
+                acquire_tensor_map(map);
+                tma_load_2d_multicast(base, map, x, y, bar, 0b11);
+            }
+        }
+        bar.wait(0);
+        let words = (box_bytes / 4) as usize;
+        copy_shared_out(base, box_bytes, out.offset(block_idx().x as usize * words));
+        cluster_sync();
+    }
+}
+
+/// Stages of the cluster ring probe, and the bytes of one block's A tile (8 rows of 32 `u32`),
+/// which is also one half of the shared B tile.
+const RING_STAGES: u32 = 2;
+const RING_TILE: u32 = 1024;
+/// Bytes of dynamic shared memory `probe_cluster_ring` needs: the 1024-byte alignment, the A
+/// and B slots, and the barriers.
+pub const RING_SHARED_BYTES: u32 = 1024 + 3 * RING_STAGES * RING_TILE + 16 * RING_STAGES;
+
+kernel! {
+    threads = 256; cluster = 2;
+    /// A miniature of a cluster GEMM's pipeline: a ring of `RING_STAGES` slots, each an A tile
+    /// of the block's own (`map_a`, 8 × 32 `u32`, rows `(block · k_tiles + i) · 8`) and a B tile
+    /// shared by the cluster (`map_b`, 16 × 32, rows `16 i`), whose half `r` (8 rows) block rank
+    /// `r` loads into both blocks with multicast. Thread 0 produces; threads 128..256 consume:
+    /// thread `t` folds `acc = 31 acc + a[t] (b[t] + 3 b[t + 256]) + a[t + 128] (b[t + 128] +
+    /// 5 b[t + 384])` (wrapping) over the `k_tiles` steps and writes `out[block · 128 + t]`. A
+    /// slot is refilled only when both blocks' consumers released it: each arrives on its own
+    /// block's `empty` barrier and on the peer's (`arrive_cluster`), 256 arrivals per phase.
+    pub fn probe_cluster_ring(map_a: In<TensorMap>, map_b: In<TensorMap>, out: Out<u32>, k_tiles: u32) {
+        let base = swizzle_aligned_shared_base();
+        let a_slot = |s: u32| base + s * RING_TILE;
+        let b_slot = |s: u32| base + RING_STAGES * RING_TILE + 2 * s * RING_TILE;
+        let bars = base + 3 * RING_STAGES * RING_TILE;
+        let full = |s: u32| Mbarrier(bars + 8 * s);
+        let empty = |s: u32| Mbarrier(bars + 8 * (RING_STAGES + s));
+        let rank = cluster_ctarank();
+        let tid = thread_idx().x;
+        if tid == 0 {
+            for s in 0..RING_STAGES {
+                full(s).init(1);
+                empty(s).init(2 * 128);
+            }
+            fence_mbarrier_init();
+        }
+        cluster_sync();
+        if tid == 0 {
+            acquire_tensor_map(map_a);
+            acquire_tensor_map(map_b);
+            for i in 0..k_tiles {
+                let (s, u) = (i % RING_STAGES, i / RING_STAGES);
+                empty(s).wait((u & 1) ^ 1);
+                full(s).arrive_expect_tx(3 * RING_TILE);
+                tma_load_2d(a_slot(s), map_a, 0, (block_idx().x * k_tiles + i) * 8, full(s));
+                tma_load_2d_multicast(
+                    b_slot(s) + rank * RING_TILE,
+                    map_b,
+                    0,
+                    16 * i + 8 * rank,
+                    full(s),
+                    0b11,
+                );
+            }
+        } else if tid >= 128 {
+            let t = (tid - 128) as usize;
+            let dyn_base = dynamic_shared_address();
+            let words = dynamic_shared::<u32>(((bars - dyn_base) / 4) as usize);
+            let word = |addr: u32, i: usize| words.load(((addr - dyn_base) / 4) as usize + i);
+            let mut acc = 0u32;
+            for i in 0..k_tiles {
+                let (s, u) = (i % RING_STAGES, i / RING_STAGES);
+                full(s).wait(u & 1);
+                let (a, b) = (a_slot(s), b_slot(s));
+                let lo = word(a, t).wrapping_mul(word(b, t).wrapping_add(3u32.wrapping_mul(word(b, t + 256))));
+                let hi = word(a, t + 128)
+                    .wrapping_mul(word(b, t + 128).wrapping_add(5u32.wrapping_mul(word(b, t + 384))));
+                acc = acc.wrapping_mul(31).wrapping_add(lo).wrapping_add(hi);
+                empty(s).arrive();
+                empty(s).arrive_cluster(rank ^ 1);
+            }
+            out.set(block_idx().x as usize * 128 + t, acc);
+        }
+        // The peer's last arrivals on this block's barriers happen before either exits.
+        cluster_sync();
     }
 }

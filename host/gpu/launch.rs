@@ -80,7 +80,7 @@ unsafe impl Launcher for Device {
             block: dim(cfg.block),
             dynamic_shared_bytes: cfg.shared_bytes,
         };
-        emu::launch(emu_cfg, kernel).map_err(|e| GpuError::Emulator {
+        emu::launch_cluster(emu_cfg, entry.cluster.unwrap_or(1), kernel).map_err(|e| GpuError::Emulator {
             kernel: entry.name,
             message: e.0,
         })
@@ -89,19 +89,36 @@ unsafe impl Launcher for Device {
 
 /// A kernel declared for one block size (`kernel! { threads = N; ... }`, compiled with
 /// `.maxntid N`) cannot run in another: the driver would refuse a larger block, and a smaller
-/// one would leave its warpgroup roles unfilled.
+/// one would leave its warpgroup roles unfilled. A kernel declared for clusters of `C` blocks
+/// (`.reqnctapercluster C, 1, 1`) needs a grid x that is a multiple of `C`: the driver refuses
+/// anything else with a bare "invalid argument" (and the emulator with its own message), so
+/// the launch is refused here first, naming the kernel.
 fn check_block_size(entry: &'static Entry, cfg: &LaunchConfig) -> Result<()> {
     let (x, y, z) = cfg.block;
     let threads = u64::from(x) * u64::from(y) * u64::from(z);
-    match entry.threads {
-        Some(want) if threads != u64::from(want) || y != 1 || z != 1 => Err(GpuError::Shape {
+    if let Some(want) = entry.threads
+        && (threads != u64::from(want) || y != 1 || z != 1)
+    {
+        return Err(GpuError::Shape {
             kernel: entry.name,
             message: format!(
                 "blocks of ({x}, {y}, {z}) threads; the kernel is built for ({want}, 1, 1)"
             ),
-        }),
-        _ => Ok(()),
+        });
     }
+    if let Some(c) = entry.cluster
+        && !cfg.grid.0.is_multiple_of(c)
+    {
+        let (gx, gy, gz) = cfg.grid;
+        return Err(GpuError::Shape {
+            kernel: entry.name,
+            message: format!(
+                "a grid of ({gx}, {gy}, {gz}) blocks; the kernel runs in clusters of {c} blocks \
+                 along x, so grid x must be a multiple of {c}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn cuda_address<T: Element>(dev: &Device, buf: &super::Buffer<T>) -> Result<u64> {
@@ -206,5 +223,43 @@ mod tests {
             .find(|e| e.threads.is_none())
             .expect("some kernel has no fixed size");
         assert!(check_block_size(free, &cfg((32, 2, 1))).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_kernel_refuses_a_grid_that_is_not_whole_clusters() {
+        let clustered = entries()
+            .into_iter()
+            .find(|e| e.cluster.is_some())
+            .expect("some kernel declares a cluster size");
+        let (threads, c) = (clustered.threads.unwrap(), clustered.cluster.unwrap());
+        let cfg = |grid| LaunchConfig {
+            grid,
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        };
+        for grid in [(c, 1, 1), (3 * c, 2, 1), (c, 5, 3)] {
+            assert!(check_block_size(clustered, &cfg(grid)).is_ok(), "{grid:?}");
+        }
+        for grid in [(c + 1, 1, 1), (1, c, 1), (2 * c - 1, 1, 1)] {
+            let msg = check_block_size(clustered, &cfg(grid))
+                .expect_err("grid x not a multiple of the cluster size")
+                .to_string();
+            assert!(
+                msg.contains(&format!("grid x must be a multiple of {c}")) && msg.contains(clustered.name),
+                "{msg}"
+            );
+        }
+        // The block size is still checked first.
+        let msg = check_block_size(
+            clustered,
+            &LaunchConfig {
+                grid: (c, 1, 1),
+                block: (threads + 32, 1, 1),
+                shared_bytes: 0,
+            },
+        )
+        .expect_err("wrong block size")
+        .to_string();
+        assert!(msg.contains("built for"), "{msg}");
     }
 }

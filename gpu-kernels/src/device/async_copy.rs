@@ -105,6 +105,26 @@ impl Mbarrier {
         super::emu::hopper::mbarrier_arrive(self.0);
     }
 
+    /// One arrival on the barrier at this barrier's offset in the shared memory of the
+    /// cluster's block `rank` (`mapa` + `mbarrier.arrive.release.cluster.shared::cluster`): how
+    /// a consumer releases a pipeline slot that a peer block's producer refills (by multicast).
+    /// Release semantics at cluster scope: this thread's reads of the slot are ordered before
+    /// the peer's refill. `rank` may be this block's own.
+    #[inline(always)]
+    pub fn arrive_cluster(self, rank: u32) {
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: as `init`, in block `rank` of the cluster (`rank` < the cluster size, and the
+        // peer has initialised its barrier and not exited: a `cluster_sync` orders both).
+        unsafe {
+            core::arch::asm!(
+                "{{ .reg .b32 r; mapa.shared::cluster.u32 r, {0}, {1}; mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r]; }}",
+                in(reg32) self.0, in(reg32) rank
+            )
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        super::emu::hopper::mbarrier_arrive_cluster(self.0, rank);
+    }
+
     /// One arrival if `pred`, without a branch: a predicated instruction, so code that runs
     /// while a `wgmma` batch is in flight stays convergent (a branch around the arrival made
     /// ptxas serialise the `wgmma`s, C7518).
@@ -260,6 +280,34 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: Mbarrier) 
     };
     #[cfg(not(target_arch = "nvptx64"))]
     super::emu::hopper::tma_load_2d(dst, map, x, y, bar.0);
+}
+
+/// [`tma_load_2d`] into every block of the cluster whose rank is set in `cta_mask` (bit `r` =
+/// rank `r`): one read of the box from global memory (L2) lands at offset `dst` in each of
+/// those blocks' shared memory, and each one's barrier at offset `bar` is credited with the
+/// bytes that land there (`.multicast::cluster`). Every destination must have initialised its
+/// barrier (a `cluster_sync` after the inits) and announce the bytes itself (its own
+/// `arrive_expect_tx`). Issued by one thread; sm_90a.
+#[inline(always)]
+pub fn tma_load_2d_multicast(
+    dst: u32,
+    map: In<TensorMap>,
+    x: u32,
+    y: u32,
+    bar: Mbarrier,
+    cta_mask: u16,
+) {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: as `tma_load_2d`, in every block of `cta_mask` (all inside the cluster).
+    unsafe {
+        core::arch::asm!(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [{0}], [{1}, {{{2}, {3}}}], [{4}], {5};",
+            in(reg32) dst, in(reg64) tensor_map_address(map), in(reg32) x, in(reg32) y,
+            in(reg32) bar.0, in(reg16) cta_mask
+        )
+    };
+    #[cfg(not(target_arch = "nvptx64"))]
+    super::emu::hopper::tma_load_2d_multicast(dst, map, x, y, bar.0, cta_mask);
 }
 
 /// Makes a tensor map that the host copied into global memory visible to the TMA unit (the

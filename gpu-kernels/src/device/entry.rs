@@ -74,6 +74,10 @@ pub struct Entry {
     /// The one block size the kernel is written for (`kernel! { threads = N; ... }`): the PTX
     /// entry carries `.maxntid N, 1, 1` and launches must use exactly `N` threads.
     pub threads: Option<u32>,
+    /// Blocks per thread-block cluster (`kernel! { threads = N; cluster = C; ... }`): the PTX
+    /// entry carries `.reqnctapercluster C, 1, 1`, and launches need a grid x that is a
+    /// multiple of `C` (clusters are `C` consecutive blocks along x).
+    pub cluster: Option<u32>,
     /// Parameter names and kinds, in order.
     pub params: &'static [(&'static str, ParamKind)],
 }

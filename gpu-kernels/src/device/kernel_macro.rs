@@ -12,15 +12,25 @@
 /// exactly `N` threads: `build.rs` gives its PTX entry `.maxntid N, 1, 1` (which `ptxas` needs
 /// before it honours `setmaxnreg`: see `device::lower_registers`), and a launch with any other
 /// block size is refused with an error on both backends.
+///
+/// `kernel! { threads = N; cluster = C; pub fn ... }` also declares that its blocks run in
+/// thread-block clusters of `C` consecutive blocks along x (Hopper): `build.rs` gives the entry
+/// `.reqnctapercluster C, 1, 1`, so a plain launch forms the clusters; a grid whose x is not a
+/// multiple of `C` is refused on both backends, and the emulator runs each cluster's blocks
+/// together (see `device::cluster`). A cluster size goes only with a block size: one form
+/// keeps `build.rs` simple, and a kernel that shares work across blocks has fixed roles anyway.
 #[macro_export]
 macro_rules! kernel {
+    (threads = $threads:expr; cluster = $cluster:expr; $(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $crate::kernel!(@entry Some($threads), Some($cluster); $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
+    };
     (threads = $threads:expr; $(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
-        $crate::kernel!(@entry Some($threads); $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
+        $crate::kernel!(@entry Some($threads), None; $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
     };
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
-        $crate::kernel!(@entry None; $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
+        $crate::kernel!(@entry None, None; $(#[$meta])* pub fn $name($($arg: $ty),*) $body);
     };
-    (@entry $threads:expr; $(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    (@entry $threads:expr, $cluster:expr; $(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[cfg(target_arch = "nvptx64")]
         #[unsafe(no_mangle)]
@@ -44,6 +54,7 @@ macro_rules! kernel {
                 file: file!(),
                 line: line!(),
                 threads: $threads,
+                cluster: $cluster,
                 params: &[$((
                     stringify!($arg),
                     <$ty as $crate::device::entry::Param>::KIND,

@@ -8,6 +8,7 @@
 #[macro_use]
 mod kernel_macro;
 pub mod async_copy;
+pub mod cluster;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod entry;
 pub mod float;

@@ -1,11 +1,12 @@
 //! A running block as its GPU threads see it, and how they wait: the running thread's context
 //! (`ctx`, through which the device API answers), the block's state (`Block`: barrier,
-//! collectives, run queue, shared memory, extensions), the `Gate` that the block barrier and the
-//! collectives are built on, and the waiting primitives (`sync_threads`' `barrier`, `yield_now`,
+//! collectives, shared memory, extensions, and the cluster it belongs to, which holds the run
+//! queue), the `Gate` that the block barrier, `cluster_sync` and the collectives are built on, and the waiting primitives (`sync_threads`' `barrier`, `yield_now`,
 //! `spin_wait`), which suspend the thread's coroutine with a `Suspend` for the scheduler
 //! (`sched.rs`) to act on.
 
 use super::block_state::Extensions;
+use super::cluster::Cluster;
 use super::collective::{GROUP_KINDS, Groups};
 use super::shared::SharedMem;
 use crate::device::types::Dim3;
@@ -13,6 +14,7 @@ use corosensei::Yielder;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::panic::resume_unwind;
+use std::rc::Rc;
 
 /// How a waiting thread is resumed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,9 @@ pub(super) struct ThreadCtx {
     pub block_dim: Dim3,
     pub grid_dim: Dim3,
     pub rank: u32,
+    /// Its id in the cluster's run queue: `block rank in the cluster · threads + rank` (the
+    /// same as `rank` without clusters).
+    pub gid: u32,
     pub(super) block: *const Block,
     pub(super) yielder: Cell<*const Yielder<Resume, Suspend>>,
     /// Collectives this thread has taken part in, per group kind (the parity picks the buffer).
@@ -102,10 +107,12 @@ fn outside_launch() -> ! {
 // Waiting: barriers, yields, spin-waits
 // ---------------------------------------------------------------------------------------------
 
-/// A block's runnable threads, in the order they will run.
+/// A cluster's runnable threads (cluster-wide ids, `ThreadCtx::gid`), in the order they will
+/// run.
 pub(super) type Queue = RefCell<VecDeque<u32>>;
 
-/// A set of threads that wait for each other: the block barrier, or a group's collective.
+/// A set of threads that wait for each other: the block barrier, `cluster_sync`, or a group's
+/// collective. It holds and requeues cluster-wide thread ids.
 /// Like `bar.sync` on sm_70+, it waits for live members only: exited threads leave it.
 pub(super) struct Gate {
     expected: Cell<u32>,
@@ -120,20 +127,20 @@ impl Gate {
         }
     }
 
-    pub(super) fn reset(&mut self, members: u32) {
+    pub(super) fn reset(&self, members: u32) {
         self.expected.set(members);
-        self.waiting.get_mut().clear();
+        self.waiting.borrow_mut().clear();
     }
 
-    /// `rank` arrives; true if it completed the gate (the waiters are queued again), false if
-    /// it must suspend.
-    pub(super) fn arrive(&self, rank: u32, queue: &Queue) -> bool {
+    /// Thread `gid` arrives; true if it completed the gate (the waiters are queued again), false
+    /// if it must suspend.
+    pub(super) fn arrive(&self, gid: u32, queue: &Queue) -> bool {
         let mut waiting = self.waiting.borrow_mut();
         if waiting.len() as u32 + 1 >= self.expected.get() {
             queue.borrow_mut().extend(waiting.drain(..));
             true
         } else {
-            waiting.push(rank);
+            waiting.push(gid);
             false
         }
     }
@@ -167,7 +174,7 @@ pub(super) fn barrier() {
         abort();
     }
     block.extensions.on_sync_threads(c.rank, false);
-    if !block.barrier.arrive(c.rank, &block.queue) {
+    if !block.barrier.arrive(c.gid, block.queue()) {
         c.suspend(Suspend::Blocked);
     }
     block.extensions.on_sync_threads(c.rank, true);
@@ -187,17 +194,16 @@ pub fn yield_now() {
 
 /// Polls `cond` until it holds, letting the block's other threads run between polls: the
 /// emulation of `mbarrier.try_wait` loops, `cp.async.wait_group` and other spin-waits.
-/// `cond` must only read state that this block changes (its threads, its shared memory, its
-/// `BlockExtension`s), never another block's progress: when every live thread of the block
-/// is waiting (at a barrier, a collective, or here with `cond` false) and a round of polls
+/// `cond` must only read state that this block (or its cluster) changes (its threads, its
+/// shared memory, its `BlockExtension`s), never another cluster's progress: when every live
+/// thread of the cluster is waiting (at a barrier, a collective, or here with `cond` false) and a round of polls
 /// changed nothing, the extensions get a chance (`BlockExtension::on_idle`) and then the launch
 /// fails with a deadlock naming `what`.
 pub fn spin_wait(what: &'static str, mut cond: impl FnMut() -> bool) {
     let c = ctx();
     loop {
         if cond() {
-            let block = c.block();
-            block.events.set(block.events.get() + 1);
+            c.block().cluster.event();
             return;
         }
         if c.block().failed() {
@@ -211,55 +217,62 @@ pub fn spin_wait(what: &'static str, mut cond: impl FnMut() -> bool) {
 // A block
 // ---------------------------------------------------------------------------------------------
 
-/// One running block: its barrier, collectives, run queue, shared memory and extensions. Owned
-/// by one driver (OS thread) and reset for each block it runs; coroutines reach it through
-/// their `ThreadCtx`, and only one of them runs at a time.
+/// One running block: its barrier, collectives, shared memory and extensions, and its cluster
+/// (run queue, failure flag, peers). Owned by one driver (OS thread) and reset for each block
+/// it runs; coroutines reach it through their `ThreadCtx`, and only one of them runs at a time.
 pub(super) struct Block {
     idx: Dim3,
     threads: u32,
     pub(super) live: Cell<u32>,
-    pub(super) failed: Cell<bool>,
     pub(super) barrier: Gate,
     pub(super) groups: Groups,
-    pub(super) queue: Queue,
-    /// Counts things that happened other than vain polls (for deadlock detection).
-    pub(super) events: Cell<u64>,
     pub(super) shared: SharedMem,
     pub(super) extensions: Extensions,
+    pub(super) cluster: Rc<Cluster>,
+    /// Its rank in the cluster (`%cluster_ctarank`).
+    pub(super) cluster_rank: u32,
 }
 
 impl Block {
-    pub(super) fn new(threads: u32, dynamic_shared_bytes: u32) -> Self {
+    pub(super) fn new(
+        threads: u32,
+        dynamic_shared_bytes: u32,
+        cluster: Rc<Cluster>,
+        cluster_rank: u32,
+    ) -> Self {
         Block {
             idx: Dim3::new(0, 0, 0),
             threads,
             live: Cell::new(threads),
-            failed: Cell::new(false),
             barrier: Gate::new(threads),
             groups: Groups::new(threads),
-            queue: RefCell::new(VecDeque::with_capacity(threads as usize)),
-            events: Cell::new(0),
             shared: SharedMem::new(dynamic_shared_bytes),
             extensions: Extensions::default(),
+            cluster,
+            cluster_rank,
         }
     }
 
-    /// Ready for the block at `idx`, whose threads start in `order`.
-    pub(super) fn reset(&mut self, idx: Dim3, order: impl Iterator<Item = u32>) {
+    /// Ready for the block at `idx` (the driver resets the cluster's queue and flags).
+    pub(super) fn reset(&mut self, idx: Dim3) {
         self.idx = idx;
         self.live.set(self.threads);
-        self.failed.set(false);
         self.barrier.reset(self.threads);
         self.groups.reset();
-        let q = self.queue.get_mut();
-        q.clear();
-        q.extend(order);
         self.shared.reset();
         self.extensions.clear();
     }
 
+    /// Its cluster's run queue.
+    #[inline(always)]
+    pub(super) fn queue(&self) -> &Queue {
+        &self.cluster.queue
+    }
+
+    /// Whether a thread of its cluster failed (every thread then unwinds).
+    #[inline(always)]
     pub(super) fn failed(&self) -> bool {
-        self.failed.get()
+        self.cluster.failed.get()
     }
 
     /// Everything live threads are stuck on, for a deadlock report.

@@ -3,7 +3,7 @@
 //! the scheduler calls at each `sync_threads`, when the block cannot make progress, when it is
 //! reported deadlocked, and when it ends.
 
-use super::block::ctx;
+use super::block::{Block, ctx};
 use super::shared::SharedWindow;
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
@@ -45,7 +45,16 @@ pub trait BlockExtension: Any {
 /// Runs `f` on the running block's `S` (created with `Default` on first use in the block).
 /// `f` must not wait (no barrier, collective or yield inside it).
 pub fn with_block_state<S: BlockExtension + Default, R>(f: impl FnOnce(&mut S) -> R) -> R {
-    let mut exts = ctx().block().extensions.0.borrow_mut();
+    with_block_state_in(ctx().block(), f)
+}
+
+/// [`with_block_state`] on `block`, which may be another block of the running thread's
+/// cluster (a remote arrival, a multicast copy landing there).
+pub(super) fn with_block_state_in<S: BlockExtension + Default, R>(
+    block: &Block,
+    f: impl FnOnce(&mut S) -> R,
+) -> R {
+    let mut exts = block.extensions.0.borrow_mut();
     let i = match exts
         .iter()
         .position(|e| (&**e as &dyn Any).type_id() == TypeId::of::<S>())

@@ -249,7 +249,7 @@ pub fn collective<R>(
         w[member as usize * width..][..width].copy_from_slice(words);
         s[member as usize] = seq + 1;
     }
-    if !g.gate.arrive(c.rank, &block.queue) {
+    if !g.gate.arrive(c.gid, block.queue()) {
         c.suspend(Suspend::Blocked);
     }
     f(&Exchange {

@@ -47,6 +47,7 @@
 mod api;
 mod block;
 mod block_state;
+mod cluster;
 mod collective;
 pub mod hopper;
 mod sched;
@@ -59,8 +60,9 @@ pub use api::{
 };
 pub use block::{spin_wait, yield_now};
 pub use block_state::{BlockExtension, with_block_state};
+pub use cluster::{MAX_CLUSTER_BLOCKS, cluster_ctarank, cluster_size, cluster_sync, map_shared_to_rank};
 pub use collective::{Exchange, Group, collective};
-pub use sched::launch;
+pub use sched::{launch, launch_cluster};
 pub use shared::{
     Shared, SharedWindow, StaticShared, dynamic_shared, dynamic_shared_address, shared_window,
     static_shared,

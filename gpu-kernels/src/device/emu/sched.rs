@@ -1,6 +1,7 @@
 //! The launcher and scheduler: a launch's blocks go to a few OS threads ("drivers"), and each
-//! driver runs one block at a time, every GPU thread of it a stackful coroutine (`corosensei`)
-//! on the driver's OS thread. A coroutine runs until it has to wait (a barrier, a collective,
+//! driver runs one block at a time (one cluster at a time, for a kernel declared with
+//! clusters: its blocks must make progress together, see `cluster.rs`), every GPU thread of it
+//! a stackful coroutine (`corosensei`) on the driver's OS thread. A coroutine runs until it has to wait (a barrier, a collective,
 //! `yield_now`, a failed `spin_wait` poll) or returns; then the next runnable one is resumed.
 //! Nothing inside a block needs a lock, an atomic or a system call.
 //!
@@ -8,17 +9,20 @@
 //! and deadlock detection. What a GPU thread sees of its block and how it gives up the driver
 //! (its context, the block's state, barriers, `yield_now`, `spin_wait`) is in `block.rs`.
 //!
-//! Scheduling is deterministic within a block: threads start in rank order (even blocks) or
-//! reverse rank order (odd blocks, so a missing barrier shows up whichever neighbour reads), and
-//! are resumed in the order they became runnable. Blocks run in parallel, in no promised order.
+//! Scheduling is deterministic within a block (and a cluster): threads start in rank order (even
+//! blocks) or reverse rank order (odd blocks, so a missing barrier shows up whichever neighbour
+//! reads), a cluster's blocks one after another in the queue, and are resumed in the order they
+//! became runnable. Clusters run in parallel, in no promised order.
 
 use super::block::{Aborted, Block, CURRENT, Resume, Suspend, ThreadCtx};
+use super::cluster::{Cluster, MAX_CLUSTER_BLOCKS};
 use super::{EmuError, LaunchConfig, check_limits};
 use crate::device::types::Dim3;
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -54,26 +58,46 @@ static STACKS: Mutex<Vec<DefaultStack>> = Mutex::new(Vec::new());
 struct Driver<'k> {
     kernel: &'k (dyn Fn() + Sync),
     grid_dim: Dim3,
-    block: Box<Block>,
+    threads: u32,
+    cluster: Rc<Cluster>,
+    /// The cluster's blocks by rank (one without clusters), boxed: contexts and the cluster
+    /// point at them.
+    blocks: Vec<Box<Block>>,
+    /// Every thread of every block, by cluster-wide id (`ThreadCtx::gid`).
     ctxs: Box<[ThreadCtx]>,
     coroutines: Vec<Option<ThreadCoroutine>>,
     /// Per thread: the `spin_wait` it last polled in vain (None once it did anything else).
     polling: Vec<Option<&'static str>>,
     stacks: Vec<DefaultStack>,
+    /// Linear index of the cluster's first block.
+    first: u64,
 }
 
 impl<'k> Driver<'k> {
-    fn new(kernel: &'k (dyn Fn() + Sync), cfg: &LaunchConfig) -> Self {
+    fn new(kernel: &'k (dyn Fn() + Sync), cfg: &LaunchConfig, cluster_size: u32) -> Self {
         let threads = cfg.block.count() as u32;
-        let block = Box::new(Block::new(threads, cfg.dynamic_shared_bytes));
-        let ctxs = (0..threads)
-            .map(|rank| ThreadCtx {
-                thread_idx: unflatten(rank as u64, cfg.block),
+        let cluster = Rc::new(Cluster::new(cluster_size, threads));
+        let blocks: Vec<Box<Block>> = (0..cluster_size)
+            .map(|r| {
+                Box::new(Block::new(
+                    threads,
+                    cfg.dynamic_shared_bytes,
+                    cluster.clone(),
+                    r,
+                ))
+            })
+            .collect();
+        cluster.set_blocks(blocks.iter().map(|b| &**b as *const Block).collect());
+        let all = cluster_size * threads;
+        let ctxs = (0..all)
+            .map(|gid| ThreadCtx {
+                thread_idx: unflatten((gid % threads) as u64, cfg.block),
                 block_idx: Dim3::new(0, 0, 0),
                 block_dim: cfg.block,
                 grid_dim: cfg.grid,
-                rank,
-                block: std::ptr::null(),
+                rank: gid % threads,
+                gid,
+                block: &*blocks[(gid / threads) as usize],
                 yielder: Cell::new(std::ptr::null()),
                 seq: Default::default(),
             })
@@ -81,11 +105,14 @@ impl<'k> Driver<'k> {
         Driver {
             kernel,
             grid_dim: cfg.grid,
-            block,
+            threads,
+            cluster,
+            blocks,
             ctxs,
-            coroutines: (0..threads).map(|_| None).collect(),
-            polling: vec![None; threads as usize],
+            coroutines: (0..all).map(|_| None).collect(),
+            polling: vec![None; all as usize],
             stacks: Vec::new(),
+            first: 0,
         }
     }
 
@@ -96,122 +123,185 @@ impl<'k> Driver<'k> {
         DefaultStack::new(STACK_BYTES).expect("mapping an emulator coroutine stack")
     }
 
-    /// Runs block `linear` of the grid to the end; the error names the block (and thread).
-    fn run_block(&mut self, linear: u64) -> Result<(), String> {
-        let threads = self.ctxs.len() as u32;
-        let idx = unflatten(linear, self.grid_dim);
-        if linear.is_multiple_of(2) {
-            self.block.reset(idx, 0..threads);
-        } else {
-            self.block.reset(idx, (0..threads).rev());
+    /// The block thread `gid` belongs to.
+    fn block_of(&self, gid: u32) -> &Block {
+        &self.blocks[(gid / self.threads) as usize]
+    }
+
+    /// Runs the cluster whose first block has linear index `first` (every block of the grid is
+    /// a cluster of one without clusters) to the end; the error names the block (and thread),
+    /// with the linear index of the block it is about.
+    fn run_cluster(&mut self, first: u64) -> Result<(), (u64, String)> {
+        let threads = self.threads;
+        self.first = first;
+        let cluster = self.cluster.clone();
+        cluster.failed.set(false);
+        cluster.barrier.reset(cluster.size * threads);
+        {
+            let mut q = cluster.queue.borrow_mut();
+            q.clear();
+            for (r, b) in self.blocks.iter_mut().enumerate() {
+                let linear = first + r as u64;
+                b.reset(unflatten(linear, self.grid_dim));
+                let base = r as u32 * threads;
+                if linear.is_multiple_of(2) {
+                    q.extend((0..threads).map(|t| base + t));
+                } else {
+                    q.extend((0..threads).rev().map(|t| base + t));
+                }
+            }
         }
-        let block: *const Block = &*self.block;
         for c in self.ctxs.iter_mut() {
-            c.block_idx = idx;
-            c.block = block;
+            c.block_idx = unflatten(first + (c.gid / threads) as u64, self.grid_dim);
             c.seq = Default::default();
         }
         self.polling.fill(None);
-        let mut first_error: Option<String> = None;
+        let mut first_error: Option<(u64, String)> = None;
         // Polls in vain in a row, and the event count when that streak began.
         let (mut quiet_since, mut vain_polls) = (u64::MAX, 0usize);
         loop {
-            let block = &*self.block;
-            let next = block.queue.borrow_mut().pop_front();
-            let Some(rank) = next else {
-                if block.live.get() > 0 && !block.failed() {
-                    first_error = Some(format!(
-                        "{}: deadlock: {}",
-                        block.coordinates(),
-                        block.waits(&[])
-                    ));
+            let next = cluster.queue.borrow_mut().pop_front();
+            let Some(gid) = next else {
+                if self.blocks.iter().any(|b| b.live.get() > 0) && !cluster.failed.get() {
+                    first_error = Some((first, self.deadlock()));
                 }
                 break;
             };
-            let r = rank as usize;
-            if self.polling[r].take().is_none() {
-                block.events.set(block.events.get() + 1);
+            let g = gid as usize;
+            if self.polling[g].take().is_none() {
+                cluster.event();
             }
-            let resume = if self.coroutines[r].is_some() && block.failed() {
+            let resume = if self.coroutines[g].is_some() && cluster.failed.get() {
                 Resume::Abort
             } else {
                 Resume::Run
             };
-            if self.coroutines[r].is_none() {
-                let co = self.start(rank);
-                self.coroutines[r] = Some(co);
+            if self.coroutines[g].is_none() {
+                let co = self.start(gid);
+                self.coroutines[g] = Some(co);
             }
-            let co = self.coroutines[r].as_mut().expect("just made");
-            CURRENT.with(|c| c.set(&self.ctxs[r]));
+            let co = self.coroutines[g].as_mut().expect("just made");
+            CURRENT.with(|c| c.set(&self.ctxs[g]));
             let result = co.resume(resume);
             CURRENT.with(|c| c.set(std::ptr::null()));
-            let block = &*self.block;
             match result {
                 CoroutineResult::Yield(Suspend::Blocked) => {}
-                CoroutineResult::Yield(Suspend::Yield) => block.queue.borrow_mut().push_back(rank),
+                CoroutineResult::Yield(Suspend::Yield) => cluster.queue.borrow_mut().push_back(gid),
                 CoroutineResult::Yield(Suspend::Poll(what)) => {
-                    self.polling[r] = Some(what);
+                    self.polling[g] = Some(what);
                     let queued = {
-                        let mut q = block.queue.borrow_mut();
-                        q.push_back(rank);
+                        let mut q = cluster.queue.borrow_mut();
+                        q.push_back(gid);
                         q.len()
                     };
-                    if block.events.get() == quiet_since {
+                    if cluster.events.get() == quiet_since {
                         vain_polls += 1;
                     } else {
-                        (quiet_since, vain_polls) = (block.events.get(), 1);
+                        (quiet_since, vain_polls) = (cluster.events.get(), 1);
                     }
                     // Every queued thread has polled in vain since anything last happened.
-                    if vain_polls >= queued && !block.failed() {
-                        if block.extensions.on_idle(block.shared.window()) {
-                            block.events.set(block.events.get() + 1);
+                    if vain_polls >= queued && !cluster.failed.get() {
+                        let woke = self.blocks.iter().fold(false, |woke, b| {
+                            b.extensions.on_idle(b.shared.window()) | woke
+                        });
+                        if woke {
+                            cluster.event();
                         } else {
-                            let pollers: Vec<&'static str> =
-                                self.polling.iter().flatten().copied().collect();
-                            first_error = Some(format!(
-                                "{}: deadlock: {}",
-                                block.coordinates(),
-                                block.waits(&pollers)
-                            ));
+                            first_error = Some((first, self.deadlock()));
                             break;
                         }
                     }
                 }
                 CoroutineResult::Return(outcome) => {
-                    let co = self.coroutines[r].take().expect("it just ran");
+                    let co = self.coroutines[g].take().expect("it just ran");
                     self.stacks.push(co.into_stack());
                     if let Outcome::Failed(msg) = outcome {
-                        let t = self.ctxs[r].thread_idx;
-                        block.failed.set(true);
+                        let t = self.ctxs[g].thread_idx;
+                        cluster.failed.set(true);
+                        let block = self.block_of(gid);
                         first_error.get_or_insert_with(|| {
-                            format!(
-                                "{} thread ({}, {}, {}): {msg}",
-                                block.coordinates(),
-                                t.x,
-                                t.y,
-                                t.z
+                            (
+                                first + (gid / threads) as u64,
+                                format!(
+                                    "{} thread ({}, {}, {}): {msg}",
+                                    block.coordinates(),
+                                    t.x,
+                                    t.y,
+                                    t.z
+                                ),
                             )
                         });
                     }
-                    self.exit(rank);
+                    self.exit(gid);
                 }
             }
         }
         self.abort_all();
         if first_error.is_none() {
-            let block = &*self.block;
-            if let Err(msg) = block.extensions.on_block_exit(block.shared.window()) {
-                first_error = Some(format!("{}: {msg}", block.coordinates()));
+            for (r, b) in self.blocks.iter().enumerate() {
+                if let Err(msg) = b.extensions.on_block_exit(b.shared.window()) {
+                    first_error = Some((first + r as u64, format!("{}: {msg}", b.coordinates())));
+                    break;
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// A coroutine for thread `rank`, on a pooled stack.
-    fn start(&mut self, rank: u32) -> ThreadCoroutine {
+    /// The deadlock report: what every block's live threads wait for. A lone block is
+    /// described as it always was; a cluster names each block with live threads, and
+    /// `cluster_sync` if threads wait there.
+    fn deadlock(&self) -> String {
+        let threads = self.threads as usize;
+        let pollers = |r: usize| -> Vec<&'static str> {
+            self.polling[r * threads..(r + 1) * threads]
+                .iter()
+                .flatten()
+                .copied()
+                .collect()
+        };
+        if self.blocks.len() == 1 {
+            let block = &self.blocks[0];
+            return format!(
+                "{}: deadlock: {}",
+                block.coordinates(),
+                block.waits(&pollers(0))
+            );
+        }
+        let mut parts = Vec::new();
+        let cluster_wait = self.cluster.barrier.waiting();
+        if cluster_wait > 0 {
+            parts.push(format!(
+                "cluster_sync reached by {cluster_wait} of {} live threads of the cluster",
+                self.cluster.barrier.expected()
+            ));
+        }
+        for (r, b) in self.blocks.iter().enumerate() {
+            let live = b.live.get();
+            if live == 0 {
+                parts.push(format!("{} (rank {r}): every thread has exited", b.coordinates()));
+                continue;
+            }
+            let waits = b.waits(&pollers(r));
+            parts.push(format!(
+                "{} (rank {r}, {live} live threads){}{waits}",
+                b.coordinates(),
+                if waits.is_empty() { "" } else { ": " }
+            ));
+        }
+        format!(
+            "cluster of blocks {}..={}: deadlock: {}",
+            self.blocks[0].coordinates(),
+            self.blocks[self.blocks.len() - 1].coordinates(),
+            parts.join("; ")
+        )
+    }
+
+    /// A coroutine for thread `gid`, on a pooled stack.
+    fn start(&mut self, gid: u32) -> ThreadCoroutine {
         let stack = self.stack();
         let kernel: *const (dyn Fn() + Sync + 'k) = self.kernel;
-        let ctx: *const ThreadCtx = &self.ctxs[rank as usize];
+        let ctx: *const ThreadCtx = &self.ctxs[gid as usize];
         let body = move |yielder: &Yielder<Resume, Suspend>, _: Resume| {
             // SAFETY: the driver keeps `ctxs` and the kernel alive, and finishes (or drops)
             // every coroutine before either goes away.
@@ -229,22 +319,24 @@ impl<'k> Driver<'k> {
             }
         };
         // SAFETY: `body` borrows the kernel and this driver's contexts, both of which outlive
-        // the coroutine: `run_block` completes every coroutine it starts (`abort_all`), and the
+        // the coroutine: `run_cluster` completes every coroutine it starts (`abort_all`), and the
         // driver's `Drop` would unwind any left over before the contexts are freed.
         unsafe { Coroutine::with_stack_unchecked(stack, body) }
     }
 
-    /// Thread `rank` has returned: barriers and collectives stop waiting for it.
-    fn exit(&self, rank: u32) {
-        let block = &*self.block;
+    /// Thread `gid` has returned: barriers and collectives stop waiting for it.
+    fn exit(&self, gid: u32) {
+        let block = self.block_of(gid);
+        let queue = block.queue();
         block.live.set(block.live.get() - 1);
-        block.barrier.leave(&block.queue);
-        block.groups.leave(rank, &block.queue);
+        block.barrier.leave(queue);
+        block.groups.leave(gid % self.threads, queue);
+        self.cluster.barrier.leave(queue);
     }
 
     /// Unwinds every thread still suspended (after a failure or a deadlock).
     fn abort_all(&mut self) {
-        self.block.failed.set(true);
+        self.cluster.failed.set(true);
         for r in 0..self.coroutines.len() {
             if let Some(mut co) = self.coroutines[r].take() {
                 CURRENT.with(|c| c.set(&self.ctxs[r]));
@@ -258,7 +350,7 @@ impl<'k> Driver<'k> {
                 }
             }
         }
-        self.block.queue.borrow_mut().clear();
+        self.cluster.queue.borrow_mut().clear();
     }
 }
 
@@ -300,19 +392,42 @@ fn drivers() -> usize {
 /// block with the lowest linear index (the one a sequential run would have reported first);
 /// blocks after it may or may not have run.
 pub fn launch<F: Fn() + Sync>(cfg: LaunchConfig, kernel: F) -> Result<(), EmuError> {
+    launch_cluster(cfg, 1, kernel)
+}
+
+/// [`launch`] in thread-block clusters of `cluster` consecutive blocks along x (a kernel
+/// declared with `kernel! { threads = N; cluster = C; ... }`): the blocks of a cluster run
+/// together on one OS thread (see `cluster.rs`). `cfg.grid.x` must be a multiple of `cluster`.
+pub fn launch_cluster<F: Fn() + Sync>(
+    cfg: LaunchConfig,
+    cluster: u32,
+    kernel: F,
+) -> Result<(), EmuError> {
     check_limits(&cfg)?;
+    if !(1..=MAX_CLUSTER_BLOCKS).contains(&cluster) {
+        return Err(EmuError(format!(
+            "clusters of {cluster} blocks: the emulator runs 1..={MAX_CLUSTER_BLOCKS}"
+        )));
+    }
+    if !cfg.grid.x.is_multiple_of(cluster) {
+        return Err(EmuError(format!(
+            "grid {:?}: x ({}) is not a multiple of the cluster size {cluster}",
+            cfg.grid, cfg.grid.x
+        )));
+    }
     let blocks = cfg.grid.count();
+    let clusters = blocks / u64::from(cluster);
     let next = AtomicU64::new(0);
     let failed_at = AtomicU64::new(u64::MAX);
     let failure: Mutex<Option<(u64, String)>> = Mutex::new(None);
     let drive = || {
-        let mut driver = Driver::new(&kernel, &cfg);
+        let mut driver = Driver::new(&kernel, &cfg, cluster);
         loop {
-            let b = next.fetch_add(1, Ordering::Relaxed);
-            if b >= blocks || b > failed_at.load(Ordering::Relaxed) {
+            let first = next.fetch_add(1, Ordering::Relaxed) * u64::from(cluster);
+            if first >= blocks || first > failed_at.load(Ordering::Relaxed) {
                 break;
             }
-            if let Err(msg) = driver.run_block(b) {
+            if let Err((b, msg)) = driver.run_cluster(first) {
                 failed_at.fetch_min(b, Ordering::Relaxed);
                 let mut f = lock(&failure);
                 if f.as_ref().is_none_or(|(at, _)| b < *at) {
@@ -321,7 +436,7 @@ pub fn launch<F: Fn() + Sync>(cfg: LaunchConfig, kernel: F) -> Result<(), EmuErr
             }
         }
     };
-    let n = drivers().min(blocks.min(MAX_DRIVERS as u64) as usize);
+    let n = drivers().min(clusters.min(MAX_DRIVERS as u64) as usize);
     if n <= 1 {
         drive();
     } else {

@@ -8,6 +8,7 @@
 
 use super::MAX_SHARED_BYTES_PER_BLOCK;
 use super::block::ctx;
+use super::cluster::{is_mapped, resolve};
 use crate::device::types::SharedWord;
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
@@ -115,16 +116,26 @@ fn poisoned(words: usize) -> Box<[Cell<u32>]> {
 
 /// A block's shared memory addressed by shared-window byte address (what `Shared::addr`
 /// returns), for emulated instructions that take shared-memory addresses: `wgmma` operand
-/// descriptors, bulk and TMA copies, `mbarrier` objects. Valid while its block runs.
+/// descriptors, bulk and TMA copies, `mbarrier` objects. Valid while its block runs. A
+/// cluster-mapped address (`map_shared_to_rank`) reaches that block's memory instead.
 #[derive(Clone, Copy)]
 pub struct SharedWindow {
     mem: *const SharedMem,
 }
 
 impl SharedWindow {
-    fn word<R>(self, addr: u32, what: &str, f: impl FnOnce(&Cell<u32>) -> R) -> R {
+    /// The memory `addr` is in, and its offset there.
+    fn target(self, addr: u32) -> (&'static SharedMem, u32) {
+        if is_mapped(addr) {
+            let (block, offset, _) = resolve(addr);
+            return (&block.shared, offset);
+        }
         // SAFETY: handed out by a live block's `SharedMem`, used while that block runs.
-        let regions = unsafe { &*self.mem }.regions.borrow();
+        (unsafe { &*self.mem }, addr)
+    }
+    fn word<R>(self, addr: u32, what: &str, f: impl FnOnce(&Cell<u32>) -> R) -> R {
+        let (mem, addr) = self.target(addr);
+        let regions = mem.regions.borrow();
         let found = regions.iter().find_map(|r| {
             let off = addr.checked_sub(r.addr)? as usize;
             (off / 4 < r.words.len()).then(|| &r.words[off / 4])
@@ -140,8 +151,8 @@ impl SharedWindow {
     /// Whether `bytes` bytes from `addr` lie inside one shared array (the dynamic one, or a
     /// static one): what an instruction that reads or writes a range checks first.
     pub fn contains(self, addr: u32, bytes: u32) -> bool {
-        // SAFETY: as in `word`.
-        let regions = unsafe { &*self.mem }.regions.borrow();
+        let (mem, addr) = self.target(addr);
+        let regions = mem.regions.borrow();
         regions.iter().any(|r| {
             addr.checked_sub(r.addr)
                 .is_some_and(|off| off as u64 + bytes as u64 <= r.words.len() as u64 * 4)
@@ -165,8 +176,8 @@ impl SharedWindow {
         })
     }
     fn range<R>(self, addr: u32, len: usize, what: &str, f: impl FnOnce(&[Cell<u32>]) -> R) -> R {
-        // SAFETY: as in `word`.
-        let regions = unsafe { &*self.mem }.regions.borrow();
+        let (mem, addr) = self.target(addr);
+        let regions = mem.regions.borrow();
         let found = regions.iter().find_map(|r| {
             let off = addr.checked_sub(r.addr)? as usize;
             (off / 4 + len <= r.words.len()).then(|| &r.words[off / 4..off / 4 + len])

@@ -8,10 +8,15 @@
 //! phase of parity `p` has completed, i.e. the current (incomplete) phase's parity is not `p`:
 //! before anything completes, `try_wait(1)` is true (the "phase before phase 0") and
 //! `try_wait(0)` false, which is what a producer's first wait on an empty slot relies on.
+//!
+//! In a cluster, a barrier lives in one block's state; a remote arrival (`arrive_cluster`) or a
+//! multicast copy's `complete_tx` from another block changes that block's barrier directly (the
+//! blocks of a cluster run on one OS thread, so nothing else touches it meanwhile).
 
 use super::race::Races;
-use super::{Hopper, with_hopper};
+use super::{Hopper, cta_relative, with_hopper, with_hopper_in};
 use crate::device::emu::block::{ctx, spin_wait};
+use crate::device::emu::cluster::peer;
 use crate::device::emu::shared::shared_window;
 use crate::device::types::Dim3;
 
@@ -120,11 +125,14 @@ impl Mbarriers {
         }
     }
 
-    fn arrive(&mut self, races: &mut Races, addr: u32, tx_bytes: Option<u32>) {
-        let op = if tx_bytes.is_some() {
-            "mbarrier.arrive.expect_tx"
-        } else {
-            "mbarrier.arrive"
+    /// An arrival by the running thread; `local` false for one from another block of the
+    /// cluster, which carries no happens-before edge (the race model is per block: see
+    /// `race.rs`).
+    fn arrive(&mut self, races: &mut Races, addr: u32, tx_bytes: Option<u32>, local: bool) {
+        let op = match (tx_bytes.is_some(), local) {
+            (true, _) => "mbarrier.arrive.expect_tx",
+            (false, true) => "mbarrier.arrive",
+            (false, false) => "mbarrier.arrive.release.cluster.shared::cluster",
         };
         let b = self.get(addr, op);
         if let Some(bytes) = tx_bytes {
@@ -148,7 +156,9 @@ impl Mbarriers {
             );
         }
         b.pending -= 1;
-        races.release(ctx().rank as usize, &mut b.arrivals);
+        if local {
+            races.release(ctx().rank as usize, &mut b.arrivals);
+        }
         b.settle();
     }
 
@@ -253,6 +263,7 @@ impl Mbarriers {
 
 /// `mbarrier.init.shared::cta.b64 [bar], count`.
 pub fn mbarrier_init(bar: u32, count: u32) {
+    cta_relative(bar, "mbarrier.init.shared::cta");
     if !bar.is_multiple_of(8) {
         panic!("mbarrier.init at shared address {bar:#x}: a barrier is 8-byte aligned");
     }
@@ -264,17 +275,38 @@ pub fn mbarrier_init(bar: u32, count: u32) {
 
 /// `mbarrier.arrive.shared::cta.b64 _, [bar]`.
 pub fn mbarrier_arrive(bar: u32) {
-    with_hopper(|h| h.bars.arrive(&mut h.races, bar, None))
+    cta_relative(bar, "mbarrier.arrive.shared::cta");
+    with_hopper(|h| h.bars.arrive(&mut h.races, bar, None, true))
+}
+
+/// `mapa.shared::cluster.u32 r, bar, rank` + `mbarrier.arrive.release.cluster.shared::cluster.b64
+/// _, [r]`: an arrival on the barrier at offset `bar` of the cluster's block `rank`.
+pub fn mbarrier_arrive_cluster(bar: u32, rank: u32) {
+    const OP: &str = "mbarrier.arrive.release.cluster.shared::cluster";
+    cta_relative(bar, OP);
+    let block = peer(rank, OP);
+    if block.cluster_rank == ctx().block().cluster_rank {
+        return with_hopper(|h| h.bars.arrive(&mut h.races, bar, None, true));
+    }
+    if block.live.get() == 0 {
+        panic!(
+            "{OP} on the mbarrier at {bar:#x} of block rank {rank}, whose threads have all \
+             exited: its shared memory is gone (cluster_sync before a block exits)"
+        );
+    }
+    with_hopper_in(block, |h| h.bars.arrive(&mut h.races, bar, None, false))
 }
 
 /// `mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], bytes`: announces `bytes`, then
 /// arrives (the bytes count in the phase the arrival belongs to).
 pub fn mbarrier_arrive_expect_tx(bar: u32, bytes: u32) {
-    with_hopper(|h| h.bars.arrive(&mut h.races, bar, Some(bytes)))
+    cta_relative(bar, "mbarrier.arrive.expect_tx.shared::cta");
+    with_hopper(|h| h.bars.arrive(&mut h.races, bar, Some(bytes), true))
 }
 
 /// `mbarrier.try_wait.parity`: whether the phase of parity `parity` has completed.
 pub fn mbarrier_try_wait(bar: u32, parity: u32) -> bool {
+    cta_relative(bar, "mbarrier.try_wait.parity.shared::cta");
     with_hopper(|h| h.bars.try_wait(&mut h.races, bar, parity))
 }
 

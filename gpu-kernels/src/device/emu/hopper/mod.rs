@@ -21,13 +21,15 @@ mod race;
 mod tma;
 mod wgmma;
 
-use super::block_state::{BlockExtension, with_block_state};
+use super::block::Block;
+use super::block_state::{BlockExtension, with_block_state, with_block_state_in};
 use super::shared::SharedWindow;
 
 pub use mbarrier::{
-    mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_try_wait, mbarrier_wait,
+    mbarrier_arrive, mbarrier_arrive_cluster, mbarrier_arrive_expect_tx, mbarrier_init,
+    mbarrier_try_wait, mbarrier_wait,
 };
-pub use tma::{acquire_tensor_map, bulk_load, cp_async_16, tma_load_2d};
+pub use tma::{acquire_tensor_map, bulk_load, cp_async_16, tma_load_2d, tma_load_2d_multicast};
 pub use wgmma::{wgmma_commit, wgmma_fence, wgmma_rs, wgmma_ss, wgmma_wait};
 
 /// A block's Hopper state: its barriers, the happens-before clocks and the shared-memory
@@ -41,6 +43,22 @@ struct Hopper {
 
 fn with_hopper<R>(f: impl FnOnce(&mut Hopper) -> R) -> R {
     with_block_state(f)
+}
+
+/// The Hopper state of `block`, another block of the running thread's cluster.
+fn with_hopper_in<R>(block: &Block, f: impl FnOnce(&mut Hopper) -> R) -> R {
+    with_block_state_in(block, f)
+}
+
+/// Refuses a cluster-mapped address (`map_shared_to_rank`) where `op` takes a CTA-relative one
+/// (`.shared::cta`, or a multicast's per-block offset).
+fn cta_relative(addr: u32, op: &str) {
+    if super::cluster::is_mapped(addr) {
+        panic!(
+            "{op}: {addr:#x} is a cluster-mapped address (map_shared_to_rank); this operand \
+             takes the block's own shared address"
+        );
+    }
 }
 
 impl BlockExtension for Hopper {

@@ -12,6 +12,16 @@
 //! - a copy's bytes have landed for whoever observed the completion of the barrier phase the
 //!   copy counted in.
 //!
+//! Clusters: the clocks are per block. Within a block everything above holds, whatever other
+//! blocks do. Across blocks nothing is tracked: a remote arrival (`arrive_cluster`) completes
+//! the peer's phase but adds no edge to its clock, and a multicast copy that lands in a peer's
+//! memory is checked there for read-after-write (the peer's `wgmma`s must have seen the
+//! peer's own barrier phase complete, which is how a multicast is consumed) but not for
+//! write-after-read (the issuing thread has no clock in the peer). So a producer that refills
+//! a multicast slot before the *peer's* consumers released it is not reported by this
+//! module; with the emulator's copies landing at once it overwrites data those consumers have
+//! yet to read, which a kernel's result check sees.
+//!
 //! Checked: a `wgmma` may read bytes a copy wrote only if some thread of its warpgroup observed
 //! that copy's phase complete before issuing it (read after write); a copy may overwrite bytes
 //! a `wgmma` read only if, for some thread of the reading warpgroup, that thread's
@@ -154,12 +164,14 @@ impl Races {
 
     /// Thread `rank` issues `op`, writing `[dst, dst + bytes)`, counted in `phase` of the
     /// barrier at `bar` (clock entry `agent`): every `wgmma` read of those bytes must have
-    /// been retired by a wait that happens before this.
+    /// been retired by a wait that happens before this. `rank` is None for a multicast copy
+    /// issued by another block of the cluster: its issuing thread has no clock here, so the
+    /// write-after-read check is skipped (see the module docs); the write is still recorded.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write(
         &mut self,
         threads: usize,
-        rank: usize,
+        rank: Option<usize>,
         op: &'static str,
         dst: u32,
         bytes: u32,
@@ -171,10 +183,11 @@ impl Races {
         for l in self.lines(dst, bytes) {
             for id in std::mem::take(&mut self.lines[l].reads) {
                 let r = &self.ops[id as usize];
-                let retired =
+                let retired = rank.is_none_or(|rank| {
                     r.ends.iter().enumerate().any(|(m, &end)| {
                         end != 0 && at(&self.vc[rank], r.first as usize + m) >= end
-                    });
+                    })
+                });
                 if !retired {
                     let wg = r.first / 128;
                     panic!(

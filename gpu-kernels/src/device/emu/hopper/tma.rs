@@ -14,17 +14,23 @@
 //! (`CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE`), and counts the whole box's bytes, zeros included.
 //! Coordinates are signed (`.s32` in PTX): a negative one selects rows or columns before the
 //! tensor, which read as zero.
+//!
+//! A multicast copy (`.multicast::cluster`) is the same copy landing, at once, in each block of
+//! its CTA mask, each one's barrier credited with the whole box: the PTX ISA's semantics, and
+//! what lets each block wait on its own barrier alone.
 
-use super::with_hopper;
+use super::{cta_relative, with_hopper_in};
 use crate::device::In;
 use crate::device::async_copy::{EMULATED_TENSOR_MAP_MAGIC, Swizzle, TensorMap};
-use crate::device::emu::block::ctx;
-use crate::device::emu::shared::shared_window;
+use crate::device::emu::block::{Block, ctx};
+use crate::device::emu::cluster::peer;
+use crate::device::emu::shared::{SharedWindow, shared_window};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the emulator lays bytes into shared-memory words little-endian, as the GPU does");
 
 const TENSOR_OP: &str = "cp.async.bulk.tensor.2d";
+const MULTICAST_OP: &str = "cp.async.bulk.tensor.2d.multicast::cluster";
 const BULK_OP: &str = "cp.async.bulk";
 
 /// A decoded, validated emulator tensor map (see `TensorMap::emulated_2d`).
@@ -133,25 +139,28 @@ pub fn acquire_tensor_map(map: In<TensorMap>) {
     decode(map, "fence.proxy.tensormap::generic.acquire");
 }
 
-/// Checks the destination range and the barrier (initialised, not overwritten by the copy),
-/// and that the write is ordered after every `wgmma` read of those bytes (`race.rs`).
-fn check_destination(op: &'static str, dst: u32, bytes: u64, align: u32, bar: u32) {
+/// Checks the destination range in `block` (the running thread's own, or for a multicast a
+/// peer in its cluster) and the barrier there (initialised, not overwritten by the copy), and
+/// that the write is ordered after every `wgmma` read of those bytes (`race.rs`; only in the
+/// issuing thread's own block, see there).
+fn check_destination(block: &Block, op: &'static str, dst: u32, bytes: u64, align: u32, bar: u32) {
     if !dst.is_multiple_of(align) {
         panic!("{op}: shared destination {dst:#x} is not {align}-byte aligned");
     }
-    if bytes > u32::MAX as u64 || !shared_window().contains(dst, bytes as u32) {
+    if bytes > u32::MAX as u64 || !block.shared.window().contains(dst, bytes as u32) {
         panic!(
             "{op}: {bytes} bytes at shared address {dst:#x} do not fit in the block's shared \
              memory"
         );
     }
     let c = ctx();
-    with_hopper(|h| {
+    let own = std::ptr::eq(block, c.block());
+    with_hopper_in(block, |h| {
         let (agent, phase) = h.bars.check_copy(bar, dst, bytes as u32, op);
         let threads = c.block_dim.count() as usize;
         h.races.write(
             threads,
-            c.rank as usize,
+            own.then_some(c.rank as usize),
             op,
             dst,
             bytes as u32,
@@ -162,9 +171,9 @@ fn check_destination(op: &'static str, dst: u32, bytes: u64, align: u32, bar: u3
     });
 }
 
-/// Credits `bytes` to the barrier's current phase.
-fn complete_tx(bar: u32, bytes: u32, op: &str) {
-    with_hopper(|h| h.bars.complete_tx(bar, bytes, op));
+/// Credits `bytes` to the current phase of `block`'s barrier at `bar`.
+fn complete_tx(block: &Block, bar: u32, bytes: u32, op: &str) {
+    with_hopper_in(block, |h| h.bars.complete_tx(bar, bytes, op));
 }
 
 /// `u32` words viewed as bytes (for copying raw bytes into them).
@@ -176,18 +185,62 @@ fn as_bytes(words: &mut [u32]) -> &mut [u8] {
 /// `cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [dst],
 /// [map, {x, y}], [bar]`: the box at column `x`, row `y` (signed) into shared memory at `dst`.
 pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
+    cta_relative(dst, TENSOR_OP);
+    cta_relative(bar, TENSOR_OP);
     let m = decode(map, TENSOR_OP);
-    let bytes = m.box_bytes();
-    // The CUDA programming guide's TMA alignment table: shared destinations 128-byte aligned;
-    // with the 128-byte swizzle, on the 1024-byte period of the pattern (the hardware applies it
-    // to address bits, and kiln's descriptors assume the box starts a period).
-    let align = match m.swizzle {
+    let block = ctx().block();
+    check_destination(block, TENSOR_OP, dst, m.box_bytes(), box_align(&m), bar);
+    land(block.shared.window(), dst, &read_box(&m, x, y), m.swizzle);
+    complete_tx(block, bar, m.box_bytes() as u32, TENSOR_OP);
+}
+
+/// `cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes
+/// .multicast::cluster [dst], [map, {x, y}], [bar], cta_mask`: the box, read once, lands at
+/// offset `dst` of every block of the cluster whose rank is set in `cta_mask`, and each one's
+/// barrier at offset `bar` is credited with the box's bytes.
+pub fn tma_load_2d_multicast(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32, cta_mask: u16) {
+    cta_relative(dst, MULTICAST_OP);
+    cta_relative(bar, MULTICAST_OP);
+    let size = ctx().block().cluster.size;
+    if cta_mask == 0 {
+        panic!("{MULTICAST_OP}: the CTA mask is empty (no block would receive the box)");
+    }
+    if u32::from(cta_mask) >> size != 0 {
+        panic!(
+            "{MULTICAST_OP}: the CTA mask {cta_mask:#b} names block ranks beyond the cluster of \
+             {size} block(s)"
+        );
+    }
+    let m = decode(map, MULTICAST_OP);
+    let (bytes, align) = (m.box_bytes(), box_align(&m));
+    let packed = read_box(&m, x, y);
+    for rank in (0..size).filter(|r| cta_mask >> r & 1 == 1) {
+        let block = peer(rank, MULTICAST_OP);
+        if block.live.get() == 0 {
+            panic!(
+                "{MULTICAST_OP}: block rank {rank} of the CTA mask {cta_mask:#b} has exited: its \
+                 shared memory is gone (cluster_sync before a block exits)"
+            );
+        }
+        check_destination(block, MULTICAST_OP, dst, bytes, align, bar);
+        land(block.shared.window(), dst, &packed, m.swizzle);
+        complete_tx(block, bar, bytes as u32, MULTICAST_OP);
+    }
+}
+
+/// The CUDA programming guide's TMA alignment table: shared destinations 128-byte aligned;
+/// with the 128-byte swizzle, on the 1024-byte period of the pattern (the hardware applies it
+/// to address bits, and kiln's descriptors assume the box starts a period).
+fn box_align(m: &Map2d) -> u32 {
+    match m.swizzle {
         Swizzle::None => 128,
         Swizzle::B128 => 1024,
-    };
-    check_destination(TENSOR_OP, dst, bytes, align, bar);
-    // The box, packed row after row.
-    let mut packed = vec![0u32; (bytes / 4) as usize];
+    }
+}
+
+/// The box at column `x`, row `y` (signed) of `m`, packed row after row, zeros outside.
+fn read_box(m: &Map2d, x: u32, y: u32) -> Vec<u32> {
+    let mut packed = vec![0u32; (m.box_bytes() / 4) as usize];
     let row_bytes = (m.box_cols * m.elem) as usize;
     let (x, y) = (x as i32 as i64, y as i32 as i64);
     let raw = as_bytes(&mut packed);
@@ -212,9 +265,13 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
             std::ptr::copy_nonoverlapping(src as *const u8, raw[at..at + len].as_mut_ptr(), len)
         };
     }
-    let shared = shared_window();
-    match m.swizzle {
-        Swizzle::None => shared.write(dst, &packed),
+    packed
+}
+
+/// Writes the packed box into `shared` at `dst` as the swizzle lays it out.
+fn land(shared: SharedWindow, dst: u32, packed: &[u32], swizzle: Swizzle) {
+    match swizzle {
+        Swizzle::None => shared.write(dst, packed),
         Swizzle::B128 => {
             // Each 16-byte chunk at box offset `o` lands at `o ^ ((o >> 7) & 7) << 4`.
             for (chunk, words) in packed.chunks_exact(4).enumerate() {
@@ -223,7 +280,6 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
             }
         }
     }
-    complete_tx(bar, bytes as u32, TENSOR_OP);
 }
 
 /// `cp.async.cg.shared.global [dst], [src + index elements], 16, valid ? 16 : 0`: 16 bytes
@@ -273,7 +329,10 @@ pub fn bulk_load<T: Copy>(dst: u32, src: In<T>, bytes: u32, bar: u32) {
             src.byte_len()
         );
     }
-    check_destination(BULK_OP, dst, bytes as u64, 16, bar);
+    cta_relative(dst, BULK_OP);
+    cta_relative(bar, BULK_OP);
+    let block = ctx().block();
+    check_destination(block, BULK_OP, dst, bytes as u64, 16, bar);
     let mut words = vec![0u32; bytes as usize / 4];
     // SAFETY: `bytes` ≤ the length of the buffer `src` views (checked above).
     unsafe {
@@ -283,6 +342,6 @@ pub fn bulk_load<T: Copy>(dst: u32, src: In<T>, bytes: u32, bar: u32) {
             bytes as usize,
         )
     };
-    shared_window().write(dst, &words);
-    complete_tx(bar, bytes, BULK_OP);
+    block.shared.window().write(dst, &words);
+    complete_tx(block, bar, bytes, BULK_OP);
 }
