@@ -16,52 +16,11 @@ mod emu_common;
 
 use common::rng;
 use emu_common::expect_err;
-use emu_common::hopper::{Aligned, Bf16Tensor, cfg, random_bf16};
+use emu_common::hopper::{Aligned, Bf16Tensor, cfg, expected_box, random_bf16};
 use gpu_kernels::device::async_copy::{Mbarrier, Swizzle, TensorMap, tma_load_2d};
 use gpu_kernels::device::emu;
 use gpu_kernels::device::{In, Out, sync_threads, thread_idx};
 use gpu_kernels::probe;
-
-/// The box at (`x`, `y`) (signed) of the `[rows][cols]` bf16 tensor `t`, as TMA lays it out in
-/// shared memory, written from the CUDA description rather than the emulator's code: box row
-/// `r` takes 128 bytes, and with the 128-byte swizzle its 16-byte chunk `c` (elements
-/// `8c..8c + 8` of the row) is stored as chunk `c ^ (r % 8)`; without a swizzle rows are
-/// packed. Outside the tensor: zeros.
-#[allow(clippy::too_many_arguments)]
-fn expected_box(
-    t: &[u16],
-    cols: usize,
-    rows: usize,
-    x: i64,
-    y: i64,
-    box_cols: usize,
-    box_rows: usize,
-    swizzled: bool,
-) -> Vec<u32> {
-    let at = |r: usize, c: usize| -> u16 {
-        let (gy, gx) = (y + r as i64, x + c as i64);
-        if gy < 0 || gx < 0 || gy >= rows as i64 || gx >= cols as i64 {
-            0
-        } else {
-            t[gy as usize * cols + gx as usize]
-        }
-    };
-    let mut out = vec![0u16; box_cols * box_rows];
-    for r in 0..box_rows {
-        for c in 0..box_cols {
-            let slot = if swizzled {
-                let (chunk, e) = (c / 8, c % 8);
-                r * 64 + 8 * (chunk ^ (r % 8)) + e
-            } else {
-                r * box_cols + c
-            };
-            out[slot] = at(r, c);
-        }
-    }
-    out.chunks(2)
-        .map(|p| p[0] as u32 | (p[1] as u32) << 16)
-        .collect()
-}
 
 #[test]
 fn tma_box_is_swizzled_and_zero_filled_outside_the_tensor() {

@@ -190,6 +190,21 @@ kernel! {
     }
 }
 
+/// Holds the calling thread back for `rounds` rounds: on the emulator each lets every other
+/// runnable thread of the cluster run first (`yield_now`), on the GPU each spins ~1000 cycles.
+#[inline(always)]
+fn dawdle(rounds: u32) {
+    for _ in 0..rounds {
+        #[cfg(not(target_arch = "nvptx64"))]
+        crate::device::emu::yield_now();
+        #[cfg(target_arch = "nvptx64")]
+        {
+            let t = clock_cycles();
+            while clock_cycles().wrapping_sub(t) < 1000 {}
+        }
+    }
+}
+
 /// Stages of the cluster ring probe, and the bytes of one block's A tile (8 rows of 32 `u32`),
 /// which is also one half of the shared B tile.
 const RING_STAGES: u32 = 2;
@@ -208,7 +223,15 @@ kernel! {
     /// 5 b[t + 384])` (wrapping) over the `k_tiles` steps and writes `out[block · 128 + t]`. A
     /// slot is refilled only when both blocks' consumers released it: each arrives on its own
     /// block's `empty` barrier and on the peer's (`arrive_cluster`), 256 arrivals per phase.
-    pub fn probe_cluster_ring(map_a: In<TensorMap>, map_b: In<TensorMap>, out: Out<u32>, k_tiles: u32) {
+    /// The consumers of block rank 1 hold back `slow` rounds before each step ([`dawdle`]), so
+    /// a ring that let a producer refill a slot the slow peer has yet to read would show.
+    pub fn probe_cluster_ring(
+        map_a: In<TensorMap>,
+        map_b: In<TensorMap>,
+        out: Out<u32>,
+        k_tiles: u32,
+        slow: u32,
+    ) {
         let base = swizzle_aligned_shared_base();
         let a_slot = |s: u32| base + s * RING_TILE;
         let b_slot = |s: u32| base + RING_STAGES * RING_TILE + 2 * s * RING_TILE;
@@ -250,6 +273,9 @@ kernel! {
             let mut acc = 0u32;
             for i in 0..k_tiles {
                 let (s, u) = (i % RING_STAGES, i / RING_STAGES);
+                if rank == 1 {
+                    dawdle(slow);
+                }
                 full(s).wait(u & 1);
                 let (a, b) = (a_slot(s), b_slot(s));
                 let lo = word(a, t).wrapping_mul(word(b, t).wrapping_add(3u32.wrapping_mul(word(b, t + 256))));

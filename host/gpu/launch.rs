@@ -80,9 +80,11 @@ unsafe impl Launcher for Device {
             block: dim(cfg.block),
             dynamic_shared_bytes: cfg.shared_bytes,
         };
-        emu::launch_cluster(emu_cfg, entry.cluster.unwrap_or(1), kernel).map_err(|e| GpuError::Emulator {
-            kernel: entry.name,
-            message: e.0,
+        emu::launch_cluster(emu_cfg, entry.cluster.unwrap_or(1), kernel).map_err(|e| {
+            GpuError::Emulator {
+                kernel: entry.name,
+                message: e.0,
+            }
         })
     }
 }
@@ -245,7 +247,8 @@ mod tests {
                 .expect_err("grid x not a multiple of the cluster size")
                 .to_string();
             assert!(
-                msg.contains(&format!("grid x must be a multiple of {c}")) && msg.contains(clustered.name),
+                msg.contains(&format!("grid x must be a multiple of {c}"))
+                    && msg.contains(clustered.name),
                 "{msg}"
             );
         }

@@ -10,7 +10,8 @@
 //! the Hopper model: `emulator_hopper_mbarrier.rs`, `emulator_hopper_tma.rs` (TMA and bulk
 //! copies), `emulator_hopper_wgmma.rs` (wgmma, and races between copies and wgmmas), then the
 //! real kernels built on them, `emulator_hopper_gemm.rs` and
-//! `emulator_hopper_flash_attention.rs`.
+//! `emulator_hopper_flash_attention.rs`; and thread-block clusters (multicast TMA, remote
+//! arrivals, a ring shared by two blocks), `emulator_cluster.rs`.
 #![allow(dead_code)]
 
 pub mod hopper;

@@ -45,7 +45,7 @@ pub fn cluster_size() -> u32 {
 
 /// Waits until every (non-exited) thread of every block of the cluster has arrived; writes
 /// before it, to any block's shared memory, are visible after it (`barrier.cluster.arrive.release`
-/// + `barrier.cluster.wait.acquire`). Needed after initialising barriers that other blocks
+/// then `barrier.cluster.wait.acquire`). Needed after initialising barriers that other blocks
 /// will arrive on or multicast into, and before a block exits while others may still reach its
 /// shared memory. Also a barrier over the calling block, like `sync_threads`.
 #[inline(always)]
@@ -54,7 +54,10 @@ pub fn cluster_sync() {
     // SAFETY: a barrier; the non-`.aligned` forms allow divergent callers (rustc does not mark
     // inline asm convergent, so nothing promises the warp is converged here).
     unsafe {
-        core::arch::asm!("barrier.cluster.arrive.release;", "barrier.cluster.wait.acquire;")
+        core::arch::asm!(
+            "barrier.cluster.arrive.release;",
+            "barrier.cluster.wait.acquire;"
+        )
     };
     #[cfg(not(target_arch = "nvptx64"))]
     super::emu::cluster_sync();

@@ -39,7 +39,8 @@ pub(super) struct Cluster {
     pub(super) failed: Cell<bool>,
     /// `cluster_sync`: every live thread of every block.
     pub(super) barrier: Gate,
-    /// Its blocks by rank (owned, boxed, by the driver, which outlives every access).
+    /// Its blocks by rank (owned by the driver, in a vector that never grows, which outlives
+    /// every access).
     blocks: RefCell<Vec<*const Block>>,
 }
 
@@ -62,8 +63,8 @@ impl Cluster {
     /// Block `rank` of the cluster (`rank` < `size`).
     pub(super) fn block(&self, rank: u32) -> &Block {
         let p = self.blocks.borrow()[rank as usize];
-        // SAFETY: the driver boxes its blocks before handing their addresses here and drops
-        // them only after the cluster (and every coroutine that could call this) is done.
+        // SAFETY: the driver makes its blocks once, in a vector that never grows, before handing
+        // their addresses here, and drops them only after every coroutine that could call this.
         unsafe { &*p }
     }
 

@@ -6,7 +6,8 @@
 //! [`yield_now`] and [`spin_wait`]. The blocks of a launch are shared among a few drivers
 //! (`KILN_EMU_THREADS`, default the available parallelism), so blocks run in parallel. Nothing
 //! inside a block takes a lock or makes a system call: the cost of a barrier is one coroutine
-//! switch per thread.
+//! switch per thread. The blocks of a thread-block cluster may wait on each other, so a
+//! cluster's blocks run together on one driver, their threads in one run queue ([`cluster`]).
 //!
 //! **Guarantees** (each checked by the `tests/emulator_*.rs` self-tests):
 //! - every global and shared access is bounds-checked; an error names block, thread, index and
@@ -23,7 +24,10 @@
 //! - atomics are atomic across all threads and blocks; launches over sm_90's limits are refused;
 //! - Hopper's `mbarrier`, TMA and bulk copies, and `wgmma` are modelled from the PTX ISA, their
 //!   misuse reported, and copies and `wgmma` reads checked for races ([`hopper`];
-//!   `tests/emulator_hopper_*.rs`).
+//!   `tests/emulator_hopper_*.rs`);
+//! - clusters: `cluster_sync`, cluster-mapped shared addresses, remote `mbarrier` arrivals and
+//!   multicast TMA reach the right block; a failure anywhere in a cluster aborts all of it, and a
+//!   deadlock report names each of its blocks (`tests/emulator_cluster.rs`).
 //!
 //! Scheduling is deterministic within a block (threads start in rank order in even blocks and
 //! in reverse order in odd ones, so a read that misses its barrier sees poison whichever
@@ -47,7 +51,7 @@
 mod api;
 mod block;
 mod block_state;
-mod cluster;
+pub mod cluster;
 mod collective;
 pub mod hopper;
 mod sched;
@@ -60,7 +64,9 @@ pub use api::{
 };
 pub use block::{spin_wait, yield_now};
 pub use block_state::{BlockExtension, with_block_state};
-pub use cluster::{MAX_CLUSTER_BLOCKS, cluster_ctarank, cluster_size, cluster_sync, map_shared_to_rank};
+pub use cluster::{
+    MAX_CLUSTER_BLOCKS, cluster_ctarank, cluster_size, cluster_sync, map_shared_to_rank,
+};
 pub use collective::{Exchange, Group, collective};
 pub use sched::{launch, launch_cluster};
 pub use shared::{

@@ -60,9 +60,9 @@ struct Driver<'k> {
     grid_dim: Dim3,
     threads: u32,
     cluster: Rc<Cluster>,
-    /// The cluster's blocks by rank (one without clusters), boxed: contexts and the cluster
-    /// point at them.
-    blocks: Vec<Box<Block>>,
+    /// The cluster's blocks by rank (one without clusters). Contexts and the cluster point at
+    /// them: the vector is made once and never grows, so they do not move.
+    blocks: Vec<Block>,
     /// Every thread of every block, by cluster-wide id (`ThreadCtx::gid`).
     ctxs: Box<[ThreadCtx]>,
     coroutines: Vec<Option<ThreadCoroutine>>,
@@ -77,17 +77,10 @@ impl<'k> Driver<'k> {
     fn new(kernel: &'k (dyn Fn() + Sync), cfg: &LaunchConfig, cluster_size: u32) -> Self {
         let threads = cfg.block.count() as u32;
         let cluster = Rc::new(Cluster::new(cluster_size, threads));
-        let blocks: Vec<Box<Block>> = (0..cluster_size)
-            .map(|r| {
-                Box::new(Block::new(
-                    threads,
-                    cfg.dynamic_shared_bytes,
-                    cluster.clone(),
-                    r,
-                ))
-            })
+        let blocks: Vec<Block> = (0..cluster_size)
+            .map(|r| Block::new(threads, cfg.dynamic_shared_bytes, cluster.clone(), r))
             .collect();
-        cluster.set_blocks(blocks.iter().map(|b| &**b as *const Block).collect());
+        cluster.set_blocks(blocks.iter().map(|b| b as *const Block).collect());
         let all = cluster_size * threads;
         let ctxs = (0..all)
             .map(|gid| ThreadCtx {
@@ -97,7 +90,7 @@ impl<'k> Driver<'k> {
                 grid_dim: cfg.grid,
                 rank: gid % threads,
                 gid,
-                block: &*blocks[(gid / threads) as usize],
+                block: &blocks[(gid / threads) as usize],
                 yielder: Cell::new(std::ptr::null()),
                 seq: Default::default(),
             })
@@ -279,7 +272,10 @@ impl<'k> Driver<'k> {
         for (r, b) in self.blocks.iter().enumerate() {
             let live = b.live.get();
             if live == 0 {
-                parts.push(format!("{} (rank {r}): every thread has exited", b.coordinates()));
+                parts.push(format!(
+                    "{} (rank {r}): every thread has exited",
+                    b.coordinates()
+                ));
                 continue;
             }
             let waits = b.waits(&pollers(r));

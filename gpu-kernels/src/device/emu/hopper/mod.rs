@@ -15,6 +15,11 @@
 //! with no separate async proxy or descriptor cache, copies land when issued, and a block's
 //! threads run one at a time. `fence.proxy.tensormap::generic.acquire` only checks the map
 //! ([`acquire_tensor_map`]), so a GPU-encoded map is caught at its first use.
+//!
+//! **Clusters.** Each block keeps its own Hopper state; a remote arrival or a multicast copy
+//! from another block of the cluster changes the destination block's state directly
+//! (`with_hopper_in`). The race model stays per block: see `race.rs` for what that leaves
+//! unchecked across blocks.
 
 mod mbarrier;
 mod race;

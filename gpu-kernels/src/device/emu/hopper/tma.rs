@@ -198,7 +198,14 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
 /// .multicast::cluster [dst], [map, {x, y}], [bar], cta_mask`: the box, read once, lands at
 /// offset `dst` of every block of the cluster whose rank is set in `cta_mask`, and each one's
 /// barrier at offset `bar` is credited with the box's bytes.
-pub fn tma_load_2d_multicast(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32, cta_mask: u16) {
+pub fn tma_load_2d_multicast(
+    dst: u32,
+    map: In<TensorMap>,
+    x: u32,
+    y: u32,
+    bar: u32,
+    cta_mask: u16,
+) {
     cta_relative(dst, MULTICAST_OP);
     cta_relative(bar, MULTICAST_OP);
     let size = ctx().block().cluster.size;
