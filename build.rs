@@ -15,7 +15,8 @@
 //!
 //! Outputs: `$OUT_DIR/kernels.ptx` (embedded by the host), `$OUT_DIR/ops_modules.rs`, and for
 //! people and the GPU bundle `target/ptx/kernels.ptx` plus `target/ptx/ptxas-report.txt`
-//! (rustc's own output, before the `.maxntid` / cluster directives, is `target/ptx/kernels.rustc.ptx`).
+//! (rustc's own output, before the `.maxntid` / cluster directives, is
+//! `target/ptx/kernels.rustc.ptx`).
 //!
 //! `KILN_SKIP_PTX=1` builds the host without kernels (the GPU path then reports that clearly).
 

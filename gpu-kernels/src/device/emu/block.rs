@@ -1,7 +1,8 @@
 //! A running block as its GPU threads see it, and how they wait: the running thread's context
 //! (`ctx`, through which the device API answers), the block's state (`Block`: barrier,
 //! collectives, shared memory, extensions, and the cluster it belongs to, which holds the run
-//! queue), the `Gate` that the block barrier, `cluster_sync` and the collectives are built on, and the waiting primitives (`sync_threads`' `barrier`, `yield_now`,
+//! queue), the `Gate` that the block barrier, `cluster_sync` and the collectives are built on,
+//! and the waiting primitives (`sync_threads`' `barrier`, `yield_now`,
 //! `spin_wait`), which suspend the thread's coroutine with a `Suspend` for the scheduler
 //! (`sched.rs`) to act on.
 

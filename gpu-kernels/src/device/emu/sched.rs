@@ -1,8 +1,9 @@
 //! The launcher and scheduler: a launch's blocks go to a few OS threads ("drivers"), and each
 //! driver runs one block at a time (one cluster at a time, for a kernel declared with
 //! clusters: its blocks must make progress together, see `cluster.rs`), every GPU thread of it
-//! a stackful coroutine (`corosensei`) on the driver's OS thread. A coroutine runs until it has to wait (a barrier, a collective,
-//! `yield_now`, a failed `spin_wait` poll) or returns; then the next runnable one is resumed.
+//! a stackful coroutine (`corosensei`) on the driver's OS thread. A coroutine runs until it has
+//! to wait (a barrier, a collective, `yield_now`, a failed `spin_wait` poll) or returns; then
+//! the next runnable one is resumed.
 //! Nothing inside a block needs a lock, an atomic or a system call.
 //!
 //! This file is the OS-thread side: `launch`, the drivers, the coroutines and their stack pool,
