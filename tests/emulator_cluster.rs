@@ -9,6 +9,11 @@
 //! beyond the cluster, an arrival on a block that has exited, a cluster address where a
 //! block's own one is expected. Launches without clusters see a cluster of one.
 //!
+//! `kernels_cluster.rs` runs the same probes through kiln's launch path
+//! (`kiln::gpu::ops::probe_cluster`) on the emulator and, with `KILN_TEST_DEVICE=cuda`, on the
+//! GPU; the misuse cases here that fail on the device (deadlocks, bad ranks, exited blocks)
+//! stay emulator-only: they would hang or trap a GPU.
+//!
 //! Inputs are fresh random data per run (`common::rng`), outputs start poisoned.
 //!
 //! One of the emulator's self-tests, split by what they cover (`emu_common/mod.rs` lists

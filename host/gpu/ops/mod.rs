@@ -1,5 +1,7 @@
 //! Safe launch wrappers, one file per kernel family, named like the kernel file:
-//! `ops/NAME.rs` wraps `gpu-kernels/src/NAME.rs` and is tested by `tests/kernels_NAME.rs`.
+//! `ops/NAME.rs` wraps `gpu-kernels/src/NAME.rs` and is tested by `tests/kernels_NAME.rs`
+//! (one exception: `probe_cluster.rs` wraps the cluster probes of `probe.rs` for
+//! `tests/kernels_cluster.rs` only).
 //! Every `ops/*.rs` is a public module here (declared by build.rs: no list to keep).
 //!
 //! On the GPU, indexing is unchecked: a wrapper checks every length against its shape (a
