@@ -199,7 +199,7 @@ fn main() {
         let pairs = n * k;
         let xg = Routing::grouped_operand(&dev, pairs, hidden, "xg").expect("alloc");
         let h = Routing::grouped_operand(&dev, pairs, ff, "h").expect("alloc");
-        let out = dev.alloc::<f32>(pairs * hidden, "out").expect("alloc");
+        let out = dev.alloc::<u16>(pairs * hidden, "out").expect("alloc");
         let moe = MoeShape {
             tokens: n,
             hidden,

@@ -373,6 +373,37 @@ fn store_f32(
     });
 }
 
+/// The bf16 epilogue: `y[r, c] = bf16(acc)` for rows `row0 + r < end` and columns
+/// `col0 + c < m`. A thread's two adjacent columns go as one packed 4-byte store where both
+/// exist and `m` is even (as [`store_swiglu`]): as many store instructions as the f32
+/// epilogue's 8-byte pairs, for half the bytes.
+#[inline(always)]
+fn store_bf16(
+    (split, half): (Split, u32),
+    acc: &Acc,
+    y: Out<u16>,
+    (row0, end): (u32, u32),
+    (col0, m): (u32, u32),
+) {
+    let (pairs, y2) = (m.is_multiple_of(2), y.cast::<u32>());
+    for_each_pair(split, half, acc, |r, c, v0, v1| {
+        let (r, c) = (row0 + r, col0 + c);
+        if r >= end {
+            return;
+        }
+        let at = r * m + c;
+        if pairs && c + 1 < m {
+            y2.set((at / 2) as usize, pack_bf16x2(v0, v1));
+            return;
+        }
+        for (i, v) in [(0, v0), (1, v1)] {
+            if c + i < m {
+                y.set((at + i) as usize, f32_to_bf16(v));
+            }
+        }
+    });
+}
+
 /// The SwiGLU epilogue of a gate|up tile (per consumer and half: 64 gate columns, then the
 /// matching 64 up columns): `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end`
 /// and `out0 + c < m`, `out0` the block's first output feature. Adjacent outputs go as one
@@ -456,6 +487,25 @@ impl TileStore for SwigluStore {
         store_swiglu((split, 0), acc, h, rows, out0, m);
         if split.wide() {
             store_swiglu((split, 1), acc_hi, h, rows, out0, m);
+        }
+    }
+}
+
+/// bf16 out ([`store_bf16`]): tile column block `c` is output columns `c · cols..`.
+struct Bf16Store {
+    split: Split,
+    y: Out<u16>,
+    m: u32,
+}
+
+impl TileStore for Bf16Store {
+    #[inline(always)]
+    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
+        let (split, y, m) = (self.split, self.y, self.m);
+        let (rows, col0) = ((tile.row0, tile.end), tile.col * split.cols());
+        store_bf16((split, 0), acc, y, rows, (col0, m));
+        if split.wide() {
+            store_bf16((split, 1), acc_hi, y, rows, (col0, m));
         }
     }
 }
@@ -593,12 +643,14 @@ kernel! {
     threads = THREADS;
     /// MoE down projection for every expert in one launch: expert-grouped rows of `map_x`
     /// (bf16 `[pairs][k]`), expert `e`'s weights rows `e·m..` of `map_w` (`[experts·m][k]`).
-    /// `y`: f32 `[pairs][m]`. Persistent: any 1-D grid; `GROUPED_SHARED_BYTES`.
-    pub fn moe_gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
+    /// `y`: bf16 `[pairs][m]` (each element one rounding of its f32 accumulator: the combine
+    /// reads these rows `top_k` times per token, so they are half the bytes of f32 rows, and
+    /// transformers keeps expert outputs in bf16 too). Persistent: any 1-D grid;
+    /// `GROUPED_SHARED_BYTES`.
+    pub fn moe_gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let table = (tiles, num_tiles, offsets);
         let tile_at = |t| grouped_tile(t, table, m.div_ceil(GROUPED_BN as u32), m);
-        let (split, bias, flags) = (Split::WideRows, y.as_in(), 0);
-        let out = F32Store { split, y, bias, m, flags };
-        persistent(split, (map_x, map_w), k, tile_at, out);
+        let split = Split::WideRows;
+        persistent(split, (map_x, map_w), k, tile_at, Bf16Store { split, y, m });
     }
 }

@@ -1,14 +1,16 @@
-//! Mixture-of-experts routing and combination around the grouped GEMMs in `gemm.rs`:
+//! Mixture-of-experts routing and combination around the grouped GEMMs in `gemm_wgmma.rs`:
 //! top-k selection per token, grouping of (token, slot) pairs by expert with a tile table for
 //! the grouped GEMM, and the one-launch weighted scatter-reduce back to token order.
 //!
 //! Batch invariance: each token's routing is computed by one warp in a fixed order (xor
 //! butterflies over the same lanes whatever the launch); the grouping (a histogram per chunk of
 //! pairs, a scan, a placement) only decides *where* a pair's row is stored (stable: by expert,
-//! then pair id), and a row's GEMM result does not depend on its neighbours;
-//! the combine sums each token's expert outputs in top-k slot order and adds the shared expert
-//! last, so no sum depends on how many tokens share a launch or an expert.
+//! then pair id), and a row's GEMM result does not depend on its neighbours (nor does its bf16
+//! rounding, a function of each element's own accumulator); the combine sums each token's
+//! expert outputs in top-k slot order and adds the shared expert last, so no sum depends on how
+//! many tokens share a launch or an expert.
 
+use crate::device::float::unpack_bf16x2;
 use crate::device::math::{exp, fma, max, sigmoid};
 use crate::device::*;
 /// Rows per tile of the grouped GEMMs (`gemm_wgmma::GROUPED_BM`).
@@ -288,17 +290,19 @@ kernel! {
     }
 }
 
-/// Features one thread of `moe_combine` sums, with 16-byte loads and stores (`hidden` must be
-/// a multiple; the grouped GEMMs' tensor maps already need a multiple of 8).
+/// Features one thread of `moe_combine` sums: 8-byte loads of bf16 expert rows, 16-byte loads
+/// and stores of the f32 residual (`hidden` must be a multiple; the grouped GEMMs' tensor maps
+/// already need a multiple of 8).
 pub const COMBINE_WIDTH: usize = 4;
 
 kernel! {
     /// The weighted scatter-reduce, in one launch: for token `t` and feature `d`,
     /// `y[t, d] += Σ_s weights[t, s] · expert_out[row_of_pair[t·k + s], d]` in slot order, then
-    /// (when `has_shared`) `+ sigmoid(shared_gate[t]) · shared_out[t, d]` last.
+    /// (when `has_shared`) `+ sigmoid(shared_gate[t]) · shared_out[t, d]` last. `expert_out`
+    /// is bf16 (the grouped down GEMM's output), widened exactly to f32; the sum is f32 fmas.
     /// One thread per (t, `COMBINE_WIDTH` features); any 1-D grid covering them.
     pub fn moe_combine(
-        expert_out: In<f32>,
+        expert_out: In<u16>,
         row_of_pair: In<u32>,
         weights: In<f32>,
         shared_out: In<f32>,
@@ -317,12 +321,17 @@ kernel! {
             return;
         }
         let (t, d) = (i / groups, W * (i % groups));
+        // The `W` bf16 of a slot as two packed pairs: one 8-byte load.
+        const { assert!(W == 4) };
+        let pairs = expert_out.cast::<u32>();
         let mut acc = [0.0f32; W];
         for s in 0..k {
             let row = row_of_pair.at(t * k + s) as usize;
-            let (wt, v) = (weights.at(t * k + s), expert_out.at4(row * hidden + d));
+            let p = pairs.at2((row * hidden + d) / 2);
+            let v = [unpack_bf16x2(p[0]), unpack_bf16x2(p[1])];
+            let wt = weights.at(t * k + s);
             for e in 0..W {
-                acc[e] = fma(wt, v[e], acc[e]);
+                acc[e] = fma(wt, v[e / 2][e % 2], acc[e]);
             }
         }
         let at = t * hidden + d;

@@ -28,9 +28,10 @@ pub(super) struct Scratch {
     pub attn16: TmaMatrix,
     /// SwiGLU output: `[n][ff]` (dense) or `[pairs][ff_exp]` (MoE).
     pub ffn_h16: TmaMatrix,
-    /// MoE: token rows gathered in expert order `[pairs][hidden]`, expert outputs.
+    /// MoE: token rows gathered in expert order `[pairs][hidden]`, and the experts' outputs
+    /// in the same order, bf16 (the combine reads each `top_k` times a token: half the bytes).
     pub xg16: Option<TmaMatrix>,
-    pub expert_out: Buffer<f32>,
+    pub expert_out: Buffer<u16>,
     /// The shared-expert gate's (an f32 GEMM) partial sums over fixed K splits.
     pub f32_partials: Buffer<f32>,
     pub shared_h16: Option<TmaMatrix>,

@@ -50,6 +50,16 @@ pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
     }
 }
 
+/// Two bf16 packed in a `u32` (`lo` in bits 0–15, as [`pack_bf16x2`] makes them and as two
+/// adjacent bf16 load from memory) → `[lo, hi]` as f32, exactly: a shift and a mask.
+#[inline(always)]
+pub fn unpack_bf16x2(pair: u32) -> [f32; 2] {
+    [
+        f32::from_bits(pair << 16),
+        f32::from_bits(pair & 0xffff_0000),
+    ]
+}
+
 /// IEEE half → f32 (exact).
 #[inline(always)]
 pub fn f16_to_f32(h: u16) -> f32 {

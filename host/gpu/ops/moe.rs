@@ -241,17 +241,18 @@ impl Routing {
         )
     }
 
-    /// Expert down projections over the grouped rows: `out[row] = h[row] · w_down[e]ᵀ`;
-    /// `w_down`: `[n_expert · hidden][ff]`; `out`: `[pairs][hidden]` f32.
+    /// Expert down projections over the grouped rows: `out[row] = bf16(h[row] · w_down[e]ᵀ)`
+    /// (f32 accumulation, one rounding); `w_down`: `[n_expert · hidden][ff]`; `out`:
+    /// `[pairs][hidden]` bf16, what [`Routing::combine`] reads.
     pub fn experts_down(
         &self,
         dev: &Device,
         h: &TmaMatrix,
         w_down: &TmaMatrix,
-        out: &Buffer<f32>,
+        out: &Buffer<u16>,
         shape: MoeShape,
     ) -> Result<()> {
-        const K: &str = "moe_gemm_wgmma_f32";
+        const K: &str = "moe_gemm_wgmma_bf16";
         let (hidden, ff) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
         h.check(K, "h", pairs, shape.ff)?;
@@ -264,7 +265,7 @@ impl Routing {
         let cfg = self.grouped_cfg(dev, K, pairs, shape.hidden)?;
         let (tiles, num_tiles, offsets) = self.tile_table();
         let (h, w, out) = (h.map(), w_down.map(), out.output());
-        gemm_wgmma::moe_gemm_wgmma_f32::launch(
+        gemm_wgmma::moe_gemm_wgmma_bf16::launch(
             dev, cfg, h, w, out, tiles, num_tiles, offsets, hidden, ff,
         )
     }
@@ -302,12 +303,13 @@ impl Routing {
         super::persistent(dev, k, tiles, THREADS, GROUPED_SHARED_BYTES)
     }
 
-    /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`), shared
-    /// expert last: `shared` = (its output `[tokens][hidden]`, its gate logits `[tokens]`).
+    /// The weighted scatter-reduce into the residual stream `y` (`[tokens][hidden]`) of the
+    /// bf16 expert outputs (`[pairs][hidden]`, from [`Routing::experts_down`]), shared expert
+    /// last: `shared` = (its f32 output `[tokens][hidden]`, its gate logits `[tokens]`).
     pub fn combine(
         &self,
         dev: &Device,
-        expert_out: &Buffer<f32>,
+        expert_out: &Buffer<u16>,
         shared: Option<(&Buffer<f32>, &Buffer<f32>)>,
         y: &Buffer<f32>,
         shape: MoeShape,
@@ -336,7 +338,7 @@ impl Routing {
         if n == 0 {
             return Ok(());
         }
-        let (s_out, s_gate) = shared.unwrap_or((expert_out, expert_out)); // unread without it
+        let (s_out, s_gate) = shared.unwrap_or((y, y)); // unread without it
         let cfg = LaunchConfig::covering(n * shape.hidden / moe::COMBINE_WIDTH, 256);
         moe::moe_combine::launch(
             dev,
