@@ -14,9 +14,12 @@
 //!   emulator: rel L2 ≈ 1.6e-3, worst element up to 0.995 of its bound (a value just above a
 //!   power of two, where half a bf16 unit is 2^-8 relative).
 //!
-//! Widths: 8 (fewer than a warp of threads busy), 200 and 1000 (not multiples of the 256
-//! threads per row: ragged strided loops), 256; rows 1, 5, 33. Outputs start poisoned (NaN,
-//! bf16 0xFFFF) with one row more than written, which must stay poisoned.
+//! Widths (the kernel reads groups of `VEC` = 4 features, `ROW_THREADS` = 128 threads per
+//! row, `HELD` = 8 groups a thread kept in registers, so 4096 features): 8 (two threads busy),
+//! 200 and 1000 (not multiples of 4 · 128: some threads hold a group fewer), 512 (one group
+//! each), 4096 (every register group used), 4200 (the groups past 4096 re-read, some threads
+//! only); rows 1, 5, 33. Outputs start poisoned (NaN, bf16 0xFFFF) with one row more than
+//! written, which must stay poisoned.
 
 mod common;
 use common::*;
@@ -25,7 +28,7 @@ use kiln::gpu::ops::norm::{self, NormShape};
 use kiln::reference::ops;
 
 const ROWS: [usize; 3] = [1, 5, 33];
-const WIDTHS: [usize; 4] = [8, 200, 256, 1000];
+const WIDTHS: [usize; 6] = [8, 200, 512, 1000, 4096, 4200];
 const TOL_F32: f64 = 2e-6;
 const SLACK_BF16: f64 = 1e-6;
 const EPS: f32 = 1e-6;
@@ -104,6 +107,9 @@ impl Case {
 
 #[test]
 fn rms_norm_rows_f32_matches_f64_and_bf16_is_its_rounding() {
+    use gpu_kernels::norm::{HELD, ROW_THREADS, VEC};
+    // The widths above are chosen around these (see the module doc).
+    assert_eq!((ROW_THREADS, VEC, HELD), (128, 4, 8));
     for dev in devices() {
         for (ci, &rows) in ROWS.iter().enumerate() {
             for &width in &WIDTHS {
@@ -181,6 +187,8 @@ fn norm_shapes_are_checked_before_launching() {
     assert!(e.contains("x has 16 elements, needs 24"), "{e}");
     let e = err(shape(2, 0, EPS), &y16, None);
     assert!(e.contains("width must be positive"), "{e}");
+    let e = err(shape(2, 6, EPS), &y16, None);
+    assert!(e.contains("width 6 is not a multiple of 4"), "{e}");
     let e = err(shape(2, 8, -1.0), &y16, None);
     assert!(e.contains("eps -1"), "{e}");
     let e = err(shape(2, 8, EPS), &y16, Some(&y32));

@@ -1,45 +1,92 @@
 //! RMSNorm over rows (pre-attention / pre-FFN / final norm). Qwen3's QK-norm over heads is
 //! fused into `attention_input`.
 //!
-//! Batch invariance: each row's sum of squares is reduced in an order fixed by the block size
-//! alone (per-thread strided partials, then a fixed warp/block tree), never by the row count.
+//! Memory: a row is read once in 16-byte groups of `VEC` features, every load of a thread
+//! issued before the first is used (one memory latency per row, not one per feature), and kept
+//! in registers across the block reduction for rows up to `ROW_THREADS · VEC · HELD` features
+//! (4096: every model kiln runs so far); wider rows re-read the groups past that from L2. The
+//! outputs go as one 8-byte store of two packed bf16 pairs and one 16-byte f32 store per group.
+//!
+//! Batch invariance: each row's sum of squares is reduced in an order fixed by constants and
+//! the width alone, never by the row count: thread `t` of the `ROW_THREADS` (declared, so other
+//! block sizes are refused) sums groups `t`, `t + ROW_THREADS`, … in ascending order, the `VEC`
+//! features of a group in order, then the fixed warp/block tree.
 
-use crate::device::float::f32_to_bf16;
+// `seq!` unrolls by substituting each literal index into arithmetic written for all of them
+// (`P * STEP` with P = 0, 1); the lints below would flag those cases.
+#![allow(clippy::identity_op, clippy::erasing_op)]
+
+use crate::device::float::pack_bf16x2;
 use crate::device::math::{fma, sqrt};
 use crate::device::*;
+use seq_macro::seq;
 
 /// Threads per row of `rms_norm_rows`. Fixed (not derived from the row count or width) so each
 /// row's reduction order is the same in every launch: a condition of batch invariance.
-pub const ROW_THREADS: u32 = 256;
+pub const ROW_THREADS: u32 = 128;
+/// Features per group: one 16-byte f32 load. Widths must be multiples (a bf16 tensor map's
+/// rows already are multiples of 8).
+pub const VEC: usize = 4;
+/// Groups a thread keeps in registers between the sum of squares and the scaling.
+pub const HELD: usize = 8;
+
+const STEP: usize = ROW_THREADS as usize;
 
 shared_array!(fn norm_partials() -> [f32; 32]);
 
 kernel! {
+    threads = ROW_THREADS;
     /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w`, stored as bf16 in `y16` (the
     /// input of the tensor-core GEMMs) and, when `f32_too != 0`, also as f32 in `y32` (the MoE
-    /// router keeps full precision). Grid: one block per row; block: `ROW_THREADS` (any
-    /// multiple of 32 works; the bits depend on it).
+    /// router keeps full precision; `y32` may be `x`). `cols` a multiple of `VEC`. Grid: one
+    /// block per row; block: `ROW_THREADS`.
     pub fn rms_norm_rows(x: In<f32>, w: In<f32>, y16: Out<u16>, y32: Out<f32>, cols: u32, eps: f32, f32_too: u32) {
         let cols = cols as usize;
-        let base = block_idx().x as usize * cols;
-        let (t, stride) = (thread_idx().x as usize, block_dim().x as usize);
+        let (base, groups) = (block_idx().x as usize * cols, cols / VEC);
+        let t = thread_idx().x as usize;
+        // Unrolled by `seq!` (a `for` loop left `held` on the stack): `held` stays in registers.
+        // Groups past the row stay zero, and add nothing.
+        const { assert!(HELD == 8) };
+        let mut held = [[0.0f32; VEC]; HELD];
+        seq!(P in 0..8 {
+            if t + P * STEP < groups {
+                held[P] = x.at4(base + (t + P * STEP) * VEC);
+            }
+        });
         let mut sum_sq = 0.0f32;
-        let mut i = t;
-        while i < cols {
-            let v = x.at(base + i);
-            sum_sq = fma(v, v, sum_sq);
-            i += stride;
+        seq!(P in 0..8 {
+            for e in held[P] {
+                sum_sq = fma(e, e, sum_sq);
+            }
+        });
+        let mut g = t + HELD * STEP;
+        while g < groups {
+            for e in x.at4(base + g * VEC) {
+                sum_sq = fma(e, e, sum_sq);
+            }
+            g += STEP;
         }
         let total = block_sum_f32(sum_sq, norm_partials());
         let scale = 1.0 / sqrt(total / cols as f32 + eps);
-        let mut i = t;
-        while i < cols {
-            let v = x.at(base + i) * scale * w.at(i);
-            y16.set(base + i, f32_to_bf16(v));
+        let pairs = y16.cast::<u32>();
+        let store = |g: usize, v: [f32; VEC]| {
+            let (at, wv) = (base + g * VEC, w.at4(g * VEC));
+            let y: [f32; VEC] = core::array::from_fn(|e| v[e] * scale * wv[e]);
+            pairs.set2(at / 2, [pack_bf16x2(y[0], y[1]), pack_bf16x2(y[2], y[3])]);
             if f32_too != 0 {
-                y32.set(base + i, v);
+                y32.set4(at, y);
             }
-            i += stride;
+        };
+        seq!(P in 0..8 {
+            if t + P * STEP < groups {
+                store(t + P * STEP, held[P]);
+            }
+        });
+        // Each thread re-reads only its own groups, so `y32 = x` stays safe.
+        let mut g = t + HELD * STEP;
+        while g < groups {
+            store(g, x.at4(base + g * VEC));
+            g += STEP;
         }
     }
 }

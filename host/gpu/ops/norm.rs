@@ -2,7 +2,7 @@
 
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::norm::{self, ROW_THREADS};
+use gpu_kernels::norm::{self, ROW_THREADS, VEC};
 
 /// `rows` contiguous vectors of `width` f32, each normalised as `x / sqrt(mean(x²) + eps) · w`
 /// with one weight vector `w[width]`.
@@ -14,8 +14,9 @@ pub struct NormShape {
 }
 
 /// `y16[r] = bf16(rmsnorm(x[r]) · w)` for each of `shape.rows` rows (the tensor-core GEMMs'
-/// input, `[≥ rows][width]`), and the f32 values into `y32` too when given (the MoE router
-/// reads full precision). `y32` may be `x`.
+/// input, `[≥ rows][width]`; `width` a multiple of `VEC`, as a bf16 tensor map's rows are),
+/// and the f32 values into `y32` too when given (the MoE router reads full precision). `y32`
+/// may be `x`.
 pub fn rms_norm_rows(
     dev: &Device,
     x: &Buffer<f32>,
@@ -27,6 +28,11 @@ pub fn rms_norm_rows(
     const K: &str = "rms_norm_rows";
     let NormShape { rows, width, eps } = shape;
     ensure_shape!(width > 0, K, "width must be positive");
+    ensure_shape!(
+        width.is_multiple_of(VEC),
+        K,
+        "width {width} is not a multiple of {VEC}"
+    );
     ensure_shape!(
         eps.is_finite() && eps >= 0.0,
         K,
