@@ -15,7 +15,10 @@
 //! and the GPU's `sin.approx`/`cos.approx` add up to 2^-20.9 ≈ 5e-7 absolute, times
 //! |x0| + |x1| ≲ 5·rms; 1e-5 leaves a margin of ~3). A wrong frequency, pairing, norm weight or
 //! position moves elements by far more (an f32 angle off by one ulp at 1e5, 8e-3 rad, already
-//! by 8e-3·|x|). V is stored unchanged: its bits must be exactly bf16(v).
+//! by 8e-3·|x|). V is stored unchanged: its bits must be exactly the projection's.
+//!
+//! The projection is bf16 (what `gemm_wgmma::matmul_bf16` stores): the cases draw f32 values
+//! and round them to bf16 once, so the reference starts from exactly the kernel's input.
 //!
 //! Layouts checked, for head_dim hd = 128 and 64: `q[t][h·hd + d]`; K at cache rows
 //! `start_pos + t`; V TRANSPOSED, `v_t[h·hd + d][start_pos + t]`. Every output starts poisoned (bf16 0xFFFF), and every
@@ -35,6 +38,7 @@ const SLACK: f64 = 1e-5;
 
 struct Case {
     shape: AttentionShape,
+    /// bf16 values (exact in f32), uploaded as their bits.
     qkv: Vec<f32>,
     q_norm: Vec<f32>,
     k_norm: Vec<f32>,
@@ -64,7 +68,7 @@ impl Case {
             r.normal_vec(hd, 0.2).iter().map(|v| 1.0 + v).collect()
         };
         Case {
-            qkv: r.normal_vec(n * (n_head + 2 * n_kv) * hd, 1.0),
+            qkv: bf16_rounded(&r.normal_vec(n * (n_head + 2 * n_kv) * hd, 1.0)),
             q_norm: near_one(&mut r),
             k_norm: near_one(&mut r),
             norm,
@@ -133,7 +137,7 @@ fn run_and_check(dev: &Device, c: &Case, extra_positions: usize) {
     let cap = cache.capacity();
     let q = poisoned_tma(dev, n + 1, n_head * hd);
     let (qkv, inv_freq) = (
-        upload(dev, &c.qkv),
+        upload(dev, &bf16_bits(&c.qkv)),
         upload(dev, &attention_input::rope_inv_freq(BASE, hd)),
     );
     let (qn, kn) = (upload(dev, &c.q_norm), upload(dev, &c.k_norm));
@@ -252,10 +256,10 @@ fn attention_input_shapes_are_checked_before_launching() {
         n_kv: 2,
         head_dim: HD,
     };
-    let qkv = upload(&dev, &rng(7).normal_vec(3 * 8 * HD, 1.0));
+    let qkv = upload(&dev, &bf16_bits(&rng(7).normal_vec(3 * 8 * HD, 1.0)));
     let inv_freq = upload(&dev, &attention_input::rope_inv_freq(BASE, HD));
     let q = poisoned_tma(&dev, 3, 4 * HD);
-    let err = |s: AttentionShape, qkv: &kiln::gpu::Buffer<f32>, q: &kiln::gpu::TmaMatrix| {
+    let err = |s: AttentionShape, qkv: &kiln::gpu::Buffer<u16>, q: &kiln::gpu::TmaMatrix| {
         let input = Projected {
             qkv,
             inv_freq: &inv_freq,
@@ -303,7 +307,7 @@ fn attention_input_shapes_are_checked_before_launching() {
         e.contains("positions 126..129 exceed the cache's 128"),
         "{e}"
     );
-    let short = upload(&dev, &[0.5f32; 100]);
+    let short = upload(&dev, &[0x3f00u16; 100]);
     let e = err(shape, &short, &q);
     assert!(e.contains("qkv has 100 elements"), "{e}");
     let e = err(shape, &qkv, &poisoned_tma(&dev, 2, 4 * HD));

@@ -13,6 +13,9 @@
 //!   The epilogue is checked bit for bit besides: `bias` and `+ y` are f32 adds after the
 //!   product, so `(plain + bias) + y` recomputed in f32 from the plain product's bits must
 //!   match exactly.
+//! - bf16 out (`gemm_wgmma::matmul_bf16`, the Q|K|V projection): the same sums as the f32
+//!   kernel, bias added in f32, then one rounding, so its bits must be exactly the bf16 of the
+//!   f32 kernel's result, with and without bias, both tile widths, every shape.
 //! - SwiGLU: one bf16 rounding of the f32 `silu(g)·u`, element-wise within
 //!   `(2^-8 + 3e-5)·|want| + 3e-5·rms(want)` (`common::assert_bf16_close`; 3e-5 covers the f32
 //!   accumulation of g and u on the tensor cores, ~1e-6 of their scale typical at k ≤ 1000 and a
@@ -101,6 +104,25 @@ fn run_matmul(
     got[..rows * m].to_vec()
 }
 
+/// `matmul_bf16` of `c` in tiles of `width` (with `c`'s bias when `bias`) into a poisoned `y`
+/// with one row more, which must stay poisoned. Returns the rows·m bf16 bits.
+fn run_matmul_bf16(dev: &Device, c: &Case, width: TileWidth, bias: bool) -> Vec<u16> {
+    let (rows, m, k) = (c.rows, c.m, c.k);
+    let x = tma_upload(dev, &c.x.0, rows, k);
+    let w = tma_upload(dev, &c.w.0, m, k);
+    let b = upload(dev, &c.bias);
+    let y = poisoned(dev, (rows + 1) * m, BF16_POISON);
+    let epilogue = Epilogue::bias(bias.then_some(&b));
+    gemm_wgmma::matmul_bf16_tiled(dev, &x, &w, &y, (rows, width), epilogue).unwrap();
+    let got = y.to_vec().unwrap();
+    assert!(
+        got[rows * m..].iter().all(|b| *b == BF16_POISON),
+        "{}: bf16 y written past row {rows}",
+        c.name(width),
+    );
+    got[..rows * m].to_vec()
+}
+
 #[test]
 fn matmul_with_bias_and_residual_matches_f64() {
     let shapes = [
@@ -151,17 +173,26 @@ fn matmul_with_bias_and_residual_matches_f64() {
             );
 
             // Bias alone (the QKV projection's), on the small cases.
+            let exact: Vec<f32> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p + c.bias[i % m])
+                .collect();
             if rows * m * k <= 200 * 200 * 136 {
                 let biased = run_matmul(&dev, &c, (0, rows, width), true, None);
-                let exact: Vec<f32> = plain
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| p + c.bias[i % m])
-                    .collect();
                 assert_same(
                     &bits(&biased),
                     &bits(&exact),
                     &format!("{}: bias only", c.name(width)),
+                );
+            }
+
+            // bf16 out: one rounding of the same f32 values, bias or not.
+            for (bias, f32_result) in [(false, &plain), (true, &exact)] {
+                assert_same(
+                    &run_matmul_bf16(&dev, &c, width, bias),
+                    &bf16_bits(f32_result),
+                    &format!("{}: bf16 out, bias {bias}", c.name(width)),
                 );
             }
         }
@@ -340,6 +371,11 @@ fn wgmma_wrappers_reject_bad_shapes_before_launching() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bias has 127 elements, needs 128"), "{e}");
+    let y16 = poisoned(&dev, 2 * 128, BF16_POISON);
+    let e = gemm_wgmma::matmul_bf16(&dev, &x, &w, &y16, 2, Epilogue::ADD_TO_Y)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a bf16 output cannot be added to"), "{e}");
 
     // SwiGLU: h has m columns; w_gate_up must have interleaved_rows(m) rows of k.
     let h = poisoned_tma(&dev, 2, 96);

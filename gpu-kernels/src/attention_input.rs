@@ -6,16 +6,18 @@
 //! the head dimension `D` (a warp per head vector, `D / 32` dims per lane; NEOX pairs `(d,
 //! d + D/2)`).
 //!
-//! The arithmetic is `rms_norm_heads` followed by `rope_neox`, operation for operation (the
-//! same strided partial sums and warp butterfly, the same f32 angle and range-reduced
-//! sin/cos), so the values are those the separate kernels produced.
+//! The projection arrives in bf16 (the Q|K|V GEMM rounds each f32 sum once, bias included:
+//! half the bytes of f32, and what transformers' bf16 projection gives too); Q and K are
+//! widened exactly and normed and rotated in f32, V's bits go to the cache as they are. The
+//! arithmetic is `rms_norm_heads` followed by `rope_neox`, operation for operation (the same
+//! strided partial sums and warp butterfly, the same f32 angle and range-reduced sin/cos).
 //!
 //! Batch invariance: every (token, head) is computed by one warp from that token's row alone;
-//! V is only rounded to bf16 and moved (by the warp of its token, or in full groups of 32
+//! V is only moved (by the warp of its token, or in full groups of 32
 //! tokens by 32 warps that each move a slice of the head for all 32: the same values either
 //! way).
 
-use crate::device::float::f32_to_bf16;
+use crate::device::float::{bf16_to_f32, f32_to_bf16};
 use crate::device::math::{fma, sincos, sqrt};
 use crate::device::*;
 
@@ -28,7 +30,7 @@ pub const HEAD_DIMS: [usize; 2] = [64, 128];
 pub const HEADS_PER_BLOCK: usize = 8;
 
 /// The body of both entries for head dimension `D` (64 or 128): `qkv`: `[n][(n_head + 2·n_kv)
-/// · D]` f32 (Q heads, then K heads, then V heads), row `t` the token at position
+/// · D]` bf16 (Q heads, then K heads, then V heads), row `t` the token at position
 /// `start_pos + t`; `inv_freq[D / 2]`; `q_norm`/`k_norm`: `[D]` weights, used when
 /// `has_norm != 0`. Writes `q`: `[n][n_head · D]` bf16; `k_cache[pos][n_kv · D]` and
 /// `v_cache_t[n_kv · D][capacity]` at `pos = start_pos + t`. Grid: (n, ⌈(n_head + 2·n_kv) /
@@ -37,7 +39,7 @@ pub const HEADS_PER_BLOCK: usize = 8;
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn body<const D: usize>(
-    qkv: In<f32>,
+    qkv: In<u16>,
     inv_freq: In<f32>,
     q_norm: In<f32>,
     k_norm: In<f32>,
@@ -86,14 +88,13 @@ fn body<const D: usize>(
             let pos = start_pos as usize + tok;
             for i in 0..per {
                 let row = h * D + slice * per + i;
-                v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(qkv.at(src + i)));
+                v_cache_t.set(row * capacity as usize + pos, qkv.at(src + i));
             }
         } else {
             let src = t * width + j * D;
             for i in 0..per {
                 let row = h * D + lane + 32 * i;
-                let x = qkv.at(src + lane + 32 * i);
-                v_cache_t.set(row * capacity as usize + pos, f32_to_bf16(x));
+                v_cache_t.set(row * capacity as usize + pos, qkv.at(src + lane + 32 * i));
             }
         }
         return;
@@ -101,7 +102,7 @@ fn body<const D: usize>(
     let src = t * width + j * D;
     let mut v = [0.0f32; 4];
     for (i, x) in v.iter_mut().take(per).enumerate() {
-        *x = qkv.at(src + lane + 32 * i);
+        *x = bf16_to_f32(qkv.at(src + lane + 32 * i));
     }
     if has_norm != 0 {
         let w = if kind == 0 { q_norm } else { k_norm };
@@ -138,14 +139,14 @@ fn body<const D: usize>(
 
 kernel! {
     /// QK-norm + RoPE + KV append for head_dim 128 (see [`body`]).
-    pub fn attention_input_hd128(qkv: In<f32>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, has_norm: u32, eps: f32) {
+    pub fn attention_input_hd128(qkv: In<u16>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, has_norm: u32, eps: f32) {
         body::<128>(qkv, inv_freq, q_norm, k_norm, q, k_cache, v_cache_t, start_pos, n_head, n_kv, capacity, has_norm, eps);
     }
 }
 
 kernel! {
     /// QK-norm + RoPE + KV append for head_dim 64 (see [`body`]).
-    pub fn attention_input_hd64(qkv: In<f32>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, has_norm: u32, eps: f32) {
+    pub fn attention_input_hd64(qkv: In<u16>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, has_norm: u32, eps: f32) {
         body::<64>(qkv, inv_freq, q_norm, k_norm, q, k_cache, v_cache_t, start_pos, n_head, n_kv, capacity, has_norm, eps);
     }
 }

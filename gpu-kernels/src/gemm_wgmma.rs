@@ -373,17 +373,19 @@ fn store_f32(
     });
 }
 
-/// The bf16 epilogue: `y[r, c] = bf16(acc)` for rows `row0 + r < end` and columns
-/// `col0 + c < m`. A thread's two adjacent columns go as one packed 4-byte store where both
-/// exist and `m` is even (as [`store_swiglu`]): as many store instructions as the f32
-/// epilogue's 8-byte pairs, for half the bytes.
+/// The bf16 epilogue: `y[r, c] = bf16(acc [+ bias[c]])` (flag `EPI_BIAS`; the bias is added
+/// in f32, then rounded once) for rows `row0 + r < end` and columns `col0 + c < m`. A thread's
+/// two adjacent columns go as one packed 4-byte store where both exist and `m` is even (as
+/// [`store_swiglu`]): as many store instructions as the f32 epilogue's 8-byte pairs, for half
+/// the bytes.
 #[inline(always)]
 fn store_bf16(
     (split, half): (Split, u32),
     acc: &Acc,
-    y: Out<u16>,
+    (y, bias): (Out<u16>, In<f32>),
     (row0, end): (u32, u32),
     (col0, m): (u32, u32),
+    flags: u32,
 ) {
     let (pairs, y2) = (m.is_multiple_of(2), y.cast::<u32>());
     for_each_pair(split, half, acc, |r, c, v0, v1| {
@@ -393,11 +395,19 @@ fn store_bf16(
         }
         let at = r * m + c;
         if pairs && c + 1 < m {
-            y2.set((at / 2) as usize, pack_bf16x2(v0, v1));
+            let mut v = [v0, v1];
+            if flags & EPI_BIAS != 0 {
+                let b = bias.at2(c as usize);
+                v = [v[0] + b[0], v[1] + b[1]];
+            }
+            y2.set((at / 2) as usize, pack_bf16x2(v[0], v[1]));
             return;
         }
-        for (i, v) in [(0, v0), (1, v1)] {
+        for (i, mut v) in [(0, v0), (1, v1)] {
             if c + i < m {
+                if flags & EPI_BIAS != 0 {
+                    v += bias.at((c + i) as usize);
+                }
                 y.set((at + i) as usize, f32_to_bf16(v));
             }
         }
@@ -495,23 +505,43 @@ impl TileStore for SwigluStore {
 struct Bf16Store {
     split: Split,
     y: Out<u16>,
+    bias: In<f32>,
     m: u32,
+    flags: u32,
 }
 
 impl TileStore for Bf16Store {
     #[inline(always)]
     fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
-        let (split, y, m) = (self.split, self.y, self.m);
-        let (rows, col0) = ((tile.row0, tile.end), tile.col * split.cols());
-        store_bf16((split, 0), acc, y, rows, (col0, m));
+        let (split, m, flags) = (self.split, self.m, self.flags);
+        let (out, rows) = ((self.y, self.bias), (tile.row0, tile.end));
+        let col0 = tile.col * split.cols();
+        store_bf16((split, 0), acc, out, rows, (col0, m), flags);
         if split.wide() {
-            store_bf16((split, 1), acc_hi, y, rows, (col0, m));
+            store_bf16((split, 1), acc_hi, out, rows, (col0, m), flags);
         }
     }
 }
 
-/// The dense f32 GEMM, narrow (`BN` columns per block) or wide (`WIDE_BN`): the same
-/// arithmetic for every element, so the host may pick either per call.
+/// The dense GEMM, narrow (`BN` columns per block) or wide (`WIDE_BN`): the same arithmetic
+/// for every element, so the host may pick either per call. `n_cols` B rows; `store` makes
+/// the epilogue for the split.
+#[inline(always)]
+fn dense<const WIDE: bool, S: TileStore>(
+    (map_x, map_w): (In<TensorMap>, In<TensorMap>),
+    (n_rows, n_cols, k): (u32, u32, u32),
+    store: impl FnOnce(Split) -> S,
+) {
+    let (split, cols) = if WIDE {
+        (Split::WideRows, WIDE_BN)
+    } else {
+        (Split::Rows, BN)
+    };
+    let tiles = |t| dense_tile(t, n_rows, n_cols, cols as u32);
+    persistent(split, (map_x, map_w), k, tiles, store(split));
+}
+
+/// The dense f32 GEMM (as [`dense`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn dense_f32<const WIDE: bool>(
@@ -524,23 +554,38 @@ fn dense_f32<const WIDE: bool>(
     k: u32,
     flags: u32,
 ) {
-    let (split, cols) = if WIDE {
-        (Split::WideRows, WIDE_BN)
-    } else {
-        (Split::Rows, BN)
-    };
-    let tiles = |t| dense_tile(t, n_rows, m, cols as u32);
-    let out = F32Store {
+    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| F32Store {
         split,
         y,
         bias,
         m,
         flags,
-    };
-    persistent(split, (map_x, map_w), k, tiles, out);
+    });
 }
 
-/// The dense SwiGLU GEMM, narrow or wide (as [`dense_f32`]).
+/// The dense bf16 GEMM (as [`dense`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dense_bf16<const WIDE: bool>(
+    map_x: In<TensorMap>,
+    map_w: In<TensorMap>,
+    bias: In<f32>,
+    y: Out<u16>,
+    n_rows: u32,
+    m: u32,
+    k: u32,
+    flags: u32,
+) {
+    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| Bf16Store {
+        split,
+        y,
+        bias,
+        m,
+        flags,
+    });
+}
+
+/// The dense SwiGLU GEMM, narrow or wide (as [`dense`]).
 #[inline(always)]
 fn dense_swiglu<const WIDE: bool>(
     map_x: In<TensorMap>,
@@ -550,14 +595,12 @@ fn dense_swiglu<const WIDE: bool>(
     m: u32,
     k: u32,
 ) {
-    let (split, cols) = if WIDE {
-        (Split::WideRows, WIDE_BN)
-    } else {
-        (Split::Rows, BN)
-    };
     let w_rows = 2 * m.div_ceil(64) * 64;
-    let tiles = |t| dense_tile(t, n_rows, w_rows, cols as u32);
-    persistent(split, (map_x, map_w), k, tiles, SwigluStore { split, h, m });
+    dense::<WIDE, _>((map_x, map_w), (n_rows, w_rows, k), |split| SwigluStore {
+        split,
+        h,
+        m,
+    });
 }
 
 kernel! {
@@ -577,6 +620,24 @@ kernel! {
     /// element gets the same bits as there.
     pub fn gemm_wgmma_f32_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         dense_f32::<true>(map_x, map_w, bias, y, n_rows, m, k, flags);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    /// `y = bf16(x · wᵀ [+ bias])` (flag `EPI_BIAS`; each element one rounding of its f32
+    /// sum): as `gemm_wgmma_f32` with a bf16 `y` (the Q|K|V projection, read once by
+    /// `attention_input`). Persistent, as `gemm_wgmma_f32`.
+    pub fn gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        dense_bf16::<false>(map_x, map_w, bias, y, n_rows, m, k, flags);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    /// As `gemm_wgmma_bf16` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`.
+    pub fn gemm_wgmma_bf16_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        dense_bf16::<true>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -650,7 +711,8 @@ kernel! {
     pub fn moe_gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let table = (tiles, num_tiles, offsets);
         let tile_at = |t| grouped_tile(t, table, m.div_ceil(GROUPED_BN as u32), m);
-        let split = Split::WideRows;
-        persistent(split, (map_x, map_w), k, tile_at, Bf16Store { split, y, m });
+        // No bias (flags 0): `bias` is never read.
+        let (split, bias, flags) = (Split::WideRows, y.as_in().cast::<f32>(), 0);
+        persistent(split, (map_x, map_w), k, tile_at, Bf16Store { split, y, bias, m, flags });
     }
 }

@@ -203,6 +203,11 @@ impl<T: Element> Buffer<T> {
         Input(self)
     }
 
+    /// `Some(buffer)` or nothing as a kernel argument `In<T>` (see [`MaybeInput`]).
+    pub(crate) fn maybe_input(buffer: Option<&Self>) -> MaybeInput<'_, T> {
+        MaybeInput(buffer)
+    }
+
     /// A kernel argument that writes this buffer (a kernel parameter `Out<T>`).
     pub(crate) fn output(&self) -> Output<'_, T> {
         Output(self)
@@ -248,3 +253,7 @@ impl<T: Element> Buffer<T> {
 pub struct Input<'a, T: Element>(pub(crate) &'a Buffer<T>);
 /// A buffer passed to a kernel as `Out<T>`.
 pub struct Output<'a, T: Element>(pub(crate) &'a Buffer<T>);
+/// An optional buffer passed as `In<T>`: without one (a parameter the launch's flags tell the
+/// kernel not to read), a null pointer on the GPU and an empty view on the emulator, where any
+/// read is an out-of-bounds error instead of a read of some other buffer.
+pub struct MaybeInput<'a, T: Element>(pub(crate) Option<&'a Buffer<T>>);

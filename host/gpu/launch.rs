@@ -6,7 +6,7 @@
 //! checks them against the kernel's signature. Only the wrappers in `ops/` launch: they check
 //! every shape and length first, and only this crate can make the pointer arguments.
 
-use super::buffer::{Element, Input, Output};
+use super::buffer::{Element, Input, MaybeInput, Output};
 use super::device::{Backend, CudaRuntime, Device};
 use super::error::{GpuError, Result};
 use cudarc::driver::sys::CUfunction_attribute;
@@ -142,6 +142,18 @@ unsafe impl<T: Element> Arg<Device, In<T>> for Input<'_, T> {
     }
     fn emulated(&self, _: &Device) -> Result<In<T>> {
         self.0.host_in()
+    }
+}
+
+// SAFETY: with a buffer, as `Input`; without, a null pointer (a read faults on the GPU, which
+// compute-sanitizer names) and an empty view (a read is an emulator error): never another
+// allocation's memory.
+unsafe impl<T: Element> Arg<Device, In<T>> for MaybeInput<'_, T> {
+    fn cuda(&self, dev: &Device) -> Result<u64> {
+        self.0.map_or(Ok(0), |b| cuda_address(dev, b))
+    }
+    fn emulated(&self, _: &Device) -> Result<In<T>> {
+        self.0.map_or(Ok(In::from_slice(&[])), |b| b.host_in())
     }
 }
 

@@ -8,7 +8,7 @@ pub(crate) mod launch;
 pub mod ops;
 mod tensor_map;
 
-pub use buffer::{Buffer, Element, Input, Output};
+pub use buffer::{Buffer, Element, Input, MaybeInput, Output};
 pub use device::{Backend, CudaRuntime, Device, KERNELS_PTX};
 pub(crate) use error::ensure_shape;
 pub use error::{GpuError, Result};

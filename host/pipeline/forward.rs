@@ -7,7 +7,7 @@ use crate::gpu::ops::attention_input::{Projected, QkNorm, attention_input};
 use crate::gpu::ops::embedding;
 use crate::gpu::ops::flash_attention::{AttentionShape, flash_attention};
 use crate::gpu::ops::gemm::{self, Epilogue, GemmShape};
-use crate::gpu::ops::gemm_wgmma::{matmul, matmul_swiglu};
+use crate::gpu::ops::gemm_wgmma::{matmul, matmul_bf16, matmul_swiglu};
 use crate::gpu::ops::moe::MoeShape;
 use crate::gpu::ops::moe_router::RouteOptions;
 use crate::gpu::ops::norm::{self, NormShape};
@@ -179,7 +179,7 @@ impl<'m> Session<'m> {
         };
         self.stage("qkv projection", |dev, s| {
             norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
-            matmul(
+            matmul_bf16(
                 dev,
                 &s.xn16,
                 &l.wqkv,

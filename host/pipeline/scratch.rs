@@ -22,8 +22,8 @@ pub(super) struct Scratch {
     /// Normed rows, bf16 for the GEMMs, and f32 for the MoE router and shared-expert gate.
     pub xn16: TmaMatrix,
     pub xn: Buffer<f32>,
-    /// The fused Q|K|V projection `[n][q + 2·kv]`.
-    pub qkv: Buffer<f32>,
+    /// The fused Q|K|V projection `[n][q + 2·kv]`, bf16 (read once, by `attention_input`).
+    pub qkv: Buffer<u16>,
     pub q16: TmaMatrix,
     pub attn16: TmaMatrix,
     /// SwiGLU output: `[n][ff]` (dense) or `[pairs][ff_exp]` (MoE).

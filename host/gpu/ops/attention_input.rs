@@ -23,11 +23,11 @@ pub struct QkNorm<'a> {
 }
 
 /// What `attention_input` reads: the fused projection `qkv` (`[n][(n_head + 2·n_kv) ·
-/// head_dim]` f32, Q then K then V heads, row `t` at position `start_pos + t`), RoPE's
+/// head_dim]` bf16, from `gemm_wgmma::matmul_bf16`, Q then K then V heads, row `t` at position `start_pos + t`), RoPE's
 /// `inv_freq[head_dim / 2]`, and the QK-norm weights (`[head_dim]`) when the model has them.
 #[derive(Clone, Copy)]
 pub struct Projected<'a> {
-    pub qkv: &'a Buffer<f32>,
+    pub qkv: &'a Buffer<u16>,
     pub inv_freq: &'a Buffer<f32>,
     pub norm: Option<QkNorm<'a>>,
 }

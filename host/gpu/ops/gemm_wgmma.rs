@@ -4,7 +4,7 @@
 
 use super::gemm::Epilogue;
 use super::to_u32;
-use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix};
+use crate::gpu::{Buffer, Device, Element, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::gemm_wgmma::{
     self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
 };
@@ -81,28 +81,82 @@ pub fn matmul_tiled(
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
     const K: &str = "gemm_wgmma_f32";
-    let (m, k) = (w.rows(), w.cols());
-    x.check(K, "x", rows, k)?;
-    super::check_len(K, "y", y, rows * m)?;
-    if let Some(b) = epilogue.bias {
-        super::check_len(K, "bias", b, m)?;
-    }
-    to_u32(K, "rows × m", rows * m)?;
-    if rows == 0 {
+    let Some((cfg, wide, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
         return Ok(());
-    }
-    let wide = width.is_wide(rows, m);
-    let cfg = config(dev, K, rows, m, wide)?;
-    let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
-        | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
+    };
     let bias = epilogue.bias.unwrap_or(y); // unread without EPI_BIAS
+    let (rows, m, k) = (rows as u32, w.rows() as u32, w.cols() as u32);
     let (x, w, bias, out) = (x.map(), w.map(), bias.input(), y.output());
-    let (rows, m, k) = (rows as u32, m as u32, k as u32);
     if wide {
         gemm_wgmma::gemm_wgmma_f32_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
     } else {
         gemm_wgmma::gemm_wgmma_f32::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
     }
+}
+
+/// `y[rows][m] = bf16(x[rows][k] · w[m][k]ᵀ (+ bias))`: each element one rounding of its f32
+/// sum, bias included (the Q|K|V projection, which `attention_input` reads once); the same
+/// sums, so the same bits as `bf16(`[`matmul`]`)`. No `+ y` (the residual stream is f32).
+pub fn matmul_bf16(
+    dev: &Device,
+    x: &TmaMatrix,
+    w: &TmaMatrix,
+    y: &Buffer<u16>,
+    rows: usize,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
+    matmul_bf16_tiled(dev, x, w, y, (rows, TileWidth::Auto), epilogue)
+}
+
+/// [`matmul_bf16`] with the tile width chosen by the caller (tests and benchmarks).
+pub fn matmul_bf16_tiled(
+    dev: &Device,
+    x: &TmaMatrix,
+    w: &TmaMatrix,
+    y: &Buffer<u16>,
+    (rows, width): (usize, TileWidth),
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
+    const K: &str = "gemm_wgmma_bf16";
+    ensure_shape!(!epilogue.add_to_y, K, "a bf16 output cannot be added to");
+    let Some((cfg, wide, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
+        return Ok(());
+    };
+    let bias = Buffer::maybe_input(epilogue.bias);
+    let (rows, m, k) = (rows as u32, w.rows() as u32, w.cols() as u32);
+    let (x, w, out) = (x.map(), w.map(), y.output());
+    if wide {
+        gemm_wgmma::gemm_wgmma_bf16_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+    } else {
+        gemm_wgmma::gemm_wgmma_bf16::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+    }
+}
+
+/// The checks and launch choices both dense wrappers share: `None` when there are no rows,
+/// else the launch, whether its tiles are wide, and the epilogue flags.
+fn dense_setup<T: Element>(
+    dev: &Device,
+    kernel: &'static str,
+    (x, w): (&TmaMatrix, &TmaMatrix),
+    y: &Buffer<T>,
+    (rows, width): (usize, TileWidth),
+    epilogue: Epilogue<'_>,
+) -> Result<Option<(LaunchConfig, bool, u32)>> {
+    let (m, k) = (w.rows(), w.cols());
+    x.check(kernel, "x", rows, k)?;
+    super::check_len(kernel, "y", y, rows * m)?;
+    if let Some(b) = epilogue.bias {
+        super::check_len(kernel, "bias", b, m)?;
+    }
+    to_u32(kernel, "rows × m", rows * m)?;
+    if rows == 0 {
+        return Ok(None);
+    }
+    let wide = width.is_wide(rows, m);
+    let cfg = config(dev, kernel, rows, m, wide)?;
+    let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
+        | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
+    Ok(Some((cfg, wide, flags)))
 }
 
 /// `h[rows][m] = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with `w_gate_up` interleaved by
