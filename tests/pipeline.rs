@@ -144,8 +144,10 @@ fn check_invariance(
 
 /// A router margin (k-th minus (k+1)-th router logit, in logit units) under which bf16
 /// activation noise may flip the expert choice. The logits are O(1) and the pipeline's rounding
-/// moves them by ~1e-3 relative; 2e-2 leaves a wide margin above that and still singles out
-/// near-ties (on qwen3moe-bf16 p33 one position of 33 has a margin under it: 4.6e-3).
+/// moves them by ~1e-3 relative (the router reads the bf16 normed rows: one rounding of x,
+/// 2⁻⁹ relative per element, averaging down over the hidden size, on top of the upstream
+/// bf16 noise); 2e-2 leaves a wide margin above that and still singles out near-ties (on
+/// qwen3moe-bf16 p33 one position of 33 has a margin under it: 4.6e-3).
 const ROUTER_NEAR_TIE: f64 = 2e-2;
 
 fn upload(dev: &Device, cfg: &ModelConfig, w: &Weights) -> GpuModel {
