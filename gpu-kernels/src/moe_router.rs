@@ -43,11 +43,6 @@ pub const FINISH_THREADS: u32 = TILE_TOKENS as u32 * WARP_SIZE;
 /// Threads of the scan-and-place kernel (one per expert).
 pub const PLACE_THREADS: u32 = FAST_MAX_EXPERTS as u32;
 
-/// Experts per lane: lane `l` holds experts `l + 32 j`, `j < experts_per_lane`.
-pub const fn experts_per_lane(n_expert: usize) -> usize {
-    if n_expert <= 128 { 4 } else { 8 }
-}
-
 // Each tile's chosen ids, for counting (tile tokens · top-k ≤ 1024).
 shared_array!(fn router_tile_ids() -> [u32; 1024]);
 shared_array!(fn place_running() -> [u32; 256]);
@@ -178,6 +173,8 @@ macro_rules! finish_kernel {
     };
 }
 
+// Lane `l` holds experts `l + 32 j`, `j < EPL`: 4 up to 128 experts, 8 up to
+// `FAST_MAX_EXPERTS` (the host picks by the expert count).
 finish_kernel!(moe_router_finish_e128, 4);
 finish_kernel!(moe_router_finish_e256, 8);
 
