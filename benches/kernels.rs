@@ -21,8 +21,8 @@ use common::*;
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::Epilogue;
 use kiln::gpu::ops::gemm_wgmma::{TileWidth, interleaved_rows, matmul_swiglu_tiled, matmul_tiled};
-use kiln::gpu::ops::moe::{MoeShape, Routing};
-use kiln::gpu::ops::moe_router::{RouteOptions, Router, RouterMode};
+use kiln::gpu::ops::moe::{MoeShape, RouteOptions, Routing};
+use kiln::gpu::ops::moe_router::{Router, RouterWeights};
 use kiln::gpu::{Device, TmaMatrix};
 use kiln::rng::Rng;
 use std::time::Instant;
@@ -157,43 +157,35 @@ fn main() {
         }
     }
     // The MoE stage at Qwen3-30B-A3B dims (hidden 2048, 128 experts of ff 768, top-8): the
-    // routing stage (f32 router GEMM, top-k, grouping), and the grouped expert GEMMs.
-    // N = 512 too: there the routing's share of a layer is what issue 7 bounds.
+    // routing stage (the router GEMM on tensor cores from bf16 rows and the f32 weights' three
+    // bf16 parts, top-k, grouping: 3 launches, as the pipeline runs it), and the grouped
+    // expert GEMMs. N = 512 too: there the routing's share of a layer is what issue 7 bounds.
     for n in [512usize, 4096].into_iter().filter(|_| wanted("moe")) {
         let (hidden, ff, ne, k) = (2048usize, 768usize, 128usize, 8usize);
-        let x32: Vec<f32> = (0..n * hidden).map(|_| rng.normal() as f32).collect();
-        let x32 = dev.upload(&x32, "x").expect("upload");
+        let x = random_bf16(&dev, &mut rng, n, hidden);
         let wr: Vec<f32> = (0..ne * hidden)
             .map(|_| rng.normal() as f32 * 0.02)
             .collect();
         let wr = dev.upload(&wr, "router").expect("upload");
-        // The whole routing stage (router GEMM + softmax/top-k + grouping) as the pipeline
-        // runs it (split: 3 launches), and the fused mode (2 launches) beside it.
+        let wr = RouterWeights::new(&dev, &wr, ne, hidden).expect("router weights");
         let routing = Routing::new(&dev, n, ne, k).expect("routing");
-        let router = Router::new(&dev, n, ne, hidden).expect("router");
-        let modes = [
-            ("moe routing", RouterMode::Auto),
-            ("moe routing (fused)", RouterMode::Fused),
-        ];
-        for (kernel, mode) in modes {
-            let opts = RouteOptions {
-                renormalise: true,
-                mode,
-                logits: None,
-            };
-            let ms = time_ms(&dev, 3, 20, || {
-                router
-                    .route(&dev, &x32, &wr, &routing, n, opts)
-                    .expect("route")
-            });
-            rows.push(Row {
-                kernel,
-                shape: format!("N={n} h={hidden} {ne} experts top-{k}"),
-                ms,
-                tflops: 2.0 * (n * ne * hidden) as f64 / ms / 1e9,
-            });
-        }
-        let x = random_bf16(&dev, &mut rng, n, hidden);
+        let router = Router::new(&dev, n, ne).expect("router");
+        let opts = RouteOptions {
+            renormalise: true,
+            logits: None,
+        };
+        let ms = time_ms(&dev, 3, 20, || {
+            router
+                .route(&dev, &x, &wr, &routing, n, opts)
+                .expect("route")
+        });
+        rows.push(Row {
+            kernel: "moe routing",
+            shape: format!("N={n} h={hidden} {ne} experts top-{k}"),
+            ms,
+            // The model's FLOPs (the tensor cores do three times this: one product per part).
+            tflops: 2.0 * (n * ne * hidden) as f64 / ms / 1e9,
+        });
         let w_gate_up = random_bf16(&dev, &mut rng, ne * interleaved_rows(ff), hidden);
         let w_down = random_bf16(&dev, &mut rng, ne * hidden, ff);
         let pairs = n * k;

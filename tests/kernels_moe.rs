@@ -22,9 +22,10 @@
 
 mod common;
 use common::*;
+use gpu_kernels::device::float::split_bf16x3;
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
-use kiln::gpu::ops::moe::{MoeShape, Routing};
+use kiln::gpu::ops::moe::{MoeShape, RouteOptions, Routing};
 use kiln::reference::ops::{self, dot, widen};
 
 const ROWS: [usize; 4] = [1, 5, 33, 257];
@@ -110,33 +111,63 @@ impl Case {
     }
 }
 
-/// Routes `n` tokens of `ne`-expert logits on `dev` (outputs poisoned first) and checks ids,
-/// weights, the stable grouping, offsets and the tile table against the reference.
-fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, renorm: bool) {
-    let mut routing = Routing::new(dev, n, ne, k).unwrap();
-    let pairs_len = n * k;
-    routing.ids.write(&vec![u32::MAX; pairs_len]).unwrap();
-    routing.weights.write(&vec![f32::NAN; pairs_len]).unwrap();
-    routing.sorted.write(&vec![u32::MAX; pairs_len]).unwrap();
-    routing
-        .row_of_pair
-        .write(&vec![u32::MAX; pairs_len])
-        .unwrap();
-    routing.offsets.write(&vec![u32::MAX; ne + 1]).unwrap();
-    routing.num_tiles.write(&[u32::MAX]).unwrap();
-    routing.route(dev, &upload(dev, logits), n, renorm).unwrap();
-    let (want_ids, want_w): (Vec<u32>, Vec<f64>) = logits
-        .chunks(ne)
-        .flat_map(|row| ops::route(&widen(row), k, renorm))
-        .map(|(e, w)| (e as u32, w))
-        .unzip();
-    let what = format!("n={n}, {ne} experts, top-{k} on {}", dev.name());
-    let ids = routing.ids.to_vec().unwrap();
-    assert_eq!(ids[..], want_ids[..], "top-k ids, {what}");
-    let w = routing.weights.to_vec().unwrap();
-    assert_close(&format!("routing weights {what}"), dev, &w, &want_w, 1e-6);
+/// The logits as `[n][3][ne]` partials: each logit's exact bf16 parts (lo, mid, hi), whose sum
+/// in that order is the logit again, bit for bit (`lo + mid` has at most 16 significant bits).
+fn split_logits(logits: &[f32], ne: usize) -> Vec<f32> {
+    let parts: Vec<[u16; 3]> = logits.iter().map(|&v| split_bf16x3(v)).collect();
+    let mut out = Vec::with_capacity(3 * logits.len());
+    for row in parts.chunks(ne) {
+        for p in 0..3 {
+            out.extend(bf16_to_f32(&row.iter().map(|q| q[p]).collect::<Vec<_>>()));
+        }
+    }
+    out
+}
 
-    check_grouping(&routing, &want_ids, ne, k, &what);
+/// Routes `n` tokens of `ne`-expert logits on `dev` (outputs poisoned first), from the logits
+/// and from their exact three-part split, and checks ids, weights, the logits the kernel
+/// writes, the stable grouping, offsets and the tile table against the reference.
+fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, renorm: bool) {
+    for (parts, partials) in [(1, logits.to_vec()), (3, split_logits(logits, ne))] {
+        let mut routing = Routing::new(dev, n, ne, k).unwrap();
+        let pairs_len = n * k;
+        routing.ids.write(&vec![u32::MAX; pairs_len]).unwrap();
+        routing.weights.write(&vec![f32::NAN; pairs_len]).unwrap();
+        routing.sorted.write(&vec![u32::MAX; pairs_len]).unwrap();
+        routing
+            .row_of_pair
+            .write(&vec![u32::MAX; pairs_len])
+            .unwrap();
+        routing.offsets.write(&vec![u32::MAX; ne + 1]).unwrap();
+        routing.num_tiles.write(&[u32::MAX]).unwrap();
+        let written = poisoned(dev, n * ne + 1, f32::NAN);
+        let opts = RouteOptions {
+            renormalise: renorm,
+            logits: Some(&written),
+        };
+        let partials = upload(dev, &partials);
+        routing.route(dev, &partials, parts, n, opts).unwrap();
+        let (want_ids, want_w): (Vec<u32>, Vec<f64>) = logits
+            .chunks(ne)
+            .flat_map(|row| ops::route(&widen(row), k, renorm))
+            .map(|(e, w)| (e as u32, w))
+            .unzip();
+        let what = format!(
+            "n={n}, {ne} experts, top-{k}, {parts} parts on {}",
+            dev.name()
+        );
+        let written = written.to_vec().unwrap();
+        assert_same(&bits(&written[..n * ne]), &bits(logits), &what);
+        assert!(
+            written[n * ne].is_nan(),
+            "{what}: logits past row {n} written"
+        );
+        let ids = routing.ids.to_vec().unwrap();
+        assert_eq!(ids[..], want_ids[..], "top-k ids, {what}");
+        let w = routing.weights.to_vec().unwrap();
+        assert_close(&format!("routing weights {what}"), dev, &w, &want_w, 1e-6);
+        check_grouping(&routing, &want_ids, ne, k, &what);
+    }
 }
 
 #[test]
@@ -202,8 +233,12 @@ fn run_chain(c: &Case, shared: bool, resid: &[f32], sh_out: &[f32], sh_gate: &[f
     let (dev, n, k) = (&c.dev, c.n, c.k);
     let pairs = n * k;
     let routing = Routing::new(dev, n, N_EXPERT, k).unwrap();
+    let opts = RouteOptions {
+        renormalise: true,
+        logits: None,
+    };
     routing
-        .route(dev, &upload(dev, &c.logits), n, true)
+        .route(dev, &upload(dev, &c.logits), 1, n, opts)
         .unwrap();
     let x = tma_upload(dev, &c.x.0, n, HIDDEN);
     let w_gate_up = tma_upload(

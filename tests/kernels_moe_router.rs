@@ -1,28 +1,36 @@
-//! The MoE routing stage (`ops::moe_router::Router`: router GEMM + softmax/top-k + grouping)
-//! from f32 rows and f32 router weights, against float64 computed here, in both modes of the
-//! fast path (split, fused), through the fallback (`gemm_f32` + `Routing::route`), and for
-//! batch invariance. Inputs are fresh random values (seeded per run), every output starts
-//! poisoned.
+//! The MoE routing stage (`ops::moe_router::Router`: the router GEMM on tensor cores +
+//! softmax/top-k + grouping) from bf16 rows and f32 router weights, against float64 computed
+//! here, through the fast path (finish + scan/place) and the fallback (`Routing::route`, more
+//! than `FAST_MAX_EXPERTS` experts), and for batch invariance. Inputs are fresh random values
+//! (seeded per run), every output starts poisoned.
 //!
-//! Expert choice: the kernels' logits are f32 sums over `h` products, so where two experts'
-//! float64 logits are closer than f32 rounding can resolve, either order is right. The bound
-//! used is the worst case of an fma chain of `h` terms plus `K_SEGMENTS` additions,
-//! `(h + 16)·2⁻²⁴·Σ_k |x_k·w_ek|`, which each logit is also checked against; wherever the
-//! float64 lead between the kernel's and the reference's expert exceeds twice that bound, the
-//! ids must be equal. Near-ties are planted: experts `a` and `b` have identical weight rows but
-//! for one element (`w_b[k0] = w_a[k0] + 1/2`), and the token's `x[k0]` sets their exact lead:
-//! 1e-2 and 2e-3 (resolvable: must match), 1e-9 (below f32 rounding: either order, but both
-//! must be chosen) and 0 (an exact tie in f32 too: the lower id first). The tie tokens lean toward `a` so the pair competes for the top slots.
+//! The defined input is the bf16 row (what the experts read too) and the f32 weights: the
+//! float64 reference is the exact dot product of the bf16-rounded `x` with the f32 `w`. The
+//! kernel computes it as three f32 accumulations of exact products (`x` times each bf16 part
+//! of `w`, whose sum is `w` exactly), added lo + mid, then + hi. Bound: the fma-chain worst
+//! case `(h + 16)·2⁻²⁴·Σ_k |x_k·w_ek|`, which each logit is also checked against. The GEMM
+//! rounds its accumulator once per k16 `wgmma` step (the emulator: exact in f64, rounded
+//! once; the hardware: a truncated sum of the 16 exact products, within two ulps of the
+//! accumulator), so the hi part's error is at most about `(h/8)·2⁻²⁴·Σ|x·w|`, the smaller
+//! parts' 2⁸ and 2¹⁶ times less, and the two additions two ulps of the logit: the bound
+//! holds with several times to spare. Expert choice: wherever the float64 lead between the
+//! kernel's and the reference's expert exceeds twice that bound, the ids must be equal.
+//! Near-ties are planted: experts `a` and `b` have identical weight rows but for one element
+//! (`w_b[k0] = w_a[k0] + 1/2`), and the token's `x[k0]` (a bf16 value) sets their exact lead
+//! to about 1e-2 and 2e-3 (resolvable: must match), 1e-9 (below f32 rounding: either order,
+//! but both must be chosen) and 0 (an exact tie in f32 too: the lower id first). The tie
+//! tokens lean toward `a` so the pair competes for the top slots.
 //! Weights: one f32 softmax (ex2.approx) of logits that are within ~1e-6 of exact: per weight
 //! 2e-6 absolute (2.4e-7 seen on the emulator), against float64 of the kernel's chosen ids.
 
 mod common;
 use common::*;
-use kiln::gpu::ops::moe::Routing;
-use kiln::gpu::ops::moe_router::{RouteOptions, Router, RouterMode};
+use kiln::gpu::ops::moe::{RouteOptions, Routing};
+use kiln::gpu::ops::moe_router::{Router, RouterWeights};
 use kiln::gpu::{Buffer, Device};
 
-/// A routing problem: `x` `[n][h]`, `w` `[ne][h]`, with planted near-ties.
+/// A routing problem: `x` `[n][h]` (bf16 values), `w` `[ne][h]` (f32), with planted
+/// near-ties.
 struct Problem {
     n: usize,
     ne: usize,
@@ -58,7 +66,8 @@ impl Problem {
                 for (v, wa) in xt.iter_mut().zip(&row_a) {
                     *v += 8.0 * wa;
                 }
-                // lead = x[k0] · (w_b[k0] − w_a[k0]) = x[k0] / 2, exactly in float64.
+                // lead = x[k0] · (w_b[k0] − w_a[k0]) = x[k0] / 2, exactly in float64 (x[k0]
+                // is rounded to bf16 below: the lead is that of the rounded value).
                 xt[k0] = (2.0 * lead) as f32;
             } else if t % 3 == 1 {
                 for (v, w1) in xt.iter_mut().zip(&row_1) {
@@ -66,6 +75,7 @@ impl Problem {
                 }
             }
         }
+        let x = bf16_rounded(&x);
         Problem { n, ne, h, k, x, w }
     }
 
@@ -92,9 +102,9 @@ struct Routed {
     routing: Routing,
 }
 
-/// Routes `p`'s tokens `rows` (in that order) on `dev` in `mode`, every output poisoned first; the
+/// Routes `p`'s tokens `rows` (in that order) on `dev`, every output poisoned first; the
 /// logits buffer has one row more, which must stay poisoned.
-fn route(dev: &Device, p: &Problem, rows: &[usize], mode: RouterMode, renorm: bool) -> Routed {
+fn route(dev: &Device, p: &Problem, rows: &[usize], renorm: bool) -> Routed {
     let (n, ne, h, k) = (rows.len(), p.ne, p.h, p.k);
     let x: Vec<f32> = rows
         .iter()
@@ -110,13 +120,13 @@ fn route(dev: &Device, p: &Problem, rows: &[usize], mode: RouterMode, renorm: bo
     let tiles = routing.tiles.len();
     routing.tiles.write(&vec![u32::MAX; tiles]).unwrap();
     let logits: Buffer<f32> = poisoned(dev, (n + 1) * ne, f32::NAN);
-    let router = Router::new(dev, n, ne, h).unwrap();
+    let router = Router::new(dev, n, ne).unwrap();
     let opts = RouteOptions {
         renormalise: renorm,
-        mode,
         logits: Some(&logits),
     };
-    let (xb, wb) = (upload(dev, &x), upload(dev, &p.w));
+    let xb = tma_upload(dev, &bf16_bits(&x), n, h);
+    let wb = RouterWeights::new(dev, &upload(dev, &p.w), ne, h).unwrap();
     router.route(dev, &xb, &wb, &routing, n, opts).unwrap();
     let logits = logits.to_vec().unwrap();
     assert!(
@@ -136,12 +146,13 @@ fn route(dev: &Device, p: &Problem, rows: &[usize], mode: RouterMode, renorm: bo
 fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
     let (ne, k) = (p.ne, p.k);
     let (a, b, _) = tie_pair(ne);
-    let mut worst_w = 0.0f64;
+    let (mut worst_w, mut worst_l) = (0.0f64, 0.0f64);
     let (mut planted, mut on_top) = (0usize, 0usize);
     for t in 0..p.n {
         let exact: Vec<(f64, f64)> = (0..ne).map(|e| p.logit(t, e)).collect();
         for (e, &(l, bound)) in exact.iter().enumerate() {
             let g = f64::from(got.logits[t * ne + e]);
+            worst_l = worst_l.max((g - l).abs() / bound);
             assert!(
                 (g - l).abs() <= bound,
                 "{what}: logit [{t}][{e}] = {g}, float64 {l} (bound {bound:.2e})"
@@ -210,7 +221,10 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
             );
         }
     }
-    eprintln!("{what}: worst weight error {worst_w:.2e}; planted ties on top {on_top}/{planted}");
+    eprintln!(
+        "{what}: worst logit error {worst_l:.2e} of its bound, worst weight error \
+         {worst_w:.2e}; planted ties on top {on_top}/{planted}"
+    );
     assert!(
         k < 2 || ne < 3 || 2 * on_top >= planted,
         "{what}: the planted tie was on top for only {on_top} of {planted} tokens"
@@ -219,8 +233,9 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
 }
 
 /// (experts, hidden, tokens, top-k, renormalise): the model's 128 experts with top-8; 60
-/// (lanes partly empty); 200 (the 256-expert kernels); 8 experts top-2. Hidden sizes leave
-/// the last K segment short (200, 104) or empty (40: four segments of 16, 8 past the end).
+/// (lanes partly empty); 200 (the 256-expert finish kernel); 8 experts top-2. Hidden sizes
+/// leave the GEMM's last 64-wide K slice part empty (200, 104, 40: zero-filled by TMA), and
+/// the token counts a partial last tile of 128 rows and of `TILE_TOKENS` tokens.
 const CASES: [(usize, usize, usize, usize, bool); 4] = [
     (128, 200, 300, 8, true),
     (60, 104, 77, 4, false),
@@ -232,60 +247,44 @@ const CASES: [(usize, usize, usize, usize, bool); 4] = [
 fn fast_router_matches_f64_with_near_ties() {
     for dev in devices() {
         for (ci, &(ne, h, n, k, renorm)) in CASES.iter().enumerate() {
+            assert!(Router::new(&dev, n, ne).unwrap().is_fast());
             let p = Problem::new(n, ne, h, k, 10 + ci as u64);
             let rows: Vec<usize> = (0..n).collect();
-            let split = route(&dev, &p, &rows, RouterMode::Split, renorm);
-            let what = format!(
-                "split, {ne} experts, h={h}, n={n}, top-{k} on {}",
-                dev.name()
-            );
-            check_against_f64(&p, &split, renorm, &what);
-            let fused = route(&dev, &p, &rows, RouterMode::Fused, renorm);
-            let what = format!(
-                "fused, {ne} experts, h={h}, n={n}, top-{k} on {}",
-                dev.name()
-            );
-            check_against_f64(&p, &fused, renorm, &what);
-            // The two modes fold the same segments in the same order: same bits.
-            assert_same(&bits(&split.logits), &bits(&fused.logits), &what);
-            assert_eq!(split.ids, fused.ids, "{what}: ids split vs fused");
-            assert_same(&bits(&split.weights), &bits(&fused.weights), &what);
+            let got = route(&dev, &p, &rows, renorm);
+            let what = format!("{ne} experts, h={h}, n={n}, top-{k} on {}", dev.name());
+            check_against_f64(&p, &got, renorm, &what);
         }
     }
 }
 
 /// Each token's logits, ids and weights (bits) are the same routed alone, in batches of 7, 64
-/// and 300, at other positions (a rotated order), and in either mode.
+/// and 300, and at other positions (a rotated order: another row of the GEMM's tile and of
+/// the finish kernel's tile). The GEMM's tile width (narrow or wide, chosen from the row
+/// count) gives the same bits too: `kernels_gemm_wgmma` checks narrow against wide.
 #[test]
 fn fast_router_is_batch_invariant() {
     for dev in devices() {
         for (ci, &(ne, h, k)) in [(128, 200, 8), (200, 64, 4)].iter().enumerate() {
             let p = Problem::new(300, ne, h, k, 50 + ci as u64);
             let all: Vec<usize> = (0..300).collect();
-            let base = route(&dev, &p, &all, RouterMode::Split, true);
-            let mut batches: Vec<(Vec<usize>, RouterMode)> = vec![
-                (vec![0], RouterMode::Split),
-                (vec![299], RouterMode::Fused),
-                (vec![137], RouterMode::Auto),
-                ((100..107).collect(), RouterMode::Split),
-                ((3..10).rev().collect(), RouterMode::Fused),
-                ((200..264).collect(), RouterMode::Fused),
-                ((13..77).collect(), RouterMode::Split),
-                (
-                    (0..300).map(|t| (t + 17) % 300).collect(),
-                    RouterMode::Fused,
-                ),
-                (
-                    (0..300).map(|t| (t * 7 + 5) % 300).collect(),
-                    RouterMode::Auto,
-                ),
+            let base = route(&dev, &p, &all, true);
+            let batches: Vec<Vec<usize>> = vec![
+                vec![0],
+                vec![299],
+                vec![137],
+                (100..107).collect(),
+                (3..10).rev().collect(),
+                (200..264).collect(),
+                (13..77).collect(),
+                (0..300).map(|t| (t + 17) % 300).collect(),
+                (0..300).map(|t| (t * 7 + 5) % 300).collect(),
+                all.clone(),
             ];
-            batches.push((all.clone(), RouterMode::Fused));
-            for (rows, mode) in &batches {
-                let got = route(&dev, &p, rows, *mode, true);
+            for rows in &batches {
+                let got = route(&dev, &p, rows, true);
                 for (i, &t) in rows.iter().enumerate() {
                     let what = format!(
-                        "{ne} experts: token {t} at {i} of {} ({mode:?}) vs in 300 on {}",
+                        "{ne} experts: token {t} at {i} of {} vs in 300 on {}",
                         rows.len(),
                         dev.name()
                     );
@@ -305,25 +304,40 @@ fn fast_router_is_batch_invariant() {
                         &what,
                     );
                 }
-                let what = format!("{ne} experts, batch of {} ({mode:?})", rows.len());
+                let what = format!("{ne} experts, batch of {}", rows.len());
                 check_grouping(&got.routing, &got.ids, ne, k, &what);
             }
         }
     }
 }
 
-/// More experts than the fast path takes (300), or a hidden size that is not a multiple of 4
-/// (102): `gemm_f32` + `Routing::route`, checked the same way.
+/// More experts than the fast path takes (300, 257): the same GEMM, then `Routing::route`
+/// adds the partials and routes, checked the same way; and bit for bit the logits of the
+/// fast path where both see the same weights (the first 256 experts' logits do not depend on
+/// the others).
 #[test]
 fn router_fallback_matches_f64() {
     for dev in devices() {
-        for (ci, &(ne, h, n, k)) in [(300, 64, 40, 8), (16, 102, 50, 4)].iter().enumerate() {
-            assert!(!Router::new(&dev, n, ne, h).unwrap().is_fast());
+        for (ci, &(ne, h, n, k)) in [(300, 64, 40, 8), (257, 136, 50, 4)].iter().enumerate() {
+            assert!(!Router::new(&dev, n, ne).unwrap().is_fast());
             let p = Problem::new(n, ne, h, k, 80 + ci as u64);
             let rows: Vec<usize> = (0..n).collect();
-            let got = route(&dev, &p, &rows, RouterMode::Auto, true);
+            let got = route(&dev, &p, &rows, true);
             let what = format!("fallback, {ne} experts, h={h} on {}", dev.name());
             check_against_f64(&p, &got, true, &what);
+            let fast = Problem {
+                ne: 256,
+                w: p.w[..256 * h].to_vec(),
+                ..p
+            };
+            let fast_got = route(&dev, &fast, &rows, true);
+            for t in 0..n {
+                assert_same(
+                    &bits(&fast_got.logits[t * 256..(t + 1) * 256]),
+                    &bits(&got.logits[t * ne..t * ne + 256]),
+                    &format!("{what}: token {t}, fast vs fallback logits"),
+                );
+            }
         }
     }
 }
@@ -331,27 +345,36 @@ fn router_fallback_matches_f64() {
 #[test]
 fn router_shapes_are_checked_before_launching() {
     let dev = Device::emulator();
-    let router = Router::new(&dev, 4, 8, 32).unwrap();
+    let router = Router::new(&dev, 4, 8).unwrap();
     assert!(router.is_fast());
     let routing = Routing::new(&dev, 4, 8, 2).unwrap();
-    let (x, w) = (
-        poisoned(&dev, 4 * 32, 0.5f32),
-        poisoned(&dev, 8 * 32, 0.5f32),
-    );
+    let x = poisoned_tma(&dev, 4, 32);
+    let w = RouterWeights::new(&dev, &poisoned(&dev, 8 * 32, 0.5f32), 8, 32).unwrap();
+    let w16 = RouterWeights::new(&dev, &poisoned(&dev, 16 * 32, 0.5f32), 16, 32).unwrap();
+    let launches = dev.launch_count();
     let opts = RouteOptions::default();
     let e = router.route(&dev, &x, &w, &routing, 5, opts).unwrap_err();
     assert!(e.to_string().contains("5 tokens exceed"), "{e}");
-    let short = poisoned(&dev, 8 * 32 - 1, 0.5f32);
+    let narrow = poisoned_tma(&dev, 4, 24);
     let e = router
-        .route(&dev, &x, &short, &routing, 4, opts)
+        .route(&dev, &narrow, &w, &routing, 4, opts)
         .unwrap_err();
-    assert!(e.to_string().contains("w has 255 elements"), "{e}");
+    assert!(e.to_string().contains("x is 4 × 24"), "{e}");
     let other = Routing::new(&dev, 4, 16, 2).unwrap();
     let e = router.route(&dev, &x, &w, &other, 4, opts).unwrap_err();
     assert!(e.to_string().contains("for 16 experts"), "{e}");
+    let e = router.route(&dev, &x, &w16, &routing, 4, opts).unwrap_err();
+    assert!(e.to_string().contains("the weights for 16"), "{e}");
+    let short = poisoned(&dev, 4 * 8 - 1, f32::NAN);
+    let opts = RouteOptions {
+        logits: Some(&short),
+        ..opts
+    };
+    let e = router.route(&dev, &x, &w, &routing, 4, opts).unwrap_err();
+    assert!(e.to_string().contains("logits has 31 elements"), "{e}");
     assert_eq!(
         dev.launch_count(),
-        0,
+        launches,
         "nothing may launch after a failed check"
     );
 }

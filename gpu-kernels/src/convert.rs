@@ -1,6 +1,6 @@
 //! Element conversions between f32 activations and bf16 storage.
 
-use crate::device::float::{bf16_to_f32, f32_to_bf16};
+use crate::device::float::{bf16_to_f32, f32_to_bf16, split_bf16x3};
 use crate::device::*;
 
 #[inline(always)]
@@ -26,6 +26,22 @@ kernel! {
         let (mut i, stride) = global_index();
         while i < n as usize {
             y.set(i, bf16_to_f32(x.at(i)));
+            i += stride;
+        }
+    }
+}
+
+kernel! {
+    /// `y[p·n + i]` = part `p` of `split_bf16x3(x[i])` (`p` = 0: lo, 1: mid, 2: hi), so a
+    /// `[rows][cols]` f32 matrix becomes three stacked bf16 matrices, `[3·rows][cols]`, whose
+    /// sum is exactly `x`; any 1-D grid.
+    pub fn f32_to_bf16x3_kernel(x: In<f32>, y: Out<u16>, n: u32) {
+        let (mut i, stride) = global_index();
+        let n = n as usize;
+        while i < n {
+            for (p, part) in split_bf16x3(x.at(i)).into_iter().enumerate() {
+                y.set(p * n + i, part);
+            }
             i += stride;
         }
     }

@@ -1,11 +1,11 @@
 //! The f32 GEMM on CUDA cores: `y[r, n] = Σ_k x[r, k] · w[n, k]`, f32 activations and weights
-//! stored `[out][in]` as in GGUF: the MoE router and the shared-expert gate, which stay in full
-//! precision (expert choice must not flip on rounding). Every bf16-weight GEMM runs on tensor
-//! cores in `gemm_wgmma`.
+//! stored `[out][in]` as in GGUF: the shared-expert gate (qwen2moe), which stays in full
+//! precision. Every bf16-weight GEMM runs on tensor cores in `gemm_wgmma`, and so does the MoE
+//! router (its f32 weights as three exact bf16 parts: `moe_router`).
 //!
 //! K is cut into `K_SPLITS` fixed ranges (their bounds depend on `k` alone), each summed by
-//! its own block, so even a few rows fill the GPU (a 512-token router GEMM was 16 blocks of
-//! 128 k-steps each); `gemm_f32_sum_splits` then adds the partial sums in split order.
+//! its own block, so even a few rows spread over many blocks (a 512-row GEMM of 64 outputs at
+//! k = 2048: 32 blocks of 512 k-steps each); `gemm_f32_sum_splits` then adds the partial sums in split order.
 //!
 //! Batch invariance: every partial sum is accumulated by one thread, in one register, in
 //! ascending k order over its fixed range, and the partials are added in a fixed order.
@@ -161,8 +161,7 @@ fn dense_rows(n_rows: u32) -> Rows {
 }
 
 kernel! {
-    /// Partial sums of `y = x · wᵀ` with f32 weights (the MoE router and the shared-expert
-    /// gate stay f32): `partials[z][r][n]` over K range `z·k_chunk(k)..` (grid z =
+    /// Partial sums of `y = x · wᵀ` with f32 weights (the shared-expert gate stays f32): `partials[z][r][n]` over K range `z·k_chunk(k)..` (grid z =
     /// `K_SPLITS`; a range past `k` writes zeros).
     pub fn gemm_f32(x: In<f32>, w: In<f32>, partials: Out<f32>, n_rows: u32, m: u32, k: u32) {
         let rows = dense_rows(n_rows);

@@ -39,39 +39,65 @@ pub(crate) fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
     if b_wins { b } else { a }
 }
 
+/// Routing flags (`moe_router_topk` and `moe_router::moe_router_finish_*`).
+pub const FLAG_RENORMALISE: u32 = 1;
+pub const FLAG_WRITE_LOGITS: u32 = 2;
+
+/// The router logit of token `t` for expert `e` from `parts` partial logits laid out
+/// `[token][parts][n_expert]`: `((p₀ + p₁) + p₂) + …`, in index order (the router stores its
+/// parts smallest first, so the rounding of the sum comes last, at the largest magnitude).
+/// One part is the logit itself.
+#[inline(always)]
+pub(crate) fn summed_logit(partials: In<f32>, t: usize, e: usize, ne: usize, parts: usize) -> f32 {
+    let row = partials.offset(t * parts * ne + e);
+    let mut sum = row.at(0);
+    for s in 1..parts {
+        sum += row.at(s * ne);
+    }
+    sum
+}
+
 kernel! {
     /// One warp per token (`ROUTER_THREADS` per block, any grid covering the tokens): softmax
     /// over `n_expert` router logits, the `top_k` largest logits (ties → lower expert id; the
     /// probability is monotone in the logit, so this is the top-k by probability without its
-    /// rounding ties), optionally renormalised to sum 1. Writes `ids[t][s]` and `weights[t][s]`
-    /// in selection order. Lane `l` holds experts `l, l + 32, …`; every reduction is an xor
-    /// butterfly, so the token's result depends on its own logits alone.
+    /// rounding ties), renormalised to sum 1 with `FLAG_RENORMALISE`. Writes `ids[t][s]` and
+    /// `weights[t][s]` in selection order, and with `FLAG_WRITE_LOGITS` the logits
+    /// `[t][n_expert]`. The logits are `parts` partials per token (`summed_logit`). Lane `l`
+    /// holds experts `l, l + 32, …`; every reduction is an xor butterfly, so the token's
+    /// result depends on its own logits alone.
     pub fn moe_router_topk(
-        logits: In<f32>,
+        partials: In<f32>,
         ids: Out<u32>,
         weights: Out<f32>,
+        logits: Out<f32>,
         n_tokens: u32,
         n_expert: u32,
         top_k: u32,
-        renormalise: u32
+        parts: u32,
+        flags: u32
     ) {
         let t = (block_idx().x * (block_dim().x / WARP_SIZE) + warp_id()) as usize;
         if t >= n_tokens as usize {
             return;
         }
         let (ne, k, lane) = (n_expert as usize, top_k as usize, lane_id() as usize);
-        let row = logits.offset(t * ne);
+        let logit = |e: usize| summed_logit(partials, t, e, ne, parts as usize);
         let mut m = f32::NEG_INFINITY;
         let mut e = lane;
         while e < ne {
-            m = max(m, row.at(e));
+            let v = logit(e);
+            if flags & FLAG_WRITE_LOGITS != 0 {
+                logits.set(t * ne + e, v);
+            }
+            m = max(m, v);
             e += WARP_SIZE as usize;
         }
         let m = warp_max_f32(m);
         let mut sum = 0.0f32;
         let mut e = lane;
         while e < ne {
-            sum += exp(row.at(e) - m);
+            sum += exp(logit(e) - m);
             e += WARP_SIZE as usize;
         }
         let sum = warp_sum_f32(sum);
@@ -85,7 +111,7 @@ kernel! {
             let (mut e, mut j) = (lane, 0);
             while e < ne {
                 if taken & (1 << j) == 0 {
-                    best = better(best, (row.at(e), e as u32));
+                    best = better(best, (logit(e), e as u32));
                 }
                 e += WARP_SIZE as usize;
                 j += 1;
@@ -106,7 +132,8 @@ kernel! {
             total += p;
         }
         if lane < k {
-            let p = if renormalise != 0 { chosen_p / total } else { chosen_p };
+            let renorm = flags & FLAG_RENORMALISE != 0;
+            let p = if renorm { chosen_p / total } else { chosen_p };
             ids.set(t * k + lane, chosen);
             weights.set(t * k + lane, p);
         }

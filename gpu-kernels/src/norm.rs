@@ -37,9 +37,9 @@ shared_array!(fn norm_partials() -> [f32; 32]);
 kernel! {
     threads = ROW_THREADS;
     /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w`, stored as bf16 in `y16` (the
-    /// input of the tensor-core GEMMs) and, when `f32_too != 0`, also as f32 in `y32` (the MoE
-    /// router keeps full precision; `y32` may be `x`). `cols` a multiple of `VEC`. Grid: one
-    /// block per row; block: `ROW_THREADS`.
+    /// input of the tensor-core GEMMs) and, when `f32_too != 0`, also as f32 in `y32` (the
+    /// shared-expert gate keeps full precision; `y32` may be `x`). `cols` a multiple of `VEC`.
+    /// Grid: one block per row; block: `ROW_THREADS`.
     pub fn rms_norm_rows(x: In<f32>, w: In<f32>, y16: Out<u16>, y32: Out<f32>, cols: u32, eps: f32, f32_too: u32) {
         let cols = cols as usize;
         let (base, groups) = (block_idx().x as usize * cols, cols / VEC);

@@ -12,7 +12,7 @@ pub const GEMM_FLOPS: &str =
     "2 * N * n_layer * (weights touched per token: q,k,v,o + router + top-k experts' gate,up,down)";
 pub const ATTENTION_FLOPS: &str = "n_layer * 4 * N^2/2 * n_head * head_dim";
 pub const LM_HEAD_FLOPS: &str = "2 * hidden * vocab (last position only)";
-pub const WEIGHT_BYTES: &str = "bf16 matrices + f32 vectors/router read once: all layers, expected experts hit E*(1-(1-k/E)^N), LM head, N embedding rows";
+pub const WEIGHT_BYTES: &str = "bf16 matrices + f32 vectors + router as 3 bf16 parts read once: all layers, expected experts hit E*(1-(1-k/E)^N), LM head, N embedding rows";
 
 /// FLOPs of one prefill of `n` tokens, by part.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -73,7 +73,7 @@ pub fn expected_experts_hit(cfg: &ModelConfig, n: usize) -> f64 {
 }
 
 /// Bytes of weights one prefill of `n` tokens reads, as stored on the GPU (matrices bf16,
-/// vectors and the router f32): every layer's attention and norm weights, the experts it is
+/// vectors f32, the router as three bf16 parts): every layer's attention and norm weights, the experts it is
 /// expected to reach, the final norm, the whole LM head, and n rows of the embedding table.
 pub fn weight_bytes_read(cfg: &ModelConfig, n: usize) -> f64 {
     let (h, qd, kvd, hd) = (
@@ -90,7 +90,7 @@ pub fn weight_bytes_read(cfg: &ModelConfig, n: usize) -> f64 {
         layer += 4.0 * (qd + 2.0 * kvd);
     }
     if cfg.arch.is_moe() {
-        layer += 4.0 * h * cfg.n_expert as f64;
+        layer += 3.0 * 2.0 * h * cfg.n_expert as f64;
         layer += expected_experts_hit(cfg, n) * 2.0 * 3.0 * h * cfg.ff_exp as f64;
     } else {
         layer += 2.0 * 3.0 * h * cfg.ff as f64;

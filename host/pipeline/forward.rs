@@ -9,7 +9,7 @@ use crate::gpu::ops::flash_attention::{AttentionShape, flash_attention};
 use crate::gpu::ops::gemm::{self, Epilogue, GemmShape};
 use crate::gpu::ops::gemm_wgmma::{matmul, matmul_bf16, matmul_swiglu};
 use crate::gpu::ops::moe::MoeShape;
-use crate::gpu::ops::moe_router::RouteOptions;
+use crate::gpu::ops::moe::RouteOptions;
 use crate::gpu::ops::norm::{self, NormShape};
 use crate::gpu::{Device, GpuError, Result};
 use std::time::Instant;
@@ -212,9 +212,10 @@ impl<'m> Session<'m> {
             width: h,
             eps: cfg.eps,
         };
-        let moe = matches!(l.ffn, GpuFfn::Moe(_));
+        // f32 rows only for the shared-expert gate (the router reads the bf16 rows).
+        let f32_rows = matches!(&l.ffn, GpuFfn::Moe(m) if m.shared.is_some());
         self.stage("ffn norm", |dev, s| {
-            let xn = moe.then_some(&s.xn);
+            let xn = f32_rows.then_some(&s.xn);
             norm::rms_norm_rows(dev, &s.x, &l.ffn_norm, &s.xn16, xn, rows)
         })?;
         match &l.ffn {
@@ -235,7 +236,8 @@ impl<'m> Session<'m> {
                         renormalise: cfg.norm_topk,
                         ..RouteOptions::default()
                     };
-                    s.router()?.route(dev, &s.xn, router, s.routing()?, n, opts)
+                    s.router()?
+                        .route(dev, &s.xn16, router, s.routing()?, n, opts)
                 })?;
                 self.stage("moe experts", |dev, s| {
                     let r = s.routing()?;

@@ -19,7 +19,8 @@ pub(super) struct Scratch {
     pub kv: Vec<KvCache>,
     /// The residual stream `[n][hidden]`.
     pub x: Buffer<f32>,
-    /// Normed rows, bf16 for the GEMMs, and f32 for the MoE router and shared-expert gate.
+    /// Normed rows, bf16 for the GEMMs and the MoE router, and f32 for the shared-expert gate
+    /// (qwen2moe; empty otherwise).
     pub xn16: TmaMatrix,
     pub xn: Buffer<f32>,
     /// The fused Q|K|V projection `[n][q + 2·kv]`, bf16 (read once, by `attention_input`).
@@ -76,7 +77,7 @@ impl Scratch {
             x: dev.alloc(n * cfg.hidden, "residual stream")?,
             xn16: dev.tma_zeros(n, cfg.hidden, "normed activations")?,
             xn: dev.alloc(
-                if moe { n * cfg.hidden } else { 0 },
+                if shexp { n * cfg.hidden } else { 0 },
                 "normed activations (f32)",
             )?,
             qkv: dev.alloc(n * (cfg.q_dim() + 2 * cfg.kv_dim()), "Q|K|V")?,
@@ -126,7 +127,7 @@ impl Scratch {
                 None
             },
             router: if moe {
-                Some(Router::new(dev, n, cfg.n_expert, cfg.hidden)?)
+                Some(Router::new(dev, n, cfg.n_expert)?)
             } else {
                 None
             },

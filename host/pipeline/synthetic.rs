@@ -10,6 +10,7 @@ use super::weights::{Dense, Experts, GpuFfn, GpuLayer, GpuModel, Moe, SharedExpe
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::ops::flash_attention::check_head_dim;
 use crate::gpu::ops::gemm_wgmma::interleaved_rows;
+use crate::gpu::ops::moe_router::RouterWeights;
 use crate::gpu::ops::random_fill::{Fill, fill_bf16, fill_f32};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::ModelConfig;
@@ -96,7 +97,12 @@ impl GpuModel {
                 let (ne, fe) = (cfg.n_expert, cfg.ff_exp);
                 let router_scale = 3f32.sqrt() / (h as f32).sqrt();
                 GpuFfn::Moe(Box::new(Moe {
-                    router: g.vector(ne * h, router_scale, 0.0, "router")?,
+                    router: RouterWeights::new(
+                        dev,
+                        &g.vector(ne * h, router_scale, 0.0, "router")?,
+                        ne,
+                        h,
+                    )?,
                     experts: Experts {
                         gate_up: g.matrix(ne * interleaved_rows(fe), h, "experts gate|up")?,
                         down: g.matrix(ne * h, fe, "experts down")?,

@@ -1,6 +1,7 @@
 //! Uploading a model's weights to the device once, in the layouts the kernels read: matrices as
 //! bf16 [`TmaMatrix`]es (Q, K and V stacked into one projection; gate and up interleaved for the
-//! fused SwiGLU GEMM), vectors and the MoE router as f32. For NORM-RoPE archs (llama) the Q and
+//! fused SwiGLU GEMM), vectors as f32, and the MoE router as three bf16 parts whose sum is
+//! its f32 weights exactly ([`RouterWeights`]). For NORM-RoPE archs (llama) the Q and
 //! K rows are reordered per head so that the kernels' NEOX rotation computes NORM RoPE
 //! (`norm_to_neox_rows`): one attention-input kernel serves both pairings.
 
@@ -8,6 +9,7 @@ use super::scratch::ScratchPool;
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
 use crate::gpu::ops::flash_attention::check_head_dim;
 use crate::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
+use crate::gpu::ops::moe_router::RouterWeights;
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::{Ffn, HostTensor, ModelConfig, RopeType, Weights};
 
@@ -35,7 +37,7 @@ pub(super) enum GpuFfn {
 }
 
 pub(super) struct Moe {
-    pub router: Buffer<f32>,
+    pub router: RouterWeights,
     pub experts: Experts,
     pub shared: Option<SharedExpert>,
 }
@@ -206,7 +208,7 @@ impl GpuLayer {
         let ffn = match &self.ffn {
             GpuFfn::Dense(d) => d.bytes(),
             GpuFfn::Moe(m) => {
-                m.router.bytes()
+                m.router.parts().bytes()
                     + m.experts.gate_up.bytes()
                     + m.experts.down.bytes()
                     + m.shared
@@ -231,7 +233,8 @@ impl GpuLayer {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecodeBytes {
     /// Every layer's weights except the routed experts: norms, Q|K|V (with biases and QK
-    /// norms), the output projection, the MoE router (f32) and shared expert, or the dense FFN.
+    /// norms), the output projection, the MoE router (three bf16 parts) and shared expert, or
+    /// the dense FFN.
     pub layer_weights: u64,
     /// Per MoE layer, `n_expert_used` experts' gate|up and down: the experts one token reaches.
     pub routed_experts: u64,
@@ -251,8 +254,8 @@ impl DecodeBytes {
 
 /// [`DecodeBytes`]'s formula, for reports.
 pub const DECODE_BYTES: &str = "sum over layers of (every weight matrix and vector except the \
-    routed experts, router included, as stored: bf16 matrices, f32 vectors/router) + n_layer * \
-    n_expert_used * (one expert's gate|up + down, bf16) + final norm + LM head (bf16) + one \
+    routed experts, router included, as stored: bf16 matrices, f32 vectors, router as 3 bf16) + \
+    n_layer * n_expert_used * (one expert's gate|up + down, bf16) + final norm + LM head (bf16) + one \
     embedding row + n_layer * 2 (K and V) * context * n_kv_head * head_dim * 2 bytes (bf16)";
 
 impl GpuModel {
@@ -274,7 +277,7 @@ impl GpuModel {
             match &l.ffn {
                 GpuFfn::Dense(d) => out.layer_weights += m(&d.gate_up) + m(&d.down),
                 GpuFfn::Moe(moe) => {
-                    out.layer_weights += moe.router.bytes()
+                    out.layer_weights += m(moe.router.parts())
                         + moe.shared.as_ref().map_or(0, |s| {
                             s.gate_inp.bytes() + m(&s.ffn.gate_up) + m(&s.ffn.down)
                         });
@@ -291,7 +294,8 @@ impl GpuModel {
     }
 
     /// Device bytes the model keeps resident: every weight buffer in its device layout
-    /// (bf16 matrices with their tensor maps, f32 vectors and router), as allocated.
+    /// (bf16 matrices with their tensor maps, f32 vectors, the router's bf16 parts), as
+    /// allocated.
     pub fn device_bytes(&self) -> u64 {
         self.token_embd.bytes()
             + self.output_norm.bytes()
@@ -328,7 +332,8 @@ impl GpuModel {
                     down_exps,
                     shared,
                 } => GpuFfn::Moe(Box::new(Moe {
-                    router: up.f32(router)?,
+                    // Split on the device, from the f32 weights (freed after).
+                    router: RouterWeights::new(dev, &up.f32(router)?, cfg.n_expert, cfg.hidden)?,
                     experts: Experts {
                         gate_up: up.gate_up(gate_exps, up_exps, cfg.n_expert)?,
                         down: up.bf16(down_exps)?,

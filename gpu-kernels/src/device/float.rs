@@ -30,6 +30,30 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     }
 }
 
+/// `w` as three bf16 parts `[lo, mid, hi]` whose exact sum is `w`: `hi` is `w` rounded to
+/// bf16, `mid` the rest rounded, `lo` what is left. Each subtraction is exact (Sterbenz: a
+/// value minus its own rounding), and each rounding leaves at most 8 significant bits of the
+/// 24, so `lo` holds the last 8 exactly. Exceptions: a non-finite `w` is `hi` alone (NaN stays
+/// NaN, ±inf stays ±inf; `mid = lo = 0`); a finite `w` past the largest bf16 (which would round
+/// to infinity) takes the largest bf16 as `hi`, truncating, so the rest stays finite and exact;
+/// below about 2^-110 `lo` falls under bf16's subnormal grid (2^-133) and is rounded there, an
+/// error under 2^-134. Smallest part first: the router adds its partial logits in that order.
+#[inline(always)]
+pub fn split_bf16x3(w: f32) -> [u16; 3] {
+    if !w.is_finite() {
+        return [0, 0, f32_to_bf16(w)];
+    }
+    let mut hi = f32_to_bf16(w);
+    if hi & 0x7fff == 0x7f80 {
+        // ±inf from a finite value: ±the largest finite bf16 (0x7f7f, 0xff7f) instead.
+        hi -= 1;
+    }
+    let rest = w - bf16_to_f32(hi);
+    let mid = f32_to_bf16(rest);
+    let lo = f32_to_bf16(rest - bf16_to_f32(mid));
+    [lo, mid, hi]
+}
+
 /// Two f32 → two bf16 packed in a `u32`, `lo` in bits 0–15 (the order of two adjacent bf16 in
 /// memory, and of a tensor-core register pair), rounded as [`f32_to_bf16`]: one
 /// `cvt.rn.bf16x2.f32` on the device.

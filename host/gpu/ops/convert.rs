@@ -29,3 +29,18 @@ pub fn bf16_to_f32(dev: &Device, x: &Buffer<u16>, y: &Buffer<f32>, n: usize) -> 
     let n = to_u32(K, "n", n)?;
     convert::bf16_to_f32_kernel::launch(dev, cfg, x.input(), y.output(), n)
 }
+
+/// `y[p·n + i]` = part `p` of `gpu_kernels::device::float::split_bf16x3(x[i])` for `i < n`
+/// (lo, mid, hi: three stacked bf16 copies of `x` whose sum is exactly `x`).
+pub fn f32_to_bf16x3(dev: &Device, x: &Buffer<f32>, y: &Buffer<u16>, n: usize) -> Result<()> {
+    const K: &str = "f32_to_bf16x3_kernel";
+    check_len(K, "x", x, n)?;
+    check_len(K, "y", y, 3 * n)?;
+    to_u32(K, "3 n", 3 * n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig::covering(n, 256);
+    let n = to_u32(K, "n", n)?;
+    convert::f32_to_bf16x3_kernel::launch(dev, cfg, x.input(), y.output(), n)
+}

@@ -1,5 +1,5 @@
-//! The f32 GEMM's launch wrapper (kernel: gpu-kernels/src/gemm.rs): the MoE router and the
-//! shared-expert gate, on CUDA cores in full f32. Weights are `[m][k]` (GGUF order). Every
+//! The f32 GEMM's launch wrapper (kernel: gpu-kernels/src/gemm.rs): the shared-expert gate, on
+//! CUDA cores in full f32. Weights are `[m][k]` (GGUF order). Every
 //! bf16-weight GEMM is in `gemm_wgmma` (tensor cores); [`Epilogue`] is shared with it.
 
 use super::{check_len, to_u32};

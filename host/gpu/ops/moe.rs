@@ -8,7 +8,8 @@ use gpu_kernels::device::WARP_SIZE;
 use gpu_kernels::gemm_wgmma::{self, GROUPED_BM, GROUPED_BN, GROUPED_SHARED_BYTES, THREADS};
 use gpu_kernels::moe::GROUP_TILE_ROWS;
 use gpu_kernels::moe::{
-    self, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS, ROUTER_THREADS, SCAN_THREADS,
+    self, FLAG_RENORMALISE, FLAG_WRITE_LOGITS, GROUP_CHUNK_PAIRS, GROUP_WARPS, MAX_EXPERTS,
+    ROUTER_THREADS, SCAN_THREADS,
 };
 
 /// Device state of one chunk's routing: top-k choices, the expert grouping and its tile table.
@@ -26,6 +27,15 @@ pub struct Routing {
     max_pairs: usize,
     n_expert: usize,
     top_k: usize,
+}
+
+/// What one routing call does besides routing.
+#[derive(Clone, Copy, Default)]
+pub struct RouteOptions<'a> {
+    /// Rescale each token's top-k weights to sum 1.
+    pub renormalise: bool,
+    /// Also write the router logits `[n][n_expert]` here (tests, debugging).
+    pub logits: Option<&'a Buffer<f32>>,
 }
 
 /// The expert part of one chunk: `tokens` rows of `hidden` in and out, experts `ff` wide.
@@ -110,22 +120,29 @@ impl Routing {
         self.max_pairs
     }
 
-    /// Routes `n` tokens from their router logits (`[n][n_expert]`) and groups the pairs.
+    /// Routes `n` tokens from their router logits, given as `parts` partial logits per
+    /// token and expert (`[n][parts][n_expert]`, added in index order; 1: the logits
+    /// themselves), and groups the pairs.
     pub fn route(
         &self,
         dev: &Device,
-        logits: &Buffer<f32>,
+        partials: &Buffer<f32>,
+        parts: usize,
         n: usize,
-        renormalise: bool,
+        opts: RouteOptions<'_>,
     ) -> Result<()> {
         const K: &str = "moe_router_topk";
         let (ne, k) = (self.n_expert, self.top_k);
         ensure_shape!(
-            n * k <= self.max_pairs,
+            n * k <= self.max_pairs && parts > 0,
             K,
-            "{n} tokens exceed the routing buffers"
+            "{n} tokens exceed the routing buffers (or no parts: {parts})"
         );
-        check_len(K, "logits", logits, n * ne)?;
+        check_len(K, "partial logits", partials, n * parts * ne)?;
+        if let Some(l) = opts.logits {
+            check_len(K, "logits", l, n * ne)?;
+        }
+        to_u32(K, "partial logits", n * parts * ne)?;
         if n == 0 {
             return Ok(());
         }
@@ -136,8 +153,14 @@ impl Routing {
         );
         let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
         let (ids, weights) = (self.ids.output(), self.weights.output());
-        let renorm = renormalise as u32;
-        moe::moe_router_topk::launch(dev, cfg, logits.input(), ids, weights, nn, nex, kk, renorm)?;
+        let flags = (FLAG_RENORMALISE * opts.renormalise as u32)
+            | (FLAG_WRITE_LOGITS * opts.logits.is_some() as u32);
+        // Unwritten without FLAG_WRITE_LOGITS.
+        let logits = opts.logits.unwrap_or(partials).output();
+        let (pi, parts) = (partials.input(), parts as u32);
+        moe::moe_router_topk::launch(
+            dev, cfg, pi, ids, weights, logits, nn, nex, kk, parts, flags,
+        )?;
 
         let pairs = to_u32(K, "pairs", n * k)?;
         let chunks = (n * k).div_ceil(GROUP_CHUNK_PAIRS);

@@ -1,201 +1,162 @@
-//! The MoE routing stage's launch wrapper (kernels: gpu-kernels/src/moe_router.rs): router
-//! logits from the f32 normed rows and the f32 router weights, softmax and top-k, and the
-//! grouping by expert, written into a [`Routing`]. Up to `FAST_MAX_EXPERTS` experts with a
-//! hidden size that is a multiple of 4 take the fast path (three launches split, two fused);
-//! anything else falls back to `gemm_f32` + [`Routing::route`] (six launches).
+//! The MoE routing stage's launch wrapper (kernels: gpu-kernels/src/moe_router.rs, and the
+//! tensor-core GEMM of gemm_wgmma.rs): router logits from the bf16 normed rows and the f32
+//! router weights held as three exact bf16 parts ([`RouterWeights`]), softmax and top-k, and
+//! the grouping by expert, written into a [`Routing`].
+//!
+//! The logits: one `gemm_wgmma` launch writes the partial logits `[tokens][PARTS][n_expert]`
+//! (x · each part of W, f32 accumulation of exact bf16 products); the routing kernels add the
+//! parts, smallest first. Up to `FAST_MAX_EXPERTS` experts the finish kernel adds and routes
+//! and one scan-and-place launch groups (three launches in all); above that, the generic
+//! [`Routing::route`] reads the same partials (five launches). Either way the launch count is
+//! fixed by the model, not by the number of tokens.
 
-use super::gemm::{GemmShape, matmul_f32, partials_len};
-use super::moe::Routing;
+use super::convert::f32_to_bf16x3;
+use super::gemm::Epilogue;
+use super::gemm_wgmma::matmul;
+use super::moe::{RouteOptions, Routing};
 use super::{check_len, to_u32};
-use crate::gpu::{Buffer, Device, LaunchConfig, Result, ensure_shape};
+use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use gpu_kernels::moe::{FLAG_RENORMALISE, FLAG_WRITE_LOGITS};
 use gpu_kernels::moe_router::{
-    self, FAST_MAX_EXPERTS, FLAG_FUSED, FLAG_RENORMALISE, FLAG_WRITE_LOGITS, K_SEGMENTS, MAX_TOP_K,
-    PLACE_THREADS, THREADS, finish_threads, gemm_shared_bytes, tile_tokens,
+    self, FAST_MAX_EXPERTS, FINISH_THREADS, MAX_TOP_K, PARTS, PLACE_THREADS, TILE_TOKENS,
 };
 
-/// How the fast path computes the logits (the bits are the same either way).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum RouterMode {
-    /// What the pipeline runs: split, for every chunk size, so a chunk of any size makes the
-    /// same launches as a chunk of one (`tests/pipeline.rs` checks that). Split fills the GPU
-    /// (`K_SEGMENTS` blocks per tile of tokens) where fused leaves most SMs idle: on the H200
-    /// (2026-11-29, `benches/kernels.rs`, 128 experts, hidden 2048) split took 0.046 / 0.111
-    /// ms at N = 512 / 4096, fused 0.181 / 0.185.
-    #[default]
-    Auto,
-    /// Partial logits per K segment, then a finish launch that adds them and routes.
-    Split,
-    /// One launch computes and routes each tile of tokens.
-    Fused,
-}
-
-/// What one routing call does besides routing.
-#[derive(Clone, Copy, Default)]
-pub struct RouteOptions<'a> {
-    /// Rescale each token's top-k weights to sum 1.
-    pub renormalise: bool,
-    pub mode: RouterMode,
-    /// Also write the router logits `[n][n_expert]` here (tests, debugging).
-    pub logits: Option<&'a Buffer<f32>>,
-}
-
-/// The router's own buffers, per path.
-enum Path {
-    /// Partial logits `[K_SEGMENTS][tokens][n_expert]` and per-tile expert counts.
-    Fast {
-        partials: Buffer<f32>,
-        tile_counts: Buffer<u32>,
-    },
-    /// Logits and `gemm_f32`'s partial sums.
-    Fallback {
-        logits: Buffer<f32>,
-        partials: Buffer<f32>,
-    },
-}
-
-/// The routing stage of one model's MoE layers, for up to `max_tokens` tokens at once.
-pub struct Router {
+/// A router weight `W [n_expert][hidden]` (f32) as the GEMM reads it: `PARTS` bf16 matrices
+/// whose sum is exactly `W` (`float::split_bf16x3`: lo, mid, hi), stacked as
+/// `[PARTS · n_expert][hidden]`, part-major (row `p · n_expert + e` is part `p` of expert
+/// `e`), so the GEMM's output row is the `[PARTS][n_expert]` partial logits of a token.
+pub struct RouterWeights {
+    parts: TmaMatrix,
     n_expert: usize,
-    hidden: usize,
-    max_tokens: usize,
-    path: Path,
 }
 
-impl Router {
-    pub fn new(dev: &Device, max_tokens: usize, n_expert: usize, hidden: usize) -> Result<Self> {
+impl RouterWeights {
+    /// Splits `w` (`[n_expert][hidden]` f32, on `dev`) into its parts on the device.
+    pub fn new(dev: &Device, w: &Buffer<f32>, n_expert: usize, hidden: usize) -> Result<Self> {
         ensure_shape!(
             n_expert > 0 && hidden > 0,
             "moe_router",
             "{n_expert} experts and hidden {hidden} must be positive"
         );
-        let fast = n_expert <= FAST_MAX_EXPERTS && hidden.is_multiple_of(4);
-        let logits = max_tokens * n_expert;
-        let path = if fast {
-            let tiles = max_tokens.div_ceil(tile_tokens(n_expert)).max(1);
-            Path::Fast {
-                partials: dev.alloc(K_SEGMENTS * logits, "router partial logits")?,
-                tile_counts: dev.alloc(tiles * n_expert, "router per-tile expert counts")?,
-            }
-        } else {
-            let shape = GemmShape {
-                rows: max_tokens,
-                m: n_expert,
-                k: hidden,
-            };
-            Path::Fallback {
-                logits: dev.alloc(logits, "router logits")?,
-                partials: dev.alloc(partials_len(shape), "router partial sums")?,
-            }
-        };
-        Ok(Router {
+        let n = n_expert * hidden;
+        check_len("moe_router", "w", w, n)?;
+        let data = dev.alloc::<u16>(PARTS * n, "router weights (bf16 parts)")?;
+        f32_to_bf16x3(dev, w, &data, n)?;
+        Ok(RouterWeights {
+            parts: dev.tma_matrix(data, PARTS * n_expert, hidden)?,
             n_expert,
-            hidden,
-            max_tokens,
-            path,
         })
     }
 
-    /// Whether this router runs the fast path (else `gemm_f32` + [`Routing::route`]).
-    pub fn is_fast(&self) -> bool {
-        matches!(self.path, Path::Fast { .. })
+    pub fn n_expert(&self) -> usize {
+        self.n_expert
     }
 
-    /// Routes `n` tokens: `x` `[n][hidden]` (f32), `w` `[n_expert][hidden]` (f32), into
-    /// `routing` (ids, weights, grouping, tile table).
+    pub fn hidden(&self) -> usize {
+        self.parts.cols()
+    }
+
+    /// The stacked parts, `[PARTS · n_expert][hidden]`.
+    pub fn parts(&self) -> &TmaMatrix {
+        &self.parts
+    }
+}
+
+/// The routing stage of one model's MoE layers, for up to `max_tokens` tokens at once.
+pub struct Router {
+    n_expert: usize,
+    max_tokens: usize,
+    /// Partial logits `[tokens][PARTS][n_expert]`, the GEMM's output.
+    partials: Buffer<f32>,
+    /// Per tile of `TILE_TOKENS` tokens and expert, the tile's pairs (fast path only).
+    tile_counts: Option<Buffer<u32>>,
+}
+
+impl Router {
+    pub fn new(dev: &Device, max_tokens: usize, n_expert: usize) -> Result<Self> {
+        ensure_shape!(
+            n_expert > 0,
+            "moe_router",
+            "{n_expert} experts must be positive"
+        );
+        let tile_counts = if n_expert <= FAST_MAX_EXPERTS {
+            let tiles = max_tokens.div_ceil(TILE_TOKENS).max(1);
+            Some(dev.alloc(tiles * n_expert, "router per-tile expert counts")?)
+        } else {
+            None
+        };
+        Ok(Router {
+            n_expert,
+            max_tokens,
+            partials: dev.alloc(max_tokens * PARTS * n_expert, "router partial logits")?,
+            tile_counts,
+        })
+    }
+
+    /// Whether this router runs the fast path (else the GEMM + [`Routing::route`]).
+    pub fn is_fast(&self) -> bool {
+        self.tile_counts.is_some()
+    }
+
+    /// Routes `n` tokens: `x` `[≥ n][hidden]` (bf16), into `routing` (ids, weights, grouping,
+    /// tile table).
     pub fn route(
         &self,
         dev: &Device,
-        x: &Buffer<f32>,
-        w: &Buffer<f32>,
+        x: &TmaMatrix,
+        w: &RouterWeights,
         routing: &Routing,
         n: usize,
         opts: RouteOptions<'_>,
     ) -> Result<()> {
         const K: &str = "moe_router";
-        let (ne, h, k) = (self.n_expert, self.hidden, routing.top_k());
+        let (ne, k) = (self.n_expert, routing.top_k());
         ensure_shape!(
-            routing.n_expert() == ne,
+            routing.n_expert() == ne && w.n_expert() == ne,
             K,
-            "the routing is for {} experts, the router for {ne}",
-            routing.n_expert()
+            "the routing is for {} experts, the weights for {}, the router for {ne}",
+            routing.n_expert(),
+            w.n_expert()
         );
         ensure_shape!(
             n <= self.max_tokens && n * k <= routing.max_pairs(),
             K,
             "{n} tokens exceed the routing buffers"
         );
-        check_len(K, "x", x, n * h)?;
-        check_len(K, "w", w, ne * h)?;
+        x.check(K, "x", n, w.hidden())?;
         if let Some(l) = opts.logits {
             check_len(K, "logits", l, n * ne)?;
         }
-        to_u32(K, "tokens × hidden", n * h)?;
-        to_u32(K, "experts × hidden", ne * h)?;
-        to_u32(K, "partial logits", K_SEGMENTS * n * ne)?;
         if n == 0 {
             return Ok(());
         }
-        let (partials, tile_counts) = match &self.path {
-            Path::Fast {
-                partials,
-                tile_counts,
-            } => (partials, tile_counts),
-            Path::Fallback { logits, partials } => {
-                let logits = opts.logits.unwrap_or(logits);
-                let shape = GemmShape {
-                    rows: n,
-                    m: ne,
-                    k: h,
-                };
-                matmul_f32(dev, x, w, logits, partials, shape)?;
-                return routing.route(dev, logits, n, opts.renormalise);
-            }
+        matmul(dev, x, &w.parts, &self.partials, n, Epilogue::STORE)?;
+        let Some(tile_counts) = &self.tile_counts else {
+            return routing.route(dev, &self.partials, PARTS, n, opts);
         };
         ensure_shape!(
             k <= MAX_TOP_K,
             K,
             "top-{k} exceeds the fast path's {MAX_TOP_K}"
         );
-        let tm = tile_tokens(ne);
-        let tiles = n.div_ceil(tm);
-        let fused = match opts.mode {
-            RouterMode::Auto | RouterMode::Split => false,
-            RouterMode::Fused => true,
-        };
+        let tiles = n.div_ceil(TILE_TOKENS);
         let flags = (FLAG_RENORMALISE * opts.renormalise as u32)
-            | (FLAG_WRITE_LOGITS * opts.logits.is_some() as u32)
-            | (FLAG_FUSED * fused as u32);
-        let (nn, nex, hh, kk) = (n as u32, ne as u32, h as u32, k as u32);
+            | (FLAG_WRITE_LOGITS * opts.logits.is_some() as u32);
+        let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
         let grid = to_u32(K, "token tiles", tiles)?;
-        let mut cfg = LaunchConfig::linear(grid, THREADS).with_shared(gemm_shared_bytes(ne));
-        cfg.grid.1 = if fused { 1 } else { K_SEGMENTS as u32 };
+        let cfg = LaunchConfig::linear(grid, FINISH_THREADS);
         // Unwritten without FLAG_WRITE_LOGITS.
-        let logits = opts.logits.unwrap_or(partials);
+        let logits = opts.logits.unwrap_or(&self.partials);
         let (ids, weights) = (routing.ids.output(), routing.weights.output());
-        let (lo, counts) = (logits.output(), tile_counts.output());
-        let (xi, wi, po) = (x.input(), w.input(), partials.output());
+        let (pi, lo, counts) = (self.partials.input(), logits.output(), tile_counts.output());
         if ne <= 128 {
-            moe_router::moe_router_gemm_e128::launch(
-                dev, cfg, xi, wi, po, ids, weights, lo, counts, nn, nex, hh, kk, flags,
+            moe_router::moe_router_finish_e128::launch(
+                dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, flags,
             )?;
         } else {
-            moe_router::moe_router_gemm_e256::launch(
-                dev, cfg, xi, wi, po, ids, weights, lo, counts, nn, nex, hh, kk, flags,
+            moe_router::moe_router_finish_e256::launch(
+                dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, flags,
             )?;
-        }
-        if !fused {
-            let cfg = LaunchConfig::linear(grid, finish_threads(ne));
-            let (ids, weights) = (routing.ids.output(), routing.weights.output());
-            let (lo, counts, pi) = (logits.output(), tile_counts.output(), partials.input());
-            if ne <= 128 {
-                moe_router::moe_router_finish_e128::launch(
-                    dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, flags,
-                )?;
-            } else {
-                moe_router::moe_router_finish_e256::launch(
-                    dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, flags,
-                )?;
-            }
         }
         moe_router::moe_group_scan_place::launch(
             dev,
@@ -209,7 +170,7 @@ impl Router {
             routing.num_tiles.output(),
             to_u32(K, "pairs", n * k)?,
             nex,
-            to_u32(K, "pairs per tile", tm * k)?,
+            to_u32(K, "pairs per tile", TILE_TOKENS * k)?,
         )
     }
 }

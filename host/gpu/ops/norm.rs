@@ -15,8 +15,8 @@ pub struct NormShape {
 
 /// `y16[r] = bf16(rmsnorm(x[r]) · w)` for each of `shape.rows` rows (the tensor-core GEMMs'
 /// input, `[≥ rows][width]`; `width` a multiple of `VEC`, as a bf16 tensor map's rows are),
-/// and the f32 values into `y32` too when given (the MoE router reads full precision). `y32`
-/// may be `x`.
+/// and the f32 values into `y32` too when given (the shared-expert gate reads full precision).
+/// `y32` may be `x`.
 pub fn rms_norm_rows(
     dev: &Device,
     x: &Buffer<f32>,
