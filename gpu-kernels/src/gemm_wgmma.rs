@@ -31,14 +31,17 @@
 use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
 };
-use crate::device::float::{f32_to_bf16, pack_bf16x2};
-use crate::device::math::silu;
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
     wgmma_m64n128k16_ss, wgmma_m64n256k16_ss_pair, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
+
+// `src/*.rs` are declared with `#[path]` (gpu-kernels/build.rs), so a submodule names its file.
+#[path = "gemm_wgmma/epilogue.rs"]
+mod epilogue;
+use epilogue::{ColumnStore, SwigluStore, TileStore};
 
 /// Rows (tokens) per block: two consumer warpgroups of 64.
 pub const BM: usize = 128;
@@ -306,223 +309,6 @@ fn dense_tile(t: u32, n_rows: u32, n_cols: u32, cols: u32) -> Option<Tile> {
     })
 }
 
-/// Where a consumer thread's accumulators of half `half` (0, or 1 for the upper 128 columns of
-/// a wide tile) land in the tile: `d[4j + e]` is row `row + 8·(e/2)`, column `8j + col + e%2`.
-#[inline(always)]
-fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
-    let t = thread_idx().x % 128;
-    let (row_off, col_off) = split.origin(thread_idx().x / 128 - 1);
-    let (warp, lane) = (t / 32, t % 32);
-    let col = col_off + BN as u32 * half + 2 * (lane % 4);
-    (row_off + warp * 16 + lane / 4, col)
-}
-
-/// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
-/// in half `half` (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
-#[inline(always)]
-fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
-    let (row, col) = fragment_origin(split, half);
-    seq!(J in 0..16 {
-        store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
-        store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
-    });
-}
-
-/// The f32 epilogue: `y[r, c] = acc [+ bias[c]] [+ y[r, c]]` for rows `row0 + r < end` and
-/// columns `col0 + c < m`. A thread's two adjacent columns go as one 8-byte store where both
-/// exist and `m` is even (so the pair is aligned): four lanes then fill a 32-byte sector.
-#[inline(always)]
-fn store_f32(
-    (split, half): (Split, u32),
-    acc: &Acc,
-    (y, bias): (Out<f32>, In<f32>),
-    (row0, end): (u32, u32),
-    (col0, m): (u32, u32),
-    flags: u32,
-) {
-    for_each_pair(split, half, acc, |r, c, v0, v1| {
-        let (r, c) = (row0 + r, col0 + c);
-        if r >= end {
-            return;
-        }
-        let at = (r * m + c) as usize;
-        if c + 1 < m && m.is_multiple_of(2) {
-            let mut v = [v0, v1];
-            if flags & EPI_BIAS != 0 {
-                let b = bias.at2(c as usize);
-                v = [v[0] + b[0], v[1] + b[1]];
-            }
-            if flags & EPI_ADD_TO_Y != 0 {
-                let old = y.as_in().at2(at);
-                v = [v[0] + old[0], v[1] + old[1]];
-            }
-            y.set2(at, v);
-            return;
-        }
-        for (i, mut v) in [(0, v0), (1, v1)] {
-            if c + i < m {
-                if flags & EPI_BIAS != 0 {
-                    v += bias.at((c + i) as usize);
-                }
-                if flags & EPI_ADD_TO_Y != 0 {
-                    v += y.at(at + i as usize);
-                }
-                y.set(at + i as usize, v);
-            }
-        }
-    });
-}
-
-/// The bf16 epilogue: `y[r, c] = bf16(acc [+ bias[c]])` (flag `EPI_BIAS`; the bias is added
-/// in f32, then rounded once) for rows `row0 + r < end` and columns `col0 + c < m`. A thread's
-/// two adjacent columns go as one packed 4-byte store where both exist and `m` is even (as
-/// [`store_swiglu`]): as many store instructions as the f32 epilogue's 8-byte pairs, for half
-/// the bytes.
-#[inline(always)]
-fn store_bf16(
-    (split, half): (Split, u32),
-    acc: &Acc,
-    (y, bias): (Out<u16>, In<f32>),
-    (row0, end): (u32, u32),
-    (col0, m): (u32, u32),
-    flags: u32,
-) {
-    let (pairs, y2) = (m.is_multiple_of(2), y.cast::<u32>());
-    for_each_pair(split, half, acc, |r, c, v0, v1| {
-        let (r, c) = (row0 + r, col0 + c);
-        if r >= end {
-            return;
-        }
-        let at = r * m + c;
-        if pairs && c + 1 < m {
-            let mut v = [v0, v1];
-            if flags & EPI_BIAS != 0 {
-                let b = bias.at2(c as usize);
-                v = [v[0] + b[0], v[1] + b[1]];
-            }
-            y2.set((at / 2) as usize, pack_bf16x2(v[0], v[1]));
-            return;
-        }
-        for (i, mut v) in [(0, v0), (1, v1)] {
-            if c + i < m {
-                if flags & EPI_BIAS != 0 {
-                    v += bias.at((c + i) as usize);
-                }
-                y.set((at + i) as usize, f32_to_bf16(v));
-            }
-        }
-    });
-}
-
-/// The SwiGLU epilogue of a gate|up tile (per consumer and half: 64 gate columns, then the
-/// matching 64 up columns): `h[r, out0 + c] = bf16(silu(gate) · up)` for rows `row0 + r < end`
-/// and `out0 + c < m`, `out0` the block's first output feature. Adjacent outputs go as one
-/// packed 4-byte store where both exist and `m` is even.
-#[inline(always)]
-fn store_swiglu(
-    (split, half): (Split, u32),
-    acc: &Acc,
-    h: Out<u16>,
-    (row0, end): (u32, u32),
-    out0: u32,
-    m: u32,
-) {
-    let (row, col) = fragment_origin(split, half);
-    // A consumer's 128 tile columns make 64 outputs.
-    let (row, col) = (row0 + row, out0 + col - col / BN as u32 * (BN / 2) as u32);
-    let pairs = m.is_multiple_of(2);
-    let h2 = h.cast::<u32>();
-    seq!(J in 0..8 {
-        seq!(R in 0..2 {
-            let r = row + 8 * R;
-            let c = col + 8 * J;
-            let e = 2 * R;
-            let out = |i: usize| silu(acc[4 * J + e + i]) * acc[4 * (J + 8) + e + i];
-            if r < end {
-                if pairs && c + 1 < m {
-                    h2.set(((r * m + c) / 2) as usize, pack_bf16x2(out(0), out(1)));
-                } else {
-                    for i in 0..2 {
-                        if c + (i as u32) < m {
-                            h.set((r * m + c) as usize + i, f32_to_bf16(out(i)));
-                        }
-                    }
-                }
-            }
-        });
-    });
-}
-
-/// What a consumer does with a finished tile. A trait with `#[inline(always)]` methods rather
-/// than a closure: LLVM declined to inline the larger epilogue closures, and then passed the
-/// 128 accumulators through the stack.
-trait TileStore {
-    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc);
-}
-
-/// f32 out ([`store_f32`]): tile column block `c` is output columns `c · cols..`.
-struct F32Store {
-    split: Split,
-    y: Out<f32>,
-    bias: In<f32>,
-    m: u32,
-    flags: u32,
-}
-
-impl TileStore for F32Store {
-    #[inline(always)]
-    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
-        let (split, m, flags) = (self.split, self.m, self.flags);
-        let (out, rows) = ((self.y, self.bias), (tile.row0, tile.end));
-        let col0 = tile.col * split.cols();
-        store_f32((split, 0), acc, out, rows, (col0, m), flags);
-        if split.wide() {
-            store_f32((split, 1), acc_hi, out, rows, (col0, m), flags);
-        }
-    }
-}
-
-/// SwiGLU out ([`store_swiglu`]): each 128 tile columns make 64 outputs.
-struct SwigluStore {
-    split: Split,
-    h: Out<u16>,
-    m: u32,
-}
-
-impl TileStore for SwigluStore {
-    #[inline(always)]
-    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
-        let (split, h, m) = (self.split, self.h, self.m);
-        let (rows, out0) = ((tile.row0, tile.end), tile.col * split.cols() / 2);
-        store_swiglu((split, 0), acc, h, rows, out0, m);
-        if split.wide() {
-            store_swiglu((split, 1), acc_hi, h, rows, out0, m);
-        }
-    }
-}
-
-/// bf16 out ([`store_bf16`]): tile column block `c` is output columns `c · cols..`.
-struct Bf16Store {
-    split: Split,
-    y: Out<u16>,
-    bias: In<f32>,
-    m: u32,
-    flags: u32,
-}
-
-impl TileStore for Bf16Store {
-    #[inline(always)]
-    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
-        let (split, m, flags) = (self.split, self.m, self.flags);
-        let (out, rows) = ((self.y, self.bias), (tile.row0, tile.end));
-        let col0 = tile.col * split.cols();
-        store_bf16((split, 0), acc, out, rows, (col0, m), flags);
-        if split.wide() {
-            store_bf16((split, 1), acc_hi, out, rows, (col0, m), flags);
-        }
-    }
-}
-
 /// The dense GEMM, narrow (`BN` columns per block) or wide (`WIDE_BN`): the same arithmetic
 /// for every element, so the host may pick either per call. `n_cols` B rows; `store` makes
 /// the epilogue for the split.
@@ -554,7 +340,7 @@ fn dense_f32<const WIDE: bool>(
     k: u32,
     flags: u32,
 ) {
-    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| F32Store {
+    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| ColumnStore {
         split,
         y,
         bias,
@@ -576,7 +362,7 @@ fn dense_bf16<const WIDE: bool>(
     k: u32,
     flags: u32,
 ) {
-    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| Bf16Store {
+    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| ColumnStore {
         split,
         y,
         bias,
@@ -713,6 +499,6 @@ kernel! {
         let tile_at = |t| grouped_tile(t, table, m.div_ceil(GROUPED_BN as u32), m);
         // No bias (flags 0): `bias` is never read.
         let (split, bias, flags) = (Split::WideRows, y.as_in().cast::<f32>(), 0);
-        persistent(split, (map_x, map_w), k, tile_at, Bf16Store { split, y, bias, m, flags });
+        persistent(split, (map_x, map_w), k, tile_at, ColumnStore { split, y, bias, m, flags });
     }
 }
