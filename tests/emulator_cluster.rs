@@ -24,7 +24,7 @@ mod emu_common;
 
 use common::rng;
 use emu_common::expect_err;
-use emu_common::hopper::{Aligned, Bf16Tensor, cfg, expected_box, random_bf16};
+use emu_common::hopper::{Aligned, Bf16Tensor, cfg, expected_box, random_bf16, ring_reference};
 use gpu_kernels::device::async_copy::{
     Mbarrier, Swizzle, TensorMap, fence_mbarrier_init, tma_load_2d_multicast,
 };
@@ -129,26 +129,6 @@ fn u32_map(t: &Aligned<u32>, rows: u64, box_rows: u32) -> TensorMap {
     .with_extent(4 * t.get().len() as u64)
 }
 
-/// What `probe_cluster_ring` computes, from its description.
-fn ring_reference(a: &[u32], b: &[u32], blocks: usize, k_tiles: usize) -> Vec<u32> {
-    let mut out = vec![0u32; blocks * 128];
-    for blk in 0..blocks {
-        for t in 0..128 {
-            let mut acc = 0u32;
-            for i in 0..k_tiles {
-                let at = |w: usize| a[(blk * k_tiles + i) * 256 + w];
-                let bt = |w: usize| b[i * 512 + w];
-                let lo = at(t).wrapping_mul(bt(t).wrapping_add(3u32.wrapping_mul(bt(t + 256))));
-                let hi = at(t + 128)
-                    .wrapping_mul(bt(t + 128).wrapping_add(5u32.wrapping_mul(bt(t + 384))));
-                acc = acc.wrapping_mul(31).wrapping_add(lo).wrapping_add(hi);
-            }
-            out[blk * 128 + t] = acc;
-        }
-    }
-    out
-}
-
 #[test]
 fn a_ring_shared_across_a_cluster_refills_a_slot_only_when_both_blocks_released_it() {
     let mut r = rng(12);
@@ -181,7 +161,12 @@ fn a_ring_shared_across_a_cluster_refills_a_slot_only_when_both_blocks_released_
         )
         .unwrap();
         assert!(
-            out == ring_reference(&a, &b, blocks, k_tiles),
+            out == ring_reference(
+                |tile, w| a[tile * 256 + w],
+                |i, w| b[i * 512 + w],
+                blocks,
+                k_tiles
+            ),
             "{blocks} blocks, {k_tiles} steps, slow {slow}"
         );
     }

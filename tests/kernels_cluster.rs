@@ -26,7 +26,7 @@ mod common;
 mod emu_common;
 
 use common::*;
-use emu_common::hopper::expected_box;
+use emu_common::hopper::{expected_box, ring_reference};
 use kiln::gpu::ops::probe_cluster::{
     CLUSTER, MulticastBox, RING_TILE_ROWS, RingShape, cluster_ids, cluster_ring,
     multicast_box_words, tma_multicast,
@@ -121,27 +121,6 @@ fn swizzled(w: usize) -> usize {
     r * 32 + 4 * (c ^ (r % 8)) + e
 }
 
-/// What `probe_cluster_ring` computes from its description, reading each tile as TMA laid it
-/// out: `a` and `b` as words (two bf16 each), A tiles 256 words, B tiles 512 (two halves).
-fn ring_reference(a: &[u32], b: &[u32], blocks: usize, k_tiles: usize) -> Vec<u32> {
-    let mut out = vec![0u32; blocks * 128];
-    for blk in 0..blocks {
-        for t in 0..128 {
-            let mut acc = 0u32;
-            for i in 0..k_tiles {
-                let at = |w: usize| a[(blk * k_tiles + i) * 256 + swizzled(w)];
-                let bt = |w: usize| b[i * 512 + (w / 256) * 256 + swizzled(w % 256)];
-                let lo = at(t).wrapping_mul(bt(t).wrapping_add(3u32.wrapping_mul(bt(t + 256))));
-                let hi = at(t + 128)
-                    .wrapping_mul(bt(t + 128).wrapping_add(5u32.wrapping_mul(bt(t + 384))));
-                acc = acc.wrapping_mul(31).wrapping_add(lo).wrapping_add(hi);
-            }
-            out[blk * 128 + t] = acc;
-        }
-    }
-    out
-}
-
 /// `words` as the bf16 bits of a 64-column matrix (little-endian halves).
 fn as_bf16(words: &[u32]) -> Vec<u16> {
     words
@@ -187,7 +166,13 @@ fn a_ring_shared_across_a_cluster_refills_a_slot_only_when_both_blocks_released_
             cluster_ring(&dev, &ma, &mb, &out, shape).unwrap_or_else(|e| panic!("{what}: {e}"));
             check_out(
                 &out.to_vec().unwrap(),
-                &ring_reference(&a, &b, blocks, k_tiles),
+                &ring_reference(
+                    // Each tile as TMA laid it out: 128B-swizzled, B in two halves.
+                    |tile, w| a[tile * 256 + swizzled(w)],
+                    |i, w| b[i * 512 + (w / 256) * 256 + swizzled(w % 256)],
+                    blocks,
+                    k_tiles,
+                ),
                 &what,
             );
         }

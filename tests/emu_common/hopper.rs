@@ -134,3 +134,32 @@ pub fn expected_box(
         .map(|p| p[0] as u32 | (p[1] as u32) << 16)
         .collect()
 }
+
+/// What `probe_cluster_ring` computes, from its description: per block `blk` and thread `t`, a
+/// fold over the `k_tiles` steps of the words of that step's A tile (`blk · k_tiles + i`, 256
+/// words) and of the B tile both blocks share (step `i`, 512 words in two halves).
+/// `a_word(tile, w)` and `b_word(step, w)` read word `w` as the caller's tiles lay it out
+/// (packed on the emulator's own maps, 128B-swizzled on the kernels' maps).
+pub fn ring_reference(
+    a_word: impl Fn(usize, usize) -> u32,
+    b_word: impl Fn(usize, usize) -> u32,
+    blocks: usize,
+    k_tiles: usize,
+) -> Vec<u32> {
+    let mut out = vec![0u32; blocks * 128];
+    for blk in 0..blocks {
+        for t in 0..128 {
+            let mut acc = 0u32;
+            for i in 0..k_tiles {
+                let at = |w: usize| a_word(blk * k_tiles + i, w);
+                let bt = |w: usize| b_word(i, w);
+                let lo = at(t).wrapping_mul(bt(t).wrapping_add(3u32.wrapping_mul(bt(t + 256))));
+                let hi = at(t + 128)
+                    .wrapping_mul(bt(t + 128).wrapping_add(5u32.wrapping_mul(bt(t + 384))));
+                acc = acc.wrapping_mul(31).wrapping_add(lo).wrapping_add(hi);
+            }
+            out[blk * 128 + t] = acc;
+        }
+    }
+    out
+}
