@@ -71,6 +71,33 @@ fn tma_box_is_swizzled_and_zero_filled_outside_the_tensor() {
     }
 }
 
+/// `cp.async`: 16-byte chunks from random words land where they belong in shared memory, in
+/// several commit groups per thread; chunks past `valid` are zero fills (the poison in `out`
+/// and any read of the source past `valid` would show).
+#[test]
+fn cp_async_chunks_land_and_invalid_chunks_are_zero() {
+    let mut r = rng(3);
+    for (threads, bytes, valid) in [(32, 4096u32, 4096u32), (64, 16384, 9008), (96, 1040, 0)] {
+        let src: Vec<u32> = (0..valid / 4).map(|_| r.next_u64() as u32 | 1).collect();
+        // The source holds only the valid words: reading a zero-filled chunk's source would
+        // be out of bounds, which the emulator reports.
+        let src_in = if src.is_empty() {
+            vec![7u32; 4]
+        } else {
+            src.clone()
+        };
+        let mut out = vec![u32::MAX; bytes as usize / 4];
+        let (s, o) = (In::from_slice(&src_in), Out::from_slice(&mut out));
+        emu::launch(cfg((1, 1), threads, probe::PROBE_SHARED_BYTES), || {
+            probe::probe_cp_async(s, o, bytes, valid)
+        })
+        .unwrap();
+        let mut want = src.clone();
+        want.resize(bytes as usize / 4, 0);
+        assert_eq!(out, want, "{threads} threads, {bytes} bytes, {valid} valid");
+    }
+}
+
 /// Thread 0 loads `map`'s box at (0, 0) into `dst` on a barrier at `bar`, announcing
 /// `announce` bytes; everyone waits.
 fn tma_into(map: In<TensorMap>, dst: u32, bar: u32, announce: u32) {

@@ -1,4 +1,5 @@
-//! Probe kernels: each exercises one device-API piece in isolation (TMA, mbarrier, `wgmma`), so
+//! Probe kernels: each exercises one device-API piece in isolation (TMA, mbarrier, `wgmma`,
+//! `cp.async`), so
 //! a test can check the piece against the PTX ISA's layouts on the GPU and on the emulator
 //! before any real kernel depends on it. Not used by the pipeline. The `cluster = 2` probes at
 //! the end are also the only code that makes ptxas see the cluster instructions
@@ -10,8 +11,8 @@
 #![allow(clippy::identity_op, clippy::erasing_op, clippy::eq_op)]
 
 use crate::device::async_copy::{
-    Mbarrier, TensorMap, acquire_tensor_map, bulk_load, fence_mbarrier_init, tma_load_2d,
-    tma_load_2d_multicast,
+    Mbarrier, TensorMap, acquire_tensor_map, bulk_load, cp_async_16, cp_async_commit,
+    cp_async_wait, fence_mbarrier_init, tma_load_2d, tma_load_2d_multicast,
 };
 use crate::device::cluster::{cluster_ctarank, cluster_size, cluster_sync};
 use crate::device::tensor_core::{
@@ -65,6 +66,26 @@ kernel! {
         }
         bar.wait(0);
         copy_shared_out(base, box_bytes, out);
+    }
+}
+
+kernel! {
+    /// Copies the first `bytes` (a multiple of 16, at most 32768) of `src` into shared memory in
+    /// 16-byte `cp.async` chunks, chunk `c` by thread `c % threads` in the commit group of its
+    /// `c / threads`-th round, the chunks from byte `valid` on as zero fills (nothing read);
+    /// waits for them and copies the shared bytes to `out` as words. One block of any whole
+    /// number of warps.
+    pub fn probe_cp_async(src: In<u32>, out: Out<u32>, bytes: u32, valid: u32) {
+        let base = swizzle_aligned_shared_base();
+        let mut c = thread_idx().x;
+        while c < bytes / 16 {
+            cp_async_16(base + 16 * c, src, 4 * c as usize, 16 * c < valid);
+            cp_async_commit();
+            c += block_dim().x;
+        }
+        cp_async_wait::<0>();
+        sync_threads();
+        copy_shared_out(base, bytes, out);
     }
 }
 
