@@ -1,7 +1,7 @@
 //! The emulator's Hopper model (`gpu_kernels::device::emu::hopper`), TMA and bulk copies: the
 //! box a TMA load lands against the layout written out independently here from the CUDA
 //! description (the 128-byte swizzle, packed rows, zeros outside the tensor, signed
-//! coordinates); misuse (a map encoded for the GPU, a misaligned or too small destination, a
+//! coordinates, one-row boxes gathered into a tile); misuse (a map encoded for the GPU, a misaligned or too small destination, a
 //! copy over its own barrier, invalid maps), with the emulator's exact messages; and
 //! `cp.async.bulk`, which copies bytes and checks its operands.
 //!
@@ -71,6 +71,39 @@ fn tma_box_is_swizzled_and_zero_filled_outside_the_tensor() {
     }
 }
 
+/// One-row boxes landing at lines `128·r` of a tile (the grouped gate|up's row gather) make
+/// the tile one box of the same rows would: the 128-byte swizzle follows the shared address.
+/// Rows repeat and come in any order.
+#[test]
+fn one_row_boxes_build_the_swizzled_tile_of_their_rows() {
+    let mut r = rng(2);
+    let (cols, rows) = (64usize, 40usize);
+    let (bits, _) = random_bf16(&mut r, cols * rows, 1.0);
+    let t = Bf16Tensor::new(&bits);
+    let maps = [t.map(0, cols as u64, rows as u64, 64, 1)];
+    for n in [1usize, 13, 32, 128] {
+        let picks: Vec<u32> = (0..n)
+            .map(|_| (r.next_u64() % rows as u64) as u32)
+            .collect();
+        let mut out = vec![u32::MAX; n * 32];
+        let (m, p, o) = (
+            In::from_slice(&maps),
+            In::from_slice(&picks),
+            Out::from_slice(&mut out),
+        );
+        emu::launch(cfg((1, 1), 128, probe::PROBE_SHARED_BYTES), || {
+            probe::probe_tma_rows(m, p, o, n as u32)
+        })
+        .unwrap();
+        let gathered: Vec<u16> = picks
+            .iter()
+            .flat_map(|&y| bits[y as usize * cols..][..cols].iter().copied())
+            .collect();
+        let want = expected_box(&gathered, cols, n, 0, 0, cols, n, true);
+        assert_eq!(out, want, "{n} gathered rows");
+    }
+}
+
 /// `cp.async`: 16-byte chunks from random words land where they belong in shared memory, in
 /// several commit groups per thread; chunks past `valid` are zero fills (the poison in `out`
 /// and any read of the source past `valid` would show).
@@ -135,10 +168,10 @@ fn tma_misuse_is_reported() {
              reached the emulator; encode it with TensorMap::emulated_2d"
         )
     );
-    // A 128B-swizzled box must start a 1024-byte period.
+    // Shared destinations are 128-byte aligned (with or without a swizzle).
     assert_eq!(
-        run(good, 512, 16384, 16392),
-        format!("{prefix}shared destination 0x200 is not 1024-byte aligned")
+        run(good, 64, 16384, 16392),
+        format!("{prefix}shared destination 0x40 is not 128-byte aligned")
     );
     // The box (8 KiB) does not fit the 4 KiB of shared memory.
     assert_eq!(

@@ -70,6 +70,30 @@ kernel! {
 }
 
 kernel! {
+    /// Builds a tile of `n_rows` (≤ 128, ≤ the block's threads) rows from one-row boxes of
+    /// `map` (box 64 × 1, 128-byte swizzle): thread `r` loads row `rows[r]` at column 0 into
+    /// the tile's line `r` (shared `base + 128·r`), as the grouped gate|up gathers its A rows;
+    /// then copies the tile's shared bytes to `out` as words. One block of any whole number of
+    /// warps. (On the H200 a grouped gate|up that gathered its rows this way gave the bits of
+    /// the separate-gather path, but ran 2.5× slower: one TMA per 128-byte row; NOTES.md.)
+    pub fn probe_tma_rows(map: In<TensorMap>, rows: In<u32>, out: Out<u32>, n_rows: u32) {
+        let base = swizzle_aligned_shared_base();
+        let bar = block_barrier(base + 32768, 1);
+        let tid = thread_idx().x;
+        if tid == 0 {
+            acquire_tensor_map(map);
+            bar.arrive_expect_tx(128 * n_rows);
+        }
+        sync_threads();
+        if tid < n_rows {
+            tma_load_2d(base + 128 * tid, map, 0, rows.at(tid as usize), bar);
+        }
+        bar.wait(0);
+        copy_shared_out(base, 128 * n_rows, out);
+    }
+}
+
+kernel! {
     /// Copies the first `bytes` (a multiple of 16, at most 32768) of `src` into shared memory in
     /// 16-byte `cp.async` chunks, chunk `c` by thread `c % threads` in the commit group of its
     /// `c / threads`-th round, the chunks from byte `valid` on as zero fills (nothing read);

@@ -235,14 +235,13 @@ pub fn tma_load_2d_multicast(
     }
 }
 
-/// The CUDA programming guide's TMA alignment table: shared destinations 128-byte aligned;
-/// with the 128-byte swizzle, on the 1024-byte period of the pattern (the hardware applies it
-/// to address bits, and kiln's descriptors assume the box starts a period).
-fn box_align(m: &Map2d) -> u32 {
-    match m.swizzle {
-        Swizzle::None => 128,
-        Swizzle::B128 => 1024,
-    }
+/// The CUDA programming guide's TMA alignment table: shared destinations 128-byte aligned,
+/// with or without a swizzle. The 128-byte swizzle is a function of the shared address bits
+/// (it repeats every 1024 bytes), so a box may start mid-period: one-row boxes placed at
+/// `tile + 128·r` build the same tile as one box of all its rows (the grouped gate|up GEMM
+/// gathers its A rows that way).
+fn box_align(_m: &Map2d) -> u32 {
+    128
 }
 
 /// The box at column `x`, row `y` (signed) of `m`, packed row after row, zeros outside.
@@ -275,15 +274,15 @@ fn read_box(m: &Map2d, x: u32, y: u32) -> Vec<u32> {
     packed
 }
 
-/// Writes the packed box into `shared` at `dst` as the swizzle lays it out.
+/// Writes the packed box into `shared` at `dst` as the swizzle lays it out: with the 128-byte
+/// swizzle, the 16-byte chunk bound for address `a` lands at `a ^ ((a >> 7) & 7) << 4`.
 fn land(shared: SharedWindow, dst: u32, packed: &[u32], swizzle: Swizzle) {
     match swizzle {
         Swizzle::None => shared.write(dst, packed),
         Swizzle::B128 => {
-            // Each 16-byte chunk at box offset `o` lands at `o ^ ((o >> 7) & 7) << 4`.
             for (chunk, words) in packed.chunks_exact(4).enumerate() {
-                let o = 16 * chunk as u32;
-                shared.write(dst + (o ^ (((o >> 7) & 7) << 4)), words);
+                let a = dst + 16 * chunk as u32;
+                shared.write(a ^ (((a >> 7) & 7) << 4), words);
             }
         }
     }
