@@ -186,6 +186,48 @@ fn router_topk_and_grouping_are_exact() {
     }
 }
 
+/// NaN router logits (a NaN hidden state upstream) are garbage in, but must not become an
+/// out-of-range expert id: the grouping would then write outside its buffers. Every token's
+/// ids stay distinct experts below `n_expert` (the grouping then checks out as usual), for a
+/// token all NaN, one with NaN in some lanes, and one with NaN from a single part.
+#[test]
+fn nan_router_logits_still_pick_valid_experts() {
+    for dev in devices() {
+        let (n, ne, k) = (6usize, 128usize, 8usize);
+        let mut r = rng(77);
+        let mut logits = r.normal_vec(n * ne, 1.0);
+        logits[ne..2 * ne].fill(f32::NAN);
+        for e in (0..ne).step_by(3) {
+            logits[3 * ne + e] = f32::NAN;
+        }
+        let mut partials = split_logits(&logits, ne);
+        // Token 4: finite logits, one NaN part for expert 5.
+        partials[4 * 3 * ne + ne + 5] = f32::NAN;
+        for (parts, partials) in [(1, logits.clone()), (3, partials)] {
+            let mut routing = Routing::new(&dev, n, ne, k).unwrap();
+            routing.ids.write(&vec![u32::MAX; n * k]).unwrap();
+            let opts = RouteOptions {
+                renormalise: true,
+                logits: None,
+            };
+            let partials = upload(&dev, &partials);
+            routing.route(&dev, &partials, parts, n, opts).unwrap();
+            let ids = routing.ids.to_vec().unwrap();
+            let what = format!("NaN logits, {parts} parts on {}", dev.name());
+            for (t, chosen) in ids.chunks(k).enumerate() {
+                let mut seen = chosen.to_vec();
+                seen.sort();
+                seen.dedup();
+                assert!(
+                    seen.len() == k && chosen.iter().all(|&e| (e as usize) < ne),
+                    "token {t}: ids {chosen:?}, {what}"
+                );
+            }
+            check_grouping(&routing, &ids, ne, k, &what);
+        }
+    }
+}
+
 /// Model-scale routing: experts spread over several words per lane (60: not a multiple of 32;
 /// 128 as in Qwen3-30B-A3B), top-8, and enough pairs for several grouping chunks (and blocks
 /// of chunks) whose per-expert rows must be stitched in chunk order. A third of the tokens

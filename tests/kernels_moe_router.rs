@@ -315,6 +315,37 @@ fn fast_router_is_batch_invariant() {
 /// adds the partials and routes, checked the same way; and bit for bit the logits of the
 /// fast path where both see the same weights (the first 256 experts' logits do not depend on
 /// the others).
+/// A NaN in a token's hidden state (or in some experts' weights) makes NaN router logits;
+/// the pipeline's router (tensor-core GEMM + finish kernel, fast and fallback forms) must still
+/// choose `k` distinct experts below `n_expert` for every token, so the grouping stays in its
+/// buffers (`moe::better` ranks NaN as −∞).
+#[test]
+fn nan_hidden_states_still_route_to_valid_experts() {
+    for dev in devices() {
+        for (ne, h, n, k) in [(128, 64, 9, 8), (300, 64, 9, 8)] {
+            let mut p = Problem::new(n, ne, h, k, 90);
+            p.x[2 * h + 5] = f32::NAN;
+            p.x[4 * h..5 * h].fill(f32::NAN);
+            for e in (0..ne).step_by(7) {
+                p.w[e * h + 3] = f32::NAN;
+            }
+            let rows: Vec<usize> = (0..n).collect();
+            let got = route(&dev, &p, &rows, true);
+            let what = format!("NaN inputs, {ne} experts on {}", dev.name());
+            for (t, chosen) in got.ids.chunks(k).enumerate() {
+                let mut seen = chosen.to_vec();
+                seen.sort();
+                seen.dedup();
+                assert!(
+                    seen.len() == k && chosen.iter().all(|&e| (e as usize) < ne),
+                    "token {t}: ids {chosen:?}, {what}"
+                );
+            }
+            check_grouping(&got.routing, &got.ids, ne, k, &what);
+        }
+    }
+}
+
 #[test]
 fn router_fallback_matches_f64() {
     for dev in devices() {

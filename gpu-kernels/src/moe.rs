@@ -32,10 +32,15 @@ shared_array!(fn moe_scan_offsets() -> [u32; 1025]);
 shared_array!(fn moe_scan_tiles() -> [u32; 1025]);
 
 /// The better of two (logit, expert) candidates: higher logit, ties to the lower expert id;
-/// `u32::MAX` marks "none".
+/// `u32::MAX` marks "none". A NaN logit ranks as −∞: the order must be total, or the warp's
+/// butterfly leaves lanes disagreeing on the winner (NaN compares false both ways), an expert
+/// is never marked taken, and a later slot can come out as "none" — an id the grouping would
+/// index with (a NaN hidden state upstream gives NaN routing weights, not a bad id).
 #[inline(always)]
 pub(crate) fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
-    let b_wins = a.1 == u32::MAX || (b.1 != u32::MAX && (b.0 > a.0 || (b.0 == a.0 && b.1 < a.1)));
+    let rank = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    let (va, vb) = (rank(a.0), rank(b.0));
+    let b_wins = a.1 == u32::MAX || (b.1 != u32::MAX && (vb > va || (vb == va && b.1 < a.1)));
     if b_wins { b } else { a }
 }
 
