@@ -162,7 +162,13 @@ pub fn project_attention_input(
     );
     let (n, start_pos) = shape.validate(K, cache)?;
     let (hidden, m) = (w.cols(), (shape.n_head + 2 * shape.n_kv) * hd);
-    w.check(K, "w", m, hidden)?;
+    // Exactly: more rows would be read as heads the shape does not have.
+    ensure_shape!(
+        w.rows() == m,
+        K,
+        "w has {} rows, needs (n_head + 2·n_kv) · head_dim = {m}",
+        w.rows()
+    );
     x.check(K, "x", shape.n, hidden)?;
     if let Some(b) = bias {
         check_len(K, "bias", b, m)?;
