@@ -61,7 +61,6 @@ struct Case {
 }
 
 impl Case {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         n: usize,
         start_pos: usize,
@@ -119,7 +118,11 @@ impl Case {
                 if self.with_bias {
                     v += f64::from(self.bias[c]);
                 }
-                assert_eq!(v, f64::from(v as f32), "the grids keep the projection exact");
+                assert_eq!(
+                    v,
+                    f64::from(v as f32),
+                    "the grids keep the projection exact"
+                );
                 half::bf16::from_f64(v).to_f32()
             })
             .collect()
@@ -207,8 +210,7 @@ impl Run {
             inv_freq: &self.inv_freq,
             norm: self.norm(c),
         };
-        attention_input::project_attention_input(dev, input, &self.q, &self.cache, shape)
-            .unwrap();
+        attention_input::project_attention_input(dev, input, &self.q, &self.cache, shape).unwrap();
         self.outputs(c, shape.n)
     }
 
@@ -305,7 +307,11 @@ fn fused_projection_matches_f64_and_the_two_kernel_path() {
 
                 let two = Run::new(&dev, &c, (0, n), capacity).unfused(&dev, &c, c.shape);
                 let name = c.name();
-                assert_same(&got.v_t, &two.v_t, &format!("{name}: V, fused vs two kernels"));
+                assert_same(
+                    &got.v_t,
+                    &two.v_t,
+                    &format!("{name}: V, fused vs two kernels"),
+                );
                 if !with_norm {
                     assert_same(&got.q, &two.q, &format!("{name}: q, fused vs two kernels"));
                     assert_same(&got.k, &two.k, &format!("{name}: K, fused vs two kernels"));
@@ -345,7 +351,8 @@ fn fused_projection_is_batch_invariant() {
                     &all.k[pos * kw..][..kw],
                     &format!("{name}: K cache row"),
                 );
-                let column = |v: &[u16]| -> Vec<u16> { (0..kw).map(|d| v[d * cap + pos]).collect() };
+                let column =
+                    |v: &[u16]| -> Vec<u16> { (0..kw).map(|d| v[d * cap + pos]).collect() };
                 assert_same(
                     &column(&alone.v_t),
                     &column(&all.v_t),

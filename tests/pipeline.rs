@@ -316,7 +316,10 @@ fn long_prompt_is_chunk_invariant() {
             assert_eq!(batched.chunks, vec![len]);
             assert_eq!(batched.launches, expected_launches(&cfg, &w, &[len]));
             let chunked = run(&model, &dev, &tokens, Some(chunk));
-            assert_eq!(chunked.launches, expected_launches(&cfg, &w, &chunked.chunks));
+            assert_eq!(
+                chunked.launches,
+                expected_launches(&cfg, &w, &chunked.chunks)
+            );
             assert_eq!(
                 bits(&chunked.logits),
                 bits(&batched.logits),

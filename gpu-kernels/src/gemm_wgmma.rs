@@ -44,8 +44,8 @@ mod epilogue;
 use epilogue::{ColumnStore, SwigluStore, TileStore};
 #[path = "gemm_wgmma/qkv_rope.rs"]
 mod qkv_rope;
-pub use qkv_rope::{EPI_QK_NORM, QKV_HEAD_DIM};
 use qkv_rope::QkvRopeStore;
+pub use qkv_rope::{EPI_QK_NORM, QKV_HEAD_DIM};
 
 /// Rows (tokens) per block: two consumer warpgroups of 64.
 pub const BM: usize = 128;

@@ -84,7 +84,11 @@ impl Scratch {
                 "normed activations (f32)",
             )?,
             qkv: dev.alloc(
-                if fused { 0 } else { n * (cfg.q_dim() + 2 * cfg.kv_dim()) },
+                if fused {
+                    0
+                } else {
+                    n * (cfg.q_dim() + 2 * cfg.kv_dim())
+                },
                 "Q|K|V",
             )?,
             q16: dev.tma_zeros(n, cfg.q_dim(), "queries")?,

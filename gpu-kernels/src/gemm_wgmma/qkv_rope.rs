@@ -142,7 +142,9 @@ impl QkvRopeStore {
         match part {
             Part::Q(h) => (self.q_norm, self.q.cast(), t * self.n_head * D + h * D),
             // Only Q and K heads rotate; `V` and `Past` never get here.
-            Part::K(h) | Part::V(h) => (self.k_norm, self.k_cache.cast(), (pos * self.n_kv + h) * D),
+            Part::K(h) | Part::V(h) => {
+                (self.k_norm, self.k_cache.cast(), (pos * self.n_kv + h) * D)
+            }
             Part::Past => (self.k_norm, self.k_cache.cast(), pos * self.n_kv * D),
         }
     }
@@ -150,7 +152,6 @@ impl QkvRopeStore {
     /// QK-norm (with the flag) and the rotation of the NEOX pairs `(c + e, c + e + 64)`, `e <
     /// 2`, of a Q or K head, whose values sit at `x[i + e]` and `x[i + 32 + e]`; stored as two
     /// packed pairs at row `t` (position `pos`) when `live`.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn rotate(
         &self,
@@ -180,7 +181,10 @@ impl QkvRopeStore {
         }
         if live {
             out.set(((dst + c) / 2) as usize, pack_bf16x2(out_lo[0], out_lo[1]));
-            out.set(((dst + c + 64) / 2) as usize, pack_bf16x2(out_hi[0], out_hi[1]));
+            out.set(
+                ((dst + c + 64) / 2) as usize,
+                pack_bf16x2(out_hi[0], out_hi[1]),
+            );
         }
     }
 
