@@ -321,6 +321,22 @@ fn fused_projection_matches_f64_and_the_two_kernel_path() {
     }
 }
 
+/// Positions near 1e5 (angles up to 1e5 rad: the sin/cos range reduction; cache offsets near
+/// their largest), in a cache that ends right after the chunk.
+#[test]
+fn fused_projection_at_large_positions() {
+    for dev in devices() {
+        for (i, with_norm) in [true, false].into_iter().enumerate() {
+            let (n, start_pos) = (33, 99_967); // positions 99 967..=99 999; capacity 100 096
+            let c = Case::new(n, start_pos, (3, 1), 72, true, with_norm, 200 + i as u64);
+            let run = Run::new(&dev, &c, (0, n), start_pos + n);
+            let cap = run.cache.capacity();
+            let got = run.fused(&dev, &c, c.shape);
+            check_against_reference(&dev, &c, &got, cap);
+        }
+    }
+}
+
 /// A row's outputs (its q row, its K cache row, its V cache column) are bit-identical whether
 /// it runs in a call of 300 rows or alone (at the same position), wherever it sat in its
 /// 128-row tile and 64-row consumer half.
