@@ -18,9 +18,14 @@
 mod common;
 use common::*;
 
+use kiln::gpu::ops::attention_input::{
+    Projected, Projection, QkNorm, attention_input, project_attention_input, rope_inv_freq,
+};
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::Epilogue;
-use kiln::gpu::ops::gemm_wgmma::{TileWidth, interleaved_rows, matmul_swiglu_tiled, matmul_tiled};
+use kiln::gpu::ops::gemm_wgmma::{
+    TileWidth, interleaved_rows, matmul_bf16, matmul_swiglu_tiled, matmul_tiled,
+};
 use kiln::gpu::ops::moe::{MoeShape, RouteOptions, Routing};
 use kiln::gpu::ops::moe_router::{Router, RouterWeights};
 use kiln::gpu::{Device, TmaMatrix};
@@ -117,6 +122,66 @@ fn main() {
                 shape: format!("{m}x{}x{k}", 2 * ff),
                 ms,
                 tflops: 2.0 * (m * 2 * ff * k) as f64 / ms / 1e9,
+            });
+        }
+    }
+    // The Q|K|V projection with QK-norm, RoPE and the KV append (Qwen3-30B-A3B: hidden 2048,
+    // 32 q / 4 kv heads × 128): the two-kernel path and the fused epilogue, same inputs.
+    for n in [4096usize, 512].into_iter().filter(|_| wanted("gemm")) {
+        let (hidden, n_head, n_kv, hd) = (2048usize, 32usize, 4usize, 128usize);
+        let m = (n_head + 2 * n_kv) * hd;
+        let x = random_bf16(&dev, &mut rng, n, hidden);
+        let w = random_bf16(&dev, &mut rng, m, hidden);
+        let qkv = dev.alloc::<u16>(n * m, "qkv").expect("alloc");
+        let q = dev.tma_zeros(n, n_head * hd, "q").expect("alloc");
+        let cache = KvCache::new(&dev, n, n_kv, hd).expect("cache");
+        let inv_freq = dev
+            .upload(&rope_inv_freq(1e6, hd), "inv_freq")
+            .expect("upload");
+        let ones: Vec<f32> = (0..hd).map(|_| 1.0 + 0.1 * rng.normal() as f32).collect();
+        let qn = dev.upload(&ones, "q_norm").expect("upload");
+        let kn = dev.upload(&ones, "k_norm").expect("upload");
+        let norm = Some(QkNorm {
+            q: &qn,
+            k: &kn,
+            eps: 1e-6,
+        });
+        let shape = AttentionShape {
+            n,
+            start_pos: 0,
+            n_head,
+            n_kv,
+            head_dim: hd,
+        };
+        let flops = 2.0 * (n * m * hidden) as f64;
+        let two = time_ms(&dev, 3, 20, || {
+            matmul_bf16(&dev, &x, &w, &qkv, n, Epilogue::STORE).expect("qkv");
+            let input = Projected {
+                qkv: &qkv,
+                inv_freq: &inv_freq,
+                norm,
+            };
+            attention_input(&dev, input, &q, &cache, shape).expect("attention_input")
+        });
+        let fused = time_ms(&dev, 3, 20, || {
+            let input = Projection {
+                x: &x,
+                w: &w,
+                bias: None,
+                inv_freq: &inv_freq,
+                norm,
+            };
+            project_attention_input(&dev, input, &q, &cache, shape).expect("fused")
+        });
+        for (kernel, ms) in [
+            ("gemm_wgmma_bf16 + attention_input_hd128", two),
+            ("gemm_wgmma_qkv_rope", fused),
+        ] {
+            rows.push(Row {
+                kernel,
+                shape: format!("{n}x{m}x{hidden} (qkv + qk-norm, rope, kv)"),
+                ms,
+                tflops: flops / ms / 1e9,
             });
         }
     }

@@ -23,6 +23,7 @@ use common::*;
 use gpu_kernels::moe_router::FAST_MAX_EXPERTS;
 use kiln::gguf::{GgmlType, GgufFile};
 use kiln::gpu::Device;
+use kiln::gpu::ops::attention_input::fuses;
 use kiln::model::{Arch, Ffn, ModelConfig, Weights};
 use kiln::pipeline::{GpuModel, PrefillOptions, PrefillOutput, prefill};
 use kiln::synth::{Preset, SynthSpec};
@@ -37,18 +38,19 @@ fn run(model: &GpuModel, dev: &Device, tokens: &[u32], chunk: Option<usize>) -> 
 
 /// Kernel launches for a prompt fed in `chunks`, counted from the model: per chunk, 1
 /// embedding, then per layer the attention block (norm, fused Q|K|V GEMM, QK-norm + RoPE + KV
-/// append, flash attention, output GEMM with the residual) and the FFN (norm, then dense: the
+/// append — in the GEMM's epilogue for head_dim 128, a launch of its own otherwise — flash
+/// attention, output GEMM with the residual) and the FFN (norm, then dense: the
 /// SwiGLU GEMM + down GEMM; MoE: the routing (the router GEMM on tensor cores, then up to
 /// `FAST_MAX_EXPERTS` experts the finish and one scan-and-place launch, above that top-k and
 /// the grouping's count, scan and place), gather, grouped gate|up, grouped down, combine, and
 /// for a shared expert its SwiGLU GEMM, down GEMM and gate GEMM (two launches)); per prompt,
 /// final norm + LM head. Nothing depends on the chunk's length.
-fn expected_launches(w: &Weights, chunks: &[usize]) -> u64 {
+fn expected_launches(cfg: &ModelConfig, w: &Weights, chunks: &[usize]) -> u64 {
     let layers: usize = w
         .layers
         .iter()
         .map(|l| {
-            let attention = 5;
+            let attention = if fuses(cfg.head_dim) { 4 } else { 5 };
             let ffn = 1 + match &l.ffn {
                 Ffn::Dense { .. } => 2,
                 Ffn::Moe { shared, router, .. } => {
@@ -95,14 +97,14 @@ fn check_invariance(
     );
     assert_eq!(
         batched.launches,
-        expected_launches(w, &[1]),
+        expected_launches(&model.cfg, w, &[1]),
         "{name}: a chunk of {n} tokens must launch exactly what a chunk of one does"
     );
     let sequential = run(model, dev, tokens, Some(1));
     assert_eq!(sequential.chunks, vec![1; n]);
     assert_eq!(
         sequential.launches,
-        expected_launches(w, &vec![1; n]),
+        expected_launches(&model.cfg, w, &vec![1; n]),
         "{name}: token by token"
     );
     let want = bits(&batched.logits);
@@ -121,7 +123,7 @@ fn check_invariance(
         assert_eq!(out.chunks, vec![third, n - third]);
         assert_eq!(
             out.launches,
-            expected_launches(w, &[1, 1]),
+            expected_launches(&model.cfg, w, &[1, 1]),
             "{name}: two chunks"
         );
         assert_eq!(
@@ -312,9 +314,12 @@ fn long_prompt_is_chunk_invariant() {
             let tokens: Vec<u32> = (0..len).map(|_| r.below(cfg.vocab as u64) as u32).collect();
             let batched = run(&model, &dev, &tokens, None);
             assert_eq!(batched.chunks, vec![len]);
-            assert_eq!(batched.launches, expected_launches(&w, &[len]));
+            assert_eq!(batched.launches, expected_launches(&cfg, &w, &[len]));
             let chunked = run(&model, &dev, &tokens, Some(chunk));
-            assert_eq!(chunked.launches, expected_launches(&w, &chunked.chunks));
+            assert_eq!(
+                chunked.launches,
+                expected_launches(&cfg, &w, &chunked.chunks)
+            );
             assert_eq!(
                 bits(&chunked.logits),
                 bits(&batched.logits),

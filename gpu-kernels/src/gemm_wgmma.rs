@@ -42,6 +42,10 @@ use seq_macro::seq;
 #[path = "gemm_wgmma/epilogue.rs"]
 mod epilogue;
 use epilogue::{ColumnStore, SwigluStore, TileStore};
+#[path = "gemm_wgmma/qkv_rope.rs"]
+mod qkv_rope;
+use qkv_rope::QkvRopeStore;
+pub use qkv_rope::{EPI_QK_NORM, QKV_HEAD_DIM};
 
 /// Rows (tokens) per block: two consumer warpgroups of 64.
 pub const BM: usize = 128;
@@ -444,6 +448,36 @@ kernel! {
     /// As `gemm_wgmma_swiglu` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`.
     pub fn gemm_wgmma_swiglu_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
         dense_swiglu::<true>(map_x, map_w, h, n_rows, m, k);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    /// The Q|K|V projection with `attention_input` fused into its epilogue (head_dim
+    /// `QKV_HEAD_DIM`; see `gemm_wgmma/qkv_rope.rs`): `map_x` the normed rows (bf16 `[n_rows][k]`,
+    /// row `t` at position `start_pos + t`), `map_w` the stacked Q|K|V weights (`[(n_head +
+    /// 2·n_kv)·128][k]`), `bias` (flag `EPI_BIAS`), `q_norm`/`k_norm` `[128]` (flag
+    /// `EPI_QK_NORM`), `inv_freq[64]`. Writes `q` `[n_rows][n_head·128]`, `k_cache[pos][n_kv·128]`
+    /// and `v_cache_t[n_kv·128][capacity]` for `pos = start_pos + t`. Wide tiles; persistent, as
+    /// `gemm_wgmma_f32`; `WIDE_SHARED_BYTES`.
+    pub fn gemm_wgmma_qkv_rope(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, n_rows: u32, k: u32, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, flags: u32, eps: f32) {
+        let m = (n_head + 2 * n_kv) * QKV_HEAD_DIM as u32;
+        dense::<true, _>((map_x, map_w), (n_rows, m, k), |split| QkvRopeStore {
+            split,
+            bias,
+            inv_freq,
+            q_norm,
+            k_norm,
+            q,
+            k_cache,
+            v_cache_t,
+            start_pos,
+            n_head,
+            n_kv,
+            capacity,
+            flags,
+            eps,
+        });
     }
 }
 

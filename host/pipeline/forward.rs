@@ -3,7 +3,9 @@
 
 use super::scratch::{Lease, Scratch};
 use super::weights::{GpuFfn, GpuLayer, GpuModel};
-use crate::gpu::ops::attention_input::{Projected, QkNorm, attention_input};
+use crate::gpu::ops::attention_input::{
+    Projected, Projection, QkNorm, attention_input, fuses, project_attention_input,
+};
 use crate::gpu::ops::embedding;
 use crate::gpu::ops::flash_attention::{AttentionShape, flash_attention};
 use crate::gpu::ops::gemm::{self, Epilogue, GemmShape};
@@ -177,25 +179,41 @@ impl<'m> Session<'m> {
             (Some(q), Some(k)) => Some(QkNorm { q, k, eps: cfg.eps }),
             _ => None,
         };
-        self.stage("qkv projection", |dev, s| {
-            norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
-            matmul_bf16(
-                dev,
-                &s.xn16,
-                &l.wqkv,
-                &s.qkv,
-                n,
-                Epilogue::bias(l.bqkv.as_ref()),
-            )
-        })?;
-        self.stage("qk-norm, rope, kv append", |dev, s| {
-            let input = Projected {
-                qkv: &s.qkv,
-                inv_freq: &s.inv_freq,
-                norm: qk_norm,
-            };
-            attention_input(dev, input, &s.q16, &s.kv[li], shape)
-        })?;
+        if fuses(cfg.head_dim) {
+            // head_dim 128: QK-norm, RoPE and the cache stores run in the projection's
+            // epilogue (the projection never goes through memory).
+            self.stage("qkv projection, qk-norm, rope, kv append", |dev, s| {
+                norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
+                let input = Projection {
+                    x: &s.xn16,
+                    w: &l.wqkv,
+                    bias: l.bqkv.as_ref(),
+                    inv_freq: &s.inv_freq,
+                    norm: qk_norm,
+                };
+                project_attention_input(dev, input, &s.q16, &s.kv[li], shape)
+            })?;
+        } else {
+            self.stage("qkv projection", |dev, s| {
+                norm::rms_norm_rows(dev, &s.x, &l.attn_norm, &s.xn16, None, rows)?;
+                matmul_bf16(
+                    dev,
+                    &s.xn16,
+                    &l.wqkv,
+                    &s.qkv,
+                    n,
+                    Epilogue::bias(l.bqkv.as_ref()),
+                )
+            })?;
+            self.stage("qk-norm, rope, kv append", |dev, s| {
+                let input = Projected {
+                    qkv: &s.qkv,
+                    inv_freq: &s.inv_freq,
+                    norm: qk_norm,
+                };
+                attention_input(dev, input, &s.q16, &s.kv[li], shape)
+            })?;
+        }
         self.stage("attention", |dev, s| {
             flash_attention(dev, &s.q16, &s.kv[li], &s.attn16, shape)
         })?;

@@ -5,6 +5,7 @@
 //! Activations that feed a tensor-core GEMM or attention are bf16 [`TmaMatrix`]es; the residual
 //! stream and GEMM outputs that are summed or normalised again stay f32.
 
+use crate::gpu::ops::attention_input::fuses;
 use crate::gpu::ops::flash_attention::KvCache;
 use crate::gpu::ops::gemm::{GemmShape, partials_len};
 use crate::gpu::ops::moe::Routing;
@@ -23,7 +24,8 @@ pub(super) struct Scratch {
     /// (qwen2moe; empty otherwise).
     pub xn16: TmaMatrix,
     pub xn: Buffer<f32>,
-    /// The fused Q|K|V projection `[n][q + 2·kv]`, bf16 (read once, by `attention_input`).
+    /// The fused Q|K|V projection `[n][q + 2·kv]`, bf16 (read once, by `attention_input`);
+    /// empty where the projection's epilogue does that work (head_dim 128, `fuses`).
     pub qkv: Buffer<u16>,
     pub q16: TmaMatrix,
     pub attn16: TmaMatrix,
@@ -70,6 +72,7 @@ impl Scratch {
             (n, cfg.ff)
         };
         let shexp = cfg.ff_shexp > 0;
+        let fused = fuses(cfg.head_dim);
         Ok(Scratch {
             kv: (0..cfg.n_layer)
                 .map(|_| KvCache::new(dev, capacity, cfg.n_head_kv, cfg.head_dim))
@@ -80,7 +83,14 @@ impl Scratch {
                 if shexp { n * cfg.hidden } else { 0 },
                 "normed activations (f32)",
             )?,
-            qkv: dev.alloc(n * (cfg.q_dim() + 2 * cfg.kv_dim()), "Q|K|V")?,
+            qkv: dev.alloc(
+                if fused {
+                    0
+                } else {
+                    n * (cfg.q_dim() + 2 * cfg.kv_dim())
+                },
+                "Q|K|V",
+            )?,
             q16: dev.tma_zeros(n, cfg.q_dim(), "queries")?,
             attn16: dev.tma_zeros(n, cfg.q_dim(), "attention output")?,
             ffn_h16: if moe {

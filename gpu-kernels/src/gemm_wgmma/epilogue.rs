@@ -11,7 +11,7 @@ use seq_macro::seq;
 /// Where a consumer thread's accumulators of half `half` (0, or 1 for the upper 128 columns of
 /// a wide tile) land in the tile: `d[4j + e]` is row `row + 8·(e/2)`, column `8j + col + e%2`.
 #[inline(always)]
-fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
+pub(super) fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
     let t = thread_idx().x % 128;
     let (row_off, col_off) = split.origin(thread_idx().x / 128 - 1);
     let (warp, lane) = (t / 32, t % 32);
