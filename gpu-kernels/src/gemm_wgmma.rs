@@ -60,8 +60,7 @@ pub const THREADS: u32 = 384;
 const A_BYTES: u32 = (BM * BK * 2) as u32;
 const B_BYTES: u32 = (BN * BK * 2) as u32;
 /// Dynamic shared memory a launch must provide (tiles, barriers, and slack to align to 1024).
-pub const SHARED_BYTES: u32 =
-    STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32 + 16 + 1024;
+pub const SHARED_BYTES: u32 = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32 + 1024;
 
 /// Output columns per block of the wide dense kernels (`*_wide`): each consumer keeps two
 /// 128-column accumulators, so a block reads its A tile once per 256 columns instead of 128.
@@ -69,7 +68,7 @@ pub const WIDE_BN: usize = 2 * BN;
 const WIDE_STAGES: usize = 4;
 /// Dynamic shared memory of the wide dense kernels.
 pub const WIDE_SHARED_BYTES: u32 =
-    WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES) + 2 * 8 * WIDE_STAGES as u32 + 16 + 1024;
+    WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES) + 2 * 8 * WIDE_STAGES as u32 + 1024;
 
 /// Rows per tile of the grouped (MoE) GEMMs: they use the wide dense tile (128 × `WIDE_BN`),
 /// whose A operand is read through a map with boxes of `GROUPED_BM` rows.
@@ -163,11 +162,6 @@ impl Smem {
     fn empty(self, s: usize) -> Mbarrier {
         Mbarrier(self.barriers() + 8 * (self.split.stages() + s) as u32)
     }
-    /// Consumer `c`'s barrier for the tiles it skips (see `persistent`).
-    #[inline(always)]
-    fn skipped(self, c: u32) -> Mbarrier {
-        Mbarrier(self.barriers() + 8 * (2 * self.split.stages() as u32 + c))
-    }
 }
 
 /// The accumulators of one consumer thread: 64 rows × BN columns per warpgroup.
@@ -213,8 +207,6 @@ fn persistent(
             sm.full(s).init(1);
             sm.empty(s).init(2);
         }
-        sm.skipped(0).init(128);
-        sm.skipped(1).init(128);
         fence_mbarrier_init();
     }
     sync_threads();
@@ -256,37 +248,8 @@ fn persistent(
     let (row_off, col_off) = split.origin(consumer);
     let release = tid.is_multiple_of(128);
     let mut it = 0u32;
-    let mut skips = 0u32;
     let mut t = first;
     while let Some(tile) = tile_at(t) {
-        if tile.row0 + row_off >= tile.end {
-            // None of this consumer's 64 rows is stored (an expert's last row tile with at
-            // most 64 rows: 64 of 320 tiles at N = 4096 with even routing; a short call's last
-            // tile): it skips the tile's tensor-core work, which leaves every stored bit as it
-            // was, and the other consumer has the tensor cores to itself. Its first thread
-            // still takes each slot in turn and releases it (two arrivals per fill, as
-            // always); the warpgroup's threads then meet on a barrier of their own (all 128
-            // arrive, so none can reach the next skip's phase before every one has seen this
-            // one). Had they all waited on the slots themselves, a warp lagging by a full turn
-            // of the ring could take a later fill's parity for this one's and run ahead, as
-            // nothing else (no warpgroup-wide wgmma) holds the warps together here: the
-            // deadlock an earlier version of this skip hit at scale on the H200.
-            if release {
-                for _ in 0..k_tiles {
-                    let s = (it % stages) as usize;
-                    sm.full(s).wait((it / stages) & 1);
-                    sm.empty(s).arrive();
-                    it += 1;
-                }
-            } else {
-                it += k_tiles;
-            }
-            sm.skipped(consumer).arrive();
-            sm.skipped(consumer).wait(skips & 1);
-            skips += 1;
-            t += stride;
-            continue;
-        }
         let mut acc: Acc = [0.0; BN / 2];
         let mut acc_hi: Acc = [0.0; BN / 2];
         // The zeros must be in their registers before the first `wgmma.fence` (see

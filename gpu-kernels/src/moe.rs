@@ -379,18 +379,16 @@ kernel! {
 }
 
 kernel! {
-    /// The grouped GEMM's input: `xg[row] = x[sorted[row] / top_k]` (bf16 rows of `hidden`, a
-    /// multiple of 8, moved in 16-byte pieces: with 4-byte ones the copy ran at half the write
-    /// bandwidth). Grid: one block per row (`n_rows` of them); any block size.
+    /// The grouped GEMM's input: `xg[row] = x[sorted[row] / top_k]` (bf16 rows of `hidden`,
+    /// moved as 32-bit pairs). Grid: one block per row (`n_rows` of them); any block size.
     pub fn moe_gather_rows(x: In<u16>, sorted: In<u32>, xg: Out<u16>, top_k: u32, hidden: u32) {
         let row = block_idx().x as usize;
         let words = hidden as usize / 2;
         let token = sorted.at(row) as usize / top_k as usize;
         let (src, dst) = (x.cast::<u32>(), xg.cast::<u32>());
-        let mut i = 4 * thread_idx().x as usize;
+        let mut i = thread_idx().x as usize;
         while i < words {
-            dst.set4(row * words + i, src.at4(token * words + i));
-            i += 4 * block_dim().x as usize;
+            dst.set(row * words + i, src.at(token * words + i));
             i += block_dim().x as usize;
         }
     }

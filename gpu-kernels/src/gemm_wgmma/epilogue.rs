@@ -19,6 +19,17 @@ pub(super) fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
     (row_off + warp * 16 + lane / 4, col)
 }
 
+/// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
+/// in half `half` (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
+#[inline(always)]
+fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
+    let (row, col) = fragment_origin(split, half);
+    seq!(J in 0..16 {
+        store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
+        store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
+    });
+}
+
 /// An output element type of the column epilogue ([`store_columns`]): how a value and an
 /// aligned pair of adjacent values are written, and read back for `EPI_ADD_TO_Y`.
 pub(super) trait OutElement: Copy {
@@ -80,12 +91,6 @@ impl OutElement for Out<u16> {
 /// `row0 + r < end` and columns `col0 + c < m`. A thread's two adjacent columns go as one store
 /// where both exist and `m` is even (so the pair is aligned): for f32 four lanes then fill a
 /// 32-byte sector; for bf16 it is as many store instructions for half the bytes.
-///
-/// With `EPI_ADD_TO_Y` the old values of 4 pairs are loaded before any of them is stored (8 or
-/// 16 made the wide kernel spill): a
-/// load after a store to the same buffer cannot be moved above it, so loading pair by pair
-/// waited out a memory latency per pair (the output projection with its residual add ran
-/// 0.154 ms where the same GEMM storing only took 0.105, H200, session 6).
 #[inline(always)]
 fn store_columns<O: OutElement>(
     (split, half): (Split, u32),
@@ -95,81 +100,37 @@ fn store_columns<O: OutElement>(
     (col0, m): (u32, u32),
     flags: u32,
 ) {
-    let add = O::ADDS && flags & EPI_ADD_TO_Y != 0;
-    let (row, col) = fragment_origin(split, half);
-    let (row, col) = (row0 + row, col0 + col);
-    seq!(G in 0..8 {
-        let mut old = [[0.0f32; 2]; 4];
-        if add {
-            seq!(I in 0..4 {
-                let (r, c) = (row + 8 * (I % 2), col + 8 * (2 * G + I / 2));
-                old[I] = load_pair(y, (r, end), (c, m));
-            });
+    for_each_pair(split, half, acc, |r, c, v0, v1| {
+        let (r, c) = (row0 + r, col0 + c);
+        if r >= end {
+            return;
         }
-        seq!(I in 0..4 {
-            let (j, e) = (2 * G + I / 2, 2 * (I % 2));
-            let (r, c) = (row + 8 * (I % 2), col + 8 * j as u32);
-            let v = [acc[4 * j + e], acc[4 * j + e + 1]];
-            store_pair((y, bias, flags), (r, end), (c, m), v, add.then_some(old[I]));
-        });
-    });
-}
-
-/// `y[r, c..c + 2]` where they exist (zeros elsewhere).
-#[inline(always)]
-fn load_pair<O: OutElement>(y: O, (r, end): (u32, u32), (c, m): (u32, u32)) -> [f32; 2] {
-    if r >= end {
-        return [0.0; 2];
-    }
-    let at = (r * m + c) as usize;
-    if c + 1 < m && m.is_multiple_of(2) {
-        return y.get_pair(at);
-    }
-    let get = |i: u32| {
-        if c + i < m {
-            y.get(at + i as usize)
-        } else {
-            0.0
-        }
-    };
-    [get(0), get(1)]
-}
-
-/// Stores `v [+ bias] [+ old]` at `y[r, c..c + 2]` where they exist.
-#[inline(always)]
-fn store_pair<O: OutElement>(
-    (y, bias, flags): (O, In<f32>, u32),
-    (r, end): (u32, u32),
-    (c, m): (u32, u32),
-    mut v: [f32; 2],
-    old: Option<[f32; 2]>,
-) {
-    if r >= end {
-        return;
-    }
-    let at = (r * m + c) as usize;
-    if c + 1 < m && m.is_multiple_of(2) {
-        if flags & EPI_BIAS != 0 {
-            let b = bias.at2(c as usize);
-            v = [v[0] + b[0], v[1] + b[1]];
-        }
-        if let Some(old) = old {
-            v = [v[0] + old[0], v[1] + old[1]];
-        }
-        y.set_pair(at, v);
-        return;
-    }
-    for (i, mut v) in [(0, v[0]), (1, v[1])] {
-        if c + i < m {
+        let at = (r * m + c) as usize;
+        if c + 1 < m && m.is_multiple_of(2) {
+            let mut v = [v0, v1];
             if flags & EPI_BIAS != 0 {
-                v += bias.at((c + i) as usize);
+                let b = bias.at2(c as usize);
+                v = [v[0] + b[0], v[1] + b[1]];
             }
-            if let Some(old) = old {
-                v += old[i as usize];
+            if O::ADDS && flags & EPI_ADD_TO_Y != 0 {
+                let old = y.get_pair(at);
+                v = [v[0] + old[0], v[1] + old[1]];
             }
-            y.set(at + i as usize, v);
+            y.set_pair(at, v);
+            return;
         }
-    }
+        for (i, mut v) in [(0, v0), (1, v1)] {
+            if c + i < m {
+                if flags & EPI_BIAS != 0 {
+                    v += bias.at((c + i) as usize);
+                }
+                if O::ADDS && flags & EPI_ADD_TO_Y != 0 {
+                    v += y.get(at + i as usize);
+                }
+                y.set(at + i as usize, v);
+            }
+        }
+    });
 }
 
 /// The SwiGLU epilogue of a gate|up tile (per consumer and half: 64 gate columns, then the

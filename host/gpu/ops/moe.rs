@@ -205,9 +205,9 @@ impl Routing {
         let (hidden, _) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
         ensure_shape!(
-            shape.hidden.is_multiple_of(8),
+            shape.hidden.is_multiple_of(2),
             K,
-            "hidden {} must be a multiple of 8",
+            "hidden {} must be even",
             shape.hidden
         );
         x.check(K, "x", shape.tokens, shape.hidden)?;
