@@ -1,4 +1,5 @@
-//! `rms_norm_rows` (bf16 `y16` for the tensor-core GEMMs, optional f32 `y32`) against the
+//! `rms_norm_rows` (bf16 `y16` for the tensor-core GEMMs, optional f32 `y32`; `_adding`: the
+//! residual add first, written back) against the
 //! float64 reference (`kiln::reference::ops::rms_norm`), on the emulator (default) or the GPU
 //! (`KILN_TEST_DEVICE=cuda|all`). Qwen3's QK-norm over heads is fused into `attention_input`
 //! and tested in `kernels_attention_input.rs`.
@@ -170,6 +171,59 @@ fn rms_norm_rows_is_batch_invariant_and_works_in_place() {
     }
 }
 
+/// `rms_norm_rows_adding`: `x` becomes `x + add` exactly (the f32 sum the GEMM epilogue's
+/// residual add made, so the pipeline's bits do not move) and the outputs are those of
+/// `rms_norm_rows` on that sum, bit for bit; rows past `rows` are untouched in `x`.
+#[test]
+fn rms_norm_rows_adding_stores_the_sum_and_norms_it() {
+    for dev in devices() {
+        for (ci, &width) in WIDTHS.iter().enumerate() {
+            let rows = 5;
+            let c = Case::new(rows, width, 700 + ci as u64);
+            let mut r = rng(800 + ci as u64);
+            let add = r.normal_vec(rows * width, 1.0);
+            let sum: Vec<f32> = c.x.iter().zip(&add).map(|(a, b)| a + b).collect();
+            let summed = Case {
+                x: sum.clone(),
+                ..Case::new(rows, width, 700 + ci as u64)
+            };
+            let (want16, want32) = summed.run(&dev, true);
+            // One row more in x than normed: it must keep its bits.
+            let mut x_host = c.x.clone();
+            x_host.extend(r.normal_vec(width, 1.0));
+            let (x, a, w) = (
+                upload(&dev, &x_host),
+                upload(&dev, &add),
+                upload(&dev, &c.w),
+            );
+            let y16 = poisoned_tma(&dev, rows + 1, width);
+            let y32 = poisoned(&dev, (rows + 1) * width, f32::NAN);
+            norm::rms_norm_rows_adding(&dev, &x, &a, &w, &y16, Some(&y32), c.shape).unwrap();
+            let what = format!("adding, width {width} on {}", dev.name());
+            let x_after = x.to_vec().unwrap();
+            assert_same(
+                &bits(&x_after[..rows * width]),
+                &bits(&sum),
+                &format!("{what}: x"),
+            );
+            assert_same(
+                &bits(&x_after[rows * width..]),
+                &bits(&x_host[rows * width..]),
+                &format!("{what}: x past the rows"),
+            );
+            let y16 = y16.data().to_vec().unwrap();
+            assert_same(&y16[..rows * width], &want16, &format!("{what}: y16"));
+            assert!(y16[rows * width..].iter().all(|b| *b == BF16_POISON));
+            let y32 = y32.to_vec().unwrap();
+            assert_same(
+                &bits(&y32[..rows * width]),
+                &bits(&want32.unwrap()),
+                &format!("{what}: y32"),
+            );
+        }
+    }
+}
+
 #[test]
 fn norm_shapes_are_checked_before_launching() {
     let dev = Device::emulator();
@@ -198,6 +252,15 @@ fn norm_shapes_are_checked_before_launching() {
         e.contains("y16 is 1 × 8, needs 8 columns and at least 2 rows"),
         "{e}"
     );
+    let short = upload(&dev, &[1.0f32; 8]);
+    let e = norm::rms_norm_rows_adding(&dev, &x, &short, &w, &y16, None, shape(2, 8, EPS))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("add has 8 elements, needs 16"), "{e}");
+    let e = norm::rms_norm_rows_adding(&dev, &x, &x, &w, &y16, Some(&x), shape(2, 8, EPS))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("y32 is x"), "{e}");
     let e = err(shape(1, 8, EPS), &poisoned_tma(&dev, 2, 16), None);
     assert!(e.contains("y16 is 2 × 16, needs 8 columns"), "{e}");
     assert_eq!(

@@ -34,23 +34,45 @@ const STEP: usize = ROW_THREADS as usize;
 
 shared_array!(fn norm_partials() -> [f32; 32]);
 
+/// `rms_norm_rows` flag: also write the normed rows as f32 into `y32`.
+pub const NORM_F32_TOO: u32 = 1;
+/// `rms_norm_rows` flag: the row is `x + add`, written back to `x_sum` before it is normed
+/// (the residual add of the layer's previous output).
+pub const NORM_ADD: u32 = 2;
+
 kernel! {
     threads = ROW_THREADS;
-    /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w`, stored as bf16 in `y16` (the
-    /// input of the tensor-core GEMMs) and, when `f32_too != 0`, also as f32 in `y32` (the
-    /// shared-expert gate keeps full precision; `y32` may be `x`). `cols` a multiple of `VEC`.
-    /// Grid: one block per row; block: `ROW_THREADS`.
-    pub fn rms_norm_rows(x: In<f32>, w: In<f32>, y16: Out<u16>, y32: Out<f32>, cols: u32, eps: f32, f32_too: u32) {
+    /// `y[r, :] = v / sqrt(mean(v²) + eps) * w` for the row `v = x[r, :]`, or with `NORM_ADD`
+    /// `v = x[r, :] + add[r, :]`, stored to `x_sum` (which may be `x`: the residual stream
+    /// takes the previous projection's output here, in the add the GEMM's epilogue would do,
+    /// so the same bits). `y` is stored as bf16 in `y16` (the input of the tensor-core GEMMs)
+    /// and with `NORM_F32_TOO` also as f32 in `y32` (the shared-expert gate keeps full
+    /// precision; `y32` may be `x` without `NORM_ADD`). `cols` a multiple of `VEC`. Grid: one
+    /// block per row; block: `ROW_THREADS`.
+    pub fn rms_norm_rows(x: In<f32>, add: In<f32>, x_sum: Out<f32>, w: In<f32>, y16: Out<u16>, y32: Out<f32>, cols: u32, eps: f32, flags: u32) {
         let cols = cols as usize;
         let (base, groups) = (block_idx().x as usize * cols, cols / VEC);
         let t = thread_idx().x as usize;
+        let adds = flags & NORM_ADD != 0;
+        // The row's group `g`, with the add made and stored (each thread reads and writes only
+        // its own groups, so `x_sum = x` is safe).
+        let load = |g: usize| {
+            let at = base + g * VEC;
+            let mut v = x.at4(at);
+            if adds {
+                let a = add.at4(at);
+                v = core::array::from_fn(|e| v[e] + a[e]);
+                x_sum.set4(at, v);
+            }
+            v
+        };
         // Unrolled by `seq!` (a `for` loop left `held` on the stack): `held` stays in registers.
         // Groups past the row stay zero, and add nothing.
         const { assert!(HELD == 8) };
         let mut held = [[0.0f32; VEC]; HELD];
         seq!(P in 0..8 {
             if t + P * STEP < groups {
-                held[P] = x.at4(base + (t + P * STEP) * VEC);
+                held[P] = load(t + P * STEP);
             }
         });
         let mut sum_sq = 0.0f32;
@@ -61,7 +83,7 @@ kernel! {
         });
         let mut g = t + HELD * STEP;
         while g < groups {
-            for e in x.at4(base + g * VEC) {
+            for e in load(g) {
                 sum_sq = fma(e, e, sum_sq);
             }
             g += STEP;
@@ -73,7 +95,7 @@ kernel! {
             let (at, wv) = (base + g * VEC, w.at4(g * VEC));
             let y: [f32; VEC] = core::array::from_fn(|e| v[e] * scale * wv[e]);
             pairs.set2(at / 2, [pack_bf16x2(y[0], y[1]), pack_bf16x2(y[2], y[3])]);
-            if f32_too != 0 {
+            if flags & NORM_F32_TOO != 0 {
                 y32.set4(at, y);
             }
         };
@@ -82,10 +104,13 @@ kernel! {
                 store(t + P * STEP, held[P]);
             }
         });
-        // Each thread re-reads only its own groups, so `y32 = x` stays safe.
+        // Rows wider than the held groups are read again: the sums from `x_sum` (written
+        // above by this same thread), the plain rows from `x` (which `y32` may overwrite only
+        // after this read).
+        let row = if adds { x_sum.as_in() } else { x };
         let mut g = t + HELD * STEP;
         while g < groups {
-            store(g, x.at4(base + g * VEC));
+            store(g, row.at4(base + g * VEC));
             g += STEP;
         }
     }

@@ -24,6 +24,8 @@ pub(super) struct Scratch {
     /// (qwen2moe; empty otherwise).
     pub xn16: TmaMatrix,
     pub xn: Buffer<f32>,
+    /// The output projection `[n][hidden]`, added to the residual stream by the FFN norm.
+    pub attn_out: Buffer<f32>,
     /// The fused Q|K|V projection `[n][q + 2·kv]`, bf16 (read once, by `attention_input`);
     /// empty where the projection's epilogue does that work (head_dim 128, `fuses`).
     pub qkv: Buffer<u16>,
@@ -92,6 +94,7 @@ impl Scratch {
                 "Q|K|V",
             )?,
             q16: dev.tma_zeros(n, cfg.q_dim(), "queries")?,
+            attn_out: dev.alloc(n * cfg.hidden, "output projection")?,
             attn16: dev.tma_zeros(n, cfg.q_dim(), "attention output")?,
             ffn_h16: if moe {
                 Routing::grouped_operand(dev, ff_rows, ff, "FFN hidden")?
