@@ -27,6 +27,10 @@ fn lab_shared_memory_sizes_match_the_kernels() {
         flash_attention::SHARED_BYTES
     );
     assert_eq!(lab_constant("gemm.py", "SHARED"), gemm_wgmma::SHARED_BYTES);
+    assert_eq!(
+        lab_constant("gemm.py", "WIDE_SHARED"),
+        gemm_wgmma::WIDE_SHARED_BYTES
+    );
     // A kernel built for one block size (`.maxntid`) fails to launch with another.
     assert_eq!(
         lab_constant("attention.py", "THREADS"),

@@ -8,28 +8,33 @@ from common import kernel, ptr, u32, tensor_map_2d, time_ms, rel_l2, table, ceil
 
 BM, BN, THREADS = 128, 128, 384
 STAGES, BK = 5, 64
-# gpu_kernels::gemm_wgmma::SHARED_BYTES (tests/lab_constants.rs keeps the two equal)
+# gpu_kernels::gemm_wgmma::SHARED_BYTES and WIDE_SHARED_BYTES (tests/lab_constants.rs keeps
+# them equal); the wide kernel's tiles are BM x 2 BN
 SHARED = 164944
+WIDE_SHARED = 197696
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
 
 
-def run_f32(x, w, bias=None, y=None, add=False):
+def run_f32(x, w, bias=None, y=None, add=False, wide=False):
+    """kiln's f32 GEMM: narrow tiles (BM x BN) or wide (BM x 2 BN, gemm_wgmma_f32_wide, what
+    kiln's TileWidth::Auto launches when that still makes 72 tiles or more)."""
     n_rows, k = x.shape
     m = w.shape[0]
     if y is None:
         y = torch.full((n_rows, m), float("nan"), device="cuda")
     mx = tensor_map_2d(x, 64, BM)
     mw = tensor_map_2d(w, 64, BN)
-    kern = kernel("gemm_wgmma_f32", SHARED)
+    name, shared, cols = ("gemm_wgmma_f32_wide", WIDE_SHARED, 2 * BN) if wide else ("gemm_wgmma_f32", SHARED, BN)
+    kern = kernel(name, shared)
     flags = (1 if bias is not None else 0) | (2 if add else 0)
     b = bias if bias is not None else y
     # Persistent: a block per multiprocessor, at most one per tile.
-    tiles = ((m + BN - 1) // BN) * ((n_rows + BM - 1) // BM)
+    tiles = ((m + cols - 1) // cols) * ((n_rows + BM - 1) // BM)
     grid = (min(tiles, SMS), 1, 1)
 
     def launch():
         kern(grid, (THREADS, 1, 1), (ptr(mx), ptr(mw), ptr(b), ptr(y), u32(n_rows), u32(m), u32(k), u32(flags)),
-             shared_mem=SHARED)
+             shared_mem=shared)
     return y, launch
 
 
@@ -90,9 +95,15 @@ def speed():
         t_torch = time_ms(lambda: x @ w.T)
         _, lf = run_f32(x, w)
         t_f32 = time_ms(lf)
+        _, lw = run_f32(x, w, wide=True)
+        t_wide = time_ms(lw)
+        # The tiling kiln's TileWidth::Auto picks (host/gpu/ops/gemm_wgmma.rs, WIDE_MIN_TILES).
+        auto = t_wide if ((n_rows + BM - 1) // BM) * ((m + 2 * BN - 1) // (2 * BN)) >= 72 else t_f32
         tf = lambda t: flops / t / 1e9
-        rows.append((f"{n_rows}x{m}x{k}", f"{tf(t_torch):.0f}", f"{tf(t_f32):.0f}", f"{t_torch / t_f32:.2f}"))
-    table(rows, ("M x N x K", "cuBLAS TF/s (bf16 out)", "kiln TF/s (f32 out)", "kiln / cuBLAS"))
+        rows.append((f"{n_rows}x{m}x{k}", f"{tf(t_torch):.0f}", f"{tf(t_f32):.0f}", f"{tf(t_wide):.0f}",
+                     f"{t_torch / t_f32:.2f}", f"{t_torch / auto:.2f}"))
+    table(rows, ("M x N x K", "cuBLAS TF/s (bf16 out)", "kiln narrow (f32 out)", "kiln wide",
+                 "narrow / cuBLAS", "kiln's pick / cuBLAS"))
 
 
 def moe_peers():
