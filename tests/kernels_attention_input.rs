@@ -30,7 +30,6 @@ use common::*;
 use kiln::gpu::Device;
 use kiln::gpu::ops::attention_input::{self, Projected, QkNorm};
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache};
-use kiln::reference::ops;
 
 const BASE: f64 = 1e6;
 const EPS: f32 = 1e-6;
@@ -88,23 +87,13 @@ impl Case {
 
     /// Q or K head `j` of token `t` after QK-norm (when on) and RoPE, in f64.
     fn reference(&self, t: usize, j: usize) -> Vec<f64> {
-        let mut x = ops::widen(self.head(t, j));
-        if self.norm {
-            let w = if j < self.shape.n_head {
-                &self.q_norm
-            } else {
-                &self.k_norm
-            };
-            x = ops::rms_norm(&x, w, f64::from(EPS));
-        }
-        let pos = (self.shape.start_pos + t) as f32;
-        // The kernel's angle: f32 position times f32 frequency, rounded in f32.
-        let angles: Vec<f64> = ops::rope_inv_freq(BASE, self.shape.head_dim)
-            .iter()
-            .map(|f| f64::from(pos * *f as f32))
-            .collect();
-        ops::rope_neox(&mut x, &angles);
-        x
+        let w = if j < self.shape.n_head {
+            &self.q_norm
+        } else {
+            &self.k_norm
+        };
+        let norm = self.norm.then_some((&w[..], EPS));
+        qk_norm_rope_reference(self.head(t, j), norm, self.shape.start_pos + t, BASE)
     }
 }
 

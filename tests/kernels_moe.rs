@@ -214,15 +214,7 @@ fn nan_router_logits_still_pick_valid_experts() {
             routing.route(&dev, &partials, parts, n, opts).unwrap();
             let ids = routing.ids.to_vec().unwrap();
             let what = format!("NaN logits, {parts} parts on {}", dev.name());
-            for (t, chosen) in ids.chunks(k).enumerate() {
-                let mut seen = chosen.to_vec();
-                seen.sort();
-                seen.dedup();
-                assert!(
-                    seen.len() == k && chosen.iter().all(|&e| (e as usize) < ne),
-                    "token {t}: ids {chosen:?}, {what}"
-                );
-            }
+            assert_valid_distinct_ids(&ids, k, ne, &what);
             check_grouping(&routing, &ids, ne, k, &what);
         }
     }

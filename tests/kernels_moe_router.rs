@@ -332,15 +332,7 @@ fn nan_hidden_states_still_route_to_valid_experts() {
             let rows: Vec<usize> = (0..n).collect();
             let got = route(&dev, &p, &rows, true);
             let what = format!("NaN inputs, {ne} experts on {}", dev.name());
-            for (t, chosen) in got.ids.chunks(k).enumerate() {
-                let mut seen = chosen.to_vec();
-                seen.sort();
-                seen.dedup();
-                assert!(
-                    seen.len() == k && chosen.iter().all(|&e| (e as usize) < ne),
-                    "token {t}: ids {chosen:?}, {what}"
-                );
-            }
+            assert_valid_distinct_ids(&got.ids, k, ne, &what);
             check_grouping(&got.routing, &got.ids, ne, k, &what);
         }
     }

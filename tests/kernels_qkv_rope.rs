@@ -30,7 +30,6 @@ use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache};
 use kiln::gpu::ops::gemm::Epilogue;
 use kiln::gpu::ops::gemm_wgmma;
 use kiln::gpu::{Buffer, Device, TmaMatrix};
-use kiln::reference::ops;
 
 const HD: usize = 128;
 const BASE: f64 = 1e6;
@@ -131,22 +130,13 @@ impl Case {
     /// Q or K head `j` of token `t` after QK-norm (when on) and RoPE, in f64 (the angle's
     /// precision policy as the kernel's: f32 position times f32 frequency).
     fn reference(&self, t: usize, j: usize) -> Vec<f64> {
-        let mut x = ops::widen(&self.projected(t, j));
-        if self.with_norm {
-            let w = if j < self.shape.n_head {
-                &self.q_norm
-            } else {
-                &self.k_norm
-            };
-            x = ops::rms_norm(&x, w, f64::from(EPS));
-        }
-        let pos = (self.shape.start_pos + t) as f32;
-        let angles: Vec<f64> = ops::rope_inv_freq(BASE, HD)
-            .iter()
-            .map(|f| f64::from(pos * *f as f32))
-            .collect();
-        ops::rope_neox(&mut x, &angles);
-        x
+        let w = if j < self.shape.n_head {
+            &self.q_norm
+        } else {
+            &self.k_norm
+        };
+        let norm = self.with_norm.then_some((&w[..], EPS));
+        qk_norm_rope_reference(&self.projected(t, j), norm, self.shape.start_pos + t, BASE)
     }
 }
 

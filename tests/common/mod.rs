@@ -450,3 +450,40 @@ pub fn check_grouping(
         "{what}: pairs are whole tokens"
     );
 }
+
+/// A Q or K head vector after QK-norm (with `norm = Some(weight, eps)`) and NEOX RoPE at
+/// position `pos`, in f64, with the kernels' angle: f32 position times f32 frequency, rounded
+/// in f32 (`attention_input` and the fused `gemm_wgmma_qkv_rope` alike).
+pub fn qk_norm_rope_reference(
+    head: &[f32],
+    norm: Option<(&[f32], f32)>,
+    pos: usize,
+    rope_base: f64,
+) -> Vec<f64> {
+    use kiln::reference::ops;
+    let mut x = ops::widen(head);
+    if let Some((w, eps)) = norm {
+        x = ops::rms_norm(&x, w, f64::from(eps));
+    }
+    let pos = pos as f32;
+    let angles: Vec<f64> = ops::rope_inv_freq(rope_base, head.len())
+        .iter()
+        .map(|f| f64::from(pos * *f as f32))
+        .collect();
+    ops::rope_neox(&mut x, &angles);
+    x
+}
+
+/// Each token's `k` expert ids (`ids` in token order) are distinct and below `n_expert`: what
+/// the grouping relies on to stay inside its buffers, whatever the router's inputs were.
+pub fn assert_valid_distinct_ids(ids: &[u32], k: usize, n_expert: usize, what: &str) {
+    for (t, chosen) in ids.chunks(k).enumerate() {
+        let mut seen = chosen.to_vec();
+        seen.sort();
+        seen.dedup();
+        assert!(
+            seen.len() == k && chosen.iter().all(|&e| (e as usize) < n_expert),
+            "token {t}: ids {chosen:?}, {what}"
+        );
+    }
+}
