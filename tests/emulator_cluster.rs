@@ -83,11 +83,12 @@ fn a_multicast_box_lands_in_every_block_of_the_mask() {
         (8, 3, 24, 16, false),
     ];
     for (x, y, bc, br, swizzled) in cases {
-        let mut map = t.map(0, cols as u64, rows as u64, bc, br);
-        if !swizzled {
-            map.0[6] = 2 | (Swizzle::None as u64) << 8;
-        }
-        let maps = [map];
+        let swizzle = if swizzled {
+            Swizzle::B128
+        } else {
+            Swizzle::None
+        };
+        let maps = [t.map_swizzled(0, (cols as u64, rows as u64), (bc, br), swizzle)];
         let m = In::from_slice(&maps);
         let box_bytes = bc * br * 2;
         let words = (box_bytes / 4) as usize;

@@ -36,20 +36,12 @@ fn tma_box_is_swizzled_and_zero_filled_outside_the_tensor() {
         (96, -2, 24, 5, false),
     ];
     for (x, y, bc, br, swizzled) in cases {
-        let mut map = t.map(0, cols as u64, rows as u64, bc, br);
-        if !swizzled {
-            map = TensorMap::emulated_2d(
-                t.bits().as_ptr() as u64,
-                2,
-                cols as u64,
-                rows as u64,
-                2 * cols as u64,
-                bc,
-                br,
-                Swizzle::None,
-            );
-        }
-        let maps = [map];
+        let swizzle = if swizzled {
+            Swizzle::B128
+        } else {
+            Swizzle::None
+        };
+        let maps = [t.map_swizzled(0, (cols as u64, rows as u64), (bc, br), swizzle)];
         let box_bytes = 2 * bc * br;
         let mut out = vec![u32::MAX; box_bytes as usize / 4];
         let (m, o) = (In::from_slice(&maps), Out::from_slice(&mut out));

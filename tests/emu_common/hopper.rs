@@ -61,7 +61,8 @@ impl Aligned<u16> {
     pub fn bits(&self) -> &[u16] {
         self.get()
     }
-    /// The map of the `[rows][cols]` tensor starting at element `from` (row-major, dense).
+    /// The map of the `[rows][cols]` tensor starting at element `from` (row-major, dense),
+    /// 128B-swizzled as kiln's kernels read it.
     pub fn map(
         &self,
         from: usize,
@@ -69,6 +70,17 @@ impl Aligned<u16> {
         rows: u64,
         box_cols: u32,
         box_rows: u32,
+    ) -> TensorMap {
+        self.map_swizzled(from, (cols, rows), (box_cols, box_rows), Swizzle::B128)
+    }
+
+    /// [`Aligned::map`] with the given swizzle (`Swizzle::None`: packed box rows).
+    pub fn map_swizzled(
+        &self,
+        from: usize,
+        (cols, rows): (u64, u64),
+        (box_cols, box_rows): (u32, u32),
+        swizzle: Swizzle,
     ) -> TensorMap {
         let s = &self.bits()[from..];
         TensorMap::emulated_2d(
@@ -79,7 +91,7 @@ impl Aligned<u16> {
             2 * cols,
             box_cols,
             box_rows,
-            Swizzle::B128,
+            swizzle,
         )
         .with_extent(2 * s.len() as u64)
     }
