@@ -41,7 +41,7 @@ use seq_macro::seq;
 // `src/*.rs` are declared with `#[path]` (gpu-kernels/build.rs), so a submodule names its file.
 #[path = "gemm_wgmma/epilogue.rs"]
 mod epilogue;
-use epilogue::{ColumnStore, SwigluStore, TileStore};
+use epilogue::{ColumnStore, OutElement, SwigluStore, TileStore};
 #[path = "gemm_wgmma/qkv_rope.rs"]
 mod qkv_rope;
 use qkv_rope::QkvRopeStore;
@@ -331,36 +331,14 @@ fn dense<const WIDE: bool, S: TileStore>(
     persistent(split, (map_x, map_w), k, tiles, store(split));
 }
 
-/// The dense f32 GEMM (as [`dense`]).
+/// The dense GEMM with the column epilogue, f32 or bf16 out (`O`; as [`dense`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dense_f32<const WIDE: bool>(
+fn dense_columns<const WIDE: bool, O: OutElement>(
     map_x: In<TensorMap>,
     map_w: In<TensorMap>,
     bias: In<f32>,
-    y: Out<f32>,
-    n_rows: u32,
-    m: u32,
-    k: u32,
-    flags: u32,
-) {
-    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| ColumnStore {
-        split,
-        y,
-        bias,
-        m,
-        flags,
-    });
-}
-
-/// The dense bf16 GEMM (as [`dense`]).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn dense_bf16<const WIDE: bool>(
-    map_x: In<TensorMap>,
-    map_w: In<TensorMap>,
-    bias: In<f32>,
-    y: Out<u16>,
+    y: O,
     n_rows: u32,
     m: u32,
     k: u32,
@@ -400,7 +378,7 @@ kernel! {
     /// Persistent: any 1-D grid (one block per multiprocessor, at most one per tile);
     /// `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_f32::<false>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns::<false, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -409,7 +387,7 @@ kernel! {
     /// As `gemm_wgmma_f32` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`. Every
     /// element gets the same bits as there.
     pub fn gemm_wgmma_f32_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_f32::<true>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns::<true, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -419,7 +397,7 @@ kernel! {
     /// sum): as `gemm_wgmma_f32` with a bf16 `y` (the Q|K|V projection, read once by
     /// `attention_input`). Persistent, as `gemm_wgmma_f32`.
     pub fn gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_bf16::<false>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns::<false, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -427,7 +405,7 @@ kernel! {
     threads = THREADS;
     /// As `gemm_wgmma_bf16` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`.
     pub fn gemm_wgmma_bf16_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_bf16::<true>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns::<true, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
