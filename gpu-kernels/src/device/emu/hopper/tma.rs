@@ -189,7 +189,7 @@ pub fn tma_load_2d(dst: u32, map: In<TensorMap>, x: u32, y: u32, bar: u32) {
     cta_relative(bar, TENSOR_OP);
     let m = decode(map, TENSOR_OP);
     let block = ctx().block();
-    check_destination(block, TENSOR_OP, dst, m.box_bytes(), box_align(&m), bar);
+    check_destination(block, TENSOR_OP, dst, m.box_bytes(), BOX_ALIGN, bar);
     land(block.shared.window(), dst, &read_box(&m, x, y), m.swizzle);
     complete_tx(block, bar, m.box_bytes() as u32, TENSOR_OP);
 }
@@ -219,7 +219,7 @@ pub fn tma_load_2d_multicast(
         );
     }
     let m = decode(map, MULTICAST_OP);
-    let (bytes, align) = (m.box_bytes(), box_align(&m));
+    let (bytes, align) = (m.box_bytes(), BOX_ALIGN);
     let packed = read_box(&m, x, y);
     for rank in (0..size).filter(|r| cta_mask >> r & 1 == 1) {
         let block = peer(rank, MULTICAST_OP);
@@ -238,11 +238,9 @@ pub fn tma_load_2d_multicast(
 /// The CUDA programming guide's TMA alignment table: shared destinations 128-byte aligned,
 /// with or without a swizzle. The 128-byte swizzle is a function of the shared address bits
 /// (it repeats every 1024 bytes), so a box may start mid-period: one-row boxes placed at
-/// `tile + 128·r` build the same tile as one box of all its rows (the grouped gate|up GEMM
-/// gathers its A rows that way).
-fn box_align(_m: &Map2d) -> u32 {
-    128
-}
+/// `tile + 128·r` build the same tile as one box of all its rows (`probe_tma_rows`; the H200
+/// agrees).
+const BOX_ALIGN: u32 = 128;
 
 /// The box at column `x`, row `y` (signed) of `m`, packed row after row, zeros outside.
 fn read_box(m: &Map2d, x: u32, y: u32) -> Vec<u32> {
