@@ -84,9 +84,9 @@ pub fn matmul_tiled(
     let Some((cfg, wide, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
         return Ok(());
     };
-    let bias = epilogue.bias.unwrap_or(y); // unread without EPI_BIAS
+    let bias = Buffer::maybe_input(epilogue.bias);
     let (rows, m, k) = (rows as u32, w.rows() as u32, w.cols() as u32);
-    let (x, w, bias, out) = (x.map(), w.map(), bias.input(), y.output());
+    let (x, w, out) = (x.map(), w.map(), y.output());
     if wide {
         gemm_wgmma::gemm_wgmma_f32_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
     } else {
