@@ -31,6 +31,11 @@ fn lab_shared_memory_sizes_match_the_kernels() {
         lab_constant("gemm.py", "WIDE_SHARED"),
         gemm_wgmma::WIDE_SHARED_BYTES
     );
+    // The lab reports the tiling kiln's TileWidth::Auto would pick.
+    assert_eq!(
+        lab_constant("gemm.py", "WIDE_MIN_TILES") as usize,
+        kiln::gpu::ops::gemm_wgmma::WIDE_MIN_TILES
+    );
     // A kernel built for one block size (`.maxntid`) fails to launch with another.
     assert_eq!(
         lab_constant("attention.py", "THREADS"),

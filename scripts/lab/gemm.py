@@ -9,9 +9,11 @@ from common import kernel, ptr, u32, tensor_map_2d, time_ms, rel_l2, table, ceil
 BM, BN, THREADS = 128, 128, 384
 STAGES, BK = 5, 64
 # gpu_kernels::gemm_wgmma::SHARED_BYTES and WIDE_SHARED_BYTES (tests/lab_constants.rs keeps
-# them equal); the wide kernel's tiles are BM x 2 BN
+# them and WIDE_MIN_TILES equal to kiln's); the wide kernel's tiles are BM x 2 BN
 SHARED = 164944
 WIDE_SHARED = 197696
+# kiln::gpu::ops::gemm_wgmma::WIDE_MIN_TILES: TileWidth::Auto takes wide tiles from this many
+WIDE_MIN_TILES = 72
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
 
 
@@ -98,7 +100,7 @@ def speed():
         _, lw = run_f32(x, w, wide=True)
         t_wide = time_ms(lw)
         # The tiling kiln's TileWidth::Auto picks (host/gpu/ops/gemm_wgmma.rs, WIDE_MIN_TILES).
-        auto = t_wide if ((n_rows + BM - 1) // BM) * ((m + 2 * BN - 1) // (2 * BN)) >= 72 else t_f32
+        auto = t_wide if ((n_rows + BM - 1) // BM) * ((m + 2 * BN - 1) // (2 * BN)) >= WIDE_MIN_TILES else t_f32
         tf = lambda t: flops / t / 1e9
         rows.append((f"{n_rows}x{m}x{k}", f"{tf(t_torch):.0f}", f"{tf(t_f32):.0f}", f"{tf(t_wide):.0f}",
                      f"{t_torch / t_f32:.2f}", f"{t_torch / auto:.2f}"))
