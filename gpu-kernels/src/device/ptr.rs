@@ -101,10 +101,34 @@ impl<T: Copy> In<T> {
         if i + 4 > self.len || !i.is_multiple_of(4) {
             out_of_bounds("4-wide read", i, self.len);
         }
-        #[repr(C, align(16))]
-        struct V<T>([T; 4]);
-        // SAFETY: as `at`, and `i % 4 == 0` on an aligned allocation makes the load aligned.
-        unsafe { (self.ptr.add(i) as *const V<T>).read().0 }
+        // LLVM loads a 16-byte aggregate that is only copied elsewhere as 8-byte pieces through
+        // local memory (seen in `moe_gather_rows`), so on the device it is one `ld.global.v4`.
+        #[cfg(target_arch = "nvptx64")]
+        {
+            const { assert!(core::mem::size_of::<T>() == 4) };
+            let (a, b, c, d): (u32, u32, u32, u32);
+            // SAFETY: as `at`, with `i % 4 == 0` on a 16-byte aligned allocation; the four
+            // words are T's bits (T is 4 bytes). Global allocations convert with cvta.
+            unsafe {
+                core::arch::asm!(
+                    "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; ld.global.v4.b32 {{{a}, {b}, {c}, {d}}}, [g]; }}",
+                    p = in(reg64) self.ptr.add(i),
+                    a = out(reg32) a,
+                    b = out(reg32) b,
+                    c = out(reg32) c,
+                    d = out(reg32) d,
+                    options(pure, readonly, nostack),
+                );
+                [a, b, c, d].map(|w| core::mem::transmute_copy(&w))
+            }
+        }
+        #[cfg(not(target_arch = "nvptx64"))]
+        {
+            #[repr(C, align(16))]
+            struct V<T>([T; 4]);
+            // SAFETY: as `at`, and `i % 4 == 0` on an aligned allocation makes the load aligned.
+            unsafe { (self.ptr.add(i) as *const V<T>).read().0 }
+        }
     }
 
     /// Two consecutive elements starting at `i` (even), one 8-byte load when `T` is 4 bytes
@@ -252,10 +276,31 @@ impl<T: Copy> Out<T> {
         if i + 4 > self.len || !i.is_multiple_of(4) {
             out_of_bounds("4-wide write", i, self.len);
         }
-        #[repr(C, align(16))]
-        struct V<T>([T; 4]);
-        // SAFETY: see `at4`.
-        unsafe { (self.ptr.add(i) as *mut V<T>).write(V(v)) }
+        // As `In::at4`: one `st.global.v4` on the device, whatever LLVM makes of the aggregate.
+        #[cfg(target_arch = "nvptx64")]
+        {
+            const { assert!(core::mem::size_of::<T>() == 4) };
+            // SAFETY: as `set`, with `i % 4 == 0` on a 16-byte aligned allocation.
+            unsafe {
+                let w: [u32; 4] = v.map(|e| core::mem::transmute_copy(&e));
+                core::arch::asm!(
+                    "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; st.global.v4.b32 [g], {{{a}, {b}, {c}, {d}}}; }}",
+                    p = in(reg64) self.ptr.add(i),
+                    a = in(reg32) w[0],
+                    b = in(reg32) w[1],
+                    c = in(reg32) w[2],
+                    d = in(reg32) w[3],
+                    options(nostack),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "nvptx64"))]
+        {
+            #[repr(C, align(16))]
+            struct V<T>([T; 4]);
+            // SAFETY: see `at4`.
+            unsafe { (self.ptr.add(i) as *mut V<T>).write(V(v)) }
+        }
     }
 
     #[inline(always)]
