@@ -205,9 +205,9 @@ impl Routing {
         let (hidden, _) = shape.validate(K, self)?;
         let pairs = shape.pairs(self);
         ensure_shape!(
-            shape.hidden.is_multiple_of(2),
+            shape.hidden.is_multiple_of(8),
             K,
-            "hidden {} must be even",
+            "hidden {} must be a multiple of 8",
             shape.hidden
         );
         x.check(K, "x", shape.tokens, shape.hidden)?;
@@ -215,10 +215,14 @@ impl Routing {
         if pairs == 0 {
             return Ok(());
         }
-        let cfg = LaunchConfig::linear(to_u32(K, "pairs", pairs)?, 128);
+        let n_rows = to_u32(K, "pairs", pairs)?;
+        let blocks = n_rows.div_ceil(moe::GATHER_ROWS as u32);
+        // A thread per 16-byte piece of a row, up to 256.
+        let threads = (shape.hidden / 8).clamp(32, 256) as u32;
+        let cfg = LaunchConfig::linear(blocks, threads);
         let top_k = self.top_k as u32;
         let (x, sorted, xg) = (x.data().input(), self.sorted.input(), xg.data().output());
-        moe::moe_gather_rows::launch(dev, cfg, x, sorted, xg, top_k, hidden)
+        moe::moe_gather_rows::launch(dev, cfg, x, sorted, xg, top_k, hidden, n_rows)
     }
 
     /// Expert gate|up + SwiGLU over the grouped rows: `h[row] = swiglu(xg[row])` with the
