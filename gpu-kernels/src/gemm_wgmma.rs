@@ -41,7 +41,7 @@ use seq_macro::seq;
 // `src/*.rs` are declared with `#[path]` (gpu-kernels/build.rs), so a submodule names its file.
 #[path = "gemm_wgmma/epilogue.rs"]
 mod epilogue;
-use epilogue::{ColumnStore, OutElement, SwigluStore, TileStore};
+use epilogue::{ColumnStore, OutElement, STAGING_BYTES, SwigluStore, TileStore};
 #[path = "gemm_wgmma/qkv_rope.rs"]
 mod qkv_rope;
 use qkv_rope::QkvRopeStore;
@@ -60,15 +60,18 @@ pub const THREADS: u32 = 384;
 const A_BYTES: u32 = (BM * BK * 2) as u32;
 const B_BYTES: u32 = (BN * BK * 2) as u32;
 /// Dynamic shared memory a launch must provide (tiles, barriers, and slack to align to 1024).
-pub const SHARED_BYTES: u32 = STAGES as u32 * (A_BYTES + B_BYTES) + 2 * 8 * STAGES as u32 + 1024;
+pub const SHARED_BYTES: u32 =
+    STAGES as u32 * (A_BYTES + B_BYTES) + STAGING_BYTES + 2 * 8 * STAGES as u32 + 1024;
 
 /// Output columns per block of the wide dense kernels (`*_wide`): each consumer keeps two
 /// 128-column accumulators, so a block reads its A tile once per 256 columns instead of 128.
 pub const WIDE_BN: usize = 2 * BN;
 const WIDE_STAGES: usize = 4;
 /// Dynamic shared memory of the wide dense kernels.
-pub const WIDE_SHARED_BYTES: u32 =
-    WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES) + 2 * 8 * WIDE_STAGES as u32 + 1024;
+pub const WIDE_SHARED_BYTES: u32 = WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES)
+    + STAGING_BYTES
+    + 2 * 8 * WIDE_STAGES as u32
+    + 1024;
 
 /// Rows per tile of the grouped (MoE) GEMMs: they use the wide dense tile (128 × `WIDE_BN`),
 /// whose A operand is read through a map with boxes of `GROUPED_BM` rows.
@@ -111,6 +114,13 @@ impl Split {
             Split::WideRows => WIDE_BN as u32,
         }
     }
+    /// Dynamic shared memory of a launch.
+    const fn shared_bytes(self) -> u32 {
+        match self {
+            Split::Rows => SHARED_BYTES,
+            Split::WideRows => WIDE_SHARED_BYTES,
+        }
+    }
     /// Whether each consumer keeps a second 128-column accumulator (columns `+BN`).
     const fn wide(self) -> bool {
         matches!(self, Split::WideRows)
@@ -149,10 +159,15 @@ impl Smem {
         let split = self.split;
         self.base + split.stages() as u32 * split.a_bytes() + s as u32 * split.b_bytes()
     }
+    /// The epilogue's staging region (`epilogue::STAGING_BYTES`), after the slots.
     #[inline(always)]
-    fn barriers(self) -> u32 {
+    fn staging(self) -> u32 {
         let split = self.split;
         self.base + split.stages() as u32 * (split.a_bytes() + split.b_bytes())
+    }
+    #[inline(always)]
+    fn barriers(self) -> u32 {
+        self.staging() + STAGING_BYTES
     }
     #[inline(always)]
     fn full(self, s: usize) -> Mbarrier {
@@ -293,7 +308,7 @@ fn persistent(
         if wide {
             acc_hi.keep_in_registers();
         }
-        epilogue.store(tile, &acc, &acc_hi);
+        epilogue.store(tile, &acc, &acc_hi, sm.staging());
         t += stride;
     }
 }

@@ -10,8 +10,8 @@ BM, BN, THREADS = 128, 128, 384
 STAGES, BK = 5, 64
 # gpu_kernels::gemm_wgmma::SHARED_BYTES and WIDE_SHARED_BYTES (tests/lab_constants.rs keeps
 # them and WIDE_MIN_TILES equal to kiln's); the wide kernel's tiles are BM x 2 BN
-SHARED = 164944
-WIDE_SHARED = 197696
+SHARED = 197712
+WIDE_SHARED = 230464
 # kiln::gpu::ops::gemm_wgmma::WIDE_MIN_TILES: TileWidth::Auto takes wide tiles from this many
 WIDE_MIN_TILES = 72
 SMS = torch.cuda.get_device_properties(0).multi_processor_count

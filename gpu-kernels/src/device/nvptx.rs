@@ -209,6 +209,19 @@ impl<T: SharedWord> Shared<T> {
         ]
     }
 
+    /// Two words at `i` (even) in one 8-byte store.
+    #[inline(always)]
+    pub fn store2(self, i: usize, v: [T; 2]) {
+        // SAFETY: as `load`; arrays are 16-byte aligned and `i % 2 == 0`.
+        unsafe {
+            core::arch::asm!(
+                "st.shared.v2.b32 [{0}], {{{1}, {2}}};",
+                in(reg32) self.base + 4 * i as u32,
+                in(reg32) v[0].to_word(), in(reg32) v[1].to_word()
+            )
+        };
+    }
+
     /// Four words at `i` (a multiple of 4) in one 16-byte store.
     #[inline(always)]
     pub fn store4(self, i: usize, v: [T; 4]) {

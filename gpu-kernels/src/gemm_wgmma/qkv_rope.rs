@@ -5,7 +5,9 @@
 //! and `attention_input` reads it; transformers' bf16 projection rounds there too), then for Q
 //! and K heads QK-norm (when on) and NEOX RoPE, stored bf16 into `q[t][n_head·D]` and
 //! `k_cache[pos][n_kv·D]`; V's bf16 bits go to the transposed cache `v_cache_t[n_kv·D][capacity]`
-//! at column `pos`.
+//! at column `pos`. Q and K rows leave through the consumer warp's staging area
+//! (`epilogue::WarpStage`), a whole 256-byte head row per pair of lanes' 16-byte stores; V's
+//! transposed columns are stored from registers.
 //!
 //! Why it fits: D = 128 = `BN`, and a wide tile's column block `c` starts at `256·c`, so a
 //! consumer's `acc` is exactly head `2c` and `acc_hi` head `2c + 1` (Q heads, then K, then V;
@@ -31,7 +33,7 @@
 //! get the same total. The angle depends only on the position. Rows past `end` are computed
 //! (from TMA's zero fill) and never stored; they do not feed any stored row.
 
-use super::epilogue::{TileStore, fragment_origin};
+use super::epilogue::{TileStore, WarpStage, fragment_origin, warp_rows};
 use super::{Acc, BN, EPI_BIAS, Split, Tile};
 use crate::device::float::{pack_bf16x2, unpack_bf16x2};
 use crate::device::math::{fma, sincos, sqrt};
@@ -135,34 +137,35 @@ impl QkvRopeStore {
         1.0 / sqrt(sum_sq / D as f32 + self.eps)
     }
 
-    /// A Q or K head's norm weights, and its row in `q` or `k_cache` (as pairs: `u32`) with
-    /// the element index of its first column.
+    /// A Q or K head's row for token `t` (position `pos`) in `q` or `k_cache` (as pairs:
+    /// `u32`), with the element index of its first column.
     #[inline(always)]
-    fn rope_target(&self, part: Part, t: u32, pos: u32) -> (In<f32>, Out<u32>, u32) {
+    fn rope_target(&self, part: Part, t: u32, pos: u32) -> (Out<u32>, u32) {
         match part {
-            Part::Q(h) => (self.q_norm, self.q.cast(), t * self.n_head * D + h * D),
+            Part::Q(h) => (self.q.cast(), t * self.n_head * D + h * D),
             // Only Q and K heads rotate; `V` and `Past` never get here.
-            Part::K(h) | Part::V(h) => {
-                (self.k_norm, self.k_cache.cast(), (pos * self.n_kv + h) * D)
-            }
-            Part::Past => (self.k_norm, self.k_cache.cast(), pos * self.n_kv * D),
+            Part::K(h) | Part::V(h) => (self.k_cache.cast(), (pos * self.n_kv + h) * D),
+            Part::Past => (self.k_cache.cast(), pos * self.n_kv * D),
         }
     }
 
     /// QK-norm (with the flag) and the rotation of the NEOX pairs `(c + e, c + e + 64)`, `e <
-    /// 2`, of a Q or K head, whose values sit at `x[i + e]` and `x[i + 32 + e]`; stored as two
-    /// packed pairs at row `t` (position `pos`) when `live`.
+    /// 2`, of a Q or K head, whose values sit at `x[i + e]` and `x[i + 32 + e]`; written as two
+    /// packed pairs to staging row `srow` (a row of the head: byte `2c` and `2(c + 64)`).
     #[inline(always)]
     fn rotate(
         &self,
         x: &Acc,
         (i, c): (usize, u32),
         rot: [(f32, f32); 2],
-        scale: f32,
-        part: Part,
-        (t, pos, live): (u32, u32, bool),
+        (scale, part): (f32, Part),
+        (stage, srow): (WarpStage, u32),
     ) {
-        let (w, out, dst) = self.rope_target(part, t, pos);
+        let w = if let Part::Q(_) = part {
+            self.q_norm
+        } else {
+            self.k_norm
+        };
         let (mut lo, mut hi) = ([x[i], x[i + 1]], [x[i + 32], x[i + 33]]);
         if self.flags & EPI_QK_NORM != 0 {
             let (w_lo, w_hi) = (w.at2(c as usize), w.at2((c + 64) as usize));
@@ -179,13 +182,8 @@ impl QkvRopeStore {
             out_lo[e] = x0 * cos - x1 * sin;
             out_hi[e] = x0 * sin + x1 * cos;
         }
-        if live {
-            out.set(((dst + c) / 2) as usize, pack_bf16x2(out_lo[0], out_lo[1]));
-            out.set(
-                ((dst + c + 64) / 2) as usize,
-                pack_bf16x2(out_hi[0], out_hi[1]),
-            );
-        }
+        stage.put(srow, 2 * c, pack_bf16x2(out_lo[0], out_lo[1]));
+        stage.put(srow, 2 * (c + 64), pack_bf16x2(out_hi[0], out_hi[1]));
     }
 
     /// V head `h`'s row starting at `x[r]` into the transposed cache at column `pos` (its bf16
@@ -204,8 +202,10 @@ impl QkvRopeStore {
 
 impl TileStore for QkvRopeStore {
     #[inline(always)]
-    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc) {
+    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc, staging: u32) {
         let (row, col) = fragment_origin(self.split, 0);
+        let (warp_row, frag_row, _) = warp_rows(self.split);
+        let stage = WarpStage::of_this_warp(staging, self.split.shared_bytes(), 0);
         let heads = (2 * tile.col, 2 * tile.col + 1);
         let (part_lo, part_hi) = (self.part(heads.0), self.part(heads.1));
         // `Past` reads no bias (there is none past the last column).
@@ -220,6 +220,8 @@ impl TileStore for QkvRopeStore {
             self.rounded(acc_hi, heads.1, col)
         };
         let norm = self.flags & EPI_QK_NORM != 0;
+        // Per round R, the warp's rows `8R..8R + 8` of both heads fill its 16 staging rows (the
+        // low head's first), then go out a whole 256-byte head row at a time.
         seq!(R in 0..2 {
             let t = tile.row0 + row + 8 * R;
             let (pos, live) = (self.start_pos + t, t < tile.end);
@@ -234,10 +236,18 @@ impl TileStore for QkvRopeStore {
                     let rot = [sincos(pos as f32 * f[0]), sincos(pos as f32 * f[1])];
                     let at = (4 * J + r, c);
                     if part_lo.rotates() {
-                        self.rotate(&x_lo, at, rot, s_lo, part_lo, (t, pos, live));
+                        self.rotate(&x_lo, at, rot, (s_lo, part_lo), (stage, frag_row));
                     }
                     if part_hi.rotates() {
-                        self.rotate(&x_hi, at, rot, s_hi, part_hi, (t, pos, live));
+                        self.rotate(&x_hi, at, rot, (s_hi, part_hi), (stage, 8 + frag_row));
+                    }
+                });
+                stage.drain(2 * D, |s, k, w| {
+                    let part = if s < 8 { part_lo } else { part_hi };
+                    let t = tile.row0 + warp_row + 8 * R + s % 8;
+                    if part.rotates() && t < tile.end {
+                        let (out, dst) = self.rope_target(part, t, self.start_pos + t);
+                        out.set4(((dst + 8 * k) / 2) as usize, w);
                     }
                 });
             }

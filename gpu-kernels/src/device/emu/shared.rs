@@ -252,6 +252,13 @@ impl<T: SharedWord> Shared<T> {
         }
         std::array::from_fn(|k| self.load(i + k))
     }
+    pub fn store2(self, i: usize, v: [T; 2]) {
+        if !i.is_multiple_of(2) {
+            panic!("misaligned 8-byte shared write at element {i}");
+        }
+        self.store(i, v[0]);
+        self.store(i + 1, v[1]);
+    }
     pub fn store4(self, i: usize, v: [T; 4]) {
         if !i.is_multiple_of(4) {
             panic!("misaligned 16-byte shared write at element {i}");
