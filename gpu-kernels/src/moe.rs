@@ -10,6 +10,10 @@
 //! expert outputs in top-k slot order and adds the shared expert last, so no sum depends on how
 //! many tokens share a launch or an expert.
 
+// `seq!` unrolls by substituting each literal index into code written for all of them
+// (`row0 + P`, `P.min(rows - 1)` with P = 0); the lints below would flag that case.
+#![allow(clippy::identity_op, clippy::unnecessary_min_or_max)]
+
 use crate::device::float::unpack_bf16x2;
 use crate::device::math::{exp, fma, max, sigmoid};
 use crate::device::*;

@@ -266,7 +266,7 @@ fn store_columns_staged<O: OutElement>(
     seq!(Q in 0..2 {
         if Q < rounds {
             seq!(J in 0..16 {
-                if J / (16 / rounds) == Q {
+                if J * rounds / 16 == Q {
                     let c = 8 * J + frag_col;
                     seq!(R in 0..2 {
                         let mut v = [acc[4 * J + 2 * R], acc[4 * J + 2 * R + 1]];
