@@ -52,6 +52,7 @@ use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
 };
 use crate::device::float::pack_bf16x2;
+use crate::device::staging::{WARP_STAGE_BYTES, WarpStage};
 use crate::device::math::{exp2, fma, max};
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
@@ -179,6 +180,9 @@ pub trait HeadDim: Accumulators + Copy {
     /// Stores the values of row `e0 / 2` (`e0` 0 or 2), times `inv`, as bf16 pairs from
     /// `o[2·at]` on (head dims `8j + e`, `2·at` the thread's first column).
     fn store_row(&self, o: Out<u32>, at: usize, e0: usize, inv: f32);
+    /// As `store_row`, into row `row` of a warp's staging area; `at`: (`e0`, the thread's first
+    /// column `col`, written at byte `2·col`).
+    fn stage_row(&self, stage: WarpStage, row: u32, at: (usize, u32), inv: f32);
 }
 
 macro_rules! head_dim_acc {
@@ -198,6 +202,16 @@ macro_rules! head_dim_acc {
                 seq!(I in 0..64 {
                     if I < $len {
                         v[I] *= alpha[I % 4 / 2];
+                    }
+                });
+            }
+            #[inline(always)]
+            fn stage_row(&self, stage: WarpStage, row: u32, (e0, col): (usize, u32), inv: f32) {
+                let v: &[f32] = self;
+                seq!(J in 0..16 {
+                    if J < $len / 4 {
+                        let w = pack_bf16x2(v[4 * J + e0] * inv, v[4 * J + e0 + 1] * inv);
+                        stage.put(row, 2 * (col + 8 * J as u32), w);
                     }
                 });
             }
@@ -442,8 +456,25 @@ fn attend<A: HeadDim>(
     let hd = 64 * A::CHUNKS as u32;
     let width = (n_head * hd) as usize;
     let base_col = (head * hd + col) as usize;
-    // Pairs of bf16 as one 4-byte store (`col` and `width` are even).
     let o2 = o.cast::<u32>();
+    if A::CHUNKS == 2 {
+        // head_dim 128: through a staging area in this warp's own rows of the Q tile, free
+        // now (its last reader, S of the last block, completed before the last P·V), so a
+        // warp instruction stores two whole 256-byte rows of O.
+        let q_rows = sm.q(warp / 2) + wg * 8192 + warp % 2 * WARP_STAGE_BYTES;
+        let stage = WarpStage::at(q_rows, shared_bytes(HEAD_DIM), 0);
+        seq!(R in 0..2 {
+            acc_o.stage_row(stage, lane / 4 + 8 * R, (2 * R, col), inv[R]);
+        });
+        stage.drain(2 * hd, |s, k, w| {
+            let row = row0 + wg * 64 + warp * 16 + s;
+            if row < n {
+                o2.set4((row as usize * width + (head * hd + 8 * k) as usize) / 2, w);
+            }
+        });
+        return;
+    }
+    // Pairs of bf16 as one 4-byte store (`col` and `width` are even).
     seq!(R in 0..2 {
         let row = row0 + r + 8 * R;
         if row < n {

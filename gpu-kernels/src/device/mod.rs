@@ -1,5 +1,6 @@
 //! The device API every kernel is written against: thread/block ids, global-memory pointers,
-//! shared memory, barriers, warp exchange, atomics, math and float conversions.
+//! shared memory, barriers, warp exchange, atomics, math and float conversions, and the
+//! tensor-core tile pieces (`tensor_core`, `async_copy`, `staging`).
 //!
 //! Each primitive has two implementations with one signature: `nvptx` (PTX instructions and
 //! LLVM NVVM intrinsics) and `emu` (the host emulator). Both take the types they share
@@ -14,6 +15,7 @@ pub mod entry;
 pub mod float;
 pub mod math;
 mod ptr;
+pub mod staging;
 pub mod tensor_core;
 mod types;
 mod wgmma_shapes;

@@ -2,17 +2,14 @@
 //! Kept apart from the pipeline in `gemm_wgmma.rs`; every function here is `#[inline(always)]`
 //! so the accumulators never leave registers.
 //!
-//! Column and SwiGLU outputs go through shared memory ([`WarpStage`]): a thread's fragment
-//! holds two adjacent columns of a row, four lanes cover 16 bytes of it, so stored straight
-//! from registers each warp instruction touched 8 rows with half sectors, and the tile's stores
-//! kept the tensor cores idle for a fifth to a third of a GEMM (H200: the same kernels without
-//! an epilogue ran 20–31% faster at K = 2048). Each consumer warp writes its 16 rows into its
-//! own staging area, then stores them in whole 16-byte pieces, two rows of 256 bytes per
-//! instruction. Rows and columns are what they were; only the order of the stores changed.
+//! Column and SwiGLU outputs (and qkv_rope's Q and K rows) leave through each consumer
+//! warp's `device::staging::WarpStage`, in whole 16-byte stores (why: that module). Rows,
+//! columns and values are what they were; only the order of the stores changed.
 
 use super::{Acc, BN, EPI_ADD_TO_Y, EPI_BIAS, Split, Tile};
 use crate::device::float::{bf16_to_f32, f32_to_bf16, pack_bf16x2};
 use crate::device::math::silu;
+use crate::device::staging::{STAGE_ROW_BYTES, WARP_STAGE_BYTES, WarpStage};
 use crate::device::*;
 use seq_macro::seq;
 
@@ -38,68 +35,15 @@ fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, 
     });
 }
 
-/// Bytes of one staging row: 128 bf16 or 64 f32 columns.
-const STAGE_ROW_BYTES: u32 = 256;
-/// Bytes of one consumer warp's staging area (its 16 rows of the tile).
-const WARP_STAGE_BYTES: u32 = 16 * STAGE_ROW_BYTES;
-/// Shared memory the epilogue stages through: one area per consumer warp (two warpgroups).
+/// Shared memory the epilogue stages through: a [`WarpStage`] per consumer warp (two
+/// warpgroups), in warp order.
 pub(super) const STAGING_BYTES: u32 = 8 * WARP_STAGE_BYTES;
 
-/// This consumer warp's staging area: 16 rows of 256 bytes, the 16-byte chunks of row `r`
-/// XOR-swizzled by `(r << shift) % 8` so that a warp's fragment stores hit distinct banks
-/// (`shift` 0 for 4-byte stores of 8 rows, 1 for 8-byte stores, which go 4 rows per phase).
-#[derive(Clone, Copy)]
-pub(super) struct WarpStage {
-    words: Shared<u32>,
-    shift: u32,
-}
-
-impl WarpStage {
-    /// The area of the calling consumer warp inside the staging region at shared address
-    /// `staging` (of a dynamic shared allocation of `shared_bytes`).
-    #[inline(always)]
-    pub(super) fn of_this_warp(staging: u32, shared_bytes: u32, shift: u32) -> Self {
-        let warp = thread_idx().x / 32 - 4;
-        let at = staging + warp * WARP_STAGE_BYTES - dynamic_shared_address();
-        let all = dynamic_shared::<u32>(shared_bytes as usize / 4);
-        WarpStage {
-            words: all.offset(at as usize / 4),
-            shift,
-        }
-    }
-
-    /// Word index of byte `byte` (a multiple of 4) of row `row`.
-    #[inline(always)]
-    fn word(self, row: u32, byte: u32) -> usize {
-        let chunk = (byte / 16) ^ ((row << self.shift) % 8);
-        (row * (STAGE_ROW_BYTES / 4) + chunk * 4 + byte % 16 / 4) as usize
-    }
-
-    #[inline(always)]
-    pub(super) fn put(self, row: u32, byte: u32, w: u32) {
-        self.words.store(self.word(row, byte), w);
-    }
-
-    #[inline(always)]
-    fn put2(self, row: u32, byte: u32, w: [u32; 2]) {
-        self.words.store2(self.word(row, byte), w);
-    }
-
-    /// After the warp has written rows of `row_bytes` (256 or 128): calls `store(row, chunk,
-    /// words)` for each 16-byte chunk, a lane per chunk (whole rows per instruction), then
-    /// waits for the warp so the area can be written again.
-    #[inline(always)]
-    pub(super) fn drain(self, row_bytes: u32, mut store: impl FnMut(u32, u32, [u32; 4])) {
-        sync_warp();
-        let per_row = row_bytes / 16;
-        let mut i = lane_id();
-        while i < 16 * per_row {
-            let (row, chunk) = (i / per_row, i % per_row);
-            store(row, chunk, self.words.load4(self.word(row, 16 * chunk)));
-            i += WARP_SIZE;
-        }
-        sync_warp();
-    }
+/// The calling consumer warp's staging area in the region at shared address `staging`.
+#[inline(always)]
+pub(super) fn warp_stage(staging: u32, shared_bytes: u32, shift: u32) -> WarpStage {
+    let warp = thread_idx().x / 32 - 4;
+    WarpStage::at(staging + warp * WARP_STAGE_BYTES, shared_bytes, shift)
 }
 
 /// Where this consumer warp's 16 rows start in the tile (the staging area's row 0), and the
@@ -352,7 +296,7 @@ impl<O: OutElement> TileStore for ColumnStore<O> {
         let (out, rows) = ((self.y, self.bias), (tile.row0, tile.end));
         let col0 = tile.col * split.cols();
         if m.is_multiple_of(16 / O::BYTES) {
-            let stage = WarpStage::of_this_warp(staging, split.shared_bytes(), O::BYTES / 4);
+            let stage = warp_stage(staging, split.shared_bytes(), O::BYTES / 4);
             store_columns_staged((split, 0), acc, stage, out, rows, (col0, m), flags);
             if split.wide() {
                 store_columns_staged((split, 1), acc_hi, stage, out, rows, (col0, m), flags);
@@ -378,7 +322,7 @@ impl TileStore for SwigluStore {
     fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc, staging: u32) {
         let (split, h, m) = (self.split, self.h, self.m);
         let (rows, out0) = ((tile.row0, tile.end), tile.col * split.cols() / 2);
-        let stage = WarpStage::of_this_warp(staging, split.shared_bytes(), 0);
+        let stage = warp_stage(staging, split.shared_bytes(), 0);
         store_swiglu(split, (acc, acc_hi), stage, h, rows, out0, m);
     }
 }

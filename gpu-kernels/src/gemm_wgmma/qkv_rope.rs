@@ -6,7 +6,7 @@
 //! and K heads QK-norm (when on) and NEOX RoPE, stored bf16 into `q[t][n_head·D]` and
 //! `k_cache[pos][n_kv·D]`; V's bf16 bits go to the transposed cache `v_cache_t[n_kv·D][capacity]`
 //! at column `pos`. Q and K rows leave through the consumer warp's staging area
-//! (`epilogue::WarpStage`), a whole 256-byte head row per pair of lanes' 16-byte stores; V's
+//! (`device::staging::WarpStage`), a whole 256-byte head row per pair of lanes' 16-byte stores; V's
 //! transposed columns are stored from registers.
 //!
 //! Why it fits: D = 128 = `BN`, and a wide tile's column block `c` starts at `256·c`, so a
@@ -33,10 +33,11 @@
 //! get the same total. The angle depends only on the position. Rows past `end` are computed
 //! (from TMA's zero fill) and never stored; they do not feed any stored row.
 
-use super::epilogue::{TileStore, WarpStage, fragment_origin, warp_rows};
+use super::epilogue::{TileStore, fragment_origin, warp_rows, warp_stage};
 use super::{Acc, BN, EPI_BIAS, Split, Tile};
 use crate::device::float::{pack_bf16x2, unpack_bf16x2};
 use crate::device::math::{fma, sincos, sqrt};
+use crate::device::staging::WarpStage;
 use crate::device::*;
 use seq_macro::seq;
 
@@ -205,7 +206,7 @@ impl TileStore for QkvRopeStore {
     fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc, staging: u32) {
         let (row, col) = fragment_origin(self.split, 0);
         let (warp_row, frag_row, _) = warp_rows(self.split);
-        let stage = WarpStage::of_this_warp(staging, self.split.shared_bytes(), 0);
+        let stage = warp_stage(staging, self.split.shared_bytes(), 0);
         let heads = (2 * tile.col, 2 * tile.col + 1);
         let (part_lo, part_hi) = (self.part(heads.0), self.part(heads.1));
         // `Past` reads no bias (there is none past the last column).
