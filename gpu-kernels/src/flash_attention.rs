@@ -52,8 +52,8 @@ use crate::device::async_copy::{
     Mbarrier, TensorMap, acquire_tensor_map, fence_mbarrier_init, prefetch_tensor_map, tma_load_2d,
 };
 use crate::device::float::pack_bf16x2;
-use crate::device::staging::{WARP_STAGE_BYTES, WarpStage};
 use crate::device::math::{exp2, fma, max};
+use crate::device::staging::{WARP_STAGE_BYTES, WarpStage};
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
     wgmma_m64n64k16_rs, wgmma_m64n128k16_rs, wgmma_m64n128k16_ss, wgmma_wait,
