@@ -399,9 +399,9 @@ fn synthetic_device_model_is_seeded_and_batch_invariant() {
 
 /// llama (NORM RoPE, which the upload turns into the kernels' NEOX by reordering Q/K rows;
 /// `rope_freqs` frequency factors; no biases) and qwen2 (Q/K/V biases, tied LM head) on
-/// synthetic BF16 models: batch invariance as above, and the CPU reference within 5e-3 (the
-/// BF16 file's tolerance: weights exact in bf16, only the bf16 activations and attention
-/// remain). A Q/K reordering that did not match the reference's NORM rotation moves the logits
+/// synthetic BF16 models: batch invariance as above, and the CPU reference within
+/// `SYNTHETIC_VS_CPU` (weights exact in bf16, only the bf16 activations and attention remain).
+/// A Q/K reordering that did not match the reference's NORM rotation moves the logits
 /// by ~0.2 (MANIFEST's "RoPE pairing" sensitivity).
 #[test]
 fn llama_and_qwen2_are_batch_invariant_and_match_the_cpu_reference() {
@@ -417,7 +417,7 @@ fn llama_and_qwen2_are_batch_invariant_and_match_the_cpu_reference() {
 /// Qwen2.5 0.5B, SmolLM, TinyLlama) through the GPU pipeline's hd64 attention-input and flash
 /// attention entries: llama (NORM RoPE reordered to NEOX, GQA 2) and qwen3 (QK-norm over 64
 /// dims, GQA 4) on synthetic BF16 models; batched vs token by token vs two chunks bit for bit,
-/// and the CPU reference within 5e-3 (the BF16 file's tolerance, as above).
+/// and the CPU reference within `SYNTHETIC_VS_CPU`.
 #[test]
 fn head_dim_64_models_are_batch_invariant_and_match_the_cpu_reference() {
     for dev in devices() {
@@ -443,8 +443,16 @@ fn synthetic_file(dev: &Device, arch: Arch, preset: Preset) -> GgufFile {
     GgufFile::from_bytes(kiln::synth::to_bytes(&spec).unwrap()).unwrap()
 }
 
+/// Relative L2 of a synthetic 2-layer BF16 model's last logits against the CPU reference: the
+/// GPU rounds activations to bf16 where the CPU keeps f32 (normed rows, Q/K/V, P, the
+/// attention output, SwiGLU's h; ~2^-9 each), which the 256-wide 2-layer models amplify. H200,
+/// 6 seeds × 4 prompts × 2 archs (session 7): 2.4–4.6e-3, llama p5 the highest (3.7–4.6e-3),
+/// and once 5.26e-3 (llama p5), which failed the 5e-3 this test had. A wrong RoPE pairing
+/// moves the logits by ~0.2, 25 times this bound.
+const SYNTHETIC_VS_CPU: f64 = 7.5e-3;
+
 /// On the fixture prompts: batch invariance (`check_invariance`) and the CPU reference within
-/// 5e-3 with the same top-1 (unless the reference's top two are a near-tie).
+/// `SYNTHETIC_VS_CPU` with the same top-1 (unless the reference's top two are a near-tie).
 fn check_synthetic_against_cpu(dev: &Device, file: &GgufFile, name: &str) {
     let cfg = ModelConfig::from_gguf(file).unwrap();
     let w = Weights::load(file, &cfg).unwrap();
@@ -455,7 +463,11 @@ fn check_synthetic_against_cpu(dev: &Device, file: &GgufFile, name: &str) {
         let cpu = kiln::reference::forward(&cfg, &w, &tokens, false).unwrap();
         let err = rel_l2_f32(&logits, cpu.last());
         eprintln!("{name} {p} on {}: rel L2 vs CPU {err:.3e}", dev.name());
-        assert!(err <= 5e-3, "{name} {p}: rel L2 {err:.3e} vs the CPU");
+        assert!(
+            err <= SYNTHETIC_VS_CPU,
+            "{name} {p}: rel L2 {err:.3e} vs the CPU (KILN_TEST_SEED={})",
+            common::seed()
+        );
         // Fresh weights each run: a near-tie at the top may flip (seen on the H200 with
         // KILN_TEST_SEED=1795948462483635336, llama p5: rel L2 3.9e-3, top-1 482 vs 262).
         if top2_gap(cpu.last()) > TOP1_NEAR_TIE {
