@@ -144,9 +144,9 @@ impl OutElement for Out<u16> {
 
 /// The column epilogue: `y[r, c] = acc [+ bias[c]] [+ y[r, c]]` (flags `EPI_BIAS`,
 /// `EPI_ADD_TO_Y` where `O::ADDS`; the sum in f32, then one conversion to `y`'s element type) for rows
-/// `row0 + r < end` and columns `col0 + c < m`. A thread's two adjacent columns go as one store
-/// where both exist and `m` is even (so the pair is aligned): for f32 four lanes then fill a
-/// 32-byte sector; for bf16 it is as many store instructions for half the bytes.
+/// `row0 + r < end` and columns `col0 + c < m`, stored from registers: the path for rows that
+/// are not whole 16-byte chunks (`store_columns_staged` takes the rest). A thread's two
+/// adjacent columns go as one store where both exist and `m` is even (so the pair is aligned).
 #[inline(always)]
 fn store_columns<O: OutElement>(
     (split, half): (Split, u32),
