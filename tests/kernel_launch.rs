@@ -177,3 +177,20 @@ fn entries_are_registered_with_their_parameters() {
     }
     assert!(names.is_sorted(), "entries() is sorted by name");
 }
+
+/// `registers_fit`, the const check behind every `lower_registers` / `raise_registers` split:
+/// a 384-thread block has 168 registers per thread at launch, so the splits kiln runs fit and
+/// the one that hung the H200 (a 32-register producer beside two 240-register consumers) does
+/// not; a budget list must cover the block's warpgroups exactly.
+#[test]
+fn register_splits_are_checked_against_the_launch_pool() {
+    use gpu_kernels::device::registers_fit;
+    assert!(registers_fit(384, &[24, 240, 240]));
+    assert!(registers_fit(384, &[40, 232, 232]));
+    assert!(!registers_fit(384, &[32, 240, 240]));
+    assert!(!registers_fit(384, &[40, 240, 240]));
+    // 256 threads: 255 registers at most, 248 in whole eights.
+    assert!(registers_fit(256, &[248, 248]));
+    assert!(!registers_fit(256, &[256, 256]));
+    assert!(!registers_fit(384, &[24, 240]));
+}

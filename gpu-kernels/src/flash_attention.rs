@@ -21,7 +21,8 @@
 //!
 //! Registers: 384 threads get at most 168 each at launch, and a consumer needs ~200 (two
 //! 64-value accumulators and P). So the producer warpgroup gives its registers back
-//! (`lower_registers::<24>`) and the consumers take them (`raise_registers::<240>`), which
+//! (`lower_registers::<24>`) and the consumers take them (`raise_registers::<240>`; the split
+//! must fit the block's launch pool, `registers_fit`, checked at compile time), which
 //! ptxas honours because the entry is declared for exactly `THREADS` threads (`.maxntid`).
 //! Before that, thread 0 of a consumer issued the loads between its own products, and its
 //! warp stalled at every refill.
@@ -73,6 +74,13 @@ pub const BLOCK_KV: usize = 128;
 pub const THREADS: u32 = 384;
 /// The first thread of the producer warpgroup.
 const PRODUCER: u32 = 256;
+/// Registers per thread of the producer and of each consumer warpgroup (module doc).
+const PRODUCER_REGISTERS: u32 = 24;
+const CONSUMER_REGISTERS: u32 = 240;
+const _: () = assert!(registers_fit(
+    THREADS,
+    &[CONSUMER_REGISTERS, CONSUMER_REGISTERS, PRODUCER_REGISTERS]
+));
 /// A swizzled chunk: 128 rows of 64 bf16 (128 bytes).
 const CHUNK_BYTES: u32 = 128 * 128;
 const KV_STAGES: usize = 3;
@@ -372,7 +380,7 @@ fn attend<A: HeadDim>(
         kv_head,
     };
     if tid >= PRODUCER {
-        lower_registers::<24>();
+        lower_registers::<PRODUCER_REGISTERS>();
         if tid == PRODUCER {
             loads.start(row0, n_blocks);
             let mut issued = KV_STAGES.min(n_blocks);
@@ -380,7 +388,7 @@ fn attend<A: HeadDim>(
         }
         return;
     }
-    raise_registers::<240>();
+    raise_registers::<CONSUMER_REGISTERS>();
     // Consumer: warpgroup `wg` owns tile rows 64·wg..; this thread rows `r` and `r + 8`.
     let wg = tid / 128;
     let (warp, lane) = (tid % 128 / 32, tid % 32);

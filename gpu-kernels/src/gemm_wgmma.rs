@@ -57,6 +57,13 @@ pub const BK: usize = 64;
 pub const STAGES: usize = 5;
 /// Threads per block: producer + two consumer warpgroups.
 pub const THREADS: u32 = 384;
+/// Registers per thread of the producer and of each consumer warpgroup (module doc).
+const PRODUCER_REGISTERS: u32 = 40;
+const CONSUMER_REGISTERS: u32 = 232;
+const _: () = assert!(registers_fit(
+    THREADS,
+    &[PRODUCER_REGISTERS, CONSUMER_REGISTERS, CONSUMER_REGISTERS]
+));
 const A_BYTES: u32 = (BM * BK * 2) as u32;
 const B_BYTES: u32 = (BN * BK * 2) as u32;
 /// Dynamic shared memory a launch must provide (tiles, barriers, and slack to align to 1024).
@@ -229,7 +236,7 @@ fn persistent(
     let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         // The producer needs few registers; the consumers get them (see the module doc).
-        lower_registers::<40>();
+        lower_registers::<PRODUCER_REGISTERS>();
         if tid == 0 {
             let mut it = 0u32;
             let mut t = first;
@@ -257,7 +264,7 @@ fn persistent(
         }
         return;
     }
-    raise_registers::<232>();
+    raise_registers::<CONSUMER_REGISTERS>();
     let consumer = wg - 1;
     let wide = split.wide();
     let (row_off, col_off) = split.origin(consumer);

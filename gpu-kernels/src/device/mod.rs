@@ -69,6 +69,29 @@ unsafe extern "C" {
     fn setmaxnreg_dec(registers: u32);
 }
 
+/// Whether warpgroups with the per-thread register budgets `budgets` (one per warpgroup, after
+/// [`lower_registers`] / [`raise_registers`]) fit the pool a block of `threads` threads gets at
+/// launch. ptxas gives an entry declared for `threads` threads at most `65536 / threads`
+/// registers per thread (and 255), rounded down to a multiple of 8 (168 for 384); `setmaxnreg.inc`
+/// waits until the pool holds what it asks for: past the pool it waits forever (a flash
+/// attention with a 32-register producer beside two 240-register consumers hung on the H200;
+/// the emulator, which does not model registers, ran it). Kernels check their split with a
+/// `const` assertion.
+pub const fn registers_fit(threads: u32, budgets: &[u32]) -> bool {
+    let per_thread = if 65536 / threads < 255 {
+        65536 / threads
+    } else {
+        255
+    };
+    let pool = per_thread / 8 * 8 * threads;
+    let (mut used, mut i) = (0, 0);
+    while i < budgets.len() {
+        used += budgets[i] * 128;
+        i += 1;
+    }
+    budgets.len() as u32 * 128 == threads && used <= pool
+}
+
 /// Lowers this warpgroup's register budget to `N` per thread (`setmaxnreg.dec`), releasing the
 /// rest to the block's pool for [`raise_registers`]: a producer warpgroup that only issues
 /// copies needs few. Every thread of the warpgroup must call it, converged (`.sync.aligned`),
