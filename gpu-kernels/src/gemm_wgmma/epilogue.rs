@@ -17,11 +17,9 @@ use seq_macro::seq;
 /// a wide tile) land in the tile: `d[4j + e]` is row `row + 8·(e/2)`, column `8j + col + e%2`.
 #[inline(always)]
 pub(super) fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
-    let t = thread_idx().x % 128;
-    let (row_off, col_off) = split.origin(thread_idx().x / 128 - 1);
-    let (warp, lane) = (t / 32, t % 32);
-    let col = col_off + BN as u32 * half + 2 * (lane % 4);
-    (row_off + warp * 16 + lane / 4, col)
+    let (warp_row, frag_row, frag_col) = warp_rows(split);
+    let (_, col_off) = split.origin(thread_idx().x / 128 - 1);
+    (warp_row + frag_row, col_off + BN as u32 * half + frag_col)
 }
 
 /// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
