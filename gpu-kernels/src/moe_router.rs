@@ -6,7 +6,8 @@
 //!   and routes it, a warp per token, `TILE_TOKENS` tokens per block; writes the tile's
 //!   per-expert pair counts.
 //! - `moe_group_scan_place`: one block per tile of tokens: the scan over experts (parallel over
-//!   experts), the tile's pairs placed, block 0 writes offsets and the tile table.
+//!   experts), the tile's pairs placed by the block's warps, block 0 writes offsets and the
+//!   tile table.
 //!
 //! The partial logits come from the tensor-core GEMM (`gemm_wgmma`, launched by the host's
 //! `ops::moe_router::Router`): the f32 router weights are stored as three bf16 matrices whose
@@ -42,10 +43,12 @@ pub const TILE_TOKENS: usize = 32;
 pub const FINISH_THREADS: u32 = TILE_TOKENS as u32 * WARP_SIZE;
 /// Threads of the scan-and-place kernel (one per expert).
 pub const PLACE_THREADS: u32 = FAST_MAX_EXPERTS as u32;
+/// Warps of the scan-and-place kernel, each placing a run of the tile's pairs.
+const PLACE_WARPS: usize = PLACE_THREADS as usize / WARP_SIZE as usize;
 
 // Each tile's chosen ids, for counting (tile tokens · top-k ≤ 1024).
 shared_array!(fn router_tile_ids() -> [u32; 1024]);
-shared_array!(fn place_running() -> [u32; 256]);
+shared_array!(fn place_running() -> [u32; PLACE_WARPS * FAST_MAX_EXPERTS]);
 shared_array!(fn place_warp_sums() -> [u32; 16]);
 
 /// One token's routing by its warp from this lane's logits `v` (experts `lane + 32 j`), as
@@ -178,13 +181,45 @@ macro_rules! finish_kernel {
 finish_kernel!(moe_router_finish_e128, 4);
 finish_kernel!(moe_router_finish_e256, 8);
 
+/// Sum over tiles `0..n_tiles` of `tile_counts[c][e]`, and the same over the tiles before
+/// `tile`: four loads in flight per step (a loop of dependent-looking adds left one).
+#[inline(always)]
+fn expert_rows(
+    tile_counts: In<u32>,
+    (tile, n_tiles): (usize, usize),
+    ne: usize,
+    e: usize,
+) -> (u32, u32) {
+    let (mut before, mut rows) = (0u32, 0u32);
+    let mut c = 0;
+    while c < n_tiles {
+        let counts: [u32; 4] = core::array::from_fn(|i| {
+            if c + i < n_tiles {
+                tile_counts.at((c + i) * ne + e)
+            } else {
+                0
+            }
+        });
+        for (i, &count) in counts.iter().enumerate() {
+            if c + i < tile {
+                before += count;
+            }
+            rows += count;
+        }
+        c += 4;
+    }
+    (before, rows)
+}
+
 kernel! {
     /// The grouping in one launch, one block (`PLACE_THREADS`, thread = expert) per tile of
     /// `tile_pairs` pairs: from `tile_counts[tile][e]`, each expert's first row (a parallel
-    /// exclusive scan over experts) plus the earlier tiles' rows of that expert; then one warp
-    /// places the tile's pairs in pair order: `sorted[row] = pair`, `row_of_pair[pair] = row`.
-    /// Block 0 also writes `offsets[e]` (`offsets[n_expert]` = pairs), the grouped GEMM's tile
-    /// table (`tiles[2t] = expert`, `tiles[2t + 1] = first row`) and `num_tiles[0]`.
+    /// exclusive scan over experts) plus the earlier tiles' rows of that expert; then the
+    /// block's warps place the tile's pairs in pair order, each warp a run of them after
+    /// counting them (the warps' counts scanned in warp order): `sorted[row] = pair`,
+    /// `row_of_pair[pair] = row`. Block 0 also writes `offsets[e]` (`offsets[n_expert]` =
+    /// pairs), the grouped GEMM's tile table (`tiles[2t] = expert`, `tiles[2t + 1] = first
+    /// row`) and `num_tiles[0]`.
     pub fn moe_group_scan_place(
         ids: In<u32>,
         tile_counts: In<u32>,
@@ -199,16 +234,11 @@ kernel! {
     ) {
         let (tile, n_tiles) = (block_idx().x as usize, grid_dim().x as usize);
         let (ne, e) = (n_expert as usize, thread_idx().x as usize);
-        let (mut before, mut rows) = (0u32, 0u32);
-        if e < ne {
-            for c in 0..n_tiles {
-                let count = tile_counts.at(c * ne + e);
-                if c < tile {
-                    before += count;
-                }
-                rows += count;
-            }
-        }
+        let (before, rows) = if e < ne {
+            expert_rows(tile_counts, (tile, n_tiles), ne, e)
+        } else {
+            (0, 0)
+        };
         let group_tiles = rows.div_ceil(GROUP_TILE_ROWS as u32);
         // Inclusive scans within each warp, then over the warps' totals.
         let (warp, lane) = (warp_id() as usize, lane_id());
@@ -228,15 +258,34 @@ kernel! {
             sums.store(2 * warp, rows_in);
             sums.store(2 * warp + 1, tiles_in);
         }
+        // The warps' pair runs: `PLACE_WARPS` runs of whole rounds.
+        let first = tile * tile_pairs as usize;
+        let end = (first + tile_pairs as usize).min(n_pairs as usize);
+        let run = (end - first).div_ceil(PLACE_WARPS * 32) * 32;
+        let mine = ((first + warp * run).min(end), (first + (warp + 1) * run).min(end));
+        let running = place_running().offset(warp * FAST_MAX_EXPERTS);
+        let mut i = lane as usize;
+        while i < ne {
+            running.store(i, 0);
+            i += WARP_SIZE as usize;
+        }
+        sync_warp();
+        let bits = expert_bits(ne);
+        walk_pairs(ids, mine, bits, running, None);
         sync_threads();
         for w in 0..warp {
             rows_in += sums.load(2 * w);
             tiles_in += sums.load(2 * w + 1);
         }
         let (first_row, first_tile) = (rows_in - rows, tiles_in - group_tiles);
-        let running = place_running();
         if e < ne {
-            running.store(e, first_row + before);
+            let mut row = first_row + before;
+            for w in 0..PLACE_WARPS {
+                let slot = w * FAST_MAX_EXPERTS + e;
+                let count = place_running().load(slot);
+                place_running().store(slot, row);
+                row += count;
+            }
             if tile == 0 {
                 offsets.set(e, first_row);
                 for i in 0..group_tiles {
@@ -251,10 +300,6 @@ kernel! {
             }
         }
         sync_threads();
-        if warp == 0 {
-            let first = tile * tile_pairs as usize;
-            let end = (first + tile_pairs as usize).min(n_pairs as usize);
-            walk_pairs(ids, (first, end), expert_bits(ne), running, Some((sorted, row_of_pair)));
-        }
+        walk_pairs(ids, mine, bits, running, Some((sorted, row_of_pair)));
     }
 }
