@@ -71,13 +71,17 @@ fn main() {
         let mem = used_gib(&dev);
         let flops = prefill_flops(&cfg, n).total();
         let tflops = flops / secs / 1e12;
+        // The profiled pass also counts the experts each MoE layer's routing reached: the
+        // synthetic weights' routing is not uniform (NOTES, session 8), so the weights read
+        // per layer are these experts', not all of them.
         let profiled = PrefillOptions {
             profile: true,
+            expert_census: true,
             ..Default::default()
         };
-        let stages = prefill(&model, &dev, &tokens, &profiled)
-            .expect("profiled prefill")
-            .stage_seconds;
+        let out = prefill(&model, &dev, &tokens, &profiled).expect("profiled prefill");
+        let (stages, reached) = (out.stage_seconds, out.experts_reached);
+        let mean_reached = reached.iter().sum::<usize>() as f64 / reached.len().max(1) as f64;
         let total: f64 = stages.iter().map(|s| s.1).sum();
         let breakdown: Vec<String> = stages
             .iter()
@@ -92,9 +96,16 @@ fn main() {
             mem,
             breakdown.join(" | ")
         );
+        println!(
+            "{:>6} experts reached per MoE layer: mean {mean_reached:.1} (min {}, max {}) of {}",
+            "",
+            reached.iter().min().unwrap_or(&0),
+            reached.iter().max().unwrap_or(&0),
+            cfg.n_expert
+        );
         rows.push(serde_json::json!({
             "n": n, "ms": secs * 1e3, "tokens_per_s": n as f64 / secs, "flops": flops, "tflops": tflops,
-            "gpu_gib": mem,
+            "gpu_gib": mem, "experts_reached": reached, "experts_reached_mean": mean_reached,
             "stages": stages.iter().map(|(k, v)| serde_json::json!({"stage": k, "s": v})).collect::<Vec<_>>(),
         }));
     }

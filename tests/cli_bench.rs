@@ -78,6 +78,33 @@ fn bench_on_the_emulator_writes_parseable_json() {
         stages.iter().any(|s| s["stage"] == "moe experts"),
         "{stages:?}"
     );
+    // The profiled pass's census: per MoE layer, between top-k (2) and all 4 experts; its
+    // bytes differ from the uniform-routing count by exactly the experts' weights (2 layers ×
+    // 3 matrices of 256 × 256 bf16 per expert).
+    let census = &r["expert_census"];
+    let per_layer: Vec<u64> = census["per_layer"]
+        .as_array()
+        .expect("expert_census.per_layer")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(per_layer.len(), 2, "{census}");
+    assert!(per_layer.iter().all(|&e| (2..=4).contains(&e)), "{census}");
+    let mean = census["mean"].as_f64().unwrap();
+    assert_eq!(mean, per_layer.iter().sum::<u64>() as f64 / 2.0);
+    let expected = census["expected_uniform"].as_f64().unwrap();
+    assert!(
+        (expected - 4.0 * (1.0 - 0.5f64.powi(8))).abs() < 1e-12,
+        "{census}"
+    );
+    let per_expert = 2.0 * 3.0 * 2.0 * 256.0 * 256.0;
+    let delta = census["weight_bytes"].as_f64().unwrap() - r["weight_bytes"].as_f64().unwrap();
+    assert!(
+        (delta - (mean - expected) * per_expert).abs() < 1.0,
+        "{census} vs weight_bytes {}",
+        r["weight_bytes"]
+    );
+    assert!(out.contains("experts reached per MoE layer"), "{out}");
     let npy = r["logits_npy"].as_str().expect("logits path");
     let logits = kiln::npy::read_f32(npy).expect("reading the logits");
     assert_eq!(logits.shape, vec![512]);
@@ -262,5 +289,32 @@ fn bench_smoke_run_is_quick_and_its_figures_honest() {
     let r = &doc["results"][0];
     assert!(r["pct_of_peak_tflops"].is_null(), "{r}");
     assert_eq!(doc["settings"]["repeats"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One token reaches exactly its top-k (2) experts in each of the tiny model's 2 MoE layers:
+/// the census counts experts with rows, not experts in the table.
+#[test]
+fn bench_census_of_one_token_is_its_top_k() {
+    let dir = temp_dir("bench-census");
+    let json = dir.join("bench.json");
+    let o = kiln(&[
+        "bench",
+        "--device",
+        "emulator",
+        "--models",
+        "tiny",
+        "--lengths",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "kiln bench failed:\n{out}");
+    let doc = read_json(&json);
+    let census = &doc["results"][0]["expert_census"];
+    assert_eq!(census["per_layer"], serde_json::json!([2, 2]), "{census}");
     let _ = std::fs::remove_dir_all(&dir);
 }

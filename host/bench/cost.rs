@@ -76,6 +76,12 @@ pub fn expected_experts_hit(cfg: &ModelConfig, n: usize) -> f64 {
 /// vectors f32, the router as three bf16 parts): every layer's attention and norm weights, the experts it is
 /// expected to reach, the final norm, the whole LM head, and n rows of the embedding table.
 pub fn weight_bytes_read(cfg: &ModelConfig, n: usize) -> f64 {
+    weight_bytes_reaching(cfg, n, expected_experts_hit(cfg, n))
+}
+
+/// [`weight_bytes_read`] with each MoE layer reaching `experts` experts (a measured mean, where
+/// the routing is not uniform).
+pub fn weight_bytes_reaching(cfg: &ModelConfig, n: usize, experts: f64) -> f64 {
     let (h, qd, kvd, hd) = (
         cfg.hidden as f64,
         cfg.q_dim() as f64,
@@ -91,7 +97,7 @@ pub fn weight_bytes_read(cfg: &ModelConfig, n: usize) -> f64 {
     }
     if cfg.arch.is_moe() {
         layer += 3.0 * 2.0 * h * cfg.n_expert as f64;
-        layer += expected_experts_hit(cfg, n) * 2.0 * 3.0 * h * cfg.ff_exp as f64;
+        layer += experts * 2.0 * 3.0 * h * cfg.ff_exp as f64;
     } else {
         layer += 2.0 * 3.0 * h * cfg.ff as f64;
     }

@@ -50,6 +50,14 @@ pub struct Row {
     pub weight_bytes: f64,
     pub profile_ms: f64,
     pub stages: Vec<(&'static str, f64)>,
+    /// Per MoE layer, the experts the profiled pass's routing reached (empty for dense models
+    /// or unprofiled rows).
+    pub experts_reached: Vec<usize>,
+    /// What uniform routing would reach per MoE layer (`cost::expected_experts_hit`), which
+    /// `weight_bytes` assumes.
+    pub experts_expected: f64,
+    /// `weight_bytes` with each MoE layer reaching the census's mean instead.
+    pub weight_bytes_reached: Option<f64>,
     pub logits_npy: Option<PathBuf>,
     pub top1: Option<(usize, f32)>,
 }
@@ -69,9 +77,22 @@ impl Row {
             weight_bytes: cost::weight_bytes_read(cfg, n),
             profile_ms: f64::NAN,
             stages: Vec::new(),
+            experts_reached: Vec::new(),
+            experts_expected: cost::expected_experts_hit(cfg, n),
+            weight_bytes_reached: None,
             logits_npy: None,
             top1: None,
         }
+    }
+
+    /// The census's mean experts per MoE layer and the weight bytes with it, if it ran.
+    fn census(&self) -> Option<(f64, f64)> {
+        let bytes = self.weight_bytes_reached?;
+        let layers = self.experts_reached.len().max(1) as f64;
+        Some((
+            self.experts_reached.iter().sum::<usize>() as f64 / layers,
+            bytes,
+        ))
     }
 
     pub fn not_run(mut self, status: Status, reason: String) -> Self {
@@ -354,6 +375,18 @@ struct RowRecord<'a> {
     top1: Option<Top1>,
     logits_npy: Option<String>,
     profile: Option<Profile>,
+    expert_census: Option<ExpertCensus<'a>>,
+}
+
+/// The experts the profiled pass's routing reached per MoE layer, against uniform routing
+/// (which `weight_bytes` assumes), and the weight bytes and rate with the measured mean.
+#[derive(Serialize)]
+struct ExpertCensus<'a> {
+    per_layer: &'a [usize],
+    mean: f64,
+    expected_uniform: f64,
+    weight_bytes: f64,
+    weight_tbs: f64,
 }
 
 #[derive(Serialize)]
@@ -414,6 +447,13 @@ impl<'a> RowRecord<'a> {
             pct_of_peak_bandwidth: run.pct_of(tbs, run.peak_tbs),
             top1: r.top1.map(|(id, logit)| Top1 { id, logit }),
             logits_npy: r.logits_npy.as_ref().map(|p| p.display().to_string()),
+            expert_census: r.census().map(|(mean, bytes)| ExpertCensus {
+                per_layer: &r.experts_reached,
+                mean,
+                expected_uniform: r.experts_expected,
+                weight_bytes: bytes,
+                weight_tbs: bytes / secs / 1e12,
+            }),
             profile: (!r.stages.is_empty()).then(|| Profile {
                 wall_ms: r.profile_ms,
                 stages_ms_total: stages_s * 1e3,
@@ -513,6 +553,27 @@ pub fn print_table(rows: &[Row], run: &RunInfo) -> anyhow::Result<()> {
             sig3(r.profile_ms),
             parts.join(" | ")
         )?;
+        if let Some((mean, bytes)) = r.census() {
+            let (lo, hi) = (
+                r.experts_reached.iter().min(),
+                r.experts_reached.iter().max(),
+            );
+            let tbs = bytes / (r.median_ms() / 1e3) / 1e12;
+            outln!(
+                "    experts reached per MoE layer: mean {mean:.1} (min {}, max {}; uniform \
+                 routing {:.1}): weights read ≈ {:.2} GB, {} TB/s{}",
+                lo.unwrap_or(&0),
+                hi.unwrap_or(&0),
+                r.experts_expected,
+                bytes / 1e9,
+                sig3(tbs),
+                if mean < 0.9 * r.experts_expected {
+                    " (the table's TB/s assumes uniform routing)"
+                } else {
+                    ""
+                }
+            )?;
+        }
     }
     Ok(())
 }

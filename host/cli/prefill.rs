@@ -275,7 +275,7 @@ fn run_pipeline(
     let opts = PrefillOptions {
         chunk: args.chunk,
         all_logits: args.all_logits,
-        profile: false,
+        ..PrefillOptions::default()
     };
     // The first launch of each kernel pays for module setup; a one-token warm-up keeps that
     // out of the timed prefill.

@@ -25,6 +25,10 @@ pub struct PrefillOptions {
     pub all_logits: bool,
     /// Synchronise after each stage and time it (slower; for `kiln bench` breakdowns).
     pub profile: bool,
+    /// After each MoE layer's routing, read its expert offsets back and count the experts
+    /// that got rows (a synchronisation per layer; `kiln bench`'s profiled pass): how many
+    /// experts' weights the layer's grouped GEMMs read.
+    pub expert_census: bool,
 }
 
 /// Seconds spent per pipeline stage (only with `PrefillOptions::profile`).
@@ -39,6 +43,9 @@ pub struct PrefillOutput {
     /// Kernel launches made for this prompt.
     pub launches: u64,
     pub stage_seconds: StageTimes,
+    /// With `PrefillOptions::expert_census`: per MoE layer of each chunk, in order, the
+    /// experts that got at least one row.
+    pub experts_reached: Vec<usize>,
 }
 
 /// A prompt in progress on one device.
@@ -53,6 +60,7 @@ pub struct Session<'m> {
     logits: Vec<f32>,
     chunks: Vec<usize>,
     stages: StageTimes,
+    experts_reached: Vec<usize>,
 }
 
 /// Prefills `tokens` and returns the logits (see `PrefillOptions`).
@@ -112,6 +120,7 @@ impl<'m> Session<'m> {
             logits: Vec::new(),
             chunks: Vec::new(),
             stages: Vec::new(),
+            experts_reached: Vec::new(),
         })
     }
 
@@ -260,6 +269,11 @@ impl<'m> Session<'m> {
                     s.router()?
                         .route(dev, &s.xn16, router, s.routing()?, n, opts)
                 })?;
+                if self.opts.expert_census {
+                    let offsets = self.s.routing()?.offsets.to_vec()?;
+                    let reached = offsets.windows(2).filter(|w| w[1] > w[0]).count();
+                    self.experts_reached.push(reached);
+                }
                 self.stage("moe experts", |dev, s| {
                     let r = s.routing()?;
                     let xg = Scratch::needed(&s.xg16, "expert-ordered rows")?;
@@ -379,6 +393,7 @@ impl<'m> Session<'m> {
             chunks: self.chunks,
             launches: self.dev.launch_count(),
             stage_seconds: self.stages,
+            experts_reached: self.experts_reached,
         })
     }
 }
