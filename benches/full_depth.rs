@@ -14,7 +14,7 @@
 mod common;
 use common::*;
 
-use kiln::bench::cost::prefill_flops;
+use kiln::bench::cost::{ExpertCensus, prefill_flops};
 use kiln::gpu::Device;
 use kiln::pipeline::{GpuModel, PrefillOptions, prefill};
 use std::time::Instant;
@@ -80,8 +80,8 @@ fn main() {
             ..Default::default()
         };
         let out = prefill(&model, &dev, &tokens, &profiled).expect("profiled prefill");
-        let (stages, reached) = (out.stage_seconds, out.experts_reached);
-        let mean_reached = reached.iter().sum::<usize>() as f64 / reached.len().max(1) as f64;
+        let stages = out.stage_seconds;
+        let census = ExpertCensus::new(&cfg, n, out.experts_reached);
         let total: f64 = stages.iter().map(|s| s.1).sum();
         let breakdown: Vec<String> = stages
             .iter()
@@ -96,16 +96,21 @@ fn main() {
             mem,
             breakdown.join(" | ")
         );
-        println!(
-            "{:>6} experts reached per MoE layer: mean {mean_reached:.1} (min {}, max {}) of {}",
-            "",
-            reached.iter().min().unwrap_or(&0),
-            reached.iter().max().unwrap_or(&0),
-            cfg.n_expert
-        );
+        if let Some(c) = &census {
+            println!(
+                "{:>6} experts reached per MoE layer: mean {:.1} (min {}, max {}) of {}",
+                "",
+                c.mean,
+                c.min(),
+                c.max(),
+                cfg.n_expert
+            );
+        }
         rows.push(serde_json::json!({
             "n": n, "ms": secs * 1e3, "tokens_per_s": n as f64 / secs, "flops": flops, "tflops": tflops,
-            "gpu_gib": mem, "experts_reached": reached, "experts_reached_mean": mean_reached,
+            "gpu_gib": mem,
+            "experts_reached": census.as_ref().map(|c| &c.per_layer),
+            "experts_reached_mean": census.as_ref().map(|c| c.mean),
             "stages": stages.iter().map(|(k, v)| serde_json::json!({"stage": k, "s": v})).collect::<Vec<_>>(),
         }));
     }

@@ -107,6 +107,39 @@ pub fn weight_bytes_reaching(cfg: &ModelConfig, n: usize, experts: f64) -> f64 {
     cfg.n_layer as f64 * layer + 4.0 * h + 2.0 * h * cfg.vocab as f64 + 2.0 * n as f64 * h
 }
 
+/// The experts each MoE layer's routing reached in a profiled prefill
+/// (`PrefillOptions::expert_census`), with what they imply: the mean per layer, and the weight
+/// bytes of [`weight_bytes_read`] with that mean in place of uniform routing's expectation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpertCensus {
+    pub per_layer: Vec<usize>,
+    pub mean: f64,
+    pub weight_bytes: f64,
+}
+
+impl ExpertCensus {
+    /// `None` when no MoE layer ran (a dense model, or no census taken).
+    pub fn new(cfg: &ModelConfig, n: usize, per_layer: Vec<usize>) -> Option<Self> {
+        if per_layer.is_empty() {
+            return None;
+        }
+        let mean = per_layer.iter().sum::<usize>() as f64 / per_layer.len() as f64;
+        Some(ExpertCensus {
+            weight_bytes: weight_bytes_reaching(cfg, n, mean),
+            mean,
+            per_layer,
+        })
+    }
+
+    pub fn min(&self) -> usize {
+        self.per_layer.iter().copied().min().unwrap_or(0)
+    }
+
+    pub fn max(&self) -> usize {
+        self.per_layer.iter().copied().max().unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

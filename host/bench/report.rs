@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use super::cost::{self, Flops};
+use super::cost::{self, ExpertCensus, Flops};
 use crate::cli::output::outln;
 use crate::model::ModelConfig;
 
@@ -50,14 +50,12 @@ pub struct Row {
     pub weight_bytes: f64,
     pub profile_ms: f64,
     pub stages: Vec<(&'static str, f64)>,
-    /// Per MoE layer, the experts the profiled pass's routing reached (empty for dense models
+    /// The experts the profiled pass's routing reached per MoE layer (`None` for dense models
     /// or unprofiled rows).
-    pub experts_reached: Vec<usize>,
+    pub census: Option<ExpertCensus>,
     /// What uniform routing would reach per MoE layer (`cost::expected_experts_hit`), which
     /// `weight_bytes` assumes.
     pub experts_expected: f64,
-    /// `weight_bytes` with each MoE layer reaching the census's mean instead.
-    pub weight_bytes_reached: Option<f64>,
     pub logits_npy: Option<PathBuf>,
     pub top1: Option<(usize, f32)>,
 }
@@ -77,22 +75,11 @@ impl Row {
             weight_bytes: cost::weight_bytes_read(cfg, n),
             profile_ms: f64::NAN,
             stages: Vec::new(),
-            experts_reached: Vec::new(),
+            census: None,
             experts_expected: cost::expected_experts_hit(cfg, n),
-            weight_bytes_reached: None,
             logits_npy: None,
             top1: None,
         }
-    }
-
-    /// The census's mean experts per MoE layer and the weight bytes with it, if it ran.
-    fn census(&self) -> Option<(f64, f64)> {
-        let bytes = self.weight_bytes_reached?;
-        let layers = self.experts_reached.len().max(1) as f64;
-        Some((
-            self.experts_reached.iter().sum::<usize>() as f64 / layers,
-            bytes,
-        ))
     }
 
     pub fn not_run(mut self, status: Status, reason: String) -> Self {
@@ -375,13 +362,13 @@ struct RowRecord<'a> {
     top1: Option<Top1>,
     logits_npy: Option<String>,
     profile: Option<Profile>,
-    expert_census: Option<ExpertCensus<'a>>,
+    expert_census: Option<CensusRecord<'a>>,
 }
 
 /// The experts the profiled pass's routing reached per MoE layer, against uniform routing
 /// (which `weight_bytes` assumes), and the weight bytes and rate with the measured mean.
 #[derive(Serialize)]
-struct ExpertCensus<'a> {
+struct CensusRecord<'a> {
     per_layer: &'a [usize],
     mean: f64,
     expected_uniform: f64,
@@ -447,12 +434,12 @@ impl<'a> RowRecord<'a> {
             pct_of_peak_bandwidth: run.pct_of(tbs, run.peak_tbs),
             top1: r.top1.map(|(id, logit)| Top1 { id, logit }),
             logits_npy: r.logits_npy.as_ref().map(|p| p.display().to_string()),
-            expert_census: r.census().map(|(mean, bytes)| ExpertCensus {
-                per_layer: &r.experts_reached,
-                mean,
+            expert_census: r.census.as_ref().map(|c| CensusRecord {
+                per_layer: &c.per_layer,
+                mean: c.mean,
                 expected_uniform: r.experts_expected,
-                weight_bytes: bytes,
-                weight_tbs: bytes / secs / 1e12,
+                weight_bytes: c.weight_bytes,
+                weight_tbs: c.weight_bytes / secs / 1e12,
             }),
             profile: (!r.stages.is_empty()).then(|| Profile {
                 wall_ms: r.profile_ms,
@@ -553,21 +540,18 @@ pub fn print_table(rows: &[Row], run: &RunInfo) -> anyhow::Result<()> {
             sig3(r.profile_ms),
             parts.join(" | ")
         )?;
-        if let Some((mean, bytes)) = r.census() {
-            let (lo, hi) = (
-                r.experts_reached.iter().min(),
-                r.experts_reached.iter().max(),
-            );
-            let tbs = bytes / (r.median_ms() / 1e3) / 1e12;
+        if let Some(c) = &r.census {
+            let tbs = c.weight_bytes / (r.median_ms() / 1e3) / 1e12;
             outln!(
-                "    experts reached per MoE layer: mean {mean:.1} (min {}, max {}; uniform \
+                "    experts reached per MoE layer: mean {:.1} (min {}, max {}; uniform \
                  routing {:.1}): weights read ≈ {:.2} GB, {} TB/s{}",
-                lo.unwrap_or(&0),
-                hi.unwrap_or(&0),
+                c.mean,
+                c.min(),
+                c.max(),
                 r.experts_expected,
-                bytes / 1e9,
+                c.weight_bytes / 1e9,
                 sig3(tbs),
-                if mean < 0.9 * r.experts_expected {
+                if c.mean < 0.9 * r.experts_expected {
                     " (the table's TB/s assumes uniform routing)"
                 } else {
                     ""

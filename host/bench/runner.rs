@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow, bail};
 
 use super::catalogue::{BenchModel, prompt_ids};
-use super::cost;
+use super::cost::ExpertCensus;
 use super::report::{self, ModelPrompts, ModelRecord, Ordered, Row, RunInfo, Status};
 use crate::cli::output::{note, outln};
 use crate::gguf::GgufFile;
@@ -226,12 +226,7 @@ fn run_row(
     let (pms, pout) = timed(&m.gpu, dev, tokens, &profile).context("profiled prefill")?;
     row.profile_ms = pms;
     row.stages = pout.stage_seconds;
-    row.experts_reached = pout.experts_reached;
-    if !row.experts_reached.is_empty() {
-        let reached = &row.experts_reached;
-        let mean = reached.iter().sum::<usize>() as f64 / reached.len() as f64;
-        row.weight_bytes_reached = Some(cost::weight_bytes_reaching(&m.cfg, row.n, mean));
-    }
+    row.census = ExpertCensus::new(&m.cfg, row.n, pout.experts_reached);
     Ok(())
 }
 
