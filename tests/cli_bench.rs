@@ -13,6 +13,13 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// `kiln bench --device emulator` with `args` after it.
+fn bench_on_emulator(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["bench", "--device", "emulator"];
+    all.extend_from_slice(args);
+    kiln(&all)
+}
+
 fn read_json(path: &std::path::Path) -> Value {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -25,10 +32,7 @@ fn bench_on_the_emulator_writes_parseable_json() {
     let dir = temp_dir("bench");
     let json = dir.join("bench.json");
     let logits = dir.join("logits");
-    let o = kiln(&[
-        "bench",
-        "--device",
-        "emulator",
+    let o = bench_on_emulator(&[
         "--models",
         "tiny",
         "--lengths",
@@ -128,10 +132,7 @@ fn bench_on_the_emulator_writes_parseable_json() {
 fn bench_with_weights_generated_on_the_device() {
     let dir = temp_dir("bench-gpu-weights");
     let json = dir.join("bench.json");
-    let o = kiln(&[
-        "bench",
-        "--device",
-        "emulator",
+    let o = bench_on_emulator(&[
         "--models",
         "tiny",
         "--lengths",
@@ -162,15 +163,13 @@ fn bench_rejects_what_the_emulator_cannot_run() {
         (&["--lengths", "4096"][..], "at most 64 tokens"),
         (&["--models", "7b"][..], "unknown bench model"),
     ] {
-        let mut all = vec!["bench", "--device", "emulator"];
-        all.extend_from_slice(args);
-        let o = kiln(&all);
+        let o = bench_on_emulator(args);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{all:?} succeeded");
-        assert_eq!(err.lines().count(), 1, "{all:?}: {err:?}");
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
         assert!(
             err.starts_with("error: ") && err.contains(needle),
-            "{all:?}: {err:?}"
+            "{args:?}: {err:?}"
         );
     }
 }
@@ -224,10 +223,7 @@ fn bench_rejects_a_model_file_with_other_weights() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let json = dir.join("bench.json");
     let model_file = format!("tiny={}", gguf.display());
-    let o = kiln(&[
-        "bench",
-        "--device",
-        "emulator",
+    let o = bench_on_emulator(&[
         "--model-file",
         &model_file,
         "--json",
@@ -252,15 +248,7 @@ fn bench_smoke_run_is_quick_and_its_figures_honest() {
     let dir = temp_dir("smoke");
     let json = dir.join("bench.json");
     let start = std::time::Instant::now();
-    let o = kiln(&[
-        "bench",
-        "--device",
-        "emulator",
-        "--lengths",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let o = bench_on_emulator(&["--lengths", "2", "--json", json.to_str().unwrap()]);
     let secs = start.elapsed().as_secs_f64();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -298,10 +286,7 @@ fn bench_smoke_run_is_quick_and_its_figures_honest() {
 fn bench_census_of_one_token_is_its_top_k() {
     let dir = temp_dir("bench-census");
     let json = dir.join("bench.json");
-    let o = kiln(&[
-        "bench",
-        "--device",
-        "emulator",
+    let o = bench_on_emulator(&[
         "--models",
         "tiny",
         "--lengths",
