@@ -41,7 +41,12 @@ pub struct CudaRuntime {
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
     multiprocessors: u32,
+    /// Launch with programmatic stream serialization (`KILN_PDL=1`; see `launch.rs`).
+    pub(super) pdl: bool,
 }
+
+/// Set to 1 to launch every kernel with programmatic dependent launch (see `launch.rs`).
+pub const PDL_VAR: &str = "KILN_PDL";
 
 impl CudaRuntime {
     fn open() -> Result<Self> {
@@ -95,6 +100,7 @@ impl CudaRuntime {
             functions,
             name,
             multiprocessors: multiprocessors.max(1) as u32,
+            pdl: std::env::var(PDL_VAR).is_ok_and(|v| v == "1"),
         })
     }
 

@@ -9,7 +9,7 @@
 use super::buffer::{Element, Input, MaybeInput, Output};
 use super::device::{Backend, CudaRuntime, Device};
 use super::error::{GpuError, Result};
-use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::sys::{self, CUfunction_attribute};
 use gpu_kernels::device::entry::{Arg, Entry, Launcher};
 use gpu_kernels::device::{Dim3, In, Out, emu};
 use std::ffi::c_void;
@@ -192,6 +192,9 @@ impl CudaRuntime {
         // for that parameter's type (the kernel's `launch`, generated from its signature by
         // `kernel!`); pointers are live device allocations whose lengths the calling wrapper
         // checked (see `Launcher for Device`); `values` outlives the call (the driver copies).
+        if self.pdl {
+            return self.launch_programmatic(kernel, f.cu_function(), cfg, &mut pointers);
+        }
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),
@@ -203,6 +206,52 @@ impl CudaRuntime {
             )
         }
         .map_err(|e| GpuError::driver(format!("launching {kernel}"), e))
+    }
+
+    /// As `launch_raw`'s plain launch, with programmatic stream serialization: the driver may
+    /// schedule this grid's blocks before the previous kernel on the stream has completed.
+    /// Safe because every kernel's entry first waits for that completion
+    /// (`device::grid_dependency_wait`, emitted by `kernel!`); what it saves is the gap between
+    /// one kernel's end and the next one's start. Opt-in (`KILN_PDL=1`) until measured.
+    fn launch_programmatic(
+        &self,
+        kernel: &'static str,
+        f: sys::CUfunction,
+        cfg: LaunchConfig,
+        pointers: &mut [*mut c_void],
+    ) -> Result<()> {
+        // SAFETY: a plain-data union; every field but the one set below is left zero.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.shared_bytes,
+            hStream: self.stream().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as `launch_raw`'s launch (the same function, parameters and stream); `config`
+        // and `attr` outlive the call, which copies them.
+        let status = unsafe {
+            sys::cuLaunchKernelEx(&config, f, pointers.as_mut_ptr(), std::ptr::null_mut())
+        };
+        if status != sys::CUresult::CUDA_SUCCESS {
+            return Err(GpuError::driver(
+                format!("launching {kernel} (programmatic dependent launch)"),
+                cudarc::driver::DriverError(status),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -35,7 +35,11 @@ macro_rules! kernel {
         #[cfg(target_arch = "nvptx64")]
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]
-        pub unsafe extern "ptx-kernel" fn $name($($arg: $ty),*) $body
+        pub unsafe extern "ptx-kernel" fn $name($($arg: $ty),*) {
+            // Before anything reads what the previous kernel wrote (see the function's doc).
+            $crate::device::grid_dependency_wait();
+            $body
+        }
 
         $(#[$meta])*
         #[cfg(not(target_arch = "nvptx64"))]

@@ -42,6 +42,21 @@ pub use backend::{
 pub use ptr::{In, Out};
 pub use types::{Dim3, SharedWord, WARP_SIZE};
 
+/// Waits until the grids this one depends on programmatically (a launch with programmatic
+/// stream serialization, the host's `KILN_PDL=1`) have completed and their writes are visible
+/// (`griddepcontrol.wait`, sm_90). In a grid launched without that dependency there is nothing
+/// to wait for. Every `kernel!` entry calls it first, so a kernel may be launched either way:
+/// with the attribute, its blocks are scheduled while the previous kernel drains and start
+/// work the moment it completes, instead of after the launch gap.
+#[inline(always)]
+pub fn grid_dependency_wait() {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a wait on the grid's launch dependencies; touches no memory of its own.
+    unsafe {
+        core::arch::asm!("griddepcontrol.wait;")
+    };
+}
+
 /// Aborts the kernel: `trap` on the GPU (the launch fails with an error), a panic naming
 /// `why` on the host.
 #[inline(always)]
