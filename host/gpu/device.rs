@@ -41,11 +41,12 @@ pub struct CudaRuntime {
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
     multiprocessors: u32,
-    /// Launch with programmatic stream serialization (`KILN_PDL=1`; see `launch.rs`).
+    /// Launch with programmatic stream serialization (on unless `KILN_PDL=0`; see `launch.rs`).
     pub(super) pdl: bool,
 }
 
-/// Set to 1 to launch every kernel with programmatic dependent launch (see `launch.rs`).
+/// Set to 0 to launch kernels without programmatic dependent launch (see `launch.rs`): for
+/// measuring what it saves, or a driver that refuses it.
 pub const PDL_VAR: &str = "KILN_PDL";
 
 impl CudaRuntime {
@@ -100,7 +101,7 @@ impl CudaRuntime {
             functions,
             name,
             multiprocessors: multiprocessors.max(1) as u32,
-            pdl: std::env::var(PDL_VAR).is_ok_and(|v| v == "1"),
+            pdl: std::env::var(PDL_VAR).map_or(true, |v| v != "0"),
         })
     }
 

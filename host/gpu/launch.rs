@@ -212,7 +212,9 @@ impl CudaRuntime {
     /// schedule this grid's blocks before the previous kernel on the stream has completed.
     /// Safe because every kernel's entry first waits for that completion
     /// (`device::grid_dependency_wait`, emitted by `kernel!`); what it saves is the gap between
-    /// one kernel's end and the next one's start. Opt-in (`KILN_PDL=1`) until measured.
+    /// one kernel's end and the next one's start: measured on the H200 at 30b dims, full depth,
+    /// +4.4% tokens/s at N = 512, +1.5% at 2048, +0.9% at 4096 (NOTES, session 9). On by
+    /// default; `KILN_PDL=0` launches plainly.
     fn launch_programmatic(
         &self,
         kernel: &'static str,

@@ -43,7 +43,7 @@ pub use ptr::{In, Out};
 pub use types::{Dim3, SharedWord, WARP_SIZE};
 
 /// Waits until the grids this one depends on programmatically (a launch with programmatic
-/// stream serialization, the host's `KILN_PDL=1`) have completed and their writes are visible
+/// stream serialization, the host's default) have completed and their writes are visible
 /// (`griddepcontrol.wait`, sm_90). In a grid launched without that dependency there is nothing
 /// to wait for. Every `kernel!` entry calls it first, so a kernel may be launched either way:
 /// with the attribute, its blocks are scheduled while the previous kernel drains and start
