@@ -234,7 +234,7 @@ fn main() {
         let wr = dev.upload(&wr, "router").expect("upload");
         let wr = RouterWeights::new(&dev, &wr, ne, hidden).expect("router weights");
         let routing = Routing::new(&dev, n, ne, k).expect("routing");
-        let router = Router::new(&dev, n, ne).expect("router");
+        let router = Router::new(&dev, n, ne, hidden).expect("router");
         let opts = RouteOptions {
             renormalise: true,
             logits: None,

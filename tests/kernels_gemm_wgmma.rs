@@ -321,6 +321,78 @@ fn gemms_are_batch_invariant() {
     }
 }
 
+/// `matmul_segments` of rows `first..first + rows` of `c` in K segments of `seg_k` into a
+/// poisoned `y` with one row more, which must stay poisoned. Returns the planes
+/// (`[segments][rows][m]`).
+fn run_segments(dev: &Device, c: &Case, (first, rows): (usize, usize), seg_k: usize) -> Vec<f32> {
+    let (m, k) = (c.m, c.k);
+    let len = k.div_ceil(seg_k) * rows * m;
+    let x = tma_upload(dev, &c.x.0[first * k..(first + rows) * k], rows, k);
+    let w = tma_upload(dev, &c.w.0, m, k);
+    let y = poisoned(dev, len + m, f32::NAN);
+    gemm_wgmma::matmul_segments(dev, &x, &w, &y, rows, seg_k).unwrap();
+    let got = y.to_vec().unwrap();
+    assert!(
+        got[len..].iter().all(|v| v.is_nan()),
+        "{}x{}x{k} in segments of {seg_k}: y written past its planes",
+        rows,
+        m
+    );
+    got[..len].to_vec()
+}
+
+/// Each plane of the K-segmented GEMM (the MoE router's) is its segment's product against
+/// float64, segments ending inside a 64-wide slice included (the rest zero-filled); one
+/// segment over all of K gives the plain GEMM's bits; and a row's partials are the same bits
+/// in a call of any size.
+#[test]
+fn matmul_segments_match_f64_per_segment() {
+    // (rows, m, k, segment width)
+    let shapes = [
+        (7, 200, 200, 64),
+        (129, 384, 1000, 512),
+        (300, 128, 72, 64),
+        (5, 131, 136, 128),
+    ];
+    for dev in devices() {
+        for (i, &(rows, m, k, seg_k)) in shapes.iter().enumerate() {
+            let c = Case::new(rows, m, k, 400 + i as u64);
+            let got = run_segments(&dev, &c, (0, rows), seg_k);
+            for (s, plane) in got.chunks(rows * m).enumerate() {
+                let cols = s * seg_k..((s + 1) * seg_k).min(k);
+                let w = cols.len();
+                let cut = |v: &[f64], n: usize| -> Vec<f64> {
+                    (0..n)
+                        .flat_map(|r| v[r * k..][cols.clone()].to_vec())
+                        .collect()
+                };
+                let want = matmul(&cut(&c.x.1, rows), &cut(&c.w.1, m), rows, m, w);
+                let name = format!(
+                    "{} segment {s} of {seg_k} on {}",
+                    c.name(TileWidth::Narrow),
+                    dev.name()
+                );
+                assert_close(&name, &dev, plane, &want, TOL);
+            }
+            let whole = run_segments(&dev, &c, (0, rows), k.div_ceil(64) * 64);
+            let plain = run_matmul(&dev, &c, (0, rows, TileWidth::Narrow), false, None);
+            assert_same(
+                &bits(&whole),
+                &bits(&plain),
+                "one segment vs the plain GEMM",
+            );
+            for first in [0, rows / 2, rows - 1] {
+                let alone = run_segments(&dev, &c, (first, 1), seg_k);
+                for (s, plane) in alone.chunks(m).enumerate() {
+                    let at = s * rows * m + first * m;
+                    let what = format!("segment {s}, row {first} alone vs in {rows}");
+                    assert_same(&bits(plane), &bits(&got[at..at + m]), &what);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn interleave_gate_up_lays_out_blocks_of_64() {
     let (m, k) = (96, 8);

@@ -25,7 +25,7 @@ use common::*;
 use gpu_kernels::device::float::split_bf16x3;
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm_wgmma::{interleave_gate_up, interleaved_rows};
-use kiln::gpu::ops::moe::{MoeShape, RouteOptions, Routing};
+use kiln::gpu::ops::moe::{MoeShape, PartialShape, RouteOptions, Routing};
 use kiln::reference::ops::{self, dot, widen};
 
 const ROWS: [usize; 4] = [1, 5, 33, 257];
@@ -124,11 +124,32 @@ fn split_logits(logits: &[f32], ne: usize) -> Vec<f32> {
     out
 }
 
-/// Routes `n` tokens of `ne`-expert logits on `dev` (outputs poisoned first), from the logits
-/// and from their exact three-part split, and checks ids, weights, the logits the kernel
-/// writes, the stable grouping, offsets and the tile table against the reference.
+/// The three-part split of `split_logits` over two K segments (`[2][n][3][ne]`): segment 0
+/// holds (lo, 0, hi), segment 1 (0, mid, 0), so the sum in `PartialLogits` order
+/// (lo, 0, 0, mid, hi, 0) is the logit again, bit for bit, and every part is read from one
+/// plane only.
+fn split_logits_in_segments(logits: &[f32], ne: usize) -> Vec<f32> {
+    let parts = split_logits(logits, ne);
+    let plane = |segment: usize| {
+        parts.iter().enumerate().map(move |(i, &x)| {
+            let mid = (i / ne) % 3 == 1;
+            if mid == (segment == 1) { x } else { 0.0 }
+        })
+    };
+    plane(0).chain(plane(1)).collect()
+}
+
+/// Routes `n` tokens of `ne`-expert logits on `dev` (outputs poisoned first), from the logits,
+/// from their exact three-part split, and from that split over two K segments, and checks
+/// ids, weights, the logits the kernel writes, the stable grouping, offsets and the tile table
+/// against the reference.
 fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, renorm: bool) {
-    for (parts, partials) in [(1, logits.to_vec()), (3, split_logits(logits, ne))] {
+    let shape = |parts, segments| PartialShape { parts, segments };
+    for (shape, partials) in [
+        (PartialShape::LOGITS, logits.to_vec()),
+        (shape(3, 1), split_logits(logits, ne)),
+        (shape(3, 2), split_logits_in_segments(logits, ne)),
+    ] {
         let mut routing = Routing::new(dev, n, ne, k).unwrap();
         let pairs_len = n * k;
         routing.ids.write(&vec![u32::MAX; pairs_len]).unwrap();
@@ -146,16 +167,13 @@ fn check_routing(dev: &Device, logits: &[f32], n: usize, ne: usize, k: usize, re
             logits: Some(&written),
         };
         let partials = upload(dev, &partials);
-        routing.route(dev, &partials, parts, n, opts).unwrap();
+        routing.route(dev, &partials, shape, n, opts).unwrap();
         let (want_ids, want_w): (Vec<u32>, Vec<f64>) = logits
             .chunks(ne)
             .flat_map(|row| ops::route(&widen(row), k, renorm))
             .map(|(e, w)| (e as u32, w))
             .unzip();
-        let what = format!(
-            "n={n}, {ne} experts, top-{k}, {parts} parts on {}",
-            dev.name()
-        );
+        let what = format!("n={n}, {ne} experts, top-{k}, {shape:?} on {}", dev.name());
         let written = written.to_vec().unwrap();
         assert_same(&bits(&written[..n * ne]), &bits(logits), &what);
         assert!(
@@ -203,7 +221,11 @@ fn nan_router_logits_still_pick_valid_experts() {
         let mut partials = split_logits(&logits, ne);
         // Token 4: finite logits, one NaN part for expert 5.
         partials[4 * 3 * ne + ne + 5] = f32::NAN;
-        for (parts, partials) in [(1, logits.clone()), (3, partials)] {
+        let three = PartialShape {
+            parts: 3,
+            segments: 1,
+        };
+        for (shape, partials) in [(PartialShape::LOGITS, logits.clone()), (three, partials)] {
             let mut routing = Routing::new(&dev, n, ne, k).unwrap();
             routing.ids.write(&vec![u32::MAX; n * k]).unwrap();
             let opts = RouteOptions {
@@ -211,9 +233,9 @@ fn nan_router_logits_still_pick_valid_experts() {
                 logits: None,
             };
             let partials = upload(&dev, &partials);
-            routing.route(&dev, &partials, parts, n, opts).unwrap();
+            routing.route(&dev, &partials, shape, n, opts).unwrap();
             let ids = routing.ids.to_vec().unwrap();
-            let what = format!("NaN logits, {parts} parts on {}", dev.name());
+            let what = format!("NaN logits, {shape:?} on {}", dev.name());
             assert_valid_distinct_ids(&ids, k, ne, &what);
             check_grouping(&routing, &ids, ne, k, &what);
         }
@@ -272,7 +294,7 @@ fn run_chain(c: &Case, shared: bool, resid: &[f32], sh_out: &[f32], sh_gate: &[f
         logits: None,
     };
     routing
-        .route(dev, &upload(dev, &c.logits), 1, n, opts)
+        .route(dev, &upload(dev, &c.logits), PartialShape::LOGITS, n, opts)
         .unwrap();
     let x = tma_upload(dev, &c.x.0, n, HIDDEN);
     let w_gate_up = tma_upload(

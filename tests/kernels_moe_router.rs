@@ -25,6 +25,7 @@
 
 mod common;
 use common::*;
+use gpu_kernels::moe_router::SEGMENT_K;
 use kiln::gpu::ops::moe::{RouteOptions, Routing};
 use kiln::gpu::ops::moe_router::{Router, RouterWeights};
 use kiln::gpu::{Buffer, Device};
@@ -38,6 +39,8 @@ struct Problem {
     k: usize,
     x: Vec<f32>,
     w: Vec<f32>,
+    /// The router GEMM's K segment width (`SEGMENT_K`, or narrower to make several).
+    seg_k: usize,
 }
 
 /// The two near-tied experts and the element they differ in.
@@ -76,10 +79,25 @@ impl Problem {
             }
         }
         let x = bf16_rounded(&x);
-        Problem { n, ne, h, k, x, w }
+        let seg_k = SEGMENT_K;
+        Problem {
+            n,
+            ne,
+            h,
+            k,
+            x,
+            w,
+            seg_k,
+        }
     }
 
-    /// The float64 logit of token `t`, expert `e`, and the f32 rounding bound on it.
+    /// The same problem routed with K segments of `seg_k` hidden columns.
+    fn with_segment_k(self, seg_k: usize) -> Problem {
+        Problem { seg_k, ..self }
+    }
+
+    /// The float64 logit of token `t`, expert `e`, and the f32 rounding bound on it (a sum
+    /// in K segments adds at most `16` roundings more than one chain of `h`).
     fn logit(&self, t: usize, e: usize) -> (f64, f64) {
         let (xt, we) = (
             &self.x[t * self.h..][..self.h],
@@ -120,7 +138,7 @@ fn route(dev: &Device, p: &Problem, rows: &[usize], renorm: bool) -> Routed {
     let tiles = routing.tiles.len();
     routing.tiles.write(&vec![u32::MAX; tiles]).unwrap();
     let logits: Buffer<f32> = poisoned(dev, (n + 1) * ne, f32::NAN);
-    let router = Router::new(dev, n, ne).unwrap();
+    let router = Router::with_segment_k(dev, (n, ne, h), p.seg_k).unwrap();
     let opts = RouteOptions {
         renormalise: renorm,
         logits: Some(&logits),
@@ -232,26 +250,31 @@ fn check_against_f64(p: &Problem, got: &Routed, renorm: bool, what: &str) {
     check_grouping(&got.routing, &got.ids, ne, k, what);
 }
 
-/// (experts, hidden, tokens, top-k, renormalise): the model's 128 experts with top-8; 60
-/// (lanes partly empty); 200 (the 256-expert finish kernel); 8 experts top-2. Hidden sizes
-/// leave the GEMM's last 64-wide K slice part empty (200, 104, 40: zero-filled by TMA), and
-/// the token counts a partial last tile of 128 rows and of `TILE_TOKENS` tokens.
-const CASES: [(usize, usize, usize, usize, bool); 4] = [
-    (128, 200, 300, 8, true),
-    (60, 104, 77, 4, false),
-    (200, 64, 45, 8, true),
-    (8, 40, 33, 2, true),
+/// (experts, hidden, tokens, top-k, renormalise, K segment): the model's 128 experts with
+/// top-8; 60 (lanes partly empty); 200 (the 256-expert finish kernel); 8 experts top-2. Hidden
+/// sizes leave the GEMM's last 64-wide K slice part empty (200, 104, 40: zero-filled by TMA),
+/// and the token counts a partial last tile of 128 rows and of `TILE_TOKENS` tokens. K
+/// segments of 64 columns make 4 partial sums per part at hidden 200 (the last one 8 columns
+/// wide) and exactly one at 64.
+const CASES: [(usize, usize, usize, usize, bool, usize); 4] = [
+    (128, 200, 300, 8, true, 64),
+    (60, 104, 77, 4, false, SEGMENT_K),
+    (200, 64, 45, 8, true, 64),
+    (8, 40, 33, 2, true, SEGMENT_K),
 ];
 
 #[test]
 fn fast_router_matches_f64_with_near_ties() {
     for dev in devices() {
-        for (ci, &(ne, h, n, k, renorm)) in CASES.iter().enumerate() {
-            assert!(Router::new(&dev, n, ne).unwrap().is_fast());
-            let p = Problem::new(n, ne, h, k, 10 + ci as u64);
+        for (ci, &(ne, h, n, k, renorm, seg_k)) in CASES.iter().enumerate() {
+            assert!(Router::new(&dev, n, ne, h).unwrap().is_fast());
+            let p = Problem::new(n, ne, h, k, 10 + ci as u64).with_segment_k(seg_k);
             let rows: Vec<usize> = (0..n).collect();
             let got = route(&dev, &p, &rows, renorm);
-            let what = format!("{ne} experts, h={h}, n={n}, top-{k} on {}", dev.name());
+            let what = format!(
+                "{ne} experts, h={h} in segments of {seg_k}, n={n}, top-{k} on {}",
+                dev.name()
+            );
             check_against_f64(&p, &got, renorm, &what);
         }
     }
@@ -264,8 +287,9 @@ fn fast_router_matches_f64_with_near_ties() {
 #[test]
 fn fast_router_is_batch_invariant() {
     for dev in devices() {
-        for (ci, &(ne, h, k)) in [(128, 200, 8), (200, 64, 4)].iter().enumerate() {
-            let p = Problem::new(300, ne, h, k, 50 + ci as u64);
+        let cases = [(128, 200, 8, 64), (200, 64, 4, SEGMENT_K)];
+        for (ci, &(ne, h, k, seg_k)) in cases.iter().enumerate() {
+            let p = Problem::new(300, ne, h, k, 50 + ci as u64).with_segment_k(seg_k);
             let all: Vec<usize> = (0..300).collect();
             let base = route(&dev, &p, &all, true);
             let batches: Vec<Vec<usize>> = vec![
@@ -341,9 +365,10 @@ fn nan_hidden_states_still_route_to_valid_experts() {
 #[test]
 fn router_fallback_matches_f64() {
     for dev in devices() {
-        for (ci, &(ne, h, n, k)) in [(300, 64, 40, 8), (257, 136, 50, 4)].iter().enumerate() {
-            assert!(!Router::new(&dev, n, ne).unwrap().is_fast());
-            let p = Problem::new(n, ne, h, k, 80 + ci as u64);
+        let cases = [(300, 64, 40, 8, SEGMENT_K), (257, 136, 50, 4, 64)];
+        for (ci, &(ne, h, n, k, seg_k)) in cases.iter().enumerate() {
+            assert!(!Router::new(&dev, n, ne, h).unwrap().is_fast());
+            let p = Problem::new(n, ne, h, k, 80 + ci as u64).with_segment_k(seg_k);
             let rows: Vec<usize> = (0..n).collect();
             let got = route(&dev, &p, &rows, true);
             let what = format!("fallback, {ne} experts, h={h} on {}", dev.name());
@@ -368,7 +393,7 @@ fn router_fallback_matches_f64() {
 #[test]
 fn router_shapes_are_checked_before_launching() {
     let dev = Device::emulator();
-    let router = Router::new(&dev, 4, 8).unwrap();
+    let router = Router::new(&dev, 4, 8, 32).unwrap();
     assert!(router.is_fast());
     let routing = Routing::new(&dev, 4, 8, 2).unwrap();
     let x = poisoned_tma(&dev, 4, 32);
@@ -388,6 +413,15 @@ fn router_shapes_are_checked_before_launching() {
     assert!(e.to_string().contains("for 16 experts"), "{e}");
     let e = router.route(&dev, &x, &w16, &routing, 4, opts).unwrap_err();
     assert!(e.to_string().contains("the weights for 16"), "{e}");
+    let wide = Router::with_segment_k(&dev, (4, 8, 200), 64).unwrap();
+    let e = wide.route(&dev, &x, &w, &routing, 4, opts).unwrap_err();
+    assert!(e.to_string().contains("made for 4 segments of 64"), "{e}");
+    for seg_k in [0, 100] {
+        let e = Router::with_segment_k(&dev, (4, 8, 32), seg_k)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("a positive multiple of 64"), "{e}");
+    }
     let short = poisoned(&dev, 4 * 8 - 1, f32::NAN);
     let opts = RouteOptions {
         logits: Some(&short),

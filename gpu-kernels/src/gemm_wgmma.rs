@@ -41,7 +41,7 @@ use seq_macro::seq;
 // `src/*.rs` are declared with `#[path]` (gpu-kernels/build.rs), so a submodule names its file.
 #[path = "gemm_wgmma/epilogue.rs"]
 mod epilogue;
-use epilogue::{ColumnStore, OutElement, STAGING_BYTES, SwigluStore, TileStore};
+use epilogue::{ColumnStore, OutElement, STAGING_BYTES, SegmentStore, SwigluStore, TileStore};
 #[path = "gemm_wgmma/qkv_rope.rs"]
 mod qkv_rope;
 use qkv_rope::QkvRopeStore;
@@ -190,14 +190,16 @@ impl Smem {
 type Acc = [f32; BN / 2];
 
 /// One output tile of a persistent launch: rows `row0..end` of x (rows past `end` are computed
-/// but never stored), B rows from `w_row0` of `map_w`, and `col`, the tile's column block
-/// (which output columns it makes is the epilogue's business).
+/// but never stored), B rows from `w_row0` of `map_w`, `col`, the tile's column block
+/// (which output columns it makes is the epilogue's business), and its K slices
+/// `slices.0..slices.0 + slices.1` (`BK` wide; all of K but in a K-segmented launch).
 #[derive(Clone, Copy)]
 struct Tile {
     row0: u32,
     end: u32,
     w_row0: u32,
     col: u32,
+    slices: (u32, u32),
 }
 
 /// Runs every tile of a persistent launch: block `b` takes tiles `b`, `b + grid`, … of
@@ -211,7 +213,6 @@ struct Tile {
 fn persistent(
     split: Split,
     (map_x, map_w): (In<TensorMap>, In<TensorMap>),
-    k: u32,
     tile_at: impl Fn(u32) -> Option<Tile>,
     epilogue: impl TileStore,
 ) {
@@ -232,7 +233,6 @@ fn persistent(
         fence_mbarrier_init();
     }
     sync_threads();
-    let k_tiles = k.div_ceil(BK as u32);
     let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         // The producer needs few registers; the consumers get them (see the module doc).
@@ -241,7 +241,8 @@ fn persistent(
             let mut it = 0u32;
             let mut t = first;
             while let Some(tile) = tile_at(t) {
-                for kt in 0..k_tiles {
+                let (k0, k_tiles) = tile.slices;
+                for kt in k0..k0 + k_tiles {
                     let s = (it % stages) as usize;
                     if it >= stages {
                         sm.empty(s).wait((it / stages + 1) & 1);
@@ -280,7 +281,7 @@ fn persistent(
         if wide {
             acc_hi.keep_in_registers();
         }
-        for kt in 0..k_tiles {
+        for kt in 0..tile.slices.1 {
             let s = (it % stages) as usize;
             sm.full(s).wait((it / stages) & 1);
             let a = WgmmaDesc::k_major_swizzle_128b(sm.a(s) + row_off * 128);
@@ -320,18 +321,27 @@ fn persistent(
     }
 }
 
-/// Tile `t` of a dense launch over `n_rows` rows and `n_cols` B rows in blocks of `cols`:
-/// column blocks vary fastest, so the blocks running at once share their A rows.
+/// Tile `t` of a dense launch over `n_rows` rows and `n_cols` B rows in blocks of `cols`, K in
+/// segments of `segment` slices (`k_slices` in all; one segment unless K-segmented): column
+/// blocks vary fastest, so the blocks running at once share their A rows, then segments.
 #[inline(always)]
-fn dense_tile(t: u32, n_rows: u32, n_cols: u32, cols: u32) -> Option<Tile> {
-    let col_blocks = n_cols.div_ceil(cols);
-    let (row_tile, col) = (t / col_blocks, t % col_blocks);
+fn dense_tile(
+    t: u32,
+    (n_rows, n_cols, cols): (u32, u32, u32),
+    (k_slices, segment): (u32, u32),
+) -> Option<Tile> {
+    let segment = segment.max(1);
+    let (col_blocks, segments) = (n_cols.div_ceil(cols), k_slices.div_ceil(segment).max(1));
+    let (rest, col) = (t / col_blocks, t % col_blocks);
+    let (row_tile, seg) = (rest / segments, rest % segments);
     let row0 = row_tile * BM as u32;
+    let k0 = seg * segment;
     (row0 < n_rows).then_some(Tile {
         row0,
         end: n_rows,
         w_row0: col * cols,
         col,
+        slices: (k0, segment.min(k_slices - k0)),
     })
 }
 
@@ -349,8 +359,9 @@ fn dense<const WIDE: bool, S: TileStore>(
     } else {
         (Split::Rows, BN)
     };
-    let tiles = |t| dense_tile(t, n_rows, n_cols, cols as u32);
-    persistent(split, (map_x, map_w), k, tiles, store(split));
+    let k_slices = k.div_ceil(BK as u32);
+    let tiles = |t| dense_tile(t, (n_rows, n_cols, cols as u32), (k_slices, k_slices));
+    persistent(split, (map_x, map_w), tiles, store(split));
 }
 
 /// The dense GEMM with the column epilogue, f32 or bf16 out (`O`; as [`dense`]).
@@ -410,6 +421,20 @@ kernel! {
     /// element gets the same bits as there.
     pub fn gemm_wgmma_f32_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         dense_columns::<true, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    /// Split-K whose split depends on K alone: plane `s` of `y` (`[⌈k / seg_k⌉][n_rows][m]`,
+    /// f32) is `x · wᵀ` over K columns `s·seg_k..(s+1)·seg_k` only, for the caller to add in a
+    /// fixed order (the MoE router: more blocks for few rows). `seg_k` a multiple of `BK`.
+    /// Narrow tiles (`SHARED_BYTES`); persistent, as `gemm_wgmma_f32`.
+    pub fn gemm_wgmma_f32_segments(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, n_rows: u32, m: u32, k: u32, seg_k: u32) {
+        let (k_slices, segment) = (k.div_ceil(BK as u32), (seg_k / BK as u32).max(1));
+        let tiles = |t| dense_tile(t, (n_rows, m, BN as u32), (k_slices, segment));
+        let (split, plane) = (Split::Rows, n_rows * m);
+        persistent(split, (map_x, map_w), tiles, SegmentStore { split, y, m, segment, plane });
     }
 }
 
@@ -484,13 +509,12 @@ kernel! {
 /// Tile `t` of a grouped GEMM over `col_blocks` column blocks: row tile `t / col_blocks` of
 /// the table `moe::moe_group_scan` builds (`tiles[2i] = expert`, `tiles[2i + 1] = first row`,
 /// `GROUPED_BM` rows per tile, `num_tiles[0]` of them), ending at its expert's last row; and
-/// the expert. `w_rows`: B rows per expert.
+/// the expert. `w_rows`: B rows per expert; `k`: the reduction length.
 #[inline(always)]
 fn grouped_tile(
     t: u32,
     (tiles, num_tiles, offsets): (In<u32>, In<u32>, In<u32>),
-    col_blocks: u32,
-    w_rows: u32,
+    (col_blocks, w_rows, k): (u32, u32, u32),
 ) -> Option<Tile> {
     let (i, col) = ((t / col_blocks) as usize, t % col_blocks);
     if i >= num_tiles.at(0) as usize {
@@ -502,6 +526,7 @@ fn grouped_tile(
         end: offsets.at(expert as usize + 1),
         w_row0: expert * w_rows + col * GROUPED_BN as u32,
         col,
+        slices: (0, k.div_ceil(BK as u32)),
     })
 }
 
@@ -514,9 +539,10 @@ kernel! {
     pub fn moe_gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let w_rows = 2 * m.div_ceil(64) * 64;
         let table = (tiles, num_tiles, offsets);
-        let tile_at = |t| grouped_tile(t, table, w_rows.div_ceil(GROUPED_BN as u32), w_rows);
+        let col_blocks = w_rows.div_ceil(GROUPED_BN as u32);
+        let tile_at = |t| grouped_tile(t, table, (col_blocks, w_rows, k));
         let split = Split::WideRows;
-        persistent(split, (map_x, map_w), k, tile_at, SwigluStore { split, h, m });
+        persistent(split, (map_x, map_w), tile_at, SwigluStore { split, h, m });
     }
 }
 
@@ -530,9 +556,9 @@ kernel! {
     /// `GROUPED_SHARED_BYTES`.
     pub fn moe_gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<u16>, tiles: In<u32>, num_tiles: In<u32>, offsets: In<u32>, m: u32, k: u32) {
         let table = (tiles, num_tiles, offsets);
-        let tile_at = |t| grouped_tile(t, table, m.div_ceil(GROUPED_BN as u32), m);
+        let tile_at = |t| grouped_tile(t, table, (m.div_ceil(GROUPED_BN as u32), m, k));
         // No bias (flags 0): `bias` is never read.
         let (split, bias, flags) = (Split::WideRows, y.as_in().cast::<f32>(), 0);
-        persistent(split, (map_x, map_w), k, tile_at, ColumnStore { split, y, bias, m, flags });
+        persistent(split, (map_x, map_w), tile_at, ColumnStore { split, y, bias, m, flags });
     }
 }

@@ -53,18 +53,38 @@ pub(crate) fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
 pub const FLAG_RENORMALISE: u32 = 1;
 pub const FLAG_WRITE_LOGITS: u32 = 2;
 
-/// The router logit of token `t` for expert `e` from `parts` partial logits laid out
-/// `[token][parts][n_expert]`: `((p₀ + p₁) + p₂) + …`, in index order (the router stores its
-/// parts smallest first, so the rounding of the sum comes last, at the largest magnitude).
-/// One part is the logit itself.
-#[inline(always)]
-pub(crate) fn summed_logit(partials: In<f32>, t: usize, e: usize, ne: usize, parts: usize) -> f32 {
-    let row = partials.offset(t * parts * ne + e);
-    let mut sum = row.at(0);
-    for s in 1..parts {
-        sum += row.at(s * ne);
+/// A token's router logits held as partial sums: `parts` per K segment (the router's bf16
+/// parts of its f32 weights, or 1), for each of `segments` K segments, laid out
+/// `[segments][n_tokens][parts][n_expert]`.
+#[derive(Clone, Copy)]
+pub(crate) struct PartialLogits {
+    pub partials: In<f32>,
+    pub n_tokens: usize,
+    pub n_expert: usize,
+    pub parts: usize,
+    pub segments: usize,
+}
+
+impl PartialLogits {
+    /// The logit of token `t` for expert `e`: the partials added one at a time, part by part
+    /// in index order (the router stores its parts smallest first, so the rounding of the sum
+    /// comes last, at the largest magnitude), each part's segments in index order. One part of
+    /// one segment is the logit itself.
+    #[inline(always)]
+    pub fn logit(self, t: usize, e: usize) -> f32 {
+        let (ne, parts) = (self.n_expert, self.parts);
+        let plane = self.n_tokens * parts * ne;
+        let row = self.partials.offset(t * parts * ne + e);
+        let mut sum = row.at(0);
+        for p in 0..parts {
+            for s in 0..self.segments {
+                if p + s > 0 {
+                    sum += row.at(s * plane + p * ne);
+                }
+            }
+        }
+        sum
     }
-    sum
 }
 
 kernel! {
@@ -73,7 +93,8 @@ kernel! {
     /// probability is monotone in the logit, so this is the top-k by probability without its
     /// rounding ties), renormalised to sum 1 with `FLAG_RENORMALISE`. Writes `ids[t][s]` and
     /// `weights[t][s]` in selection order, and with `FLAG_WRITE_LOGITS` the logits
-    /// `[t][n_expert]`. The logits are `parts` partials per token (`summed_logit`). Lane `l`
+    /// `[t][n_expert]`. The logits are `parts` partials per token and K segment
+    /// (`PartialLogits`, `[segments][n_tokens][parts][n_expert]`). Lane `l`
     /// holds experts `l, l + 32, …`; every reduction is an xor butterfly, so the token's
     /// result depends on its own logits alone.
     pub fn moe_router_topk(
@@ -85,6 +106,7 @@ kernel! {
         n_expert: u32,
         top_k: u32,
         parts: u32,
+        segments: u32,
         flags: u32
     ) {
         let t = (block_idx().x * (block_dim().x / WARP_SIZE) + warp_id()) as usize;
@@ -92,7 +114,9 @@ kernel! {
             return;
         }
         let (ne, k, lane) = (n_expert as usize, top_k as usize, lane_id() as usize);
-        let logit = |e: usize| summed_logit(partials, t, e, ne, parts as usize);
+        let (n, parts, segments) = (n_tokens as usize, parts as usize, segments as usize);
+        let layout = PartialLogits { partials, n_tokens: n, n_expert: ne, parts, segments };
+        let logit = |e: usize| layout.logit(t, e);
         let mut m = f32::NEG_INFINITY;
         let mut e = lane;
         while e < ne {

@@ -2,36 +2,50 @@
 //! and top-k per token from the router's partial logits, and the grouping of the (token, slot)
 //! pairs by expert with the grouped GEMM's tile table, in two launches:
 //!
-//! - `moe_router_finish_*`: adds each token's `PARTS` partial logits (`moe::summed_logit`)
-//!   and routes it, a warp per token, `TILE_TOKENS` tokens per block; writes the tile's
+//! - `moe_router_finish_*`: adds each token's partial logits (`moe::PartialLogits`) and
+//!   routes it, a warp per token, `TILE_TOKENS` tokens per block; writes the tile's
 //!   per-expert pair counts.
 //! - `moe_group_scan_place`: one block per tile of tokens: the scan over experts (parallel over
 //!   experts), the tile's pairs placed by the block's warps, block 0 writes offsets and the
 //!   tile table.
 //!
-//! The partial logits come from the tensor-core GEMM (`gemm_wgmma`, launched by the host's
-//! `ops::moe_router::Router`): the f32 router weights are stored as three bf16 matrices whose
-//! sum is exact (`float::split_bf16x3`, smallest part first), stacked `[PARTS · n_expert]`
-//! rows, and multiplied with the bf16 normed rows. A bf16 × bf16 product is exact in f32, so
-//! each part's logit is an f32 accumulation of exact products, and the three are added in
-//! index order, smallest first: the accuracy of an f32 GEMM of the bf16 rows by the f32
-//! weights.
+//! The partial logits come from the tensor-core GEMM (`gemm_wgmma_f32_segments`, launched by
+//! the host's `ops::moe_router::Router`): the f32 router weights are stored as three bf16
+//! matrices whose sum is exact (`float::split_bf16x3`, smallest part first), stacked
+//! `[PARTS · n_expert]` rows, and multiplied with the bf16 normed rows over each `SEGMENT_K`
+//! columns of the hidden state separately (a block per segment: at few tokens the router's
+//! K = hidden is a long serial chain for few blocks otherwise). A bf16 × bf16 product is exact
+//! in f32, so each partial is an f32 accumulation of exact products, and the partials are
+//! added part by part (smallest first), each part's segments in order: the accuracy of an f32
+//! GEMM of the bf16 rows by the f32 weights.
 //!
 //! Batch invariance: each partial logit is one accumulator of the wgmma GEMM, fed by the same
-//! `wgmma` sequence whatever the number of tokens or the tile a token falls in (see
-//! `gemm_wgmma`); the parts are added in a fixed order by one thread. Routing is then one warp
-//! per token with fixed xor butterflies (as `moe::moe_router_topk`), and the grouping only
-//! decides where a pair's row is stored: stable by (expert, pair id), whatever the tiling.
+//! `wgmma` sequence over its segment whatever the number of tokens or the tile a token falls in
+//! (see `gemm_wgmma`); the segments depend on the hidden size alone; the partials are added in
+//! a fixed order by one thread. Routing is then one warp per token with fixed xor butterflies
+//! (as `moe::moe_router_topk`), and the grouping only decides where a pair's row is stored:
+//! stable by (expert, pair id), whatever the tiling.
 
 use crate::device::math::{exp, max};
 use crate::device::*;
 use crate::moe::{
-    FLAG_RENORMALISE, FLAG_WRITE_LOGITS, GROUP_TILE_ROWS, better, expert_bits, summed_logit,
+    FLAG_RENORMALISE, FLAG_WRITE_LOGITS, GROUP_TILE_ROWS, PartialLogits, better, expert_bits,
     walk_pairs,
 };
 
 /// Partial logits per token and expert: the router weight's bf16 parts (lo, mid, hi).
 pub const PARTS: usize = 3;
+/// Hidden columns per K segment of the router GEMM (`gemm_wgmma_f32_segments`): each segment's
+/// partial logits are summed by a block of their own, so few tokens still fill the GPU. A
+/// function of the hidden size alone, never of the tokens (batch invariance).
+pub const SEGMENT_K: usize = 512;
+
+/// K segments of the router GEMM for a hidden size.
+pub const fn segments(hidden: usize) -> usize {
+    let s = hidden.div_ceil(SEGMENT_K);
+    if s == 0 { 1 } else { s }
+}
+
 /// Most experts of the fast path (eight per lane).
 pub const FAST_MAX_EXPERTS: usize = 256;
 /// Most experts a token may choose (one lane per slot).
@@ -103,10 +117,11 @@ fn route_token<const EPL: usize>(v: [f32; EPL], ne: usize, k: usize, renorm: boo
 /// and the block writes `tile_counts[tile][e]`: the tile's pairs routed to expert `e`.
 #[inline(always)]
 fn router_finish<const EPL: usize>(
-    partials: In<f32>,
+    partials: PartialLogits,
     (ids, weights, logits, tile_counts): (Out<u32>, Out<f32>, Out<f32>, Out<u32>),
-    (n, ne, k, flags): (usize, usize, usize, u32),
+    (k, flags): (usize, u32),
 ) {
+    let (n, ne) = (partials.n_tokens, partials.n_expert);
     let tile = block_idx().x as usize;
     let (r, lane) = (warp_id() as usize, lane_id() as usize);
     let tile_ids = router_tile_ids();
@@ -115,11 +130,7 @@ fn router_finish<const EPL: usize>(
         let t = tile * TILE_TOKENS + r;
         let v: [f32; EPL] = core::array::from_fn(|j| {
             let e = lane + 32 * j;
-            if e < ne {
-                summed_logit(partials, t, e, ne, PARTS)
-            } else {
-                0.0
-            }
+            if e < ne { partials.logit(t, e) } else { 0.0 }
         });
         if flags & FLAG_WRITE_LOGITS != 0 {
             for (j, &x) in v.iter().enumerate() {
@@ -152,8 +163,8 @@ macro_rules! finish_kernel {
     ($finish:ident, $epl:literal) => {
         kernel! {
             threads = FINISH_THREADS;
-            /// Adds each token's `PARTS` partial logits (`[t][PARTS][n_expert]`, in index
-            /// order) and routes it, for `n_expert ≤ 32 · EPL`: `ids[t][s]`, `weights[t][s]`
+            /// Adds each token's partial logits (`[segments][t][PARTS][n_expert]`, in the order
+            /// of `moe::PartialLogits`) and routes it, for `n_expert ≤ 32 · EPL`: `ids[t][s]`, `weights[t][s]`
             /// in selection order, `logits` `[t][n_expert]` with `FLAG_WRITE_LOGITS`, and
             /// `tile_counts[tile][e]`. Block `FINISH_THREADS` (a warp per token), grid
             /// `⌈n / TILE_TOKENS⌉`.
@@ -166,11 +177,18 @@ macro_rules! finish_kernel {
                 n_tokens: u32,
                 n_expert: u32,
                 top_k: u32,
+                segments: u32,
                 flags: u32
             ) {
                 let out = (ids, weights, logits, tile_counts);
-                let p = (n_tokens as usize, n_expert as usize, top_k as usize, flags);
-                router_finish::<$epl>(partials, out, p);
+                let partials = PartialLogits {
+                    partials,
+                    n_tokens: n_tokens as usize,
+                    n_expert: n_expert as usize,
+                    parts: PARTS,
+                    segments: segments as usize,
+                };
+                router_finish::<$epl>(partials, out, (top_k as usize, flags));
             }
         }
     };

@@ -140,7 +140,7 @@ impl Scratch {
                 None
             },
             router: if moe {
-                Some(Router::new(dev, n, cfg.n_expert)?)
+                Some(Router::new(dev, n, cfg.n_expert, cfg.hidden)?)
             } else {
                 None
             },

@@ -308,6 +308,34 @@ impl<O: OutElement> TileStore for ColumnStore<O> {
     }
 }
 
+/// f32 columns out of a K-segmented launch: the tile's K segment `s` (its first slice over
+/// `segment` slices per segment) writes plane `s` (`plane` elements from the last) of `y`.
+pub(super) struct SegmentStore {
+    pub split: Split,
+    pub y: Out<f32>,
+    pub m: u32,
+    pub segment: u32,
+    pub plane: u32,
+}
+
+impl TileStore for SegmentStore {
+    #[inline(always)]
+    fn store(&self, tile: Tile, acc: &Acc, acc_hi: &Acc, staging: u32) {
+        let seg = (tile.slices.0 / self.segment) as usize;
+        let y = self.y.offset(seg * self.plane as usize);
+        // No bias (flags 0): `bias` is never read.
+        let (split, bias, m, flags) = (self.split, y.as_in(), self.m, 0);
+        ColumnStore {
+            split,
+            y,
+            bias,
+            m,
+            flags,
+        }
+        .store(tile, acc, acc_hi, staging);
+    }
+}
+
 /// SwiGLU out ([`store_swiglu`]): each 128 tile columns make 64 outputs.
 pub(super) struct SwigluStore {
     pub split: Split,

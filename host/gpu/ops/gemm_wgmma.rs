@@ -6,7 +6,7 @@ use super::gemm::Epilogue;
 use super::to_u32;
 use crate::gpu::{Buffer, Device, Element, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::gemm_wgmma::{
-    self, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
+    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
 };
 
 /// Output features per gate (or up) block of an interleaved gate|up weight matrix.
@@ -92,6 +92,48 @@ pub fn matmul_tiled(
     } else {
         gemm_wgmma::gemm_wgmma_f32::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
     }
+}
+
+/// K-segmented `x · wᵀ`: `y` is `[⌈k / seg_k⌉][rows][m]` f32, plane `s` the products over K
+/// columns `s·seg_k..(s+1)·seg_k` alone, for the caller to add in a fixed order (split-K whose
+/// split is a function of `k` and `seg_k`, never of `rows`: batch-invariant). `seg_k` a
+/// positive multiple of `BK` (64).
+pub fn matmul_segments(
+    dev: &Device,
+    x: &TmaMatrix,
+    w: &TmaMatrix,
+    y: &Buffer<f32>,
+    rows: usize,
+    seg_k: usize,
+) -> Result<()> {
+    const K: &str = "gemm_wgmma_f32_segments";
+    let (m, k) = (w.rows(), w.cols());
+    ensure_shape!(
+        seg_k > 0 && seg_k.is_multiple_of(BK),
+        K,
+        "segment width {seg_k} must be a positive multiple of {BK}"
+    );
+    let segments = k.div_ceil(seg_k);
+    x.check(K, "x", rows, k)?;
+    super::check_len(K, "y", y, segments * rows * m)?;
+    to_u32(K, "segments × rows × m", segments * rows * m)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let tiles = rows.div_ceil(BM) * m.div_ceil(BN) * segments;
+    let cfg = super::persistent(dev, K, tiles, THREADS, SHARED_BYTES)?;
+    let (rows, m, k, seg_k) = (rows as u32, m as u32, k as u32, seg_k as u32);
+    gemm_wgmma::gemm_wgmma_f32_segments::launch(
+        dev,
+        cfg,
+        x.map(),
+        w.map(),
+        y.output(),
+        rows,
+        m,
+        k,
+        seg_k,
+    )
 }
 
 /// `y[rows][m] = bf16(x[rows][k] · w[m][k]ᵀ (+ bias))`: each element one rounding of its f32

@@ -29,6 +29,29 @@ pub struct Routing {
     top_k: usize,
 }
 
+/// How router logits arrive for [`Routing::route`] (`gpu_kernels::moe::PartialLogits`):
+/// `parts` partial sums per token, expert and K segment, for each of `segments` K segments,
+/// laid out `[segments][tokens][parts][n_expert]` and added part by part, each part's segments
+/// in index order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialShape {
+    pub parts: usize,
+    pub segments: usize,
+}
+
+impl PartialShape {
+    /// The logits themselves, `[tokens][n_expert]`.
+    pub const LOGITS: PartialShape = PartialShape {
+        parts: 1,
+        segments: 1,
+    };
+
+    /// Partials per token and expert.
+    pub fn per_logit(self) -> usize {
+        self.parts * self.segments
+    }
+}
+
 /// What one routing call does besides routing.
 #[derive(Clone, Copy, Default)]
 pub struct RouteOptions<'a> {
@@ -120,29 +143,28 @@ impl Routing {
         self.max_pairs
     }
 
-    /// Routes `n` tokens from their router logits, given as `parts` partial logits per
-    /// token and expert (`[n][parts][n_expert]`, added in index order; 1: the logits
-    /// themselves), and groups the pairs.
+    /// Routes `n` tokens from their router logits, given as partial logits (`shape`; see
+    /// [`PartialShape`]), and groups the pairs.
     pub fn route(
         &self,
         dev: &Device,
         partials: &Buffer<f32>,
-        parts: usize,
+        shape: PartialShape,
         n: usize,
         opts: RouteOptions<'_>,
     ) -> Result<()> {
         const K: &str = "moe_router_topk";
         let (ne, k) = (self.n_expert, self.top_k);
         ensure_shape!(
-            n * k <= self.max_pairs && parts > 0,
+            n * k <= self.max_pairs && shape.per_logit() > 0,
             K,
-            "{n} tokens exceed the routing buffers (or no parts: {parts})"
+            "{n} tokens exceed the routing buffers (or no partials: {shape:?})"
         );
-        check_len(K, "partial logits", partials, n * parts * ne)?;
+        check_len(K, "partial logits", partials, n * shape.per_logit() * ne)?;
         if let Some(l) = opts.logits {
             check_len(K, "logits", l, n * ne)?;
         }
-        to_u32(K, "partial logits", n * parts * ne)?;
+        to_u32(K, "partial logits", n * shape.per_logit() * ne)?;
         if n == 0 {
             return Ok(());
         }
@@ -157,9 +179,9 @@ impl Routing {
             | (FLAG_WRITE_LOGITS * opts.logits.is_some() as u32);
         // Unwritten without FLAG_WRITE_LOGITS.
         let logits = opts.logits.unwrap_or(partials).output();
-        let (pi, parts) = (partials.input(), parts as u32);
+        let (pi, parts, segments) = (partials.input(), shape.parts as u32, shape.segments as u32);
         moe::moe_router_topk::launch(
-            dev, cfg, pi, ids, weights, logits, nn, nex, kk, parts, flags,
+            dev, cfg, pi, ids, weights, logits, nn, nex, kk, parts, segments, flags,
         )?;
 
         let pairs = to_u32(K, "pairs", n * k)?;

@@ -3,22 +3,24 @@
 //! router weights held as three exact bf16 parts ([`RouterWeights`]), softmax and top-k, and
 //! the grouping by expert, written into a [`Routing`].
 //!
-//! The logits: one `gemm_wgmma` launch writes the partial logits `[tokens][PARTS][n_expert]`
-//! (x · each part of W, f32 accumulation of exact bf16 products); the routing kernels add the
-//! parts, smallest first. Up to `FAST_MAX_EXPERTS` experts the finish kernel adds and routes
-//! and one scan-and-place launch groups (three launches in all); above that, the generic
-//! [`Routing::route`] reads the same partials (five launches). Either way the launch count is
-//! fixed by the model, not by the number of tokens.
+//! The logits: one `gemm_wgmma_f32_segments` launch writes the partial logits
+//! `[segments][tokens][PARTS][n_expert]` (x · each part of W over each `SEGMENT_K` columns of
+//! the hidden state, f32 accumulation of exact bf16 products; a block per segment, so few
+//! tokens still fill the GPU); the routing kernels add them part by part, smallest first.
+//! Up to `FAST_MAX_EXPERTS` experts the finish kernel adds and routes and one scan-and-place
+//! launch groups (three launches in all); above that, the generic [`Routing::route`] reads
+//! the same partials (five launches). Either way the launch count is fixed by the model, not
+//! by the number of tokens.
 
 use super::convert::f32_to_bf16x3;
-use super::gemm::Epilogue;
-use super::gemm_wgmma::matmul;
-use super::moe::{RouteOptions, Routing};
+use super::gemm_wgmma::matmul_segments;
+use super::moe::{PartialShape, RouteOptions, Routing};
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use gpu_kernels::gemm_wgmma::BK;
 use gpu_kernels::moe::{FLAG_RENORMALISE, FLAG_WRITE_LOGITS};
 use gpu_kernels::moe_router::{
-    self, FAST_MAX_EXPERTS, FINISH_THREADS, MAX_TOP_K, PARTS, PLACE_THREADS, TILE_TOKENS,
+    self, FAST_MAX_EXPERTS, FINISH_THREADS, MAX_TOP_K, PARTS, PLACE_THREADS, SEGMENT_K, TILE_TOKENS,
 };
 
 /// A router weight `W [n_expert][hidden]` (f32) as the GEMM reads it: `PARTS` bf16 matrices
@@ -62,22 +64,51 @@ impl RouterWeights {
     }
 }
 
+/// Overrides the router GEMM's K segment width (a multiple of 64; one at least `hidden` wide
+/// makes a single segment, the router before segments): a measuring knob, as `KILN_PDL`.
+/// A value that is not a positive multiple of 64 fails the router's construction.
+pub const SEGMENT_K_VAR: &str = "KILN_ROUTER_SEGMENT_K";
+
 /// The routing stage of one model's MoE layers, for up to `max_tokens` tokens at once.
 pub struct Router {
     n_expert: usize,
     max_tokens: usize,
-    /// Partial logits `[tokens][PARTS][n_expert]`, the GEMM's output.
+    /// The GEMM's K segments: `SEGMENT_K` hidden columns each (tests choose narrower ones).
+    seg_k: usize,
+    shape: PartialShape,
+    /// Partial logits `[segments][tokens][PARTS][n_expert]`, the GEMM's output.
     partials: Buffer<f32>,
     /// Per tile of `TILE_TOKENS` tokens and expert, the tile's pairs (fast path only).
     tile_counts: Option<Buffer<u32>>,
 }
 
 impl Router {
-    pub fn new(dev: &Device, max_tokens: usize, n_expert: usize) -> Result<Self> {
+    /// A router for `n_expert` experts over a hidden state of `hidden`, in K segments of
+    /// `SEGMENT_K` columns (or `KILN_ROUTER_SEGMENT_K`'s, for measuring: see [`SEGMENT_K_VAR`]).
+    pub fn new(dev: &Device, max_tokens: usize, n_expert: usize, hidden: usize) -> Result<Self> {
+        let seg_k = match std::env::var(SEGMENT_K_VAR) {
+            Ok(v) => v.trim().parse().unwrap_or(0),
+            Err(_) => SEGMENT_K,
+        };
+        Self::with_segment_k(dev, (max_tokens, n_expert, hidden), seg_k)
+    }
+
+    /// [`Router::new`] with K segments of `seg_k` hidden columns (a multiple of 64), so small
+    /// test models exercise several segments.
+    pub fn with_segment_k(
+        dev: &Device,
+        (max_tokens, n_expert, hidden): (usize, usize, usize),
+        seg_k: usize,
+    ) -> Result<Self> {
         ensure_shape!(
-            n_expert > 0,
+            n_expert > 0 && hidden > 0,
             "moe_router",
-            "{n_expert} experts must be positive"
+            "{n_expert} experts and hidden {hidden} must be positive"
+        );
+        ensure_shape!(
+            seg_k > 0 && seg_k.is_multiple_of(BK),
+            "moe_router",
+            "the K segment {seg_k} must be a positive multiple of {BK}"
         );
         let tile_counts = if n_expert <= FAST_MAX_EXPERTS {
             let tiles = max_tokens.div_ceil(TILE_TOKENS).max(1);
@@ -85,10 +116,17 @@ impl Router {
         } else {
             None
         };
+        let shape = PartialShape {
+            parts: PARTS,
+            segments: hidden.div_ceil(seg_k),
+        };
+        let len = max_tokens * shape.per_logit() * n_expert;
         Ok(Router {
             n_expert,
             max_tokens,
-            partials: dev.alloc(max_tokens * PARTS * n_expert, "router partial logits")?,
+            seg_k,
+            shape,
+            partials: dev.alloc(len, "router partial logits")?,
             tile_counts,
         })
     }
@@ -124,15 +162,24 @@ impl Router {
             "{n} tokens exceed the routing buffers"
         );
         x.check(K, "x", n, w.hidden())?;
+        ensure_shape!(
+            w.hidden().div_ceil(self.seg_k) == self.shape.segments,
+            K,
+            "the router was made for {} segments of {}, the weights' hidden is {}",
+            self.shape.segments,
+            self.seg_k,
+            w.hidden()
+        );
         if let Some(l) = opts.logits {
             check_len(K, "logits", l, n * ne)?;
         }
         if n == 0 {
             return Ok(());
         }
-        matmul(dev, x, &w.parts, &self.partials, n, Epilogue::STORE)?;
+        // The planes of an `n`-token call are `n` rows apart (`[segments][n][PARTS][n_expert]`).
+        matmul_segments(dev, x, &w.parts, &self.partials, n, self.seg_k)?;
         let Some(tile_counts) = &self.tile_counts else {
-            return routing.route(dev, &self.partials, PARTS, n, opts);
+            return routing.route(dev, &self.partials, self.shape, n, opts);
         };
         ensure_shape!(
             k <= MAX_TOP_K,
@@ -143,6 +190,7 @@ impl Router {
         let flags = (FLAG_RENORMALISE * opts.renormalise as u32)
             | (FLAG_WRITE_LOGITS * opts.logits.is_some() as u32);
         let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
+        let segments = self.shape.segments as u32;
         let grid = to_u32(K, "token tiles", tiles)?;
         let cfg = LaunchConfig::linear(grid, FINISH_THREADS);
         // Unwritten without FLAG_WRITE_LOGITS.
@@ -151,11 +199,11 @@ impl Router {
         let (pi, lo, counts) = (self.partials.input(), logits.output(), tile_counts.output());
         if ne <= 128 {
             moe_router::moe_router_finish_e128::launch(
-                dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, flags,
+                dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, segments, flags,
             )?;
         } else {
             moe_router::moe_router_finish_e256::launch(
-                dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, flags,
+                dev, cfg, pi, ids, weights, lo, counts, nn, nex, kk, segments, flags,
             )?;
         }
         moe_router::moe_group_scan_place::launch(
