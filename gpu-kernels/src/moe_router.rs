@@ -128,10 +128,7 @@ fn router_finish<const EPL: usize>(
     let rows = n.min((tile + 1) * TILE_TOKENS) - tile * TILE_TOKENS;
     if r < rows {
         let t = tile * TILE_TOKENS + r;
-        let v: [f32; EPL] = core::array::from_fn(|j| {
-            let e = lane + 32 * j;
-            if e < ne { partials.logit(t, e) } else { 0.0 }
-        });
+        let v: [f32; EPL] = partials.lane_logits::<EPL>(t, lane);
         if flags & FLAG_WRITE_LOGITS != 0 {
             for (j, &x) in v.iter().enumerate() {
                 if lane + 32 * j < ne {
