@@ -14,7 +14,7 @@ use gpu_kernels::device::emu;
 use gpu_kernels::device::{
     Out, WARP_SIZE, ballot, block_dim, block_idx, block_sum_f32, lane_id, shfl_down_f32,
     shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32, thread_idx, thread_rank, vote_all,
-    vote_any, warp_max_f32, warp_sum_f32,
+    vote_any, warp_max_f32, warp_max_u32, warp_sum_f32,
 };
 use gpu_kernels::shared_array;
 
@@ -121,6 +121,36 @@ fn warp_votes_match_host() {
         }
     }
     assert!(saw[0], "the test data never gave a mixed ballot");
+}
+
+/// Per thread: the warp's largest key (`redux.sync.max.u32`), from keys spread over all of
+/// u32 (the high bit set in about half).
+fn warp_max_u32_kernel(y: Out<u32>) {
+    let t = block_idx().x * block_dim().x + thread_rank();
+    y.set(
+        t as usize,
+        warp_max_u32(value(block_idx().x, thread_rank()).to_bits()),
+    );
+}
+
+#[test]
+fn warp_max_u32_is_the_warps_largest() {
+    let (blocks, n) = (3u32, 64u32);
+    let mut y = vec![0u32; (blocks * n) as usize];
+    let yo = Out::from_slice(&mut y);
+    emu::launch(linear(blocks, n), || warp_max_u32_kernel(yo)).unwrap();
+    for b in 0..blocks {
+        for w in 0..n / 32 {
+            let want = (0..32)
+                .map(|l| value(b, w * 32 + l).to_bits())
+                .max()
+                .unwrap();
+            for l in 0..32 {
+                let got = y[(b * n + w * 32 + l) as usize];
+                assert_eq!(got, want, "block {b}, warp {w}, lane {l}");
+            }
+        }
+    }
 }
 
 /// The xor butterfly of `warp_sum_f32` done on the host: same additions, same order.

@@ -25,7 +25,7 @@
 
 mod common;
 use common::*;
-use gpu_kernels::moe_router::SEGMENT_K;
+use gpu_kernels::moe_router::{SEGMENT_K, key_logit, logit_key};
 use kiln::gpu::ops::moe::{RouteOptions, Routing};
 use kiln::gpu::ops::moe_router::{Router, RouterWeights};
 use kiln::gpu::{Buffer, Device};
@@ -434,4 +434,46 @@ fn router_shapes_are_checked_before_launching() {
         launches,
         "nothing may launch after a failed check"
     );
+}
+
+/// The finish kernel's keys rank logits as `moe::better` does (NaN as −∞, −0 equal to +0,
+/// everything else by value) and above 0, the key of an expert out of the running; a key's
+/// logit is the logit again (−0 as +0, NaN as −∞).
+#[test]
+fn logit_keys_rank_as_the_router_compares() {
+    let mut values = vec![
+        f32::NAN,
+        f32::NEG_INFINITY,
+        f32::MIN,
+        -1.0,
+        -f32::MIN_POSITIVE,
+        -1e-45,
+        -0.0,
+        0.0,
+        1e-45,
+        f32::MIN_POSITIVE,
+        1.0,
+        f32::MAX,
+        f32::INFINITY,
+    ];
+    let mut r = rng(7);
+    let near: Vec<f32> = r.normal_vec(40, 3.0);
+    for v in near {
+        values.extend([
+            v,
+            f32::from_bits(v.to_bits() + 1),
+            f32::from_bits(v.to_bits() - 1),
+        ]);
+    }
+    let rank = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    for &a in &values {
+        let ka = logit_key(a);
+        assert!(ka > 0, "{a}: key 0 is reserved");
+        assert_eq!(key_logit(ka), rank(a) + 0.0, "{a}: key's logit");
+        for &b in &values {
+            let (kb, ra, rb) = (logit_key(b), rank(a), rank(b));
+            assert_eq!(ka > kb, ra > rb, "{a} vs {b}");
+            assert_eq!(ka == kb, ra == rb, "{a} vs {b}");
+        }
+    }
 }

@@ -89,36 +89,48 @@ impl PartialLogits {
     /// This lane's logits of token `t` for experts `lane + 32 j`, `j < EPL` (0 past
     /// `n_expert`): the same sums as [`PartialLogits::logit`], in the same order, with the
     /// loads of `16 / EPL` partials per expert issued before any is added (one partial at a
-    /// time waits a memory latency each: 48 in a row at 4 segments).
+    /// time waits a memory latency each: 48 in a row at 4 segments). The partials' offsets
+    /// advance by adds, not by dividing a running index by `segments`.
     #[inline(always)]
     pub fn lane_logits<const EPL: usize>(self, t: usize, lane: usize) -> [f32; EPL] {
-        let round = (16 / EPL).max(1);
+        let round = (16 / EPL).clamp(1, 4);
         let (ne, parts, segments) = (self.n_expert, self.parts, self.segments);
-        let (plane, total) = (self.n_tokens * parts * ne, parts * segments);
+        let plane = self.n_tokens * parts * ne;
         let row = self.partials.offset(t * parts * ne);
-        // Partial `q` is part `q / segments` of segment `q % segments`: the order of `logit`.
-        let at = |q: usize, e: usize| row.at((q % segments) * plane + (q / segments) * ne + e);
         let mut sums = [0.0f32; EPL];
-        let mut q = 0;
-        while q < total {
+        // The next partial: part `p` of segment `s`, at `row + at`.
+        let (mut p, mut s, mut at, mut first) = (0, 0, 0, true);
+        while p < parts {
+            let mut offsets = [usize::MAX; 4];
+            for slot in offsets.iter_mut().take(round) {
+                if p < parts {
+                    *slot = at;
+                    s += 1;
+                    at += plane;
+                    if s == segments {
+                        (s, p) = (0, p + 1);
+                        at = p * ne;
+                    }
+                }
+            }
             let v: [[f32; EPL]; 4] = core::array::from_fn(|i| {
                 core::array::from_fn(|j| {
-                    let e = lane + 32 * j;
-                    if i < round && q + i < total && e < ne {
-                        at(q + i, e)
+                    let ok = offsets[i] != usize::MAX && lane + 32 * j < ne;
+                    if ok {
+                        row.at(offsets[i] + lane + 32 * j)
                     } else {
                         0.0
                     }
                 })
             });
-            for (i, vi) in v.iter().enumerate() {
-                if i < round && q + i < total {
+            for (vi, &o) in v.iter().zip(&offsets) {
+                if o != usize::MAX {
                     for (sum, &x) in sums.iter_mut().zip(vi) {
-                        *sum = if q + i == 0 { x } else { *sum + x };
+                        *sum = if first { x } else { *sum + x };
                     }
+                    first = false;
                 }
             }
-            q += round;
         }
         sums
     }

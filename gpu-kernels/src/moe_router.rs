@@ -26,11 +26,10 @@
 //! (as `moe::moe_router_topk`), and the grouping only decides where a pair's row is stored:
 //! stable by (expert, pair id), whatever the tiling.
 
-use crate::device::math::{exp, max};
+use crate::device::math::exp;
 use crate::device::*;
 use crate::moe::{
-    FLAG_RENORMALISE, FLAG_WRITE_LOGITS, GROUP_TILE_ROWS, PartialLogits, better, expert_bits,
-    walk_pairs,
+    FLAG_RENORMALISE, FLAG_WRITE_LOGITS, GROUP_TILE_ROWS, PartialLogits, expert_bits, walk_pairs,
 };
 
 /// Partial logits per token and expert: the router weight's bf16 parts (lo, mid, hi).
@@ -65,20 +64,44 @@ shared_array!(fn router_tile_ids() -> [u32; 1024]);
 shared_array!(fn place_running() -> [u32; PLACE_WARPS * FAST_MAX_EXPERTS]);
 shared_array!(fn place_warp_sums() -> [u32; 16]);
 
+/// An order-preserving key of a router logit as `moe::better` ranks them (NaN as −∞, −0 as
+/// +0): every logit's key is above 0, which marks an expert out of the running.
+#[inline(always)]
+pub fn logit_key(v: f32) -> u32 {
+    // `+ 0.0` turns −0 into +0 (and leaves every other value as it is).
+    let b = if v.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        v + 0.0
+    }
+    .to_bits();
+    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+}
+
+/// The logit of a key (`logit_key`'s inverse on the values it makes).
+#[inline(always)]
+pub fn key_logit(key: u32) -> f32 {
+    f32::from_bits(if key >> 31 == 1 {
+        key & 0x7fff_ffff
+    } else {
+        !key
+    })
+}
+
 /// One token's routing by its warp from this lane's logits `v` (experts `lane + 32 j`), as
 /// `moe::moe_router_topk`: softmax, the top `k` logits (ties → lower id), optional
 /// renormalisation. Lane `s < k` gets slot `s`'s (expert, weight). Full-warp call.
+///
+/// Each maximum is one `redux.sync.max` over order-preserving keys (`logit_key`), and the
+/// lowest expert holding it comes from ballots in expert order: the choices, and the logits
+/// the weights are computed from, are those of `moe::better`'s butterfly, at a fraction of its
+/// five dependent shuffle rounds per slot.
 #[inline(always)]
 fn route_token<const EPL: usize>(v: [f32; EPL], ne: usize, k: usize, renorm: bool) -> (u32, f32) {
     let lane = lane_id() as usize;
     let valid = |j: usize| lane + 32 * j < ne;
-    let mut m = f32::NEG_INFINITY;
-    for (j, &vj) in v.iter().enumerate() {
-        if valid(j) {
-            m = max(m, vj);
-        }
-    }
-    let m = warp_max_f32(m);
+    let keys: [u32; EPL] = core::array::from_fn(|j| if valid(j) { logit_key(v[j]) } else { 0 });
+    let m = key_logit(warp_max_u32(keys.iter().copied().max().unwrap_or(0)));
     let mut sum = 0.0f32;
     for (j, &vj) in v.iter().enumerate() {
         if valid(j) {
@@ -88,24 +111,23 @@ fn route_token<const EPL: usize>(v: [f32; EPL], ne: usize, k: usize, renorm: boo
     let sum = warp_sum_f32(sum);
     let (mut taken, mut total, mut chosen, mut chosen_p) = (0u32, 0.0f32, 0u32, 0.0f32);
     for s in 0..k {
-        let mut best = (f32::NEG_INFINITY, u32::MAX);
-        for (j, &vj) in v.iter().enumerate() {
-            if valid(j) && taken & (1 << j) == 0 {
-                best = better(best, (vj, (lane + 32 * j) as u32));
+        let open = |j: usize| taken & (1 << j) == 0;
+        let mine = (0..EPL).filter(|&j| open(j)).map(|j| keys[j]).max();
+        let best = warp_max_u32(mine.unwrap_or(0));
+        // The lowest id holding it: experts are `lane + 32 j`, so the lowest j, then lane.
+        let mut id = u32::MAX;
+        for (j, &key) in keys.iter().enumerate() {
+            let hit = ballot(best > 0 && open(j) && key == best);
+            if id == u32::MAX && hit != 0 {
+                id = 32 * j as u32 + hit.trailing_zeros();
             }
         }
-        let mut mask = 16;
-        while mask > 0 {
-            let other = (shfl_xor_f32(best.0, mask), shfl_xor_u32(best.1, mask));
-            best = better(best, other);
-            mask >>= 1;
+        if id as usize % 32 == lane {
+            taken |= 1 << (id / 32);
         }
-        if best.1 as usize % 32 == lane {
-            taken |= 1 << (best.1 / 32);
-        }
-        let prob = exp(best.0 - m) / sum;
+        let prob = exp(key_logit(best) - m) / sum;
         if s == lane {
-            (chosen, chosen_p) = (best.1, prob);
+            (chosen, chosen_p) = (id, prob);
         }
         total += prob;
     }

@@ -111,6 +111,17 @@ pub fn ballot(pred: bool) -> u32 {
     // SAFETY: as above.
     unsafe { vote_ballot_sync(FULL_MASK, pred) }
 }
+/// The largest `v` of the warp's 32 lanes, in one instruction (`redux.sync.max.u32`, sm_80+):
+/// where a butterfly of shuffles takes five dependent rounds.
+#[inline(always)]
+pub fn warp_max_u32(v: u32) -> u32 {
+    let out: u32;
+    // SAFETY: a full-warp reduction with a full mask; every lane of the warp executes it.
+    unsafe {
+        core::arch::asm!("redux.sync.max.u32 {0}, {1}, 0xffffffff;", out(reg32) out, in(reg32) v)
+    };
+    out
+}
 /// `bar.warp.sync`: the lanes of the warp wait for each other, and their shared-memory accesses
 /// before it happen before those after it (lanes of a warp are not in lockstep since Volta).
 #[inline(always)]

@@ -77,6 +77,16 @@ fn vote(pred: bool) -> (u32, u32) {
 pub fn ballot(pred: bool) -> u32 {
     vote(pred).0
 }
+/// `redux.sync.max.u32` over the warp: the largest value of the lanes that took part.
+pub fn warp_max_u32(v: u32) -> u32 {
+    collective("redux.sync.max.u32", Group::Warp, &[v], |ex| {
+        (0..ex.members())
+            .filter(|&l| ex.took_part(l))
+            .map(|l| ex.read(l, 0))
+            .max()
+            .unwrap_or(0)
+    })
+}
 /// `bar.warp.sync`: a collective that publishes nothing; no lane passes before all arrived.
 pub fn sync_warp() {
     collective("bar.warp.sync", Group::Warp, &[], |_| ())
