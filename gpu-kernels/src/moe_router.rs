@@ -36,8 +36,12 @@ use crate::moe::{
 pub const PARTS: usize = 3;
 /// Hidden columns per K segment of the router GEMM (`gemm_wgmma_f32_segments`): each segment's
 /// partial logits are summed by a block of their own, so few tokens still fill the GPU. A
-/// function of the hidden size alone, never of the tokens (batch invariance).
-pub const SEGMENT_K: usize = 512;
+/// function of the hidden size alone, never of the tokens (batch invariance). Measured on the
+/// H200 at 30b dims (ncu, router GEMM + finish + scan/place, session 9): 1024 (two segments)
+/// 29.2 µs at N = 512 and 46.3 at 4096; 512: 29.0 and 48.6; one segment: 32.9 and 42.3. The
+/// finish kernel pays a round of loads per 16 partials, which at many tokens outweighs what the
+/// GEMM gains.
+pub const SEGMENT_K: usize = 1024;
 
 /// K segments of the router GEMM for a hidden size.
 pub const fn segments(hidden: usize) -> usize {
