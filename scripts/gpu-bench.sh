@@ -174,7 +174,7 @@ if [[ "${KILN_BENCH_FULL_DEPTH:-1}" != 0 && "${KILN_BENCH_DEVICE:-cuda}" != emul
         t=$(cap_time "${KILN_BENCH_FULL_DEPTH_TORCH_TIMEOUT:-200}")
         run_capped "$txt" full_depth_torch.py "$t" 60 \
             "full depth: lab/full_depth_torch.py (transformers, same dims; ${t}s)" \
-            python3 "$here/lab/full_depth_torch.py" --layers "$fd_layers" --lengths "$fd_lengths" \
+            python3 "$here/lab/full_depth_torch.py" --census --layers "$fd_layers" --lengths "$fd_lengths" \
             --repeats "${KILN_BENCH_FULL_DEPTH_TORCH_REPEATS:-2}" --deadline-s "$((t - 40))" \
             --json "$out/full-depth-torch.json" --kiln-json "$out/full-depth-bench.json"
     fi

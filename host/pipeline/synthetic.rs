@@ -4,7 +4,10 @@
 //! take many minutes. Same config and seed → same bits on every run and device.
 //!
 //! Values: every matrix uniform with standard deviation 1/√(input width) (as `kiln synth`'s
-//! normal weights), norms uniform on 1 ± 0.1, biases on ± 0.1, the router's logits of standard deviation ≈ 1; so activations stay O(1) through depth.
+//! normal weights), the attention output projection's times `synth::ATTN_OUTPUT_GAIN` (so the
+//! routing reaches every expert at depth, as a trained model's does: see there), norms uniform
+//! on 1 ± 0.1, biases on ± 0.1, the router's logits of standard deviation ≈ 1; so activations
+//! stay O(1) through depth.
 
 use super::weights::{Dense, Experts, GpuFfn, GpuLayer, GpuModel, Moe, SharedExpert};
 use crate::gpu::ops::embedding::{EmbeddingTable, TableData};
@@ -14,6 +17,7 @@ use crate::gpu::ops::moe_router::RouterWeights;
 use crate::gpu::ops::random_fill::{Fill, fill_bf16, fill_f32};
 use crate::gpu::{Buffer, Device, Result, TmaMatrix};
 use crate::model::ModelConfig;
+use crate::synth::ATTN_OUTPUT_GAIN;
 use gpu_kernels::random_fill::mix64;
 
 /// Hands out one seed per tensor, in a fixed order, and fills it.
@@ -28,16 +32,25 @@ impl Generator<'_> {
         self.tensors += 1;
         mix64(self.seed ^ self.tensors.wrapping_mul(0xd1b5_4a32_d192_ed03))
     }
-    /// `len` bf16 weights of input width `cols`.
-    fn bf16(&mut self, len: usize, cols: usize, what: &str) -> Result<Buffer<u16>> {
+    /// `len` bf16 weights of input width `cols`, standard deviation `gain`/√`cols`.
+    fn bf16(&mut self, len: usize, (cols, gain): (usize, f32), what: &str) -> Result<Buffer<u16>> {
         let data = self.dev.alloc::<u16>(len, what)?;
-        let fill = Fill::with_std(self.next_seed(), 1.0 / (cols as f32).sqrt());
+        let fill = Fill::with_std(self.next_seed(), gain / (cols as f32).sqrt());
         fill_bf16(self.dev, &data, len, fill)?;
         Ok(data)
     }
     /// A bf16 `rows × cols` weight matrix.
     fn matrix(&mut self, rows: usize, cols: usize, what: &str) -> Result<TmaMatrix> {
-        let data = self.bf16(rows * cols, cols, what)?;
+        self.matrix_with_gain(rows, cols, 1.0, what)
+    }
+    fn matrix_with_gain(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        gain: f32,
+        what: &str,
+    ) -> Result<TmaMatrix> {
+        let data = self.bf16(rows * cols, (cols, gain), what)?;
         self.dev.tma_matrix(data, rows, cols)
     }
     fn vector(&mut self, len: usize, scale: f32, offset: f32, what: &str) -> Result<Buffer<f32>> {
@@ -91,7 +104,8 @@ impl GpuModel {
                 ),
                 false => (None, None),
             };
-            let wo = g.matrix(h, cfg.q_dim(), "output projection")?;
+            let gain = ATTN_OUTPUT_GAIN as f32;
+            let wo = g.matrix_with_gain(h, cfg.q_dim(), gain, "output projection")?;
             let ffn_norm = g.norm(h, "ffn_norm")?;
             let ffn = if cfg.arch.is_moe() {
                 let (ne, fe) = (cfg.n_expert, cfg.ff_exp);
@@ -129,7 +143,7 @@ impl GpuModel {
                 ffn,
             });
         }
-        let table = g.bf16(cfg.vocab * h, h, "token_embd")?;
+        let table = g.bf16(cfg.vocab * h, (h, 1.0), "token_embd")?;
         let inv_freq = (0..cfg.head_dim / 2)
             .map(|i| {
                 let f = f64::from(cfg.rope_base).powf(-2.0 * i as f64 / cfg.head_dim as f64);

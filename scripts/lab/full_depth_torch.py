@@ -106,6 +106,53 @@ def _fill(torch, model, seed, std, device):
     return n, len(norms)
 
 
+def _scale_attn_output(torch, model, gain):
+    """Every attention output projection (`self_attn.o_proj.weight`) times `gain`: kiln's
+    synthetic models do the same (host/synth.rs, ATTN_OUTPUT_GAIN: without it the routing of a
+    random model collapses onto a few experts with depth). Returns how many were scaled."""
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("self_attn.o_proj.weight"):
+                p.mul_(gain)
+                n += 1
+    if n == 0:
+        raise RuntimeError("found no self_attn.o_proj.weight to scale (module names changed?)")
+    return n
+
+
+def experts_reached(torch, model, ids, n_expert, top_k):
+    """One forward of `ids` with a hook on every MoE layer's router (`mlp.gate`): the distinct
+    experts its tokens' top-k reached, per layer (kiln bench's census counts the same)."""
+    counts, hooks = [], []
+
+    def hook(_mod, _inp, out):
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        chosen = None
+        for t in outs:  # top-k indices if the router returns them, else its logits
+            if torch.is_tensor(t) and not t.is_floating_point() and t.shape[-1] == top_k:
+                chosen = t
+        if chosen is None:
+            for t in outs:
+                if torch.is_tensor(t) and t.is_floating_point() and t.shape[-1] == n_expert:
+                    chosen = t.float().topk(top_k, dim=-1).indices
+                    break
+        if chosen is None:
+            raise RuntimeError("the router's output has neither top-k ids nor logits")
+        counts.append(int(torch.unique(chosen).numel()))
+
+    for name, mod in model.named_modules():
+        if name.endswith("mlp.gate"):
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(ids, use_cache=False, logits_to_keep=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
 def _recreate_buffers(torch, model, cfgd):
     """After to_empty every buffer is uninitialised memory: recompute the RoPE frequencies
     (inv_freq, original_inv_freq) as the rotary module computes them; any other buffer is an
@@ -137,12 +184,14 @@ def _recreate_buffers(torch, model, cfgd):
     return done
 
 
-def build_synthetic_model(torch, transformers, cfgd, log, seed=0, std=0.02, device="cuda"):
+def build_synthetic_model(torch, transformers, cfgd, log, seed=0, std=0.02, device="cuda",
+                          o_proj_gain=0.1):
     """Qwen3MoeForCausalLM(cfgd) in bf16 on `device`, weights random from `seed` (see the
-    module doc). Returns (model, info dict)."""
+    module doc), the attention output projections times `o_proj_gain`. Returns (model, info
+    dict)."""
     import bench_torch as bt
 
-    info = {"seed": seed, "std": std, "norm_weights": 1.0}
+    info = {"seed": seed, "std": std, "norm_weights": 1.0, "o_proj_gain": o_proj_gain}
     t0 = time.time()
     cfg = bt.qwen3moe_config(transformers, cfgd, log)
     model = None
@@ -166,6 +215,7 @@ def build_synthetic_model(torch, transformers, cfgd, log, seed=0, std=0.02, devi
         info["method"] = f"built on {device} (transformers init) + in-place fill"
     model = model.eval()
     info["parameters"], info["norm_parameters"] = _fill(torch, model, seed, std, device)
+    info["o_proj_scaled"] = _scale_attn_output(torch, model, o_proj_gain)
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes != {torch.bfloat16}:
         raise RuntimeError(f"parameters are {dtypes}, expected bf16 only")
@@ -322,6 +372,11 @@ def main():
     ap.add_argument("--experts-impls", default="grouped_mm,eager",
                     help="experts backends to try in order; the first that works is timed")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--o-proj-gain", type=float, default=0.1,
+                    help="scale of the attention output projections (kiln's ATTN_OUTPUT_GAIN; "
+                         "1 gives routing that collapses onto a few experts with depth)")
+    ap.add_argument("--census", action="store_true",
+                    help="also count the experts each MoE layer's routing reached, per N")
     ap.add_argument("--json", default="full-depth-torch.json", help="where to write the results")
     ap.add_argument("--kiln-json", help="bench-full-depth's full-depth-bench.json: its FLOP "
                     "counts, and the side-by-side table")
@@ -338,7 +393,8 @@ def main():
     cfgd = qwen3_30b_config(args.layers, max(lengths))
     doc = {"tool": "full_depth_torch.py", "layers": args.layers, "config": cfgd,
            "lengths": lengths, "repeats": args.repeats, "warmup": 1,
-           "weights": "random normal(0, 0.02) bf16 made on the GPU, RMSNorm weights 1",
+           "weights": f"random normal(0, 0.02) bf16 made on the GPU, RMSNorm weights 1, "
+                      f"attention output projections x {args.o_proj_gain}",
            "timing": "CUDA events; model(ids, use_cache=False, logits_to_keep=1) under "
                      "inference_mode; median of repeats after 1 warm-up",
            "results": [], "complete": False}
@@ -352,7 +408,8 @@ def main():
 
     try:
         log(f"building Qwen3MoeForCausalLM, {args.layers} layers at Qwen3-30B-A3B dims")
-        model, doc["build"] = build_synthetic_model(torch, transformers, cfgd, log, args.seed)
+        model, doc["build"] = build_synthetic_model(torch, transformers, cfgd, log, args.seed,
+                                                    o_proj_gain=args.o_proj_gain)
         b = doc["build"]
         log(f"  {b['method']}: {b['parameter_count'] / 1e9:.2f} G parameters, "
             f"{b['weights_gib']:.1f} GiB, {b['seconds']:.1f} s; attention "
@@ -403,6 +460,16 @@ def main():
                 log(f"  note: {row['flops_note']}")
             log(f"{n:>6} {ms:>10.1f} {n / ms * 1e3:>10,.0f} {flops / ms / 1e9:>8.0f} "
                 f"{peak:>9.1f}  {'kiln' if kf else 'here'}")
+            if args.census:
+                try:
+                    c = experts_reached(torch, model, ids, cfgd["num_experts"],
+                                        cfgd["num_experts_per_tok"])
+                    row["experts_reached"] = c
+                    log(f"       experts reached per MoE layer: mean {sum(c) / len(c):.1f} "
+                        f"(min {min(c)}, max {max(c)}; of {cfgd['num_experts']})")
+                except Exception as ex:  # the timing above stands without it
+                    row["census_error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
+                    log(f"       census failed: {row['census_error']}")
             prev = (n, ms / 1e3)
         except Exception as ex:
             status = "oom" if is_oom(torch, ex) else "error"
