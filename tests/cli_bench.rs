@@ -6,11 +6,27 @@ mod common;
 
 use common::kiln;
 use serde_json::Value;
-fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A fresh directory for one test, removed when dropped: when the test ends, passed or not.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 /// `kiln bench --device emulator` with `args` after it.
@@ -123,7 +139,6 @@ fn bench_on_the_emulator_writes_parseable_json() {
         .expect("prompt ids");
     assert_eq!(ids.len(), 8);
     assert!(ids.iter().all(|t| t.as_u64().unwrap() < 512));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--weights gpu`: the model's weights come from `GpuModel::synthetic` (its kernels run on the
@@ -196,7 +211,6 @@ fn bench_without_a_gpu_fails_on_one_line() {
     assert!(err.contains("--device emulator"), "{err:?}");
     assert!(!err.contains("panicked"), "{err:?}");
     assert!(!json.exists(), "no JSON without a run");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A `--model-file` must hold the model the bench names: a file with other weights (another
@@ -236,7 +250,6 @@ fn bench_rejects_a_model_file_with_other_weights() {
     let r = &doc["results"][0];
     assert_eq!(r["status"], "error", "{r}");
     assert!(r["times_ms"].as_array().unwrap().is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 9, item 10: the emulator smoke run finishes in seconds with its defaults, and the
@@ -277,7 +290,6 @@ fn bench_smoke_run_is_quick_and_its_figures_honest() {
     let r = &doc["results"][0];
     assert!(r["pct_of_peak_tflops"].is_null(), "{r}");
     assert_eq!(doc["settings"]["repeats"], 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One token reaches exactly its top-k (2) experts in each of the tiny model's 2 MoE layers:
@@ -301,5 +313,4 @@ fn bench_census_of_one_token_is_its_top_k() {
     let doc = read_json(&json);
     let census = &doc["results"][0]["expert_census"];
     assert_eq!(census["per_layer"], serde_json::json!([2, 2]), "{census}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
