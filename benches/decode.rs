@@ -20,6 +20,7 @@ mod common;
 use common::*;
 
 use kiln::bench::catalogue::prompt_ids;
+use kiln::bench::runner::copy_bandwidth;
 use kiln::generate::{GenerateOptions, PipelineDecoder, generate};
 use kiln::gpu::Device;
 use kiln::pipeline::{DECODE_BYTES, GpuModel};
@@ -39,25 +40,6 @@ fn median(xs: &[f64]) -> f64 {
         n if n % 2 == 1 => s[n / 2],
         n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
-}
-
-/// Device-to-device copy bandwidth in bytes/s, counting bytes read + written (as
-/// scripts/bench_torch.py's "device copy" ceiling), and every time (s).
-fn copy_bandwidth(dev: &Device) -> anyhow::Result<(f64, Vec<f64>)> {
-    const LEN: usize = 1 << 28; // u32: 1 GiB
-    let src = dev.alloc::<u32>(LEN, "copy-bandwidth source")?;
-    let mut dst = dev.alloc::<u32>(LEN, "copy-bandwidth destination")?;
-    dst.copy_from(&src, 0, 0, LEN)?;
-    dev.synchronize()?;
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        dst.copy_from(&src, 0, 0, LEN)?;
-        dev.synchronize()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let bytes = 2.0 * (LEN * size_of::<u32>()) as f64;
-    Ok((bytes / median(&times), times))
 }
 
 struct Run {

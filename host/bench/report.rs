@@ -205,7 +205,8 @@ pub struct RunInfo {
     pub skip_after_s: f64,
     pub deadline_s: f64,
     pub peak_tflops: f64,
-    pub peak_tbs: f64,
+    /// The bandwidth roofline (TB/s) and where it came from.
+    pub peak_tbs: (f64, &'static str),
 }
 
 impl RunInfo {
@@ -250,6 +251,7 @@ pub fn write_reports(
     struct Roofline {
         bf16_tflops: f64,
         bandwidth_tbs: f64,
+        bandwidth_source: &'static str,
     }
     #[derive(Serialize)]
     struct Settings<'a> {
@@ -290,7 +292,8 @@ pub fn write_reports(
         },
         roofline: Roofline {
             bf16_tflops: run.peak_tflops,
-            bandwidth_tbs: run.peak_tbs,
+            bandwidth_tbs: run.peak_tbs.0,
+            bandwidth_source: run.peak_tbs.1,
         },
         settings: Settings {
             repeats: run.repeats,
@@ -431,7 +434,7 @@ impl<'a> RowRecord<'a> {
             pct_of_peak_tflops: run.pct_of(tflops, run.peak_tflops),
             weight_bytes: r.weight_bytes,
             weight_tbs: tbs,
-            pct_of_peak_bandwidth: run.pct_of(tbs, run.peak_tbs),
+            pct_of_peak_bandwidth: run.pct_of(tbs, run.peak_tbs.0),
             top1: r.top1.map(|(id, logit)| Top1 { id, logit }),
             logits_npy: r.logits_npy.as_ref().map(|p| p.display().to_string()),
             expert_census: r.census.as_ref().map(|c| CensusRecord {
@@ -517,7 +520,15 @@ pub fn print_table(rows: &[Row], run: &RunInfo) -> anyhow::Result<()> {
             sig3(tflops),
             pct(run.pct_of(tflops, run.peak_tflops)),
             sig3(tbs),
-            pct(run.pct_of(tbs, run.peak_tbs))
+            pct(run.pct_of(tbs, run.peak_tbs.0))
+        )?;
+    }
+    if !run.emulator {
+        let (tbs, source) = run.peak_tbs;
+        outln!(
+            "(%peak against {} TFLOP/s bf16; %bw against {} TB/s, {source})",
+            sig3(run.peak_tflops),
+            sig3(tbs)
         )?;
     }
     if run.emulator {
