@@ -72,8 +72,8 @@ fn main() {
         let flops = prefill_flops(&cfg, n).total();
         let tflops = flops / secs / 1e12;
         // The profiled pass also counts the experts each MoE layer's routing reached: the
-        // synthetic weights' routing is not uniform (NOTES, session 8), so the weights read
-        // per layer are these experts', not all of them.
+        // weights read per layer are these experts' (random weights once routed every token to
+        // a few experts; synth::ATTN_OUTPUT_GAIN, NOTES sessions 8 and 9).
         let profiled = PrefillOptions {
             profile: true,
             expert_census: true,

@@ -43,12 +43,6 @@ pub const PARTS: usize = 3;
 /// GEMM gains.
 pub const SEGMENT_K: usize = 1024;
 
-/// K segments of the router GEMM for a hidden size.
-pub const fn segments(hidden: usize) -> usize {
-    let s = hidden.div_ceil(SEGMENT_K);
-    if s == 0 { 1 } else { s }
-}
-
 /// Most experts of the fast path (eight per lane).
 pub const FAST_MAX_EXPERTS: usize = 256;
 /// Most experts a token may choose (one lane per slot).

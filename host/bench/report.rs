@@ -523,18 +523,17 @@ pub fn print_table(rows: &[Row], run: &RunInfo) -> anyhow::Result<()> {
             pct(run.pct_of(tbs, run.peak_tbs.0))
         )?;
     }
-    if !run.emulator {
+    if run.emulator {
+        outln!(
+            "(CPU emulator: the times are the emulation's, and no GPU roofline applies: %peak \
+             and %bw are left out)"
+        )?;
+    } else {
         let (tbs, source) = run.peak_tbs;
         outln!(
             "(%peak against {} TFLOP/s bf16; %bw against {} TB/s, {source})",
             sig3(run.peak_tflops),
             sig3(tbs)
-        )?;
-    }
-    if run.emulator {
-        outln!(
-            "(CPU emulator: the times are the emulation's, and no GPU roofline applies: %peak \
-             and %bw are left out)"
         )?;
     }
     for r in rows.iter().filter(|r| !r.stages.is_empty()) {

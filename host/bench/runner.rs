@@ -41,7 +41,7 @@ pub struct Settings {
     /// Start no new (model, length) past this many seconds (0: no limit).
     pub deadline_s: f64,
     pub peak_tflops: f64,
-    /// `None`: measure a device copy (`copy_tbs`) at the start of the run.
+    /// `None`: measure a device copy (`copy_bandwidth`) at the start of the run.
     pub peak_tbs: Option<f64>,
 }
 
@@ -231,8 +231,6 @@ fn run_row(
     Ok(())
 }
 
-/// Runs every (model, length) of `s` on `dev`, writing the reports after each row; fails
-/// (after writing them) if any row failed.
 /// The device's copy rate in bytes per second, bytes read plus bytes written (the convention
 /// of the H200's ≈ 4.2 TB/s): the median of 10 device-to-device copies of 1 GiB after one
 /// untimed, and the 10 times (s). The bandwidth roofline of `kiln bench` and the decode bench.
@@ -255,6 +253,8 @@ pub fn copy_bandwidth(dev: &Device) -> anyhow::Result<(f64, Vec<f64>)> {
     Ok((bytes / sorted[sorted.len() / 2], times))
 }
 
+/// Runs every (model, length) of `s` on `dev`, writing the reports after each row; fails
+/// (after writing them) if any row failed.
 pub fn run(s: &Settings, dev: &Device) -> anyhow::Result<()> {
     let start = Instant::now();
     if let Some(dir) = &s.logits_dir {
