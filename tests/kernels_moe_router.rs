@@ -120,9 +120,15 @@ struct Routed {
     routing: Routing,
 }
 
-/// Routes `p`'s tokens `rows` (in that order) on `dev`, every output poisoned first; the
-/// logits buffer has one row more, which must stay poisoned.
+/// Routes `p`'s tokens `rows` (in that order) on `dev` with a new router, every output
+/// poisoned first; the logits buffer has one row more, which must stay poisoned.
 fn route(dev: &Device, p: &Problem, rows: &[usize], renorm: bool) -> Routed {
+    let router = Router::with_segment_k(dev, (rows.len(), p.ne, p.h), p.seg_k).unwrap();
+    route_with(dev, &router, p, rows, renorm)
+}
+
+/// [`route`] with a given router (one used for several calls).
+fn route_with(dev: &Device, router: &Router, p: &Problem, rows: &[usize], renorm: bool) -> Routed {
     let (n, ne, h, k) = (rows.len(), p.ne, p.h, p.k);
     let x: Vec<f32> = rows
         .iter()
@@ -138,7 +144,6 @@ fn route(dev: &Device, p: &Problem, rows: &[usize], renorm: bool) -> Routed {
     let tiles = routing.tiles.len();
     routing.tiles.write(&vec![u32::MAX; tiles]).unwrap();
     let logits: Buffer<f32> = poisoned(dev, (n + 1) * ne, f32::NAN);
-    let router = Router::with_segment_k(dev, (n, ne, h), p.seg_k).unwrap();
     let opts = RouteOptions {
         renormalise: renorm,
         logits: Some(&logits),
@@ -283,7 +288,9 @@ fn fast_router_matches_f64_with_near_ties() {
 /// Each token's logits, ids and weights (bits) are the same routed alone, in batches of 7, 64
 /// and 300, and at other positions (a rotated order: another row of the GEMM's tile and of
 /// the finish kernel's tile). The GEMM's tile width (narrow or wide, chosen from the row
-/// count) gives the same bits too: `kernels_gemm_wgmma` checks narrow against wide.
+/// count) gives the same bits too: `kernels_gemm_wgmma` checks narrow against wide. Every
+/// batch goes through one router, as a model's layers do: its per-tile counts must be back
+/// to zero after each call, or the next call's grouping is wrong.
 #[test]
 fn fast_router_is_batch_invariant() {
     for dev in devices() {
@@ -304,8 +311,9 @@ fn fast_router_is_batch_invariant() {
                 (0..300).map(|t| (t * 7 + 5) % 300).collect(),
                 all.clone(),
             ];
+            let router = Router::with_segment_k(&dev, (300, ne, h), seg_k).unwrap();
             for rows in &batches {
-                let got = route(&dev, &p, rows, true);
+                let got = route_with(&dev, &router, &p, rows, true);
                 for (i, &t) in rows.iter().enumerate() {
                     let what = format!(
                         "{ne} experts: token {t} at {i} of {} vs in 300 on {}",

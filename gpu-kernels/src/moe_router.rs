@@ -3,11 +3,12 @@
 //! pairs by expert with the grouped GEMM's tile table, in two launches:
 //!
 //! - `moe_router_finish_*`: adds each token's partial logits (`moe::PartialLogits`) and
-//!   routes it, a warp per token, `TILE_TOKENS` tokens per block; writes the tile's
-//!   per-expert pair counts.
+//!   routes it, a warp per token, `FINISH_TOKENS` tokens per block (few: the blocks spread
+//!   over many multiprocessors); adds the token's choices into its `TILE_TOKENS`-token tile's
+//!   per-expert pair counts (atomic adds of integers: the counts do not depend on their order).
 //! - `moe_group_scan_place`: one block per tile of tokens: the scan over experts (parallel over
 //!   experts), the tile's pairs placed by the block's warps, block 0 writes offsets and the
-//!   tile table.
+//!   tile table; the last block to have read the counts zeroes them for the next call.
 //!
 //! The partial logits come from the tensor-core GEMM (`gemm_wgmma_f32_segments`, launched by
 //! the host's `ops::moe_router::Router`): the f32 router weights are stored as three bf16
@@ -47,20 +48,23 @@ pub const SEGMENT_K: usize = 1024;
 pub const FAST_MAX_EXPERTS: usize = 256;
 /// Most experts a token may choose (one lane per slot).
 pub const MAX_TOP_K: usize = WARP_SIZE as usize;
-/// Tokens per finish block (a warp each) and per grouping tile: the tile's chosen ids,
-/// `TILE_TOKENS · top_k ≤ 1024`, fit `router_tile_ids`.
+/// Tokens per grouping tile: a block of `moe_group_scan_place` each, and a row of per-expert
+/// pair counts (every such block reads every tile's counts, so more, smaller tiles cost
+/// quadratically: 16-token tiles measured +9 µs at N = 4096, session 9).
 pub const TILE_TOKENS: usize = 32;
-/// Threads of `moe_router_finish_*`: a warp per token of the tile.
-pub const FINISH_THREADS: u32 = TILE_TOKENS as u32 * WARP_SIZE;
+/// Tokens per finish block (a warp each): few, so a short prompt's tokens spread over many
+/// multiprocessors (the routing of one token is a chain of dependent warp steps).
+pub const FINISH_TOKENS: usize = 8;
+/// Threads of `moe_router_finish_*`: a warp per token.
+pub const FINISH_THREADS: u32 = FINISH_TOKENS as u32 * WARP_SIZE;
 /// Threads of the scan-and-place kernel (one per expert).
 pub const PLACE_THREADS: u32 = FAST_MAX_EXPERTS as u32;
 /// Warps of the scan-and-place kernel, each placing a run of the tile's pairs.
 const PLACE_WARPS: usize = PLACE_THREADS as usize / WARP_SIZE as usize;
 
-// Each tile's chosen ids, for counting (tile tokens · top-k ≤ 1024).
-shared_array!(fn router_tile_ids() -> [u32; 1024]);
 shared_array!(fn place_running() -> [u32; PLACE_WARPS * FAST_MAX_EXPERTS]);
 shared_array!(fn place_warp_sums() -> [u32; 16]);
+shared_array!(fn place_last_block() -> [u32; 1]);
 
 /// An order-preserving key of a router logit as `moe::better` ranks them (NaN as −∞, −0 as
 /// +0): every logit's key is above 0, which marks an expert out of the running.
@@ -110,8 +114,13 @@ fn route_token<const EPL: usize>(v: [f32; EPL], ne: usize, k: usize, renorm: boo
     let (mut taken, mut total, mut chosen, mut chosen_p) = (0u32, 0.0f32, 0u32, 0.0f32);
     for s in 0..k {
         let open = |j: usize| taken & (1 << j) == 0;
-        let mine = (0..EPL).filter(|&j| open(j)).map(|j| keys[j]).max();
-        let best = warp_max_u32(mine.unwrap_or(0));
+        let mut mine = 0;
+        for (j, &key) in keys.iter().enumerate() {
+            if open(j) {
+                mine = mine.max(key);
+            }
+        }
+        let best = warp_max_u32(mine);
         // The lowest id holding it: experts are `lane + 32 j`, so the lowest j, then lane.
         let mut id = u32::MAX;
         for (j, &key) in keys.iter().enumerate() {
@@ -133,8 +142,9 @@ fn route_token<const EPL: usize>(v: [f32; EPL], ne: usize, k: usize, renorm: boo
     (chosen, p)
 }
 
-/// Warp `w` of block `tile` routes token `tile · TILE_TOKENS + w` (`EPL` experts per lane)
-/// and the block writes `tile_counts[tile][e]`: the tile's pairs routed to expert `e`.
+/// Warp `w` of block `b` routes token `b · FINISH_TOKENS + w` (`EPL` experts per lane) and
+/// adds its choices into `tile_counts[tile][e]`, its tile's pairs routed to expert `e`
+/// (zero before the launch: `moe_group_scan_place` leaves them so).
 #[inline(always)]
 fn router_finish<const EPL: usize>(
     partials: PartialLogits,
@@ -142,37 +152,26 @@ fn router_finish<const EPL: usize>(
     (k, flags): (usize, u32),
 ) {
     let (n, ne) = (partials.n_tokens, partials.n_expert);
-    let tile = block_idx().x as usize;
-    let (r, lane) = (warp_id() as usize, lane_id() as usize);
-    let tile_ids = router_tile_ids();
-    let rows = n.min((tile + 1) * TILE_TOKENS) - tile * TILE_TOKENS;
-    if r < rows {
-        let t = tile * TILE_TOKENS + r;
-        let v: [f32; EPL] = partials.lane_logits::<EPL>(t, lane);
-        if flags & FLAG_WRITE_LOGITS != 0 {
-            for (j, &x) in v.iter().enumerate() {
-                if lane + 32 * j < ne {
-                    logits.set(t * ne + lane + 32 * j, x);
-                }
+    let (w, lane) = (warp_id() as usize, lane_id() as usize);
+    let t = block_idx().x as usize * FINISH_TOKENS + w;
+    if t >= n {
+        return;
+    }
+    let v: [f32; EPL] = partials.lane_logits::<EPL>(t, lane);
+    if flags & FLAG_WRITE_LOGITS != 0 {
+        for (j, &x) in v.iter().enumerate() {
+            if lane + 32 * j < ne {
+                logits.set(t * ne + lane + 32 * j, x);
             }
         }
-        let (id, weight) = route_token::<EPL>(v, ne, k, flags & FLAG_RENORMALISE != 0);
-        if lane < k {
-            ids.set(t * k + lane, id);
-            weights.set(t * k + lane, weight);
-            tile_ids.store(r * k + lane, id);
-        }
     }
-    sync_threads();
-    let pairs = rows * k;
-    let mut e = thread_idx().x as usize;
-    while e < ne {
-        let mut count = 0;
-        for q in 0..pairs {
-            count += (tile_ids.load(q) as usize == e) as u32;
+    let (id, weight) = route_token::<EPL>(v, ne, k, flags & FLAG_RENORMALISE != 0);
+    if lane < k {
+        ids.set(t * k + lane, id);
+        weights.set(t * k + lane, weight);
+        if (id as usize) < ne {
+            atomic_add_u32(tile_counts, (t / TILE_TOKENS) * ne + id as usize, 1);
         }
-        tile_counts.set(tile * ne + e, count);
-        e += block_dim().x as usize;
     }
 }
 
@@ -182,9 +181,9 @@ macro_rules! finish_kernel {
             threads = FINISH_THREADS;
             /// Adds each token's partial logits (`[segments][t][PARTS][n_expert]`, in the order
             /// of `moe::PartialLogits`) and routes it, for `n_expert ≤ 32 · EPL`: `ids[t][s]`, `weights[t][s]`
-            /// in selection order, `logits` `[t][n_expert]` with `FLAG_WRITE_LOGITS`, and
-            /// `tile_counts[tile][e]`. Block `FINISH_THREADS` (a warp per token), grid
-            /// `⌈n / TILE_TOKENS⌉`.
+            /// in selection order, `logits` `[t][n_expert]` with `FLAG_WRITE_LOGITS`, and adds
+            /// into `tile_counts[tile][e]` (zero before). Block `FINISH_THREADS` (a warp per
+            /// token), grid `⌈n / FINISH_TOKENS⌉`.
             pub fn $finish(
                 partials: In<f32>,
                 ids: Out<u32>,
@@ -254,10 +253,13 @@ kernel! {
     /// counting them (the warps' counts scanned in warp order): `sorted[row] = pair`,
     /// `row_of_pair[pair] = row`. Block 0 also writes `offsets[e]` (`offsets[n_expert]` =
     /// pairs), the grouped GEMM's tile table (`tiles[2t] = expert`, `tiles[2t + 1] = first
-    /// row`) and `num_tiles[0]`.
+    /// row`) and `num_tiles[0]`. The last block to have read the counts (`blocks_done[0]`
+    /// counts them, and is left 0) zeroes them, so the next call's finish kernel adds into
+    /// zeros.
     pub fn moe_group_scan_place(
         ids: In<u32>,
-        tile_counts: In<u32>,
+        tile_counts: Out<u32>,
+        blocks_done: Out<u32>,
         sorted: Out<u32>,
         row_of_pair: Out<u32>,
         offsets: Out<u32>,
@@ -270,7 +272,7 @@ kernel! {
         let (tile, n_tiles) = (block_idx().x as usize, grid_dim().x as usize);
         let (ne, e) = (n_expert as usize, thread_idx().x as usize);
         let (before, rows) = if e < ne {
-            expert_rows(tile_counts, (tile, n_tiles), ne, e)
+            expert_rows(tile_counts.as_in(), (tile, n_tiles), ne, e)
         } else {
             (0, 0)
         };
@@ -308,6 +310,13 @@ kernel! {
         let bits = expert_bits(ne);
         walk_pairs(ids, mine, bits, running, None);
         sync_threads();
+        // Every thread of this block has read its counts (the barrier); the fence orders
+        // those reads before the ticket, so the block that takes the last one may zero them.
+        if e == 0 {
+            threadfence();
+            let ticket = atomic_add_u32(blocks_done, 0, 1);
+            place_last_block().store(0, (ticket as usize == n_tiles - 1) as u32);
+        }
         for w in 0..warp {
             rows_in += sums.load(2 * w);
             tiles_in += sums.load(2 * w + 1);
@@ -336,5 +345,15 @@ kernel! {
         }
         sync_threads();
         walk_pairs(ids, mine, bits, running, Some((sorted, row_of_pair)));
+        if place_last_block().load(0) == 1 {
+            let mut i = e;
+            while i < n_tiles * ne {
+                tile_counts.set(i, 0);
+                i += PLACE_THREADS as usize;
+            }
+            if e == 0 {
+                blocks_done.set(0, 0);
+            }
+        }
     }
 }

@@ -37,7 +37,7 @@ use emu as backend;
 pub use backend::{
     Shared, atomic_add_f32, atomic_add_u32, ballot, block_dim, block_idx, dynamic_shared, grid_dim,
     mma_bf16_m16n8k16, shfl_down_f32, shfl_idx_f32, shfl_idx_u32, shfl_xor_f32, shfl_xor_u32,
-    sync_threads, sync_warp, thread_idx, vote_all, vote_any, warp_max_u32,
+    sync_threads, sync_warp, thread_idx, threadfence, vote_all, vote_any, warp_max_u32,
 };
 pub use ptr::{In, Out};
 pub use types::{Dim3, SharedWord, WARP_SIZE};

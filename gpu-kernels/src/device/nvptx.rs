@@ -149,6 +149,15 @@ pub fn atomic_add_f32(p: Out<f32>, i: usize, v: f32) -> f32 {
     old
 }
 
+/// `fence.acq_rel.gpu`: this thread's memory accesses before it (and, after a block barrier,
+/// those of the threads it synchronised with) are ordered before its accesses after it, for
+/// every thread of the GPU: with an atomic after it, the "last block done" handshake.
+#[inline(always)]
+pub fn threadfence() {
+    // SAFETY: a memory fence; touches no memory.
+    unsafe { core::arch::asm!("fence.acq_rel.gpu;") };
+}
+
 /// `atom.add.u32`; returns the old value.
 #[inline(always)]
 pub fn atomic_add_u32(p: Out<u32>, i: usize, v: u32) -> u32 {

@@ -20,7 +20,8 @@ use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::gemm_wgmma::BK;
 use gpu_kernels::moe::{FLAG_RENORMALISE, FLAG_WRITE_LOGITS};
 use gpu_kernels::moe_router::{
-    self, FAST_MAX_EXPERTS, FINISH_THREADS, MAX_TOP_K, PARTS, PLACE_THREADS, SEGMENT_K, TILE_TOKENS,
+    self, FAST_MAX_EXPERTS, FINISH_THREADS, FINISH_TOKENS, MAX_TOP_K, PARTS, PLACE_THREADS,
+    SEGMENT_K, TILE_TOKENS,
 };
 
 /// A router weight `W [n_expert][hidden]` (f32) as the GEMM reads it: `PARTS` bf16 matrices
@@ -78,8 +79,11 @@ pub struct Router {
     shape: PartialShape,
     /// Partial logits `[segments][tokens][PARTS][n_expert]`, the GEMM's output.
     partials: Buffer<f32>,
-    /// Per tile of `TILE_TOKENS` tokens and expert, the tile's pairs (fast path only).
+    /// Per tile of `TILE_TOKENS` tokens and expert, the tile's pairs (fast path only): zero
+    /// between calls (allocated so; the scan-and-place kernel leaves them so).
     tile_counts: Option<Buffer<u32>>,
+    /// The scan-and-place blocks that have read the counts (0 between calls).
+    blocks_done: Buffer<u32>,
 }
 
 impl Router {
@@ -128,6 +132,7 @@ impl Router {
             shape,
             partials: dev.alloc(len, "router partial logits")?,
             tile_counts,
+            blocks_done: dev.alloc(1, "router scan-and-place ticket")?,
         })
     }
 
@@ -186,13 +191,16 @@ impl Router {
             K,
             "top-{k} exceeds the fast path's {MAX_TOP_K}"
         );
-        let tiles = n.div_ceil(TILE_TOKENS);
         let flags = (FLAG_RENORMALISE * opts.renormalise as u32)
             | (FLAG_WRITE_LOGITS * opts.logits.is_some() as u32);
         let (nn, nex, kk) = (to_u32(K, "tokens", n)?, ne as u32, k as u32);
         let segments = self.shape.segments as u32;
-        let grid = to_u32(K, "token tiles", tiles)?;
-        let cfg = LaunchConfig::linear(grid, FINISH_THREADS);
+        // Everything both launches need is checked before the first: the finish kernel's
+        // counts are zeroed again only by the scan-and-place kernel.
+        let tiles = to_u32(K, "token tiles", n.div_ceil(TILE_TOKENS))?;
+        let (pairs, tile_pairs) = (to_u32(K, "pairs", n * k)?, (TILE_TOKENS * k) as u32);
+        let finish_blocks = to_u32(K, "finish blocks", n.div_ceil(FINISH_TOKENS))?;
+        let cfg = LaunchConfig::linear(finish_blocks, FINISH_THREADS);
         // Unwritten without FLAG_WRITE_LOGITS.
         let logits = opts.logits.unwrap_or(&self.partials);
         let (ids, weights) = (routing.ids.output(), routing.weights.output());
@@ -208,17 +216,18 @@ impl Router {
         }
         moe_router::moe_group_scan_place::launch(
             dev,
-            LaunchConfig::linear(grid, PLACE_THREADS),
+            LaunchConfig::linear(tiles, PLACE_THREADS),
             routing.ids.input(),
-            tile_counts.input(),
+            tile_counts.output(),
+            self.blocks_done.output(),
             routing.sorted.output(),
             routing.row_of_pair.output(),
             routing.offsets.output(),
             routing.tiles.output(),
             routing.num_tiles.output(),
-            to_u32(K, "pairs", n * k)?,
+            pairs,
             nex,
-            to_u32(K, "pairs per tile", TILE_TOKENS * k)?,
+            tile_pairs,
         )
     }
 }

@@ -190,3 +190,7 @@ pub fn atomic_add_f32(p: Out<f32>, i: usize, v: f32) -> f32 {
 pub fn atomic_add_u32(p: Out<u32>, i: usize, v: u32) -> u32 {
     atomic_word(p.element_ptr(i)).fetch_add(v, Ordering::Relaxed)
 }
+/// `fence.acq_rel.gpu`, as a host fence (the emulated threads run on host threads).
+pub fn threadfence() {
+    std::sync::atomic::fence(Ordering::SeqCst)
+}
