@@ -28,6 +28,7 @@
 
 mod common;
 use common::*;
+use gpu_kernels::gemm_wgmma::NARROW_BN;
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm::Epilogue;
 use kiln::gpu::ops::gemm_wgmma::{self, TileWidth, interleave_gate_up, interleaved_rows};
@@ -328,7 +329,9 @@ fn run_segments(dev: &Device, c: &Case, (first, rows): (usize, usize), seg_k: us
     let (m, k) = (c.m, c.k);
     let len = k.div_ceil(seg_k) * rows * m;
     let x = tma_upload(dev, &c.x.0[first * k..(first + rows) * k], rows, k);
-    let w = tma_upload(dev, &c.w.0, m, k);
+    let w = dev
+        .tma_matrix_boxed(upload(dev, &c.w.0), m, k, NARROW_BN as u32)
+        .unwrap();
     let y = poisoned(dev, len + m, f32::NAN);
     gemm_wgmma::matmul_segments(dev, &x, &w, &y, rows, seg_k).unwrap();
     let got = y.to_vec().unwrap();
@@ -390,6 +393,20 @@ fn matmul_segments_match_f64_per_segment() {
                 }
             }
         }
+    }
+}
+
+/// The K-segmented GEMM runs narrow tiles, so a weight map read in the dense GEMMs' boxes is
+/// refused with a shape error, not loaded in the wrong rows.
+#[test]
+fn matmul_segments_refuse_a_wide_box() {
+    for dev in devices() {
+        let c = Case::new(8, 128, 128, 410);
+        let x = tma_upload(&dev, &c.x.0, 8, 128);
+        let w = tma_upload(&dev, &c.w.0, 128, 128);
+        let y = poisoned(&dev, 2 * 8 * 128, f32::NAN);
+        let err = gemm_wgmma::matmul_segments(&dev, &x, &w, &y, 8, 64).unwrap_err();
+        assert!(err.to_string().contains("boxes of 64 rows"), "{err}");
     }
 }
 

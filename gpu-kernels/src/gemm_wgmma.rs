@@ -33,7 +33,7 @@ use crate::device::async_copy::{
 };
 use crate::device::tensor_core::{
     Accumulators, WgmmaDesc, swizzle_aligned_shared_base, wgmma_commit, wgmma_fence,
-    wgmma_m64n128k16_ss, wgmma_m64n256k16_ss_pair, wgmma_wait,
+    wgmma_m64n64k16_ss, wgmma_m64n128k16_ss, wgmma_m64n256k16_ss_pair, wgmma_wait,
 };
 use crate::device::*;
 use seq_macro::seq;
@@ -80,6 +80,10 @@ pub const WIDE_SHARED_BYTES: u32 = WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES)
     + 2 * 8 * WIDE_STAGES as u32
     + 1024;
 
+/// Output columns per block of the narrow kernel (`gemm_wgmma_f32_segments`); its B map must
+/// be read in boxes of `NARROW_BN` rows.
+pub const NARROW_BN: usize = BN / 2;
+
 /// Rows per tile of the grouped (MoE) GEMMs: they use the wide dense tile (128 × `WIDE_BN`),
 /// whose A operand is read through a map with boxes of `GROUPED_BM` rows.
 pub const GROUPED_BM: usize = BM;
@@ -96,12 +100,16 @@ enum Split {
     /// Wide (dense and grouped): 128 rows × `WIDE_BN` columns, consumer `c` takes rows
     /// `64c..`, as two 128-column halves.
     WideRows,
+    /// Narrow: 128 rows × `NARROW_BN` columns, consumer `c` takes rows `64c..` (`m64n64k16`):
+    /// half a dense tile's work per block, so a small GEMM (the MoE router's) spreads over
+    /// twice the multiprocessors.
+    NarrowRows,
 }
 
 impl Split {
     const fn stages(self) -> usize {
         match self {
-            Split::Rows => STAGES,
+            Split::Rows | Split::NarrowRows => STAGES,
             Split::WideRows => WIDE_STAGES,
         }
     }
@@ -112,6 +120,7 @@ impl Split {
         match self {
             Split::Rows => B_BYTES,
             Split::WideRows => 2 * B_BYTES,
+            Split::NarrowRows => B_BYTES / 2,
         }
     }
     /// B rows (tile columns) per tile.
@@ -119,14 +128,26 @@ impl Split {
         match self {
             Split::Rows => BN as u32,
             Split::WideRows => WIDE_BN as u32,
+            Split::NarrowRows => NARROW_BN as u32,
         }
     }
     /// Dynamic shared memory of a launch.
     const fn shared_bytes(self) -> u32 {
         match self {
-            Split::Rows => SHARED_BYTES,
+            Split::Rows | Split::NarrowRows => SHARED_BYTES,
             Split::WideRows => WIDE_SHARED_BYTES,
         }
+    }
+    /// Tile columns per accumulator array (`Acc`): `BN`, or `NARROW_BN` for narrow tiles,
+    /// whose accumulators fill the lower half of the array.
+    const fn half_cols(self) -> u32 {
+        match self {
+            Split::NarrowRows => NARROW_BN as u32,
+            _ => BN as u32,
+        }
+    }
+    const fn narrow(self) -> bool {
+        matches!(self, Split::NarrowRows)
     }
     /// Whether each consumer keeps a second 128-column accumulator (columns `+BN`).
     const fn wide(self) -> bool {
@@ -236,7 +257,11 @@ fn persistent(
     let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         // The producer needs few registers; the consumers get them (see the module doc).
-        lower_registers::<PRODUCER_REGISTERS>();
+        // Narrow tiles' consumers fit the launch's budget: ptxas then sizes the kernel below
+        // it, and would ignore `setmaxnreg` (C7508).
+        if !split.narrow() {
+            lower_registers::<PRODUCER_REGISTERS>();
+        }
         if tid == 0 {
             let mut it = 0u32;
             let mut t = first;
@@ -265,9 +290,11 @@ fn persistent(
         }
         return;
     }
-    raise_registers::<CONSUMER_REGISTERS>();
+    if !split.narrow() {
+        raise_registers::<CONSUMER_REGISTERS>();
+    }
     let consumer = wg - 1;
-    let wide = split.wide();
+    let (wide, narrow) = (split.wide(), split.narrow());
     let (row_off, col_off) = split.origin(consumer);
     let release = tid.is_multiple_of(128);
     let mut it = 0u32;
@@ -294,6 +321,11 @@ fn persistent(
                 if wide {
                     let (a, b) = (a.advance(32 * KK), b.advance(32 * KK));
                     wgmma_m64n256k16_ss_pair(&mut acc, &mut acc_hi, a, b);
+                } else if narrow {
+                    // Always `Some` (32 of 64): the check folds away.
+                    if let Some(lower) = acc.first_chunk_mut::<32>() {
+                        wgmma_m64n64k16_ss(lower, a.advance(32 * KK), b.advance(32 * KK));
+                    }
                 } else {
                     wgmma_m64n128k16_ss(&mut acc, a.advance(32 * KK), b.advance(32 * KK));
                 }
@@ -432,8 +464,8 @@ kernel! {
     /// Narrow tiles (`SHARED_BYTES`); persistent, as `gemm_wgmma_f32`.
     pub fn gemm_wgmma_f32_segments(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, n_rows: u32, m: u32, k: u32, seg_k: u32) {
         let (k_slices, segment) = (k.div_ceil(BK as u32), (seg_k / BK as u32).max(1));
-        let tiles = |t| dense_tile(t, (n_rows, m, BN as u32), (k_slices, segment));
-        let (split, plane) = (Split::Rows, n_rows * m);
+        let tiles = |t| dense_tile(t, (n_rows, m, NARROW_BN as u32), (k_slices, segment));
+        let (split, plane) = (Split::NarrowRows, n_rows * m);
         persistent(split, (map_x, map_w), tiles, SegmentStore { split, y, m, segment, plane });
     }
 }

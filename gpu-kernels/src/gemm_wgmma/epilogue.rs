@@ -23,13 +23,16 @@ pub(super) fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
 }
 
 /// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
-/// in half `half` (tile-relative; `col` even). Unrolled, so the accumulators stay in registers.
+/// in half `half` (tile-relative; `col` even; a narrow tile's lower half of `acc` only).
+/// Unrolled, so the accumulators stay in registers.
 #[inline(always)]
 fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
     let (row, col) = fragment_origin(split, half);
     seq!(J in 0..16 {
-        store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
-        store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
+        if 8 * J < split.half_cols() {
+            store(row, col + 8 * J, acc[4 * J], acc[4 * J + 1]);
+            store(row + 8, col + 8 * J, acc[4 * J + 2], acc[4 * J + 3]);
+        }
     });
 }
 
@@ -205,10 +208,13 @@ fn store_columns_staged<O: OutElement>(
     let round_cols = BN as u32 / rounds;
     let col0 = col0 + BN as u32 * half;
     let add = O::ADDS && flags & EPI_ADD_TO_Y != 0;
+    // A narrow tile's columns end at `half_cols`: its later rounds, fragments and chunks (whose
+    // staging holds nothing of this tile) are skipped.
+    let cols = split.half_cols();
     seq!(Q in 0..2 {
-        if Q < rounds {
+        if Q < rounds && Q * round_cols < cols {
             seq!(J in 0..16 {
-                if J * rounds / 16 == Q {
+                if J * rounds / 16 == Q && 8 * J < cols {
                     let c = 8 * J + frag_col;
                     seq!(R in 0..2 {
                         let mut v = [acc[4 * J + 2 * R], acc[4 * J + 2 * R + 1]];
@@ -221,7 +227,8 @@ fn store_columns_staged<O: OutElement>(
                     });
                 }
             });
-            stage.drain(STAGE_ROW_BYTES, |r, k, w| {
+            let row_bytes = if split.narrow() { cols * O::BYTES } else { STAGE_ROW_BYTES };
+            stage.drain(row_bytes.min(STAGE_ROW_BYTES), |r, k, w| {
                 let (row, col) = (row0 + warp_row + r, col0 + Q * round_cols + k * 16 / O::BYTES);
                 if row < end && col < m {
                     y.store_chunk((row * m + col) as usize, w, add);

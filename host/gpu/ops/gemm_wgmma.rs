@@ -6,7 +6,7 @@ use super::gemm::Epilogue;
 use super::to_u32;
 use crate::gpu::{Buffer, Device, Element, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::gemm_wgmma::{
-    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
+    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, NARROW_BN, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
 };
 
 /// Output features per gate (or up) block of an interleaved gate|up weight matrix.
@@ -97,7 +97,9 @@ pub fn matmul_tiled(
 /// K-segmented `x · wᵀ`: `y` is `[⌈k / seg_k⌉][rows][m]` f32, plane `s` the products over K
 /// columns `s·seg_k..(s+1)·seg_k` alone, for the caller to add in a fixed order (split-K whose
 /// split is a function of `k` and `seg_k`, never of `rows`: batch-invariant). `seg_k` a
-/// positive multiple of `BK` (64).
+/// positive multiple of `BK` (64). Narrow tiles (128 × `NARROW_BN`), so `w` must be read in
+/// boxes of `NARROW_BN` rows ([`Device::tma_matrix_boxed`]): the router's 3 · 128 columns at
+/// 512 tokens make 48 blocks of two segments instead of 24.
 pub fn matmul_segments(
     dev: &Device,
     x: &TmaMatrix,
@@ -113,6 +115,12 @@ pub fn matmul_segments(
         K,
         "segment width {seg_k} must be a positive multiple of {BK}"
     );
+    ensure_shape!(
+        w.box_rows() == NARROW_BN as u32,
+        K,
+        "w must be read in boxes of {NARROW_BN} rows (narrow tiles), not {}",
+        w.box_rows()
+    );
     let segments = k.div_ceil(seg_k);
     x.check(K, "x", rows, k)?;
     super::check_len(K, "y", y, segments * rows * m)?;
@@ -120,7 +128,7 @@ pub fn matmul_segments(
     if rows == 0 {
         return Ok(());
     }
-    let tiles = rows.div_ceil(BM) * m.div_ceil(BN) * segments;
+    let tiles = rows.div_ceil(BM) * m.div_ceil(NARROW_BN) * segments;
     let cfg = super::persistent(dev, K, tiles, THREADS, SHARED_BYTES)?;
     let (rows, m, k, seg_k) = (rows as u32, m as u32, k as u32, seg_k as u32);
     gemm_wgmma::gemm_wgmma_f32_segments::launch(

@@ -17,7 +17,7 @@ use super::gemm_wgmma::matmul_segments;
 use super::moe::{PartialShape, RouteOptions, Routing};
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::gemm_wgmma::BK;
+use gpu_kernels::gemm_wgmma::{BK, NARROW_BN};
 use gpu_kernels::moe::{FLAG_RENORMALISE, FLAG_WRITE_LOGITS};
 use gpu_kernels::moe_router::{
     self, FAST_MAX_EXPERTS, FINISH_THREADS, FINISH_TOKENS, MAX_TOP_K, PARTS, PLACE_THREADS,
@@ -46,7 +46,7 @@ impl RouterWeights {
         let data = dev.alloc::<u16>(PARTS * n, "router weights (bf16 parts)")?;
         f32_to_bf16x3(dev, w, &data, n)?;
         Ok(RouterWeights {
-            parts: dev.tma_matrix(data, PARTS * n_expert, hidden)?,
+            parts: dev.tma_matrix_boxed(data, PARTS * n_expert, hidden, NARROW_BN as u32)?,
             n_expert,
         })
     }
