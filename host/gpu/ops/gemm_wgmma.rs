@@ -6,7 +6,8 @@ use super::gemm::Epilogue;
 use super::to_u32;
 use crate::gpu::{Buffer, Device, Element, LaunchConfig, Result, TmaMatrix, ensure_shape};
 use gpu_kernels::gemm_wgmma::{
-    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, NARROW_BN, SHARED_BYTES, THREADS, WIDE_BN, WIDE_SHARED_BYTES,
+    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, NARROW_BN, SHARED_BYTES, THREADS, WIDE_BN,
+    WIDE_SHARED_BYTES,
 };
 
 /// Output features per gate (or up) block of an interleaved gate|up weight matrix.
