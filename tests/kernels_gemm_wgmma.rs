@@ -28,10 +28,12 @@
 
 mod common;
 use common::*;
-use gpu_kernels::gemm_wgmma::NARROW_BN;
+use gpu_kernels::gemm_wgmma::HALF_BN;
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm::Epilogue;
-use kiln::gpu::ops::gemm_wgmma::{self, TileWidth, interleave_gate_up, interleaved_rows};
+use kiln::gpu::ops::gemm_wgmma::{
+    self, SegmentTiles, TileWidth, interleave_gate_up, interleaved_rows,
+};
 use kiln::reference::ops::{self, matmul};
 
 const TOL: f64 = 1e-5;
@@ -322,22 +324,27 @@ fn gemms_are_batch_invariant() {
     }
 }
 
-/// `matmul_segments` of rows `first..first + rows` of `c` in K segments of `seg_k` into a
-/// poisoned `y` with one row more, which must stay poisoned. Returns the planes
+/// `matmul_segments` (tiling `tiles`) of rows `first..first + rows` of `c` in K segments of
+/// `seg_k` into a poisoned `y` with one row more, which must stay poisoned. Returns the planes
 /// (`[segments][rows][m]`).
-fn run_segments(dev: &Device, c: &Case, (first, rows): (usize, usize), seg_k: usize) -> Vec<f32> {
+fn run_segments(
+    dev: &Device,
+    c: &Case,
+    (first, rows, tiles): (usize, usize, SegmentTiles),
+    seg_k: usize,
+) -> Vec<f32> {
     let (m, k) = (c.m, c.k);
     let len = k.div_ceil(seg_k) * rows * m;
     let x = tma_upload(dev, &c.x.0[first * k..(first + rows) * k], rows, k);
-    let w = dev
-        .tma_matrix_boxed(upload(dev, &c.w.0), m, k, NARROW_BN as u32)
+    let w = tma_upload(dev, &c.w.0, m, k)
+        .with_second_box(dev, HALF_BN as u32)
         .unwrap();
     let y = poisoned(dev, len + m, f32::NAN);
-    gemm_wgmma::matmul_segments(dev, &x, &w, &y, rows, seg_k).unwrap();
+    gemm_wgmma::matmul_segments_tiled(dev, &x, &w, &y, (rows, tiles), seg_k).unwrap();
     let got = y.to_vec().unwrap();
     assert!(
         got[len..].iter().all(|v| v.is_nan()),
-        "{}x{}x{k} in segments of {seg_k}: y written past its planes",
+        "{}x{}x{k} in segments of {seg_k} ({tiles:?}): y written past its planes",
         rows,
         m
     );
@@ -345,9 +352,10 @@ fn run_segments(dev: &Device, c: &Case, (first, rows): (usize, usize), seg_k: us
 }
 
 /// Each plane of the K-segmented GEMM (the MoE router's) is its segment's product against
-/// float64, segments ending inside a 64-wide slice included (the rest zero-filled); one
-/// segment over all of K gives the plain GEMM's bits; and a row's partials are the same bits
-/// in a call of any size.
+/// float64, segments ending inside a 64-wide slice included (the rest zero-filled), in
+/// narrow and in half-width tiles, which give the same bits (`m64n128k16` and `m64n64k16`:
+/// the host picks either per call); one segment over all of K gives the plain GEMM's bits;
+/// and a row's partials are the same bits in a call of any size.
 #[test]
 fn matmul_segments_match_f64_per_segment() {
     // (rows, m, k, segment width)
@@ -360,7 +368,7 @@ fn matmul_segments_match_f64_per_segment() {
     for dev in devices() {
         for (i, &(rows, m, k, seg_k)) in shapes.iter().enumerate() {
             let c = Case::new(rows, m, k, 400 + i as u64);
-            let got = run_segments(&dev, &c, (0, rows), seg_k);
+            let got = run_segments(&dev, &c, (0, rows, SegmentTiles::Narrow), seg_k);
             for (s, plane) in got.chunks(rows * m).enumerate() {
                 let cols = s * seg_k..((s + 1) * seg_k).min(k);
                 let w = cols.len();
@@ -377,7 +385,18 @@ fn matmul_segments_match_f64_per_segment() {
                 );
                 assert_close(&name, &dev, plane, &want, TOL);
             }
-            let whole = run_segments(&dev, &c, (0, rows), k.div_ceil(64) * 64);
+            let half = run_segments(&dev, &c, (0, rows, SegmentTiles::Half), seg_k);
+            let what = format!(
+                "{rows}x{m}x{k}: half-width vs narrow tiles on {}",
+                dev.name()
+            );
+            assert_same(&bits(&half), &bits(&got), &what);
+            let whole = run_segments(
+                &dev,
+                &c,
+                (0, rows, SegmentTiles::Narrow),
+                k.div_ceil(64) * 64,
+            );
             let plain = run_matmul(&dev, &c, (0, rows, TileWidth::Narrow), false, None);
             assert_same(
                 &bits(&whole),
@@ -385,7 +404,7 @@ fn matmul_segments_match_f64_per_segment() {
                 "one segment vs the plain GEMM",
             );
             for first in [0, rows / 2, rows - 1] {
-                let alone = run_segments(&dev, &c, (first, 1), seg_k);
+                let alone = run_segments(&dev, &c, (first, 1, SegmentTiles::Auto), seg_k);
                 for (s, plane) in alone.chunks(m).enumerate() {
                     let at = s * rows * m + first * m;
                     let what = format!("segment {s}, row {first} alone vs in {rows}");
@@ -396,17 +415,24 @@ fn matmul_segments_match_f64_per_segment() {
     }
 }
 
-/// The K-segmented GEMM runs narrow tiles, so a weight map read in the dense GEMMs' boxes is
-/// refused with a shape error, not loaded in the wrong rows.
+/// Each tiling reads `w` through the map of its boxes: a matrix without the half-width map is
+/// refused with a shape error where half-width tiles would run, not read in the wrong rows.
 #[test]
-fn matmul_segments_refuse_a_wide_box() {
+fn matmul_segments_refuse_a_missing_map() {
     for dev in devices() {
         let c = Case::new(8, 128, 128, 410);
         let x = tma_upload(&dev, &c.x.0, 8, 128);
         let w = tma_upload(&dev, &c.w.0, 128, 128);
         let y = poisoned(&dev, 2 * 8 * 128, f32::NAN);
-        let err = gemm_wgmma::matmul_segments(&dev, &x, &w, &y, 8, 64).unwrap_err();
-        assert!(err.to_string().contains("boxes of 64 rows"), "{err}");
+        for tiles in [SegmentTiles::Half, SegmentTiles::Auto] {
+            let err =
+                gemm_wgmma::matmul_segments_tiled(&dev, &x, &w, &y, (8, tiles), 64).unwrap_err();
+            assert!(
+                err.to_string().contains("boxes of 64 rows"),
+                "{tiles:?}: {err}"
+            );
+        }
+        gemm_wgmma::matmul_segments_tiled(&dev, &x, &w, &y, (8, SegmentTiles::Narrow), 64).unwrap();
     }
 }
 

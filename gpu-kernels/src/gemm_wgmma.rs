@@ -4,9 +4,9 @@
 //! Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread streams 64-wide
 //! K slices of the x tile (`BM` rows) and the w tile (`BN` rows) into a ring of `STAGES`
 //! shared-memory slots, each guarded by a "full" and an "empty" mbarrier. Warpgroups 1 and 2
-//! are consumers: each owns 64 rows of the tile and runs four k16 steps of `m64n128k16` (`m64n256k16` for wide tiles) per slot,
-//! keeping one batch in flight, then releases the slot. The epilogue goes from registers
-//! straight to global memory.
+//! are consumers: each owns 64 rows of the tile and runs four k16 steps of `m64n128k16`
+//! (`m64n256k16` for wide tiles, `m64n64k16` for half-width ones) per slot, keeping one batch
+//! in flight, then releases the slot. The epilogue stores through shared memory (epilogue.rs).
 //!
 //! Registers: 384 threads get at most 168 each at launch; the producer warpgroup lowers its
 //! budget to 40 and the consumers raise theirs to 232 (`setmaxnreg`, honoured because each
@@ -80,9 +80,9 @@ pub const WIDE_SHARED_BYTES: u32 = WIDE_STAGES as u32 * (A_BYTES + 2 * B_BYTES)
     + 2 * 8 * WIDE_STAGES as u32
     + 1024;
 
-/// Output columns per block of the narrow kernel (`gemm_wgmma_f32_segments`); its B map must
-/// be read in boxes of `NARROW_BN` rows.
-pub const NARROW_BN: usize = BN / 2;
+/// Output columns per block of the half-width kernel (`gemm_wgmma_f32_segments_half`); its B
+/// map must be read in boxes of `HALF_BN` rows.
+pub const HALF_BN: usize = BN / 2;
 
 /// Rows per tile of the grouped (MoE) GEMMs: they use the wide dense tile (128 × `WIDE_BN`),
 /// whose A operand is read through a map with boxes of `GROUPED_BM` rows.
@@ -100,16 +100,16 @@ enum Split {
     /// Wide (dense and grouped): 128 rows × `WIDE_BN` columns, consumer `c` takes rows
     /// `64c..`, as two 128-column halves.
     WideRows,
-    /// Narrow: 128 rows × `NARROW_BN` columns, consumer `c` takes rows `64c..` (`m64n64k16`):
-    /// half a dense tile's work per block, so a small GEMM (the MoE router's) spreads over
-    /// twice the multiprocessors.
-    NarrowRows,
+    /// Half width: 128 rows × `HALF_BN` columns, consumer `c` takes rows `64c..`
+    /// (`m64n64k16`): half a narrow tile's work per block, so a small GEMM (the MoE router's
+    /// at few tokens) spreads over twice the multiprocessors.
+    HalfWidth,
 }
 
 impl Split {
     const fn stages(self) -> usize {
         match self {
-            Split::Rows | Split::NarrowRows => STAGES,
+            Split::Rows | Split::HalfWidth => STAGES,
             Split::WideRows => WIDE_STAGES,
         }
     }
@@ -120,7 +120,7 @@ impl Split {
         match self {
             Split::Rows => B_BYTES,
             Split::WideRows => 2 * B_BYTES,
-            Split::NarrowRows => B_BYTES / 2,
+            Split::HalfWidth => B_BYTES / 2,
         }
     }
     /// B rows (tile columns) per tile.
@@ -128,26 +128,26 @@ impl Split {
         match self {
             Split::Rows => BN as u32,
             Split::WideRows => WIDE_BN as u32,
-            Split::NarrowRows => NARROW_BN as u32,
+            Split::HalfWidth => HALF_BN as u32,
         }
     }
     /// Dynamic shared memory of a launch.
     const fn shared_bytes(self) -> u32 {
         match self {
-            Split::Rows | Split::NarrowRows => SHARED_BYTES,
+            Split::Rows | Split::HalfWidth => SHARED_BYTES,
             Split::WideRows => WIDE_SHARED_BYTES,
         }
     }
-    /// Tile columns per accumulator array (`Acc`): `BN`, or `NARROW_BN` for narrow tiles,
+    /// Tile columns per accumulator array (`Acc`): `BN`, or `HALF_BN` for half-width tiles,
     /// whose accumulators fill the lower half of the array.
     const fn half_cols(self) -> u32 {
         match self {
-            Split::NarrowRows => NARROW_BN as u32,
+            Split::HalfWidth => HALF_BN as u32,
             _ => BN as u32,
         }
     }
-    const fn narrow(self) -> bool {
-        matches!(self, Split::NarrowRows)
+    const fn half_width(self) -> bool {
+        matches!(self, Split::HalfWidth)
     }
     /// Whether each consumer keeps a second 128-column accumulator (columns `+BN`).
     const fn wide(self) -> bool {
@@ -257,9 +257,9 @@ fn persistent(
     let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         // The producer needs few registers; the consumers get them (see the module doc).
-        // Narrow tiles' consumers fit the launch's budget: ptxas then sizes the kernel below
-        // it, and would ignore `setmaxnreg` (C7508).
-        if !split.narrow() {
+        // Half-width tiles' consumers fit the launch's budget: ptxas then sizes the kernel
+        // below it, and would ignore `setmaxnreg` (C7508).
+        if !split.half_width() {
             lower_registers::<PRODUCER_REGISTERS>();
         }
         if tid == 0 {
@@ -290,11 +290,11 @@ fn persistent(
         }
         return;
     }
-    if !split.narrow() {
+    if !split.half_width() {
         raise_registers::<CONSUMER_REGISTERS>();
     }
     let consumer = wg - 1;
-    let (wide, narrow) = (split.wide(), split.narrow());
+    let (wide, half_width) = (split.wide(), split.half_width());
     let (row_off, col_off) = split.origin(consumer);
     let release = tid.is_multiple_of(128);
     let mut it = 0u32;
@@ -321,7 +321,7 @@ fn persistent(
                 if wide {
                     let (a, b) = (a.advance(32 * KK), b.advance(32 * KK));
                     wgmma_m64n256k16_ss_pair(&mut acc, &mut acc_hi, a, b);
-                } else if narrow {
+                } else if half_width {
                     // Always `Some` (32 of 64): the check folds away.
                     if let Some(lower) = acc.first_chunk_mut::<32>() {
                         wgmma_m64n64k16_ss(lower, a.advance(32 * KK), b.advance(32 * KK));
@@ -456,17 +456,56 @@ kernel! {
     }
 }
 
+/// The K-segmented GEMM in narrow (`BN`) or half-width (`HALF_BN`) tiles: every element gets
+/// the same `wgmma` k16 steps in the same order either way (`m64n128k16` or `m64n64k16`; a GPU
+/// test checks the bits), so the host picks the width per call.
+#[inline(always)]
+fn segments<const HALF: bool>(
+    (map_x, map_w): (In<TensorMap>, In<TensorMap>),
+    y: Out<f32>,
+    (n_rows, m, k): (u32, u32, u32),
+    seg_k: u32,
+) {
+    let (split, cols) = if HALF {
+        (Split::HalfWidth, HALF_BN)
+    } else {
+        (Split::Rows, BN)
+    };
+    let (k_slices, segment) = (k.div_ceil(BK as u32), (seg_k / BK as u32).max(1));
+    let tiles = |t| dense_tile(t, (n_rows, m, cols as u32), (k_slices, segment));
+    let plane = n_rows * m;
+    persistent(
+        split,
+        (map_x, map_w),
+        tiles,
+        SegmentStore {
+            split,
+            y,
+            m,
+            segment,
+            plane,
+        },
+    );
+}
+
 kernel! {
     threads = THREADS;
     /// Split-K whose split depends on K alone: plane `s` of `y` (`[⌈k / seg_k⌉][n_rows][m]`,
     /// f32) is `x · wᵀ` over K columns `s·seg_k..(s+1)·seg_k` only, for the caller to add in a
     /// fixed order (the MoE router: more blocks for few rows). `seg_k` a multiple of `BK`.
-    /// Narrow tiles (`SHARED_BYTES`); persistent, as `gemm_wgmma_f32`.
+    /// Narrow tiles (`map_w` in boxes of `BN` rows, `SHARED_BYTES`); persistent, as
+    /// `gemm_wgmma_f32`.
     pub fn gemm_wgmma_f32_segments(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, n_rows: u32, m: u32, k: u32, seg_k: u32) {
-        let (k_slices, segment) = (k.div_ceil(BK as u32), (seg_k / BK as u32).max(1));
-        let tiles = |t| dense_tile(t, (n_rows, m, NARROW_BN as u32), (k_slices, segment));
-        let (split, plane) = (Split::NarrowRows, n_rows * m);
-        persistent(split, (map_x, map_w), tiles, SegmentStore { split, y, m, segment, plane });
+        segments::<false>((map_x, map_w), y, (n_rows, m, k), seg_k);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    /// As `gemm_wgmma_f32_segments` in half-width tiles (`map_w` in boxes of `HALF_BN` rows):
+    /// twice the blocks for a call of few tiles. Every element gets the same bits as there.
+    pub fn gemm_wgmma_f32_segments_half(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, n_rows: u32, m: u32, k: u32, seg_k: u32) {
+        segments::<true>((map_x, map_w), y, (n_rows, m, k), seg_k);
     }
 }
 

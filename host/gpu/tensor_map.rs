@@ -157,17 +157,23 @@ fn encode_cuda(
 pub const BOX: (u32, u32) = (64, 128);
 
 /// A row-major bf16 matrix in device memory with the tensor map its kernels read it through
-/// (box [`BOX`]). Owning both keeps the map from outliving or mismatching its buffer.
+/// (box [`BOX`]), and optionally a second map in other boxes ([`TmaMatrix::with_second_box`]).
+/// Owning them keeps the maps from outliving or mismatching their buffer.
 pub struct TmaMatrix {
     data: Buffer<u16>,
     map: TensorMap2d,
+    second: Option<TensorMap2d>,
 }
 
 impl Device {
     /// `data` as a `rows × cols` matrix (it may hold more elements; `cols` a multiple of 8).
     pub fn tma_matrix(&self, data: Buffer<u16>, rows: usize, cols: usize) -> Result<TmaMatrix> {
         let map = self.tensor_map_bf16(&data, rows, cols, BOX.0, BOX.1)?;
-        Ok(TmaMatrix { data, map })
+        Ok(TmaMatrix {
+            data,
+            map,
+            second: None,
+        })
     }
 
     /// As [`Device::tma_matrix`], read in boxes of `BOX.0 × box_rows` (at most 256 rows).
@@ -179,7 +185,11 @@ impl Device {
         box_rows: u32,
     ) -> Result<TmaMatrix> {
         let map = self.tensor_map_bf16(&data, rows, cols, BOX.0, box_rows)?;
-        Ok(TmaMatrix { data, map })
+        Ok(TmaMatrix {
+            data,
+            map,
+            second: None,
+        })
     }
 
     /// A zero-filled `rows × cols` matrix.
@@ -217,6 +227,21 @@ impl TmaMatrix {
         let (rows, cols) = (self.rows(), self.cols());
         dev.tma_matrix_boxed(self.data, rows, cols, box_rows)
     }
+    /// The matrix with a second map beside its own, in boxes of `BOX.0 × box_rows`, for
+    /// kernels that read it in either of two tiles (the MoE router's K-segmented GEMM).
+    pub fn with_second_box(mut self, dev: &Device, box_rows: u32) -> Result<TmaMatrix> {
+        let (rows, cols) = (self.rows(), self.cols());
+        self.second = Some(dev.tensor_map_bf16(&self.data, rows, cols, BOX.0, box_rows)?);
+        Ok(self)
+    }
+    /// The map in boxes of `box_rows` rows, its own or the second, if it has one.
+    pub(crate) fn map_boxed(&self, box_rows: u32) -> Option<MapArg<'_>> {
+        [Some(&self.map), self.second.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|m| m.box_rows == box_rows)
+            .map(MapArg)
+    }
     /// The elements (row-major bf16 bits).
     pub fn data(&self) -> &Buffer<u16> {
         &self.data
@@ -227,7 +252,8 @@ impl TmaMatrix {
     }
     /// Device bytes of the elements and of the tensor map beside them.
     pub fn bytes(&self) -> u64 {
-        self.data.bytes() + self.map.words.bytes()
+        let second = self.second.as_ref().map_or(0, |m| m.words.bytes());
+        self.data.bytes() + self.map.words.bytes() + second
     }
     /// The map as a kernel argument.
     pub(crate) fn map(&self) -> MapArg<'_> {

@@ -23,7 +23,7 @@ pub(super) fn fragment_origin(split: Split, half: u32) -> (u32, u32) {
 }
 
 /// Calls `store(row, col, v0, v1)` for each pair of adjacent columns this consumer thread holds
-/// in half `half` (tile-relative; `col` even; a narrow tile's lower half of `acc` only).
+/// in half `half` (tile-relative; `col` even; a half-width tile's lower half of `acc` only).
 /// Unrolled, so the accumulators stay in registers.
 #[inline(always)]
 fn for_each_pair(split: Split, half: u32, acc: &Acc, mut store: impl FnMut(u32, u32, f32, f32)) {
@@ -208,7 +208,7 @@ fn store_columns_staged<O: OutElement>(
     let round_cols = BN as u32 / rounds;
     let col0 = col0 + BN as u32 * half;
     let add = O::ADDS && flags & EPI_ADD_TO_Y != 0;
-    // A narrow tile's columns end at `half_cols`: its later rounds, fragments and chunks (whose
+    // A half-width tile's columns end at `half_cols`: its later rounds, fragments and chunks (whose
     // staging holds nothing of this tile) are skipped.
     let cols = split.half_cols();
     seq!(Q in 0..2 {
@@ -227,7 +227,7 @@ fn store_columns_staged<O: OutElement>(
                     });
                 }
             });
-            let row_bytes = if split.narrow() { cols * O::BYTES } else { STAGE_ROW_BYTES };
+            let row_bytes = if split.half_width() { cols * O::BYTES } else { STAGE_ROW_BYTES };
             stage.drain(row_bytes.min(STAGE_ROW_BYTES), |r, k, w| {
                 let (row, col) = (row0 + warp_row + r, col0 + Q * round_cols + k * 16 / O::BYTES);
                 if row < end && col < m {

@@ -4,9 +4,11 @@
 
 use super::gemm::Epilogue;
 use super::to_u32;
-use crate::gpu::{Buffer, Device, Element, LaunchConfig, Result, TmaMatrix, ensure_shape};
+use crate::gpu::{
+    Buffer, Device, Element, GpuError, LaunchConfig, Result, TmaMatrix, ensure_shape,
+};
 use gpu_kernels::gemm_wgmma::{
-    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, NARROW_BN, SHARED_BYTES, THREADS, WIDE_BN,
+    self, BK, BM, BN, EPI_ADD_TO_Y, EPI_BIAS, HALF_BN, SHARED_BYTES, THREADS, WIDE_BN,
     WIDE_SHARED_BYTES,
 };
 
@@ -95,18 +97,41 @@ pub fn matmul_tiled(
     }
 }
 
+/// Tiles of the K-segmented GEMM: narrow (`BN` columns), or half width (`HALF_BN`) for calls
+/// of few tiles. Both give every element the same bits (the same `wgmma` k16 steps), so the
+/// choice may change from call to call without breaking batch invariance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentTiles {
+    /// Half width when narrow tiles would leave multiprocessors idle.
+    Auto,
+    Narrow,
+    Half,
+}
+
 /// K-segmented `x · wᵀ`: `y` is `[⌈k / seg_k⌉][rows][m]` f32, plane `s` the products over K
 /// columns `s·seg_k..(s+1)·seg_k` alone, for the caller to add in a fixed order (split-K whose
 /// split is a function of `k` and `seg_k`, never of `rows`: batch-invariant). `seg_k` a
-/// positive multiple of `BK` (64). Narrow tiles (128 × `NARROW_BN`), so `w` must be read in
-/// boxes of `NARROW_BN` rows ([`Device::tma_matrix_boxed`]): the router's 3 · 128 columns at
-/// 512 tokens make 48 blocks of two segments instead of 24.
+/// positive multiple of `BK` (64). `w` needs maps in boxes of `BN` and of `HALF_BN` rows (its
+/// own and [`TmaMatrix::with_second_box`]), for either tiling.
 pub fn matmul_segments(
     dev: &Device,
     x: &TmaMatrix,
     w: &TmaMatrix,
     y: &Buffer<f32>,
     rows: usize,
+    seg_k: usize,
+) -> Result<()> {
+    matmul_segments_tiled(dev, x, w, y, (rows, SegmentTiles::Auto), seg_k)
+}
+
+/// [`matmul_segments`] with the tiling chosen by the caller (tests); `w` needs only the map
+/// of that tiling's boxes.
+pub fn matmul_segments_tiled(
+    dev: &Device,
+    x: &TmaMatrix,
+    w: &TmaMatrix,
+    y: &Buffer<f32>,
+    (rows, tiling): (usize, SegmentTiles),
     seg_k: usize,
 ) -> Result<()> {
     const K: &str = "gemm_wgmma_f32_segments";
@@ -116,33 +141,43 @@ pub fn matmul_segments(
         K,
         "segment width {seg_k} must be a positive multiple of {BK}"
     );
-    ensure_shape!(
-        w.box_rows() == NARROW_BN as u32,
-        K,
-        "w must be read in boxes of {NARROW_BN} rows (narrow tiles), not {}",
-        w.box_rows()
-    );
     let segments = k.div_ceil(seg_k);
     x.check(K, "x", rows, k)?;
     super::check_len(K, "y", y, segments * rows * m)?;
     to_u32(K, "segments × rows × m", segments * rows * m)?;
+    let tiles = |cols: usize| rows.div_ceil(BM) * m.div_ceil(cols) * segments;
+    // Measured on the H200 at the router's 30b shape (ncu, session 10): half width 9.3 vs
+    // 10.6 µs at 512 tokens (24 narrow tiles), 21.8 vs 19.4 at 4096 (192).
+    let half = match tiling {
+        SegmentTiles::Auto => tiles(BN) < dev.multiprocessors() as usize,
+        SegmentTiles::Narrow => false,
+        SegmentTiles::Half => true,
+    };
+    let (cols, box_rows) = if half { (HALF_BN, HALF_BN) } else { (BN, BN) };
+    let Some(map_w) = w.map_boxed(box_rows as u32) else {
+        return Err(GpuError::Shape {
+            kernel: K,
+            message: format!(
+                "w has no map in boxes of {box_rows} rows (its own has {})",
+                w.box_rows()
+            ),
+        });
+    };
     if rows == 0 {
         return Ok(());
     }
-    let tiles = rows.div_ceil(BM) * m.div_ceil(NARROW_BN) * segments;
-    let cfg = super::persistent(dev, K, tiles, THREADS, SHARED_BYTES)?;
+    let cfg = super::persistent(dev, K, tiles(cols), THREADS, SHARED_BYTES)?;
     let (rows, m, k, seg_k) = (rows as u32, m as u32, k as u32, seg_k as u32);
-    gemm_wgmma::gemm_wgmma_f32_segments::launch(
-        dev,
-        cfg,
-        x.map(),
-        w.map(),
-        y.output(),
-        rows,
-        m,
-        k,
-        seg_k,
-    )
+    let args = (x.map(), map_w, y.output());
+    if half {
+        gemm_wgmma::gemm_wgmma_f32_segments_half::launch(
+            dev, cfg, args.0, args.1, args.2, rows, m, k, seg_k,
+        )
+    } else {
+        gemm_wgmma::gemm_wgmma_f32_segments::launch(
+            dev, cfg, args.0, args.1, args.2, rows, m, k, seg_k,
+        )
+    }
 }
 
 /// `y[rows][m] = bf16(x[rows][k] · w[m][k]ᵀ (+ bias))`: each element one rounding of its f32

@@ -17,7 +17,7 @@ use super::gemm_wgmma::matmul_segments;
 use super::moe::{PartialShape, RouteOptions, Routing};
 use super::{check_len, to_u32};
 use crate::gpu::{Buffer, Device, LaunchConfig, Result, TmaMatrix, ensure_shape};
-use gpu_kernels::gemm_wgmma::{BK, NARROW_BN};
+use gpu_kernels::gemm_wgmma::{BK, HALF_BN};
 use gpu_kernels::moe::{FLAG_RENORMALISE, FLAG_WRITE_LOGITS};
 use gpu_kernels::moe_router::{
     self, FAST_MAX_EXPERTS, FINISH_THREADS, FINISH_TOKENS, MAX_TOP_K, PARTS, PLACE_THREADS,
@@ -27,7 +27,8 @@ use gpu_kernels::moe_router::{
 /// A router weight `W [n_expert][hidden]` (f32) as the GEMM reads it: `PARTS` bf16 matrices
 /// whose sum is exactly `W` (`float::split_bf16x3`: lo, mid, hi), stacked as
 /// `[PARTS · n_expert][hidden]`, part-major (row `p · n_expert + e` is part `p` of expert
-/// `e`), so the GEMM's output row is the `[PARTS][n_expert]` partial logits of a token.
+/// `e`), so the GEMM's output row is the `[PARTS][n_expert]` partial logits of a token. Read
+/// through maps in boxes of `BN` and of `HALF_BN` rows, for the GEMM's two tilings.
 pub struct RouterWeights {
     parts: TmaMatrix,
     n_expert: usize,
@@ -46,7 +47,9 @@ impl RouterWeights {
         let data = dev.alloc::<u16>(PARTS * n, "router weights (bf16 parts)")?;
         f32_to_bf16x3(dev, w, &data, n)?;
         Ok(RouterWeights {
-            parts: dev.tma_matrix_boxed(data, PARTS * n_expert, hidden, NARROW_BN as u32)?,
+            parts: dev
+                .tma_matrix(data, PARTS * n_expert, hidden)?
+                .with_second_box(dev, HALF_BN as u32)?,
             n_expert,
         })
     }
