@@ -287,3 +287,36 @@ fn grids_that_are_not_whole_clusters_and_bad_shapes_are_refused_before_launch() 
         );
     }
 }
+
+/// The GEMMs' paired kernels start as many clusters as the driver says fit at once: on a GPU
+/// that is at least one and no more than one per two multiprocessors (the query makes the
+/// context current on the calling thread: a test's thread may have made no driver call yet);
+/// the emulator reports its multiprocessors over the cluster size.
+#[test]
+fn the_driver_says_how_many_gemm_clusters_fit() {
+    for dev in devices() {
+        for kernel in [
+            "gemm_wgmma_f32_wide_pair",
+            "gemm_wgmma_bf16_wide_pair",
+            "gemm_wgmma_swiglu_wide_pair",
+        ] {
+            let cfg = kiln::gpu::LaunchConfig::linear(2, gpu_kernels::gemm_wgmma::THREADS)
+                .with_shared(gpu_kernels::gemm_wgmma::WIDE_SHARED_BYTES);
+            let fit = dev
+                .max_active_clusters(kernel, cfg)
+                .expect("occupancy query");
+            println!("{}: {kernel}: {fit} clusters of 2 fit", dev.name());
+            assert!(
+                (1..=dev.multiprocessors() / 2).contains(&fit),
+                "{kernel}: {fit} clusters on {} multiprocessors",
+                dev.multiprocessors()
+            );
+            // Asked again (cached): the same answer.
+            assert_eq!(
+                dev.max_active_clusters(kernel, cfg).unwrap(),
+                fit,
+                "{kernel}"
+            );
+        }
+    }
+}

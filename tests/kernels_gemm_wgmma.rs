@@ -15,7 +15,7 @@
 //!   match exactly.
 //! - bf16 out (`gemm_wgmma::matmul_bf16`, the Q|K|V projection): the same sums as the f32
 //!   kernel, bias added in f32, then one rounding, so its bits must be exactly the bf16 of the
-//!   f32 kernel's result, with and without bias, both tile widths, every shape.
+//!   f32 kernel's result, with and without bias, every tiling, every shape.
 //! - SwiGLU: one bf16 rounding of the f32 `silu(g)·u`, element-wise within
 //!   `(2^-8 + 3e-5)·|want| + 3e-5·rms(want)` (`common::assert_bf16_close`; 3e-5 covers the f32
 //!   accumulation of g and u on the tensor cores, ~1e-6 of their scale typical at k ≤ 1000 and a
@@ -37,8 +37,10 @@ use kiln::gpu::ops::gemm_wgmma::{
 use kiln::reference::ops::{self, matmul};
 
 const TOL: f64 = 1e-5;
-/// Both tile widths of the dense kernels (128 and 256 columns per block).
-const WIDTHS: [TileWidth; 2] = [TileWidth::Narrow, TileWidth::Wide];
+/// Every tiling of the dense kernels: 128 and 256 columns per block, and 256 in cluster pairs
+/// sharing B (on the emulator one cluster of two, so a block walks several tiles, and with an
+/// odd number of row tiles the last pair's second block has no rows and only loads B).
+const WIDTHS: [TileWidth; 3] = [TileWidth::Narrow, TileWidth::Wide, TileWidth::WidePaired];
 const SWIGLU_SLACK: f64 = 3e-5;
 
 /// `n` fresh bf16 values of standard deviation `std`: bits and exact values.
@@ -107,11 +109,17 @@ fn run_matmul(
     got[..rows * m].to_vec()
 }
 
-/// `matmul_bf16` of `c` in tiles of `width` (with `c`'s bias when `bias`) into a poisoned `y`
-/// with one row more, which must stay poisoned. Returns the rows·m bf16 bits.
-fn run_matmul_bf16(dev: &Device, c: &Case, width: TileWidth, bias: bool) -> Vec<u16> {
-    let (rows, m, k) = (c.rows, c.m, c.k);
-    let x = tma_upload(dev, &c.x.0, rows, k);
+/// `matmul_bf16` of rows `first..first + rows` of `c` in tiles of `width` (with `c`'s bias
+/// when `bias`) into a poisoned `y` with one row more, which must stay poisoned. Returns the
+/// rows·m bf16 bits.
+fn run_matmul_bf16(
+    dev: &Device,
+    c: &Case,
+    (first, rows, width): (usize, usize, TileWidth),
+    bias: bool,
+) -> Vec<u16> {
+    let (m, k) = (c.m, c.k);
+    let x = tma_upload(dev, &c.x.0[first * k..(first + rows) * k], rows, k);
     let w = tma_upload(dev, &c.w.0, m, k);
     let b = upload(dev, &c.bias);
     let y = poisoned(dev, (rows + 1) * m, BF16_POISON);
@@ -197,7 +205,7 @@ fn matmul_with_bias_and_residual_matches_f64() {
             // bf16 out: one rounding of the same f32 values, bias or not.
             for (bias, f32_result) in [(false, &plain), (true, &exact)] {
                 assert_same(
-                    &run_matmul_bf16(&dev, &c, width, bias),
+                    &run_matmul_bf16(&dev, &c, (0, rows, width), bias),
                     &bf16_bits(f32_result),
                     &format!("{}: bf16 out, bias {bias}", c.name(width)),
                 );
@@ -278,9 +286,12 @@ fn matmul_swiglu_matches_f64() {
     }
 }
 
-/// Rows of a 300-row call in wide tiles, computed again in narrow tiles, in calls of 1 row, of
-/// 7 rows, and starting at rows 3 and 77 (other positions inside the 128-row tile, other
-/// neighbours, other row counts, the other tile width): the same bits.
+/// Rows of a 300-row call in wide tiles, computed again in narrow tiles and in paired wide
+/// tiles (clusters of two sharing B), in calls of 1 row, of 7 rows, and starting at rows 3 and
+/// 77 (other positions inside the 128-row tile, other neighbours, other row counts, the other
+/// tilings): the same bits, for the f32, bf16 and SwiGLU kernels. The smaller calls run as
+/// `Auto` chooses (narrow at these sizes) and paired (a 1-row call is one pair whose second
+/// block has no rows).
 #[test]
 fn gemms_are_batch_invariant() {
     let (rows, m, k) = (300, 200, 136);
@@ -305,10 +316,24 @@ fn gemms_are_batch_invariant() {
         assert_same(&bits(&narrow), &bits(&full), "matmul narrow vs wide tiles");
         let narrow_h = s.run(&dev, (0, rows, TileWidth::Narrow));
         assert_same(&narrow_h, &full_h, "swiglu narrow vs wide tiles");
-        for (first, n) in calls {
-            let got = run_matmul(&dev, &c, (first, n, TileWidth::Auto), true, None);
+        let full_16 = run_matmul_bf16(&dev, &c, (0, rows, TileWidth::Wide), true);
+        let narrow_16 = run_matmul_bf16(&dev, &c, (0, rows, TileWidth::Narrow), true);
+        assert_same(&narrow_16, &full_16, "bf16 narrow vs wide tiles");
+        // Paired: 300 rows are 3 row tiles, so the second pair's second block has no rows and
+        // only loads B for its peer.
+        let paired = run_matmul(&dev, &c, (0, rows, TileWidth::WidePaired), true, None);
+        assert_same(&bits(&paired), &bits(&full), "matmul paired vs wide tiles");
+        let paired_h = s.run(&dev, (0, rows, TileWidth::WidePaired));
+        assert_same(&paired_h, &full_h, "swiglu paired vs wide tiles");
+        let paired_16 = run_matmul_bf16(&dev, &c, (0, rows, TileWidth::WidePaired), true);
+        assert_same(&paired_16, &full_16, "bf16 paired vs wide tiles");
+        for ((first, n), width) in calls
+            .into_iter()
+            .flat_map(|call| [TileWidth::Auto, TileWidth::WidePaired].map(|w| (call, w)))
+        {
+            let got = run_matmul(&dev, &c, (first, n, width), true, None);
             let what = format!(
-                "rows {first}..{} alone vs in 300 on {}",
+                "rows {first}..{} alone ({width:?}) vs in 300 on {}",
                 first + n,
                 dev.name()
             );
@@ -318,7 +343,9 @@ fn gemms_are_batch_invariant() {
                 &bits(&full[span.clone()]),
                 &format!("matmul {what}"),
             );
-            let got_h = s.run(&dev, (first, n, TileWidth::Auto));
+            let got_16 = run_matmul_bf16(&dev, &c, (first, n, width), true);
+            assert_same(&got_16, &full_16[span.clone()], &format!("bf16 {what}"));
+            let got_h = s.run(&dev, (first, n, width));
             assert_same(&got_h, &full_h[span], &format!("swiglu {what}"));
         }
     }
@@ -495,6 +522,35 @@ fn wgmma_wrappers_reject_bad_shapes_before_launching() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("a bf16 output cannot be added to"), "{e}");
+    // Maps read in other boxes than the dense tiles' (here the K-segmented GEMM's 64-row
+    // boxes) would bring other byte counts than a dense tile waits for: refused, for x and w.
+    let halves = |rows, cols| poisoned_tma(&dev, rows, cols).reboxed(&dev, 64).unwrap();
+    let (x64, w64, wgu) = (halves(2, 64), halves(128, 64), poisoned_tma(&dev, 128, 64));
+    let h2 = poisoned_tma(&dev, 2, 64);
+    for (e, name) in [
+        (
+            gemm_wgmma::matmul(&dev, &x64, &w, &y, 2, Epilogue::STORE),
+            "x",
+        ),
+        (
+            gemm_wgmma::matmul(&dev, &x, &w64, &y, 2, Epilogue::STORE),
+            "w",
+        ),
+        (
+            gemm_wgmma::matmul_bf16(&dev, &x64, &w, &y16, 2, Epilogue::STORE),
+            "x",
+        ),
+        (
+            gemm_wgmma::matmul_bf16(&dev, &x, &w64, &y16, 2, Epilogue::STORE),
+            "w",
+        ),
+        (gemm_wgmma::matmul_swiglu(&dev, &x64, &wgu, &h2, 2), "x"),
+        (gemm_wgmma::matmul_swiglu(&dev, &x, &w64, &h2, 2), "w"),
+    ] {
+        let e = e.unwrap_err().to_string();
+        let want = format!("{name} is read in boxes of 64 rows; the dense GEMMs need");
+        assert!(e.contains(&want), "{e}");
+    }
 
     // SwiGLU: h has m columns; w_gate_up must have interleaved_rows(m) rows of k.
     let h = poisoned_tma(&dev, 2, 96);

@@ -17,6 +17,10 @@
 //! producer fills the ring with the next tile's slices while the consumers run the epilogue of
 //! the last one, and the ring is set up once per block instead of once per tile.
 //!
+//! The wide dense kernels also come paired (`*_wide_pair`): clusters of two blocks on two row
+//! tiles of one column block, each loading half of the shared B tile into both by multicast
+//! TMA (`gemm_wgmma/pairs.rs`). The host runs them only when asked (`KILN_GEMM_PAIRS=1`).
+//!
 //! Batch invariance: every output element is one accumulator in one thread, fed by the same
 //! sequence of `wgmma` instructions (K slices in ascending order, four k16 steps each) whatever
 //! the number of rows, the tile a row falls in, or its neighbours; rows past the end of `x`
@@ -46,6 +50,9 @@ use epilogue::{ColumnStore, OutElement, STAGING_BYTES, SegmentStore, SwigluStore
 mod qkv_rope;
 use qkv_rope::QkvRopeStore;
 pub use qkv_rope::{EPI_QK_NORM, QKV_HEAD_DIM};
+#[path = "gemm_wgmma/pairs.rs"]
+mod pairs;
+use pairs::{Dense, Pair, Share};
 
 /// Rows (tokens) per block: two consumer warpgroups of 64.
 pub const BM: usize = 128;
@@ -230,9 +237,14 @@ struct Tile {
 /// `Split::WideRows` columns `BN..2·BN` (two separate arrays, which LLVM keeps in registers
 /// where one 128-value array went to the stack). The ring's slot and phase run on across tiles
 /// (`it` counts K slices since the launch), identically in producer and consumers.
+///
+/// With `share` other than `Share::None` the launch runs as clusters of two (see
+/// [`pairs::Share`]): `tile_at` must then give tiles `2p` and `2p + 1` the same B rows and K
+/// slices, and both or neither (a tile whose rows are all past `end` is stored by nobody, but
+/// its block still loads its half of the shared operand for the peer).
 #[inline(always)]
 fn persistent(
-    split: Split,
+    (split, share): (Split, Share),
     (map_x, map_w): (In<TensorMap>, In<TensorMap>),
     tile_at: impl Fn(u32) -> Option<Tile>,
     epilogue: impl TileStore,
@@ -242,6 +254,7 @@ fn persistent(
     let sm = Smem::new(split);
     let stages = split.stages() as u32;
     let (a_bytes, b_bytes) = (split.a_bytes(), split.b_bytes());
+    let pair = Pair::new(share);
     if tid == 0 {
         acquire_tensor_map(map_x);
         acquire_tensor_map(map_w);
@@ -249,11 +262,11 @@ fn persistent(
         prefetch_tensor_map(map_w);
         for s in 0..stages as usize {
             sm.full(s).init(1);
-            sm.empty(s).init(2);
+            sm.empty(s).init(pair.empty_arrivals());
         }
         fence_mbarrier_init();
     }
-    sync_threads();
+    pair.sync_after_init();
     let (first, stride) = (block_idx().x, grid_dim().x);
     if wg == 0 {
         // The producer needs few registers; the consumers get them (see the module doc).
@@ -273,14 +286,15 @@ fn persistent(
                         sm.empty(s).wait((it / stages + 1) & 1);
                     }
                     let full = sm.full(s);
+                    // Shared or not, every byte of both tiles lands in this block's slot.
                     full.arrive_expect_tx(a_bytes + b_bytes);
                     let kx = kt * BK as u32;
                     tma_load_2d(sm.a(s), map_x, kx, tile.row0, full);
                     // The B tile in boxes of `BN` rows (one, or two for wide tiles).
                     let mut r = 0;
                     while r * B_BYTES < b_bytes {
-                        let rows = r * BN as u32;
-                        tma_load_2d(sm.b(s) + r * B_BYTES, map_w, kx, tile.w_row0 + rows, full);
+                        let (dst, y) = (sm.b(s) + r * B_BYTES, tile.w_row0 + r * BN as u32);
+                        pair.load_b(dst, map_w, (kx, y), r, full);
                         r += 1;
                     }
                     it += 1;
@@ -288,6 +302,7 @@ fn persistent(
                 t += stride;
             }
         }
+        pair.sync_before_exit();
         return;
     }
     if !split.half_width() {
@@ -337,13 +352,13 @@ fn persistent(
             // serialises.)
             wgmma_wait::<1>();
             if kt > 0 {
-                sm.empty(((it - 1) % stages) as usize).arrive_if(release);
+                pair.free(sm.empty(((it - 1) % stages) as usize), release);
             }
             it += 1;
         }
         wgmma_wait::<0>();
         // The tile's last slot, so the producer can fill it with the next tile's first slices.
-        sm.empty(((it - 1) % stages) as usize).arrive_if(release);
+        pair.free(sm.empty(((it - 1) % stages) as usize), release);
         acc.keep_in_registers();
         if wide {
             acc_hi.keep_in_registers();
@@ -351,6 +366,7 @@ fn persistent(
         epilogue.store(tile, &acc, &acc_hi, sm.staging());
         t += stride;
     }
+    pair.sync_before_exit();
 }
 
 /// Tile `t` of a dense launch over `n_rows` rows and `n_cols` B rows in blocks of `cols`, K in
@@ -377,29 +393,27 @@ fn dense_tile(
     })
 }
 
-/// The dense GEMM, narrow (`BN` columns per block) or wide (`WIDE_BN`): the same arithmetic
-/// for every element, so the host may pick either per call. `n_cols` B rows; `store` makes
-/// the epilogue for the split.
+/// The dense GEMM tiled as `tiling` says (narrow, wide, or wide in cluster pairs): the same
+/// arithmetic for every element, so the host may pick any per call. `n_cols` B rows; `store`
+/// makes the epilogue for the split.
 #[inline(always)]
-fn dense<const WIDE: bool, S: TileStore>(
+fn dense<S: TileStore>(
+    tiling: Dense,
     (map_x, map_w): (In<TensorMap>, In<TensorMap>),
     (n_rows, n_cols, k): (u32, u32, u32),
     store: impl FnOnce(Split) -> S,
 ) {
-    let (split, cols) = if WIDE {
-        (Split::WideRows, WIDE_BN)
-    } else {
-        (Split::Rows, BN)
-    };
+    let pipe = tiling.pipe();
     let k_slices = k.div_ceil(BK as u32);
-    let tiles = |t| dense_tile(t, (n_rows, n_cols, cols as u32), (k_slices, k_slices));
-    persistent(split, (map_x, map_w), tiles, store(split));
+    let tiles = |t| tiling.tile(t, (n_rows, n_cols), k_slices);
+    persistent(pipe, (map_x, map_w), tiles, store(pipe.0));
 }
 
 /// The dense GEMM with the column epilogue, f32 or bf16 out (`O`; as [`dense`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dense_columns<const WIDE: bool, O: OutElement>(
+fn dense_columns<O: OutElement>(
+    tiling: Dense,
     map_x: In<TensorMap>,
     map_w: In<TensorMap>,
     bias: In<f32>,
@@ -409,18 +423,21 @@ fn dense_columns<const WIDE: bool, O: OutElement>(
     k: u32,
     flags: u32,
 ) {
-    dense::<WIDE, _>((map_x, map_w), (n_rows, m, k), |split| ColumnStore {
-        split,
-        y,
-        bias,
-        m,
-        flags,
+    dense(tiling, (map_x, map_w), (n_rows, m, k), |split| {
+        ColumnStore {
+            split,
+            y,
+            bias,
+            m,
+            flags,
+        }
     });
 }
 
-/// The dense SwiGLU GEMM, narrow or wide (as [`dense`]).
+/// The dense SwiGLU GEMM (as [`dense`]).
 #[inline(always)]
-fn dense_swiglu<const WIDE: bool>(
+fn dense_swiglu(
+    tiling: Dense,
     map_x: In<TensorMap>,
     map_w: In<TensorMap>,
     h: Out<u16>,
@@ -429,10 +446,8 @@ fn dense_swiglu<const WIDE: bool>(
     k: u32,
 ) {
     let w_rows = 2 * m.div_ceil(64) * 64;
-    dense::<WIDE, _>((map_x, map_w), (n_rows, w_rows, k), |split| SwigluStore {
-        split,
-        h,
-        m,
+    dense(tiling, (map_x, map_w), (n_rows, w_rows, k), |split| {
+        SwigluStore { split, h, m }
     });
 }
 
@@ -443,7 +458,7 @@ kernel! {
     /// Persistent: any 1-D grid (one block per multiprocessor, at most one per tile);
     /// `THREADS` threads; `SHARED_BYTES` dynamic shared memory.
     pub fn gemm_wgmma_f32(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_columns::<false, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns(Dense::Narrow, map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -452,7 +467,18 @@ kernel! {
     /// As `gemm_wgmma_f32` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`. Every
     /// element gets the same bits as there.
     pub fn gemm_wgmma_f32_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_columns::<true, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns(Dense::Wide, map_x, map_w, bias, y, n_rows, m, k, flags);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    cluster = 2;
+    /// As `gemm_wgmma_f32_wide`, run as clusters of two blocks that share each B tile (two row
+    /// tiles of one column block; `gemm_wgmma/pairs.rs`): the grid is whole clusters (an even
+    /// number of blocks). Same bits.
+    pub fn gemm_wgmma_f32_wide_pair(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        dense_columns(Dense::WidePaired, map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -475,7 +501,7 @@ fn segments<const HALF: bool>(
     let tiles = |t| dense_tile(t, (n_rows, m, cols as u32), (k_slices, segment));
     let plane = n_rows * m;
     persistent(
-        split,
+        (split, Share::None),
         (map_x, map_w),
         tiles,
         SegmentStore {
@@ -515,7 +541,7 @@ kernel! {
     /// sum): as `gemm_wgmma_f32` with a bf16 `y` (the Q|K|V projection, read once by
     /// `attention_input`). Persistent, as `gemm_wgmma_f32`.
     pub fn gemm_wgmma_bf16(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_columns::<false, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns(Dense::Narrow, map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -523,7 +549,17 @@ kernel! {
     threads = THREADS;
     /// As `gemm_wgmma_bf16` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`.
     pub fn gemm_wgmma_bf16_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
-        dense_columns::<true, _>(map_x, map_w, bias, y, n_rows, m, k, flags);
+        dense_columns(Dense::Wide, map_x, map_w, bias, y, n_rows, m, k, flags);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    cluster = 2;
+    /// As `gemm_wgmma_bf16_wide` in clusters of two sharing each B tile (as
+    /// `gemm_wgmma_f32_wide_pair`). Same bits.
+    pub fn gemm_wgmma_bf16_wide_pair(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<u16>, n_rows: u32, m: u32, k: u32, flags: u32) {
+        dense_columns(Dense::WidePaired, map_x, map_w, bias, y, n_rows, m, k, flags);
     }
 }
 
@@ -535,7 +571,7 @@ kernel! {
     /// `m` is the number of output features (`map_w` has `2·⌈m/64⌉·64` rows).
     /// Persistent, as `gemm_wgmma_f32`.
     pub fn gemm_wgmma_swiglu(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
-        dense_swiglu::<false>(map_x, map_w, h, n_rows, m, k);
+        dense_swiglu(Dense::Narrow, map_x, map_w, h, n_rows, m, k);
     }
 }
 
@@ -543,7 +579,17 @@ kernel! {
     threads = THREADS;
     /// As `gemm_wgmma_swiglu` with `WIDE_BN` columns per tile and `WIDE_SHARED_BYTES`.
     pub fn gemm_wgmma_swiglu_wide(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
-        dense_swiglu::<true>(map_x, map_w, h, n_rows, m, k);
+        dense_swiglu(Dense::Wide, map_x, map_w, h, n_rows, m, k);
+    }
+}
+
+kernel! {
+    threads = THREADS;
+    cluster = 2;
+    /// As `gemm_wgmma_swiglu_wide` in clusters of two sharing each B tile (as
+    /// `gemm_wgmma_f32_wide_pair`). Same bits.
+    pub fn gemm_wgmma_swiglu_wide_pair(map_x: In<TensorMap>, map_w: In<TensorMap>, h: Out<u16>, n_rows: u32, m: u32, k: u32) {
+        dense_swiglu(Dense::WidePaired, map_x, map_w, h, n_rows, m, k);
     }
 }
 
@@ -558,7 +604,7 @@ kernel! {
     /// `gemm_wgmma_f32`; `WIDE_SHARED_BYTES`.
     pub fn gemm_wgmma_qkv_rope(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, inv_freq: In<f32>, q_norm: In<f32>, k_norm: In<f32>, q: Out<u16>, k_cache: Out<u16>, v_cache_t: Out<u16>, n_rows: u32, k: u32, start_pos: u32, n_head: u32, n_kv: u32, capacity: u32, flags: u32, eps: f32) {
         let m = (n_head + 2 * n_kv) * QKV_HEAD_DIM as u32;
-        dense::<true, _>((map_x, map_w), (n_rows, m, k), |split| QkvRopeStore {
+        dense(Dense::Wide, (map_x, map_w), (n_rows, m, k), |split| QkvRopeStore {
             split,
             bias,
             inv_freq,
@@ -601,6 +647,10 @@ fn grouped_tile(
     })
 }
 
+/// The grouped GEMMs run unpaired: clusters of two sharing the A tile (two column blocks of
+/// one row tile) measured slower on the H200 (NOTES, session 5).
+const GROUPED_PIPE: (Split, Share) = (Split::WideRows, Share::None);
+
 kernel! {
     threads = THREADS;
     /// MoE gate|up for every expert in one launch, SwiGLU fused: expert-grouped rows of `map_x`
@@ -613,7 +663,7 @@ kernel! {
         let col_blocks = w_rows.div_ceil(GROUPED_BN as u32);
         let tile_at = |t| grouped_tile(t, table, (col_blocks, w_rows, k));
         let split = Split::WideRows;
-        persistent(split, (map_x, map_w), tile_at, SwigluStore { split, h, m });
+        persistent(GROUPED_PIPE, (map_x, map_w), tile_at, SwigluStore { split, h, m });
     }
 }
 
@@ -630,6 +680,6 @@ kernel! {
         let tile_at = |t| grouped_tile(t, table, (m.div_ceil(GROUPED_BN as u32), m, k));
         // No bias (flags 0): `bias` is never read.
         let (split, bias, flags) = (Split::WideRows, y.as_in().cast::<f32>(), 0);
-        persistent(split, (map_x, map_w), tile_at, ColumnStore { split, y, bias, m, flags });
+        persistent(GROUPED_PIPE, (map_x, map_w), tile_at, ColumnStore { split, y, bias, m, flags });
     }
 }

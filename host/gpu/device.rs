@@ -43,6 +43,9 @@ pub struct CudaRuntime {
     multiprocessors: u32,
     /// Launch with programmatic stream serialization (on unless `KILN_PDL=0`; see `launch.rs`).
     pub(super) pdl: bool,
+    /// `max_active_clusters` answers by (kernel, threads, shared bytes): asked once, not on
+    /// every launch of a paired GEMM. Only answers of at least one cluster are kept.
+    pub(super) cluster_fit: std::sync::Mutex<HashMap<(&'static str, u32, u32), u32>>,
 }
 
 /// Set to 0 to launch kernels without programmatic dependent launch (see `launch.rs`): for
@@ -102,6 +105,7 @@ impl CudaRuntime {
             name,
             multiprocessors: multiprocessors.max(1) as u32,
             pdl: std::env::var(PDL_VAR).map_or(true, |v| v != "0"),
+            cluster_fit: Default::default(),
         })
     }
 
@@ -185,6 +189,28 @@ impl Device {
         match &self.backend {
             Backend::Cuda(rt) => rt.multiprocessors,
             Backend::Emulator => EMULATED_MULTIPROCESSORS,
+        }
+    }
+
+    /// Clusters of `kernel` (declared for a cluster size) that run at once in blocks of `cfg`'s
+    /// size and shared memory: the driver's `cuOccupancyMaxActiveClusters`, at least 1 (no
+    /// cluster fitting is an error, naming the kernel); the emulator reports its
+    /// multiprocessors over the cluster size.
+    pub fn max_active_clusters(
+        &self,
+        kernel: &'static str,
+        cfg: crate::gpu::LaunchConfig,
+    ) -> Result<u32> {
+        match &self.backend {
+            Backend::Cuda(rt) => rt.max_active_clusters(kernel, cfg),
+            Backend::Emulator => {
+                let size = gpu_kernels::device::entry::entries()
+                    .into_iter()
+                    .find(|e| e.name == kernel)
+                    .and_then(|e| e.cluster)
+                    .unwrap_or(1);
+                Ok((EMULATED_MULTIPROCESSORS / size).max(1))
+            }
         }
     }
 

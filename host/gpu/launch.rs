@@ -9,6 +9,7 @@
 use super::buffer::{Element, Input, MaybeInput, Output};
 use super::device::{Backend, CudaRuntime, Device};
 use super::error::{GpuError, Result};
+use cudarc::driver::CudaFunction;
 use cudarc::driver::sys::{self, CUfunction_attribute};
 use gpu_kernels::device::entry::{Arg, Entry, Launcher};
 use gpu_kernels::device::{Dim3, In, Out, emu};
@@ -170,16 +171,105 @@ unsafe impl<T: Element> Arg<Device, Out<T>> for Output<'_, T> {
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
 impl CudaRuntime {
-    /// Queues one launch of `kernel` on the stream; `params` one slot per kernel parameter.
-    fn launch_raw(&self, kernel: &'static str, cfg: LaunchConfig, params: &[u64]) -> Result<()> {
+    /// `kernel`'s function, allowed `shared` bytes of dynamic shared memory.
+    fn function_with_shared(&self, kernel: &'static str, shared: u32) -> Result<&CudaFunction> {
         let f = self.function(kernel)?;
-        if cfg.shared_bytes > DEFAULT_SHARED_LIMIT {
+        if shared > DEFAULT_SHARED_LIMIT {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_bytes as i32,
+                shared as i32,
             )
             .map_err(|e| GpuError::driver(format!("raising {kernel}'s shared-memory limit"), e))?;
         }
+        Ok(f)
+    }
+
+    /// How many clusters of `kernel` (declared with a cluster size) fit on the GPU at once in
+    /// blocks of `cfg`'s size and shared memory (`cuOccupancyMaxActiveClusters`, with the
+    /// kernel's cluster size as a launch attribute: without it the H200 answered 0). A GPC with
+    /// an odd number of free multiprocessors cannot host a whole cluster of two on all of them.
+    /// Asked once per kernel, block size and shared memory; later calls get the same answer.
+    /// The context is made current on the calling thread first: the query takes it from there,
+    /// and a thread that has made no other driver call yet (a test's, a server's worker) has
+    /// none (`CUDA_ERROR_INVALID_CONTEXT` under compute-sanitizer). A failed query, or an answer
+    /// of no cluster at all, is an error naming the kernel: never a launch of one cluster.
+    pub(crate) fn max_active_clusters(
+        &self,
+        kernel: &'static str,
+        cfg: LaunchConfig,
+    ) -> Result<u32> {
+        let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
+        let key = (kernel, threads, cfg.shared_bytes);
+        let cached = self
+            .cluster_fit
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied());
+        if let Some(fit) = cached {
+            return Ok(fit);
+        }
+        let op = || format!("asking how many {kernel} clusters fit");
+        self.context()
+            .bind_to_thread()
+            .map_err(|e| GpuError::driver(format!("{} (making the context current)", op()), e))?;
+        let f = self.function_with_shared(kernel, cfg.shared_bytes)?;
+        let size = gpu_kernels::device::entry::entries()
+            .into_iter()
+            .find(|e| e.name == kernel)
+            .and_then(|e| e.cluster)
+            .unwrap_or(1);
+        // SAFETY: a plain-data union; every bit pattern is valid, and `clusterDim` is set next.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.clusterDim.x = size;
+        value.clusterDim.y = 1;
+        value.clusterDim.z = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.shared_bytes,
+            hStream: self.stream().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut clusters = 0i32;
+        // SAFETY: `config` is fully initialised and its one attribute (the kernel's compiled-in
+        // cluster size, which the driver requires to match) lives across the call; the
+        // function belongs to this runtime's context, current on this thread (above); the
+        // driver writes one int to `clusters`.
+        let status =
+            unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, f.cu_function(), &config) };
+        if status != sys::CUresult::CUDA_SUCCESS {
+            return Err(GpuError::driver(op(), cudarc::driver::DriverError(status)));
+        }
+        let fit = u32::try_from(clusters).unwrap_or(0);
+        if fit == 0 {
+            return Err(GpuError::Driver {
+                op: op(),
+                message: format!(
+                    "the driver says no cluster of {size} blocks of {threads} threads with {} \
+                     bytes of shared memory fits (answer {clusters})",
+                    cfg.shared_bytes
+                ),
+            });
+        }
+        if let Ok(mut m) = self.cluster_fit.lock() {
+            m.insert(key, fit);
+        }
+        Ok(fit)
+    }
+
+    /// Queues one launch of `kernel` on the stream; `params` one slot per kernel parameter.
+    fn launch_raw(&self, kernel: &'static str, cfg: LaunchConfig, params: &[u64]) -> Result<()> {
+        let f = self.function_with_shared(kernel, cfg.shared_bytes)?;
         let mut values = params.to_vec();
         // The driver reads each parameter through a pointer to its value; 32-bit parameters are
         // read as their low 4 bytes, which on little-endian x86-64 / aarch64 hosts is where

@@ -125,6 +125,24 @@ impl Mbarrier {
         super::emu::hopper::mbarrier_arrive_cluster(self.0, rank);
     }
 
+    /// [`Mbarrier::arrive_cluster`] if `pred`, as one predicated instruction (see
+    /// [`Mbarrier::arrive_if`] for why no branch).
+    #[inline(always)]
+    pub fn arrive_cluster_if(self, rank: u32, pred: bool) {
+        #[cfg(target_arch = "nvptx64")]
+        // SAFETY: as `arrive_cluster`.
+        unsafe {
+            core::arch::asm!(
+                "{{ .reg .pred p; .reg .b32 r; setp.ne.b32 p, {2}, 0; mapa.shared::cluster.u32 r, {0}, {1}; @p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r]; }}",
+                in(reg32) self.0, in(reg32) rank, in(reg32) pred as u32
+            )
+        };
+        #[cfg(not(target_arch = "nvptx64"))]
+        if pred {
+            super::emu::hopper::mbarrier_arrive_cluster(self.0, rank);
+        }
+    }
+
     /// One arrival if `pred`, without a branch: a predicated instruction, so code that runs
     /// while a `wgmma` batch is in flight stays convergent (a branch around the arrival made
     /// ptxas serialise the `wgmma`s, C7518).

@@ -16,14 +16,20 @@ use gpu_kernels::gemm_wgmma::{
 pub const GATE_UP_BLOCK: usize = BN / 2;
 
 /// Output columns per block of the dense GEMMs: `BN` (narrow) or `WIDE_BN` (wide, which reads
-/// each A tile half as often). Both give every element the same bits (the same `wgmma`
-/// sequence), so the width may change from call to call without breaking batch invariance.
+/// each A tile half as often), the wide ones optionally in cluster pairs. All give every
+/// element the same bits (the same `wgmma` sequence), so the tiling may change from call to
+/// call without breaking batch invariance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileWidth {
-    /// Wide when that still makes [`WIDE_MIN_TILES`] wide tiles, else narrow.
+    /// Wide when that still makes [`WIDE_MIN_TILES`] wide tiles, else narrow; wide tiles run
+    /// paired only with `KILN_GEMM_PAIRS=1` ([`super::gemm_pairs`]; off by default).
     Auto,
     Narrow,
     Wide,
+    /// Wide, in clusters of two blocks on two row tiles of one column block that share each B
+    /// tile (each block loads half of it into both by multicast TMA, so it is read from L2
+    /// once per pair).
+    WidePaired,
 }
 
 /// Wide tiles a launch needs for `TileWidth::Auto` to choose them. Measured on the H200 (132
@@ -35,31 +41,50 @@ pub enum TileWidth {
 pub const WIDE_MIN_TILES: usize = 72;
 
 impl TileWidth {
-    fn is_wide(self, rows: usize, n_cols: usize) -> bool {
+    /// What the tiling is for a call over `rows` rows and `n_cols` B rows: never `Auto`.
+    fn resolve(self, rows: usize, n_cols: usize) -> TileWidth {
+        self.resolve_with(rows, n_cols, super::gemm_pairs())
+    }
+
+    /// [`TileWidth::resolve`] with `KILN_GEMM_PAIRS`' answer given (`pairs`).
+    fn resolve_with(self, rows: usize, n_cols: usize, pairs: bool) -> TileWidth {
         match self {
-            TileWidth::Narrow => false,
-            TileWidth::Wide => true,
-            TileWidth::Auto => rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN) >= WIDE_MIN_TILES,
+            TileWidth::Auto if rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN) < WIDE_MIN_TILES => {
+                TileWidth::Narrow
+            }
+            TileWidth::Auto if pairs => TileWidth::WidePaired,
+            TileWidth::Auto => TileWidth::Wide,
+            chosen => chosen,
         }
     }
 }
 
-/// One persistent launch over `rows` rows of `x` and `n_cols` B rows: a block per
-/// multiprocessor, at most one per tile.
+/// One persistent launch over `rows` rows of `x` and `n_cols` B rows in tiles of `width` (not
+/// `Auto`): a block per multiprocessor, at most one per tile; paired, a cluster per pair of
+/// row tiles, as many as fit at once.
 fn config(
     dev: &Device,
     kernel: &'static str,
     rows: usize,
     n_cols: usize,
-    wide: bool,
+    width: TileWidth,
 ) -> Result<LaunchConfig> {
-    let (cols, shared) = if wide {
-        (WIDE_BN, WIDE_SHARED_BYTES)
-    } else {
-        (BN, SHARED_BYTES)
-    };
-    let tiles = rows.div_ceil(BM) * n_cols.div_ceil(cols);
-    super::persistent(dev, kernel, tiles, THREADS, shared)
+    let wide_tiles = |row_tiles: usize| row_tiles * n_cols.div_ceil(WIDE_BN);
+    match width {
+        TileWidth::Narrow => {
+            let tiles = rows.div_ceil(BM) * n_cols.div_ceil(BN);
+            super::persistent(dev, kernel, tiles, THREADS, SHARED_BYTES)
+        }
+        TileWidth::WidePaired => {
+            // Row tiles in pairs: an odd count leaves the last pair's second tile empty.
+            let tiles = wide_tiles(2 * rows.div_ceil(2 * BM));
+            super::persistent_pairs(dev, kernel, tiles, THREADS, WIDE_SHARED_BYTES)
+        }
+        TileWidth::Wide | TileWidth::Auto => {
+            let tiles = wide_tiles(rows.div_ceil(BM));
+            super::persistent(dev, kernel, tiles, THREADS, WIDE_SHARED_BYTES)
+        }
+    }
 }
 
 /// `y[rows][m] = x[rows][k] · w[m][k]ᵀ (+ bias) (+ y)`, f32 out; `m`, `k` from `w`.
@@ -84,16 +109,22 @@ pub fn matmul_tiled(
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
     const K: &str = "gemm_wgmma_f32";
-    let Some((cfg, wide, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
+    let Some((cfg, width, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
         return Ok(());
     };
     let bias = Buffer::maybe_input(epilogue.bias);
     let (rows, m, k) = (rows as u32, w.rows() as u32, w.cols() as u32);
     let (x, w, out) = (x.map(), w.map(), y.output());
-    if wide {
-        gemm_wgmma::gemm_wgmma_f32_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
-    } else {
-        gemm_wgmma::gemm_wgmma_f32::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+    match width {
+        TileWidth::Narrow => {
+            gemm_wgmma::gemm_wgmma_f32::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+        }
+        TileWidth::Wide | TileWidth::Auto => {
+            gemm_wgmma::gemm_wgmma_f32_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+        }
+        TileWidth::WidePaired => gemm_wgmma::gemm_wgmma_f32_wide_pair::launch(
+            dev, cfg, x, w, bias, out, rows, m, k, flags,
+        ),
     }
 }
 
@@ -205,21 +236,27 @@ pub fn matmul_bf16_tiled(
 ) -> Result<()> {
     const K: &str = "gemm_wgmma_bf16";
     ensure_shape!(!epilogue.add_to_y, K, "a bf16 output cannot be added to");
-    let Some((cfg, wide, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
+    let Some((cfg, width, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
         return Ok(());
     };
     let bias = Buffer::maybe_input(epilogue.bias);
     let (rows, m, k) = (rows as u32, w.rows() as u32, w.cols() as u32);
     let (x, w, out) = (x.map(), w.map(), y.output());
-    if wide {
-        gemm_wgmma::gemm_wgmma_bf16_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
-    } else {
-        gemm_wgmma::gemm_wgmma_bf16::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+    match width {
+        TileWidth::Narrow => {
+            gemm_wgmma::gemm_wgmma_bf16::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+        }
+        TileWidth::Wide | TileWidth::Auto => {
+            gemm_wgmma::gemm_wgmma_bf16_wide::launch(dev, cfg, x, w, bias, out, rows, m, k, flags)
+        }
+        TileWidth::WidePaired => gemm_wgmma::gemm_wgmma_bf16_wide_pair::launch(
+            dev, cfg, x, w, bias, out, rows, m, k, flags,
+        ),
     }
 }
 
 /// The checks and launch choices both dense wrappers share: `None` when there are no rows,
-/// else the launch, whether its tiles are wide, and the epilogue flags.
+/// else the launch, its tiling (not `Auto`), and the epilogue flags.
 fn dense_setup<T: Element>(
     dev: &Device,
     kernel: &'static str,
@@ -227,9 +264,10 @@ fn dense_setup<T: Element>(
     y: &Buffer<T>,
     (rows, width): (usize, TileWidth),
     epilogue: Epilogue<'_>,
-) -> Result<Option<(LaunchConfig, bool, u32)>> {
+) -> Result<Option<(LaunchConfig, TileWidth, u32)>> {
     let (m, k) = (w.rows(), w.cols());
     x.check(kernel, "x", rows, k)?;
+    check_dense_boxes(kernel, x, w)?;
     super::check_len(kernel, "y", y, rows * m)?;
     if let Some(b) = epilogue.bias {
         super::check_len(kernel, "bias", b, m)?;
@@ -238,11 +276,11 @@ fn dense_setup<T: Element>(
     if rows == 0 {
         return Ok(None);
     }
-    let wide = width.is_wide(rows, m);
-    let cfg = config(dev, kernel, rows, m, wide)?;
+    let width = width.resolve(rows, m);
+    let cfg = config(dev, kernel, rows, m, width)?;
     let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
         | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
-    Ok(Some((cfg, wide, flags)))
+    Ok(Some((cfg, width, flags)))
 }
 
 /// `h[rows][m] = bf16(silu(x · w_gateᵀ) ⊙ (x · w_upᵀ))` with `w_gate_up` interleaved by
@@ -270,19 +308,40 @@ pub fn matmul_swiglu_tiled(
     x.check(K, "x", rows, k)?;
     h.check(K, "h", rows, m)?;
     w_gate_up.check(K, "w_gate_up", interleaved_rows(m), k)?;
+    check_dense_boxes(K, x, w_gate_up)?;
     to_u32(K, "rows × m", rows * m)?;
     if rows == 0 {
         return Ok(());
     }
-    let wide = width.is_wide(rows, interleaved_rows(m));
-    let cfg = config(dev, K, rows, interleaved_rows(m), wide)?;
+    let width = width.resolve(rows, interleaved_rows(m));
+    let cfg = config(dev, K, rows, interleaved_rows(m), width)?;
     let (x, w, h) = (x.map(), w_gate_up.map(), h.data().output());
     let (rows, m, k) = (rows as u32, m as u32, k as u32);
-    if wide {
-        gemm_wgmma::gemm_wgmma_swiglu_wide::launch(dev, cfg, x, w, h, rows, m, k)
-    } else {
-        gemm_wgmma::gemm_wgmma_swiglu::launch(dev, cfg, x, w, h, rows, m, k)
+    match width {
+        TileWidth::Narrow => gemm_wgmma::gemm_wgmma_swiglu::launch(dev, cfg, x, w, h, rows, m, k),
+        TileWidth::Wide | TileWidth::Auto => {
+            gemm_wgmma::gemm_wgmma_swiglu_wide::launch(dev, cfg, x, w, h, rows, m, k)
+        }
+        TileWidth::WidePaired => {
+            gemm_wgmma::gemm_wgmma_swiglu_wide_pair::launch(dev, cfg, x, w, h, rows, m, k)
+        }
     }
+}
+
+/// The dense GEMMs read A in boxes of `BM` rows (one per tile) and B in boxes of `BN` rows
+/// (one or two per tile; paired, one per block): a map with other boxes would bring a
+/// different number of bytes than the kernel waits for (a hang, not an error), e.g. a weight
+/// map made for the K-segmented GEMM's narrow tiles.
+fn check_dense_boxes(kernel: &'static str, x: &TmaMatrix, w: &TmaMatrix) -> Result<()> {
+    for (name, map, want) in [("x", x, BM), ("w", w, BN)] {
+        ensure_shape!(
+            map.box_rows() == want as u32,
+            kernel,
+            "{name} is read in boxes of {} rows; the dense GEMMs need {want}",
+            map.box_rows()
+        );
+    }
+    Ok(())
 }
 
 /// Rows of an interleaved gate|up matrix for `m` output features.
@@ -308,4 +367,30 @@ pub fn interleave_gate_up(gate: &[u16], up: &[u16], m: usize, k: usize) -> Vec<u
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Auto` never pairs unless asked (`KILN_GEMM_PAIRS=1`), and never picks narrow tiles
+    /// paired; explicit tilings stay what they are.
+    #[test]
+    fn auto_pairs_wide_tiles_only_when_asked() {
+        let (big, small) = ((4096, 4096), (512, 512));
+        for pairs in [false, true] {
+            let auto = |(rows, cols)| TileWidth::Auto.resolve_with(rows, cols, pairs);
+            assert_eq!(auto(small), TileWidth::Narrow);
+            let wide = if pairs {
+                TileWidth::WidePaired
+            } else {
+                TileWidth::Wide
+            };
+            assert_eq!(auto(big), wide);
+            for chosen in [TileWidth::Narrow, TileWidth::Wide, TileWidth::WidePaired] {
+                assert_eq!(chosen.resolve_with(big.0, big.1, pairs), chosen);
+                assert_eq!(chosen.resolve_with(small.0, small.1, pairs), chosen);
+            }
+        }
+    }
 }

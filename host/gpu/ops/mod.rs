@@ -49,3 +49,34 @@ pub(crate) fn persistent(
     let blocks = tiles.min(dev.multiprocessors() as usize) as u32;
     Ok(LaunchConfig::linear(blocks, threads).with_shared(shared))
 }
+
+/// Set to 1 to let `TileWidth::Auto` run the dense GEMMs' wide tiles in cluster pairs sharing
+/// B (`gemm_wgmma`'s `*_wide_pair` kernels); anything else, or unset, runs them unpaired. Off
+/// by default: on the H200 the pairs (branch `gemm-pairs-2`) measured slower on every dense
+/// shape (NOTES, session 6). Either gives the same bits. Explicit tilings ignore it.
+pub const GEMM_PAIRS_VAR: &str = "KILN_GEMM_PAIRS";
+
+/// Whether [`GEMM_PAIRS_VAR`] is 1 (read once per process).
+pub fn gemm_pairs() -> bool {
+    static PAIRS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAIRS.get_or_init(|| std::env::var(GEMM_PAIRS_VAR).is_ok_and(|v| v.trim() == "1"))
+}
+
+/// [`persistent`] for a kernel declared for clusters of two that walks its tiles in pairs
+/// (tiles `2p`, `2p + 1` to one cluster): as many clusters as the driver says fit at once
+/// ([`Device::max_active_clusters`], an error where none fits), at most one per two
+/// multiprocessors and one per pair of tiles.
+pub(crate) fn persistent_pairs(
+    dev: &Device,
+    kernel: &'static str,
+    tiles: usize,
+    threads: u32,
+    shared: u32,
+) -> Result<LaunchConfig> {
+    to_u32(kernel, "tiles", tiles.next_multiple_of(2))?;
+    let probe = LaunchConfig::linear(2, threads).with_shared(shared);
+    let fit = dev.max_active_clusters(kernel, probe)? as usize;
+    let half = (dev.multiprocessors() / 2).max(1) as usize;
+    let clusters = tiles.div_ceil(2).min(fit).min(half).max(1) as u32;
+    Ok(LaunchConfig::linear(2 * clusters, threads).with_shared(shared))
+}
