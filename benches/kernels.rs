@@ -14,6 +14,11 @@
 //! `KILN_BENCH_ONLY=gemm,attention,moe` (any subset) runs only those families: with
 //! `KILN_KERNELS_PTX` (a variant build of the kernels, see `kiln::gpu::device`) it compares
 //! kernel variants in one GPU session.
+//!
+//! The dense GEMMs run in every tiling (narrow, wide, wide in cluster pairs sharing B: the
+//! `*_pair` rows), whatever `KILN_GEMM_PAIRS` says (it only steers `TileWidth::Auto`), so one
+//! run is the A/B of pairs against the unpaired wide tiles: f32 out (the o projection adds its
+//! residual), bf16 out (the Q|K|V projections as the pipeline runs them) and SwiGLU (dense FFN).
 
 mod common;
 use common::*;
@@ -24,7 +29,7 @@ use kiln::gpu::ops::attention_input::{
 use kiln::gpu::ops::flash_attention::{AttentionShape, KvCache, flash_attention};
 use kiln::gpu::ops::gemm::Epilogue;
 use kiln::gpu::ops::gemm_wgmma::{
-    TileWidth, interleaved_rows, matmul_bf16, matmul_swiglu_tiled, matmul_tiled,
+    TileWidth, interleaved_rows, matmul_bf16, matmul_bf16_tiled, matmul_swiglu_tiled, matmul_tiled,
 };
 use kiln::gpu::ops::moe::{MoeShape, RouteOptions, Routing};
 use kiln::gpu::ops::moe_router::{Router, RouterWeights};
@@ -74,26 +79,34 @@ fn main() {
     let wanted = |family: &str| only.is_empty() || only.split(',').any(|f| f.trim() == family);
     let mut rng = Rng::new(0x6b69_6c6e);
     let mut rows = Vec::new();
-    // Dense projections (M tokens × N features × K), as in the GEMM issue's table.
+    // Dense projections (M tokens × N features × K), as in the GEMM issue's table; the o
+    // projection adds its residual (`+ y`); the Q|K|V ones run with bf16 out too (`true`), as
+    // the pipeline's two-kernel path runs them.
     let gemm_shapes = [
-        (4096, 4096, 2048, "q proj"),
-        (4096, 512, 2048, "k/v proj"),
-        (4096, 2048, 4096, "o proj"),
-        (4096, 5120, 2048, "fused qkv"),
-        (8192, 8192, 8192, "square"),
-        (512, 5120, 2048, "fused qkv, N=512"),
+        (4096, 4096, 2048, "q proj", true),
+        (4096, 512, 2048, "k/v proj", true),
+        (4096, 2048, 4096, "o proj, + y", false),
+        (4096, 5120, 2048, "fused qkv", true),
+        (8192, 8192, 8192, "square", false),
+        (512, 5120, 2048, "fused qkv, N=512", true),
     ];
-    for (m, n, k, what) in gemm_shapes.into_iter().filter(|_| wanted("gemm")) {
+    for (m, n, k, what, bf16) in gemm_shapes.into_iter().filter(|_| wanted("gemm")) {
         let x = random_bf16(&dev, &mut rng, m, k);
         let w = random_bf16(&dev, &mut rng, n, k);
         let y = dev.alloc::<f32>(m * n, "y").expect("alloc");
-        // Both tile widths (the same bits), so the choice `TileWidth::Auto` makes can be checked.
+        let epilogue = if what.ends_with("+ y") {
+            Epilogue::ADD_TO_Y
+        } else {
+            Epilogue::STORE
+        };
+        // Every tiling (the same bits), so the choice `TileWidth::Auto` makes can be checked.
         for (width, kernel) in [
             (TileWidth::Narrow, "gemm_wgmma_f32"),
             (TileWidth::Wide, "gemm_wgmma_f32_wide"),
+            (TileWidth::WidePaired, "gemm_wgmma_f32_wide_pair"),
         ] {
             let ms = time_ms(&dev, 3, 20, || {
-                matmul_tiled(&dev, &x, &w, &y, (m, width), Epilogue::STORE).expect("matmul")
+                matmul_tiled(&dev, &x, &w, &y, (m, width), epilogue).expect("matmul")
             });
             let tflops = 2.0 * (m * n * k) as f64 / ms / 1e9;
             rows.push(Row {
@@ -101,6 +114,26 @@ fn main() {
                 shape: format!("{m}x{n}x{k} ({what})"),
                 ms,
                 tflops,
+            });
+        }
+        if !bf16 {
+            continue;
+        }
+        let y16 = dev.alloc::<u16>(m * n, "y16").expect("alloc");
+        for (width, kernel) in [
+            (TileWidth::Narrow, "gemm_wgmma_bf16"),
+            (TileWidth::Wide, "gemm_wgmma_bf16_wide"),
+            (TileWidth::WidePaired, "gemm_wgmma_bf16_wide_pair"),
+        ] {
+            let ms = time_ms(&dev, 3, 20, || {
+                matmul_bf16_tiled(&dev, &x, &w, &y16, (m, width), Epilogue::STORE)
+                    .expect("matmul_bf16")
+            });
+            rows.push(Row {
+                kernel,
+                shape: format!("{m}x{n}x{k} ({what})"),
+                ms,
+                tflops: 2.0 * (m * n * k) as f64 / ms / 1e9,
             });
         }
     }
@@ -113,6 +146,7 @@ fn main() {
         for (width, kernel) in [
             (TileWidth::Narrow, "gemm_wgmma_swiglu"),
             (TileWidth::Wide, "gemm_wgmma_swiglu_wide"),
+            (TileWidth::WidePaired, "gemm_wgmma_swiglu_wide_pair"),
         ] {
             let ms = time_ms(&dev, 3, 20, || {
                 matmul_swiglu_tiled(&dev, &x, &w, &h, (m, width)).expect("swiglu")
@@ -279,13 +313,23 @@ fn main() {
         });
     }
     println!("\nkernels on {} (peak used: {peak:.0} TFLOP/s)", dev.name());
+    // The explicit tilings above ignore it; the pipeline's `TileWidth::Auto` follows it.
     println!(
-        "{:<24} {:<28} {:>9} {:>8} {:>7}",
+        "{}: Auto tiles wide GEMMs {}",
+        kiln::gpu::ops::GEMM_PAIRS_VAR,
+        if kiln::gpu::ops::gemm_pairs() {
+            "paired"
+        } else {
+            "unpaired (the default)"
+        }
+    );
+    println!(
+        "{:<40} {:<28} {:>9} {:>8} {:>7}",
         "kernel", "shape", "ms", "TFLOP/s", "%peak"
     );
     for r in &rows {
         println!(
-            "{:<24} {:<28} {:>9.3} {:>8.0} {:>6.1}%",
+            "{:<40} {:<28} {:>9.3} {:>8.0} {:>6.1}%",
             r.kernel,
             r.shape,
             r.ms,
