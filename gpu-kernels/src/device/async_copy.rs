@@ -125,15 +125,22 @@ impl Mbarrier {
         super::emu::hopper::mbarrier_arrive_cluster(self.0, rank);
     }
 
-    /// [`Mbarrier::arrive_cluster`] if `pred`, as one predicated instruction (see
-    /// [`Mbarrier::arrive_if`] for why no branch).
+    /// One arrival if `pred` (one predicated instruction: see [`Mbarrier::arrive_if`] for why no
+    /// branch) on the barrier at this offset in the cluster's block `rank`, with release
+    /// semantics at CTA scope (`mbarrier.arrive.release.cta.shared::cluster`, the PTX default,
+    /// CUTLASS's `ClusterBarrier::arrive(cta_id, pred)`): for a consumer releasing a slot whose
+    /// only accesses were `wgmma` operand reads, complete once `wgmma.wait_group` returned (the
+    /// same order the local [`Mbarrier::arrive_if`] release relies on). Not for releasing
+    /// ordinary writes to a peer: that needs [`Mbarrier::arrive_cluster`]'s cluster scope, which
+    /// ptxas 12.9 compiles to `MEMBAR.ALL.CTA; MEMBAR.ALL.GPU; ERRBAR; CGAERRBAR` before the
+    /// arrival (SASS), a stall of the releasing warp on every pipeline slot.
     #[inline(always)]
     pub fn arrive_cluster_if(self, rank: u32, pred: bool) {
         #[cfg(target_arch = "nvptx64")]
         // SAFETY: as `arrive_cluster`.
         unsafe {
             core::arch::asm!(
-                "{{ .reg .pred p; .reg .b32 r; setp.ne.b32 p, {2}, 0; mapa.shared::cluster.u32 r, {0}, {1}; @p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r]; }}",
+                "{{ .reg .pred p; .reg .b32 r; setp.ne.b32 p, {2}, 0; mapa.shared::cluster.u32 r, {0}, {1}; @p mbarrier.arrive.release.cta.shared::cluster.b64 _, [r]; }}",
                 in(reg32) self.0, in(reg32) rank, in(reg32) pred as u32
             )
         };
