@@ -28,7 +28,7 @@
 
 mod common;
 use common::*;
-use gpu_kernels::gemm_wgmma::HALF_BN;
+use gpu_kernels::gemm_wgmma::{self as gemm_wgmma_kernels, HALF_BN};
 use kiln::gpu::Device;
 use kiln::gpu::ops::gemm::Epilogue;
 use kiln::gpu::ops::gemm_wgmma::{
@@ -460,6 +460,44 @@ fn matmul_segments_refuse_a_missing_map() {
             );
         }
         gemm_wgmma::matmul_segments_tiled(&dev, &x, &w, &y, (8, SegmentTiles::Narrow), 64).unwrap();
+    }
+}
+
+/// The dense tile walk visits every (row, column) unit of the grid exactly once, band by band,
+/// and ends there: a unit skipped or visited twice would leave output unwritten or race.
+#[test]
+fn raster_walks_every_tile_once() {
+    for (rows, cols, band) in [
+        (64, 32, 16),
+        (5, 3, 16),
+        (17, 7, 16),
+        (1, 1, 16),
+        (33, 5, 8),
+    ] {
+        let mut seen = vec![0u32; rows * cols];
+        let n = (rows * cols) as u32;
+        for u in 0..n + 2 * band * cols as u32 {
+            match gemm_wgmma_kernels::raster(u, (rows as u32, cols as u32), band) {
+                Some((r, c)) => {
+                    assert!(
+                        u < n,
+                        "{rows}x{cols}/{band}: unit {u} past the end gave ({r}, {c})"
+                    );
+                    let band_of = |row: u32| row / band;
+                    assert_eq!(
+                        band_of(r),
+                        u / (band * cols as u32),
+                        "{rows}x{cols}: unit {u} out of its band"
+                    );
+                    seen[r as usize * cols + c as usize] += 1;
+                }
+                None => assert!(u >= n, "{rows}x{cols}/{band}: unit {u} of {n} gave nothing"),
+            }
+        }
+        assert!(
+            seen.iter().all(|&v| v == 1),
+            "{rows}x{cols}/{band}: {seen:?}"
+        );
     }
 }
 

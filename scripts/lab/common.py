@@ -15,18 +15,20 @@ import torch
 
 # A cubin assembled here by ptxas (no driver JIT on the GPU machine), else the PTX.
 PTX = os.environ.get("KILN_PTX", "target/ptx/kernels.ptx")
-_module = None
+_modules = {}
 
 
-def module():
-    global _module
-    if _module is None:
-        _module = cp.RawModule(path=PTX)
-    return _module
+def module(path=None):
+    """The kernels of `path` (default `KILN_PTX`), loaded once."""
+    path = path or PTX
+    if path not in _modules:
+        _modules[path] = cp.RawModule(path=path)
+    return _modules[path]
 
 
-def kernel(name, shared_bytes=0):
-    k = module().get_function(name)
+def kernel(name, shared_bytes=0, path=None):
+    """Kernel `name` of the module at `path` (default `KILN_PTX`)."""
+    k = module(path).get_function(name)
     if shared_bytes > 48 * 1024:
         k.max_dynamic_shared_size_bytes = shared_bytes
     return k

@@ -1,5 +1,6 @@
 """GEMM lab: kiln's wgmma GEMM against cuBLAS (torch) on the issue's shapes; correctness at
 odd shapes; bit-exact row invariance across call sizes."""
+import os
 import statistics
 import sys
 
@@ -16,9 +17,12 @@ WIDE_SHARED = 230464
 # kiln::gpu::ops::gemm_wgmma::WIDE_MIN_TILES: TileWidth::Auto takes wide tiles from this many
 WIDE_MIN_TILES = 72
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
+# A second build of the kernels (KILN_PTX_ALT) whose wide and paired GEMMs join the speed
+# table's interleaved rounds: an A/B of two builds under the same clock.
+ALT = os.environ.get("KILN_PTX_ALT")
 
 
-def run_f32(x, w, bias=None, y=None, add=False, wide=False, pair=False):
+def run_f32(x, w, bias=None, y=None, add=False, wide=False, pair=False, ptx=None):
     """kiln's f32 GEMM: narrow tiles (BM x BN) or wide (BM x 2 BN, gemm_wgmma_f32_wide, what
     kiln's TileWidth::Auto launches when that still makes 72 tiles or more), or wide in
     clusters of two sharing B (gemm_wgmma_f32_wide_pair: the PTX declares the cluster, so a
@@ -30,7 +34,7 @@ def run_f32(x, w, bias=None, y=None, add=False, wide=False, pair=False):
     mx = tensor_map_2d(x, 64, BM)
     mw = tensor_map_2d(w, 64, BN)
     name, shared, cols = ("gemm_wgmma_f32_wide", WIDE_SHARED, 2 * BN) if wide or pair else ("gemm_wgmma_f32", SHARED, BN)
-    kern = kernel(name + ("_pair" if pair else ""), shared)
+    kern = kernel(name + ("_pair" if pair else ""), shared, ptx)
     flags = (1 if bias is not None else 0) | (2 if add else 0)
     b = bias if bias is not None else y
     # Persistent: a block per multiprocessor, at most one per tile.
@@ -106,6 +110,9 @@ def speed(rounds=5):
         flops = 2 * n_rows * m * k
         runs = {"cublas": lambda: x @ w.T, "narrow": run_f32(x, w)[1],
                 "wide": run_f32(x, w, wide=True)[1], "pair": run_f32(x, w, pair=True)[1]}
+        if ALT:
+            runs["wide alt"] = run_f32(x, w, wide=True, ptx=ALT)[1]
+            runs["pair alt"] = run_f32(x, w, pair=True, ptx=ALT)[1]
         times = {name: [] for name in runs}
         names = list(runs)
         for r in range(rounds):
@@ -118,9 +125,11 @@ def speed(rounds=5):
         rows.append((f"{n_rows}x{m}x{k}", f"{tf(t['cublas']):.0f}", f"{tf(t['narrow']):.0f}",
                      f"{tf(t['wide']):.0f}", f"{tf(t['pair']):.0f}",
                      f"{t['cublas'] / auto:.2f}", f"{t['cublas'] / t['pair']:.2f}",
-                     f"{tf(max(times['wide'])):.0f}-{tf(min(times['wide'])):.0f}"))
+                     f"{tf(max(times['wide'])):.0f}-{tf(min(times['wide'])):.0f}")
+                    + ((f"{tf(t['wide alt']):.0f}", f"{tf(t['pair alt']):.0f}") if ALT else ()))
     table(rows, ("M x N x K", "cuBLAS TF/s (bf16 out)", "kiln narrow (f32 out)", "kiln wide",
-                 "kiln wide pair", "kiln's pick / cuBLAS", "pair / cuBLAS", "wide: range of rounds"))
+                 "kiln wide pair", "kiln's pick / cuBLAS", "pair / cuBLAS", "wide: range of rounds")
+          + (("wide (KILN_PTX_ALT)", "pair (KILN_PTX_ALT)") if ALT else ()))
 
 
 def moe_peers():

@@ -3,7 +3,7 @@
 //! pair reads B from L2 once. Which block loads what, and when, changes no arithmetic: every
 //! element gets the bits of the unpaired wide kernel.
 
-use super::{BM, BN, Split, Tile, WIDE_BN, dense_tile};
+use super::{BM, BN, RASTER_ROWS, Split, Tile, WIDE_BN, dense_tile, raster};
 use crate::device::async_copy::{Mbarrier, TensorMap, tma_load_2d, tma_load_2d_multicast};
 use crate::device::cluster::{cluster_ctarank, cluster_sync};
 use crate::device::*;
@@ -133,16 +133,16 @@ impl Dense {
 
 /// Tile `t` of a dense launch run as clusters sharing B ([`Share::B`]) over `n_rows` rows and
 /// `n_cols` B rows in blocks of `cols`: tiles `2p` and `2p + 1` are row tiles `2i` and `2i + 1`
-/// of the same column block (column blocks vary fastest over `p`), both over all `k_slices`.
-/// Where the row tiles are odd in number, the last pair's second tile has no rows: its block
-/// computes a tile nobody stores and loads its half of B for the peer.
+/// of the same column block (pairs `p` in [`raster`] order over row pairs and column blocks,
+/// bands of `RASTER_ROWS` row tiles), both over all `k_slices`. Where the row tiles are odd in
+/// number, the last pair's second tile has no rows: its block computes a tile nobody stores
+/// and loads its half of B for the peer.
 #[inline(always)]
 fn paired_tile(t: u32, (n_rows, n_cols, cols): (u32, u32, u32), k_slices: u32) -> Option<Tile> {
-    let col_blocks = n_cols.div_ceil(cols);
-    let row_pairs = n_rows.div_ceil(2 * BM as u32);
-    let (p, r) = (t / 2, t % 2);
-    let (row_pair, col) = (p / col_blocks, p % col_blocks);
-    (row_pair < row_pairs).then_some(Tile {
+    let units = (n_rows.div_ceil(2 * BM as u32), n_cols.div_ceil(cols));
+    let (row_pair, col) = raster(t / 2, units, RASTER_ROWS / 2)?;
+    let r = t % 2;
+    Some(Tile {
         row0: (2 * row_pair + r) * BM as u32,
         end: n_rows,
         w_row0: col * cols,
