@@ -95,12 +95,20 @@ def correctness():
     return ok
 
 
+def steady_ms(fn, span_ms=100):
+    """Median CUDA-event milliseconds of `fn` over runs spanning about `span_ms` (at least 20),
+    after a fifth as many warm-up runs: long enough for the clock to settle to what this
+    kernel's power draw allows."""
+    iters = max(20, int(span_ms / max(time_ms(fn, warmup=2, iters=3), 1e-3)))
+    return time_ms(fn, warmup=max(3, iters // 5), iters=iters)
+
+
 def speed(rounds=5):
-    """cuBLAS and kiln's tilings timed in interleaved rounds (each a median of 20 CUDA-event
-    timings; the order rotates per round), the median of the rounds reported: on the H200 the
-    same kernel read 658 and 718 TFLOP/s at 8192^3 one after another, as the clock follows the
-    board's temperature, so each tiling must see the same conditions."""
-    print(f"== speed (bf16 in, f32 accumulate), {rounds} interleaved rounds of a median of 20, CUDA events")
+    """cuBLAS and kiln's tilings timed in interleaved rounds (each `steady_ms`; the order
+    rotates per round), the median of the rounds reported: on the H200 the same kernel read
+    658 and 718 TFLOP/s at 8192^3 one after another, as the clock follows the board's power
+    and temperature, so each tiling must see the same conditions."""
+    print(f"== speed (bf16 in, f32 accumulate), {rounds} interleaved rounds of ~100 ms each, CUDA events")
     shapes = [(4096, 4096, 2048), (4096, 512, 2048), (4096, 2048, 4096), (4096, 5120, 2048),
               (8192, 8192, 8192), (512, 5120, 2048)]
     rows = []
@@ -117,7 +125,7 @@ def speed(rounds=5):
         names = list(runs)
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                times[name].append(time_ms(runs[name]))
+                times[name].append(steady_ms(runs[name]))
         t = {name: statistics.median(v) for name, v in times.items()}
         # The tiling kiln's TileWidth::Auto picks (host/gpu/ops/gemm_wgmma.rs, WIDE_MIN_TILES).
         auto = t["wide"] if ((n_rows + BM - 1) // BM) * ((m + 2 * BN - 1) // (2 * BN)) >= WIDE_MIN_TILES else t["narrow"]
