@@ -61,10 +61,10 @@ impl TileWidth {
 
 /// One persistent launch over `rows` rows of `x` and `n_cols` B rows in tiles of `width` (not
 /// `Auto`): a block per multiprocessor, at most one per tile; paired, a cluster per pair of
-/// row tiles, as many as fit at once.
+/// row tiles, as many as fit at once (asked of `paired`, the entry that declares the cluster).
 fn config(
     dev: &Device,
-    kernel: &'static str,
+    (kernel, paired): (&'static str, &'static str),
     rows: usize,
     n_cols: usize,
     width: TileWidth,
@@ -78,7 +78,7 @@ fn config(
         TileWidth::WidePaired => {
             // Row tiles in pairs: an odd count leaves the last pair's second tile empty.
             let tiles = wide_tiles(2 * rows.div_ceil(2 * BM));
-            super::persistent_pairs(dev, kernel, tiles, THREADS, WIDE_SHARED_BYTES)
+            super::persistent_pairs(dev, paired, tiles, THREADS, WIDE_SHARED_BYTES)
         }
         TileWidth::Wide | TileWidth::Auto => {
             let tiles = wide_tiles(rows.div_ceil(BM));
@@ -109,7 +109,9 @@ pub fn matmul_tiled(
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
     const K: &str = "gemm_wgmma_f32";
-    let Some((cfg, width, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
+    let names = (K, gemm_wgmma::gemm_wgmma_f32_wide_pair::ENTRY.name);
+    let Some((cfg, width, flags)) = dense_setup(dev, names, (x, w), y, (rows, width), epilogue)?
+    else {
         return Ok(());
     };
     let bias = Buffer::maybe_input(epilogue.bias);
@@ -236,7 +238,9 @@ pub fn matmul_bf16_tiled(
 ) -> Result<()> {
     const K: &str = "gemm_wgmma_bf16";
     ensure_shape!(!epilogue.add_to_y, K, "a bf16 output cannot be added to");
-    let Some((cfg, width, flags)) = dense_setup(dev, K, (x, w), y, (rows, width), epilogue)? else {
+    let names = (K, gemm_wgmma::gemm_wgmma_bf16_wide_pair::ENTRY.name);
+    let Some((cfg, width, flags)) = dense_setup(dev, names, (x, w), y, (rows, width), epilogue)?
+    else {
         return Ok(());
     };
     let bias = Buffer::maybe_input(epilogue.bias);
@@ -259,7 +263,7 @@ pub fn matmul_bf16_tiled(
 /// else the launch, its tiling (not `Auto`), and the epilogue flags.
 fn dense_setup<T: Element>(
     dev: &Device,
-    kernel: &'static str,
+    (kernel, paired): (&'static str, &'static str),
     (x, w): (&TmaMatrix, &TmaMatrix),
     y: &Buffer<T>,
     (rows, width): (usize, TileWidth),
@@ -277,7 +281,7 @@ fn dense_setup<T: Element>(
         return Ok(None);
     }
     let width = width.resolve(rows, m);
-    let cfg = config(dev, kernel, rows, m, width)?;
+    let cfg = config(dev, (kernel, paired), rows, m, width)?;
     let flags = if epilogue.bias.is_some() { EPI_BIAS } else { 0 }
         | if epilogue.add_to_y { EPI_ADD_TO_Y } else { 0 };
     Ok(Some((cfg, width, flags)))
@@ -314,7 +318,8 @@ pub fn matmul_swiglu_tiled(
         return Ok(());
     }
     let width = width.resolve(rows, interleaved_rows(m));
-    let cfg = config(dev, K, rows, interleaved_rows(m), width)?;
+    let paired = gemm_wgmma::gemm_wgmma_swiglu_wide_pair::ENTRY.name;
+    let cfg = config(dev, (K, paired), rows, interleaved_rows(m), width)?;
     let (x, w, h) = (x.map(), w_gate_up.map(), h.data().output());
     let (rows, m, k) = (rows as u32, m as u32, k as u32);
     match width {
