@@ -317,10 +317,10 @@ fn main() {
     println!(
         "{}: Auto tiles wide GEMMs {}",
         kiln::gpu::ops::GEMM_PAIRS_VAR,
-        if kiln::gpu::ops::gemm_pairs() {
-            "paired"
-        } else {
-            "unpaired (the default)"
+        match kiln::gpu::ops::gemm_pairs() {
+            kiln::gpu::ops::GemmPairs::Large => "paired from PAIRED_MIN_TILES on (the default)",
+            kiln::gpu::ops::GemmPairs::Never => "unpaired",
+            kiln::gpu::ops::GemmPairs::Always => "paired",
         }
     );
     println!(

@@ -19,7 +19,8 @@
 //!
 //! The wide dense kernels also come paired (`*_wide_pair`): clusters of two blocks on two row
 //! tiles of one column block, each loading half of the shared B tile into both by multicast
-//! TMA (`gemm_wgmma/pairs.rs`). The host runs them only when asked (`KILN_GEMM_PAIRS=1`).
+//! TMA (`gemm_wgmma/pairs.rs`). The host pairs launches of many tiles (`PAIRED_MIN_TILES`;
+//! `KILN_GEMM_PAIRS` overrides).
 //!
 //! Batch invariance: every output element is one accumulator in one thread, fed by the same
 //! sequence of `wgmma` instructions (K slices in ascending order, four k16 steps each) whatever

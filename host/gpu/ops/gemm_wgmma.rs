@@ -3,7 +3,7 @@
 //! `[m][k]` (GGUF order).
 
 use super::gemm::Epilogue;
-use super::to_u32;
+use super::{GemmPairs, to_u32};
 use crate::gpu::{
     Buffer, Device, Element, GpuError, LaunchConfig, Result, TmaMatrix, ensure_shape,
 };
@@ -22,7 +22,7 @@ pub const GATE_UP_BLOCK: usize = BN / 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileWidth {
     /// Wide when that still makes [`WIDE_MIN_TILES`] wide tiles, else narrow; wide tiles run
-    /// paired only with `KILN_GEMM_PAIRS=1` ([`super::gemm_pairs`]; off by default).
+    /// paired from [`PAIRED_MIN_TILES`] on (`KILN_GEMM_PAIRS`: [`super::gemm_pairs`]).
     Auto,
     Narrow,
     Wide,
@@ -40,6 +40,16 @@ pub enum TileWidth {
 /// (session 4): 291 vs 277 at 80 tiles, 237 vs 339 at 64.
 pub const WIDE_MIN_TILES: usize = 72;
 
+/// Wide tiles a launch needs for `TileWidth::Auto` to pair them (two waves on the H200's 132
+/// multiprocessors). Measured on the H200 (session 10, lab/gemm.py, interleaved rounds of
+/// ~100 ms, TFLOP/s paired vs unpaired; calls C and E): 8192³ (2048 tiles) 623 vs 597 and
+/// 647 vs 616; 4096 × 5120 × 2048 (640) 601 vs 592 and 564 vs 546; 4096 × 4096 × 2048 (512)
+/// 600 vs 594 and 559 vs 553; but 4096 × 2048 × 4096 (256) 638 vs 641 and 595 vs 597, and
+/// 512 × 5120 × 2048 (80) 225 vs 228 and 281 vs 291. Pairs read B from L2 once per two tiles
+/// and walk the tiles in bands (less DRAM traffic, so less power, so a higher clock); a short
+/// launch has too few waves for that to pay for the pair's lockstep.
+pub const PAIRED_MIN_TILES: usize = 264;
+
 impl TileWidth {
     /// What the tiling is for a call over `rows` rows and `n_cols` B rows: never `Auto`.
     fn resolve(self, rows: usize, n_cols: usize) -> TileWidth {
@@ -47,12 +57,16 @@ impl TileWidth {
     }
 
     /// [`TileWidth::resolve`] with `KILN_GEMM_PAIRS`' answer given (`pairs`).
-    fn resolve_with(self, rows: usize, n_cols: usize, pairs: bool) -> TileWidth {
+    fn resolve_with(self, rows: usize, n_cols: usize, pairs: GemmPairs) -> TileWidth {
+        let wide_tiles = rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN);
+        let paired = match pairs {
+            GemmPairs::Never => false,
+            GemmPairs::Always => true,
+            GemmPairs::Large => wide_tiles >= PAIRED_MIN_TILES,
+        };
         match self {
-            TileWidth::Auto if rows.div_ceil(BM) * n_cols.div_ceil(WIDE_BN) < WIDE_MIN_TILES => {
-                TileWidth::Narrow
-            }
-            TileWidth::Auto if pairs => TileWidth::WidePaired,
+            TileWidth::Auto if wide_tiles < WIDE_MIN_TILES => TileWidth::Narrow,
+            TileWidth::Auto if paired => TileWidth::WidePaired,
             TileWidth::Auto => TileWidth::Wide,
             chosen => chosen,
         }
@@ -378,24 +392,26 @@ pub fn interleave_gate_up(gate: &[u16], up: &[u16], m: usize, k: usize) -> Vec<u
 mod tests {
     use super::*;
 
-    /// `Auto` never pairs unless asked (`KILN_GEMM_PAIRS=1`), and never picks narrow tiles
-    /// paired; explicit tilings stay what they are.
+    /// `Auto` pairs wide tiles from `PAIRED_MIN_TILES` on by default, never with
+    /// `KILN_GEMM_PAIRS=0`, always with `=1`, and never pairs narrow tiles; explicit tilings
+    /// stay what they are.
     #[test]
-    fn auto_pairs_wide_tiles_only_when_asked() {
-        let (big, small) = ((4096, 4096), (512, 512));
-        for pairs in [false, true] {
-            let auto = |(rows, cols)| TileWidth::Auto.resolve_with(rows, cols, pairs);
-            assert_eq!(auto(small), TileWidth::Narrow);
-            let wide = if pairs {
-                TileWidth::WidePaired
-            } else {
-                TileWidth::Wide
-            };
-            assert_eq!(auto(big), wide);
+    fn auto_pairs_large_wide_launches() {
+        // 512 / 80 / 256 / 512 wide tiles.
+        let (small, wide80, wide256, big) = ((512, 512), (512, 5120), (4096, 2048), (4096, 4096));
+        let auto = |(rows, cols), pairs| TileWidth::Auto.resolve_with(rows, cols, pairs);
+        for pairs in [GemmPairs::Large, GemmPairs::Never, GemmPairs::Always] {
+            assert_eq!(auto(small, pairs), TileWidth::Narrow);
             for chosen in [TileWidth::Narrow, TileWidth::Wide, TileWidth::WidePaired] {
                 assert_eq!(chosen.resolve_with(big.0, big.1, pairs), chosen);
                 assert_eq!(chosen.resolve_with(small.0, small.1, pairs), chosen);
             }
         }
+        let (w, p) = (TileWidth::Wide, TileWidth::WidePaired);
+        assert_eq!(auto(wide80, GemmPairs::Large), w);
+        assert_eq!(auto(wide256, GemmPairs::Large), w);
+        assert_eq!(auto(big, GemmPairs::Large), p);
+        assert_eq!(auto(big, GemmPairs::Never), w);
+        assert_eq!(auto(wide80, GemmPairs::Always), p);
     }
 }

@@ -50,16 +50,31 @@ pub(crate) fn persistent(
     Ok(LaunchConfig::linear(blocks, threads).with_shared(shared))
 }
 
-/// Set to 1 to let `TileWidth::Auto` run the dense GEMMs' wide tiles in cluster pairs sharing
-/// B (`gemm_wgmma`'s `*_wide_pair` kernels); anything else, or unset, runs them unpaired. Off
-/// by default: on the H200 the pairs (branch `gemm-pairs-2`) measured slower on every dense
-/// shape (NOTES, session 6). Either gives the same bits. Explicit tilings ignore it.
+/// Whether `TileWidth::Auto` runs the dense GEMMs' wide tiles in cluster pairs sharing B
+/// (`gemm_wgmma`'s `*_wide_pair` kernels): unset, for launches of at least
+/// `gemm_wgmma::PAIRED_MIN_TILES` wide tiles ([`GemmPairs::Large`]); `0` never; `1` for every
+/// wide launch. Every tiling gives the same bits; explicit tilings ignore it.
 pub const GEMM_PAIRS_VAR: &str = "KILN_GEMM_PAIRS";
 
-/// Whether [`GEMM_PAIRS_VAR`] is 1 (read once per process).
-pub fn gemm_pairs() -> bool {
-    static PAIRS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PAIRS.get_or_init(|| std::env::var(GEMM_PAIRS_VAR).is_ok_and(|v| v.trim() == "1"))
+/// What [`GEMM_PAIRS_VAR`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPairs {
+    /// Unset (or anything but 0 and 1): pairs for large launches only.
+    Large,
+    Never,
+    Always,
+}
+
+/// [`GEMM_PAIRS_VAR`]'s choice (read once per process).
+pub fn gemm_pairs() -> GemmPairs {
+    static PAIRS: std::sync::OnceLock<GemmPairs> = std::sync::OnceLock::new();
+    *PAIRS.get_or_init(
+        || match std::env::var(GEMM_PAIRS_VAR).as_deref().map(str::trim) {
+            Ok("0") => GemmPairs::Never,
+            Ok("1") => GemmPairs::Always,
+            _ => GemmPairs::Large,
+        },
+    )
 }
 
 /// [`persistent`] for a kernel declared for clusters of two that walks its tiles in pairs
