@@ -171,6 +171,27 @@ unsafe impl<T: Element> Arg<Device, Out<T>> for Output<'_, T> {
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
 impl CudaRuntime {
+    /// `cuLaunchKernelEx`'s configuration of `cfg` on this runtime's stream with one
+    /// attribute (which must outlive the call the configuration is given to).
+    fn launch_config(
+        &self,
+        cfg: LaunchConfig,
+        attr: &mut sys::CUlaunchAttribute,
+    ) -> sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.shared_bytes,
+            hStream: self.stream().cu_stream(),
+            attrs: attr,
+            numAttrs: 1,
+        }
+    }
+
     /// `kernel`'s function, allowed `shared` bytes of dynamic shared memory.
     fn function_with_shared(&self, kernel: &'static str, shared: u32) -> Result<&CudaFunction> {
         let f = self.function(kernel)?;
@@ -228,18 +249,7 @@ impl CudaRuntime {
             pad: [0; 4],
             value,
         };
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid.0,
-            gridDimY: cfg.grid.1,
-            gridDimZ: cfg.grid.2,
-            blockDimX: cfg.block.0,
-            blockDimY: cfg.block.1,
-            blockDimZ: cfg.block.2,
-            sharedMemBytes: cfg.shared_bytes,
-            hStream: self.stream().cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+        let config = self.launch_config(cfg, &mut attr);
         let mut clusters = 0i32;
         // SAFETY: `config` is fully initialised and its one attribute (the kernel's compiled-in
         // cluster size, which the driver requires to match) lives across the call; the
@@ -320,18 +330,7 @@ impl CudaRuntime {
             pad: [0; 4],
             value,
         };
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid.0,
-            gridDimY: cfg.grid.1,
-            gridDimZ: cfg.grid.2,
-            blockDimX: cfg.block.0,
-            blockDimY: cfg.block.1,
-            blockDimZ: cfg.block.2,
-            sharedMemBytes: cfg.shared_bytes,
-            hStream: self.stream().cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+        let config = self.launch_config(cfg, &mut attr);
         // SAFETY: as `launch_raw`'s launch (the same function, parameters and stream); `config`
         // and `attr` outlive the call, which copies them.
         let status = unsafe {
