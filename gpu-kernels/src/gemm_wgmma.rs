@@ -46,7 +46,7 @@ use seq_macro::seq;
 // `src/*.rs` are declared with `#[path]` (gpu-kernels/build.rs), so a submodule names its file.
 #[path = "gemm_wgmma/epilogue.rs"]
 mod epilogue;
-use epilogue::{ColumnStore, OutElement, STAGING_BYTES, SegmentStore, SwigluStore, TileStore};
+use epilogue::{ColumnStore, OutElement, STAGING_BYTES, SwigluStore, TileStore};
 #[path = "gemm_wgmma/qkv_rope.rs"]
 mod qkv_rope;
 use qkv_rope::QkvRopeStore;
@@ -54,6 +54,10 @@ pub use qkv_rope::{EPI_QK_NORM, QKV_HEAD_DIM};
 #[path = "gemm_wgmma/pairs.rs"]
 mod pairs;
 use pairs::{Dense, Pair, Share};
+pub use pairs::{RASTER_ROWS, raster};
+#[path = "gemm_wgmma/segments.rs"]
+mod segments;
+pub use segments::{gemm_wgmma_f32_segments, gemm_wgmma_f32_segments_half};
 
 /// Rows (tokens) per block: two consumer warpgroups of 64.
 pub const BM: usize = 128;
@@ -370,56 +374,6 @@ fn persistent(
     pair.sync_before_exit();
 }
 
-/// Row tiles per band of the paired tile walk ([`raster`]).
-pub const RASTER_ROWS: u32 = 16;
-
-/// Position `u` of a walk over `rows × cols` units (row pairs × column blocks) in bands of
-/// `band` rows, rows varying fastest within a band: the ≈ one cluster per two multiprocessors
-/// running at once then cover a near-square patch of the output (16 × 8 wide tiles at 8192³),
-/// so they share their B columns in L2 as well as their A rows. `None` past the end.
-///
-/// Measured on the H200 (session 10, ncu at 8192³): the paired kernel read 1.05 TB/s from
-/// DRAM in this order against 1.78 walking each row pair across every column block, ran at
-/// 1.57 GHz against 1.51 (the traffic's power costs clock) in the same 2.2 M cycles: 1.42
-/// against 1.47 ms (cuBLAS 1.40). The unpaired walk keeps rows across columns ([`dense_tile`]):
-/// there this order cut DRAM reads the same way but took 5% more cycles (2.34 against 2.22 M).
-#[inline(always)]
-pub fn raster(u: u32, (rows, cols): (u32, u32), band: u32) -> Option<(u32, u32)> {
-    let band_units = band * cols;
-    let first = u / band_units * band;
-    if first >= rows {
-        return None;
-    }
-    let height = (rows - first).min(band);
-    let r = u % band_units;
-    let (row, col) = (first + r % height, r / height);
-    (col < cols).then_some((row, col))
-}
-
-/// Tile `t` of a dense launch over `n_rows` rows and `n_cols` B rows in blocks of `cols`, K in
-/// segments of `segment` slices (`k_slices` in all; one segment unless K-segmented): column
-/// blocks vary fastest, so the blocks running at once share their A rows, then segments.
-#[inline(always)]
-fn dense_tile(
-    t: u32,
-    (n_rows, n_cols, cols): (u32, u32, u32),
-    (k_slices, segment): (u32, u32),
-) -> Option<Tile> {
-    let segment = segment.max(1);
-    let (col_blocks, segments) = (n_cols.div_ceil(cols), k_slices.div_ceil(segment).max(1));
-    let (rest, col) = (t / col_blocks, t % col_blocks);
-    let (row_tile, seg) = (rest / segments, rest % segments);
-    let row0 = row_tile * BM as u32;
-    let k0 = seg * segment;
-    (row0 < n_rows).then_some(Tile {
-        row0,
-        end: n_rows,
-        w_row0: col * cols,
-        col,
-        slices: (k0, segment.min(k_slices - k0)),
-    })
-}
-
 /// The dense GEMM tiled as `tiling` says (narrow, wide, or wide in cluster pairs): the same
 /// arithmetic for every element, so the host may pick any per call. `n_cols` B rows; `store`
 /// makes the epilogue for the split.
@@ -506,59 +460,6 @@ kernel! {
     /// number of blocks). Same bits.
     pub fn gemm_wgmma_f32_wide_pair(map_x: In<TensorMap>, map_w: In<TensorMap>, bias: In<f32>, y: Out<f32>, n_rows: u32, m: u32, k: u32, flags: u32) {
         dense_columns(Dense::WidePaired, map_x, map_w, bias, y, n_rows, m, k, flags);
-    }
-}
-
-/// The K-segmented GEMM in narrow (`BN`) or half-width (`HALF_BN`) tiles: every element gets
-/// the same `wgmma` k16 steps in the same order either way (`m64n128k16` or `m64n64k16`; a GPU
-/// test checks the bits), so the host picks the width per call.
-#[inline(always)]
-fn segments<const HALF: bool>(
-    (map_x, map_w): (In<TensorMap>, In<TensorMap>),
-    y: Out<f32>,
-    (n_rows, m, k): (u32, u32, u32),
-    seg_k: u32,
-) {
-    let (split, cols) = if HALF {
-        (Split::HalfWidth, HALF_BN)
-    } else {
-        (Split::Rows, BN)
-    };
-    let (k_slices, segment) = (k.div_ceil(BK as u32), (seg_k / BK as u32).max(1));
-    let tiles = |t| dense_tile(t, (n_rows, m, cols as u32), (k_slices, segment));
-    let plane = n_rows * m;
-    persistent(
-        (split, Share::None),
-        (map_x, map_w),
-        tiles,
-        SegmentStore {
-            split,
-            y,
-            m,
-            segment,
-            plane,
-        },
-    );
-}
-
-kernel! {
-    threads = THREADS;
-    /// Split-K whose split depends on K alone: plane `s` of `y` (`[⌈k / seg_k⌉][n_rows][m]`,
-    /// f32) is `x · wᵀ` over K columns `s·seg_k..(s+1)·seg_k` only, for the caller to add in a
-    /// fixed order (the MoE router: more blocks for few rows). `seg_k` a multiple of `BK`.
-    /// Narrow tiles (`map_w` in boxes of `BN` rows, `SHARED_BYTES`); persistent, as
-    /// `gemm_wgmma_f32`.
-    pub fn gemm_wgmma_f32_segments(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, n_rows: u32, m: u32, k: u32, seg_k: u32) {
-        segments::<false>((map_x, map_w), y, (n_rows, m, k), seg_k);
-    }
-}
-
-kernel! {
-    threads = THREADS;
-    /// As `gemm_wgmma_f32_segments` in half-width tiles (`map_w` in boxes of `HALF_BN` rows):
-    /// twice the blocks for a call of few tiles. Every element gets the same bits as there.
-    pub fn gemm_wgmma_f32_segments_half(map_x: In<TensorMap>, map_w: In<TensorMap>, y: Out<f32>, n_rows: u32, m: u32, k: u32, seg_k: u32) {
-        segments::<true>((map_x, map_w), y, (n_rows, m, k), seg_k);
     }
 }
 
