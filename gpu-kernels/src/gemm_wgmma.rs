@@ -150,13 +150,11 @@ impl Split {
             Split::WideRows => WIDE_SHARED_BYTES,
         }
     }
-    /// Tile columns per accumulator array (`Acc`): `BN`, or `HALF_BN` for half-width tiles,
-    /// whose accumulators fill the lower half of the array.
+    /// Tile columns per accumulator array (`Acc`): `BN` (a wide tile has two arrays), or
+    /// `HALF_BN` for half-width tiles, whose accumulators fill the lower half of the array.
     const fn half_cols(self) -> u32 {
-        match self {
-            Split::HalfWidth => HALF_BN as u32,
-            _ => BN as u32,
-        }
+        let cols = self.cols();
+        if cols < BN as u32 { cols } else { BN as u32 }
     }
     const fn half_width(self) -> bool {
         matches!(self, Split::HalfWidth)

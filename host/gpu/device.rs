@@ -204,11 +204,7 @@ impl Device {
         match &self.backend {
             Backend::Cuda(rt) => rt.max_active_clusters(kernel, cfg),
             Backend::Emulator => {
-                let size = gpu_kernels::device::entry::entries()
-                    .into_iter()
-                    .find(|e| e.name == kernel)
-                    .and_then(|e| e.cluster)
-                    .unwrap_or(1);
+                let size = gpu_kernels::device::entry::cluster_size(kernel);
                 Ok((EMULATED_MULTIPROCESSORS / size).max(1))
             }
         }

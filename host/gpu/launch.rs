@@ -234,11 +234,7 @@ impl CudaRuntime {
             .bind_to_thread()
             .map_err(|e| GpuError::driver(format!("{} (making the context current)", op()), e))?;
         let f = self.function_with_shared(kernel, cfg.shared_bytes)?;
-        let size = gpu_kernels::device::entry::entries()
-            .into_iter()
-            .find(|e| e.name == kernel)
-            .and_then(|e| e.cluster)
-            .unwrap_or(1);
+        let size = gpu_kernels::device::entry::cluster_size(kernel);
         // SAFETY: a plain-data union; every bit pattern is valid, and `clusterDim` is set next.
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
         value.clusterDim.x = size;

@@ -168,12 +168,7 @@ pub struct TmaMatrix {
 impl Device {
     /// `data` as a `rows × cols` matrix (it may hold more elements; `cols` a multiple of 8).
     pub fn tma_matrix(&self, data: Buffer<u16>, rows: usize, cols: usize) -> Result<TmaMatrix> {
-        let map = self.tensor_map_bf16(&data, rows, cols, BOX.0, BOX.1)?;
-        Ok(TmaMatrix {
-            data,
-            map,
-            second: None,
-        })
+        self.tma_matrix_boxed(data, rows, cols, BOX.1)
     }
 
     /// As [`Device::tma_matrix`], read in boxes of `BOX.0 × box_rows` (at most 256 rows).

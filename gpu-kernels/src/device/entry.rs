@@ -84,6 +84,16 @@ pub struct Entry {
 
 inventory::collect!(Entry);
 
+/// Blocks per cluster of the kernel named `name` (`kernel! { cluster = C; ... }`): 1 for a
+/// kernel declared without one, or for a name no kernel has.
+pub fn cluster_size(name: &str) -> u32 {
+    inventory::iter::<Entry>
+        .into_iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.cluster)
+        .unwrap_or(1)
+}
+
 /// Every kernel declared with `kernel!` in this crate, sorted by name.
 pub fn entries() -> Vec<&'static Entry> {
     let mut all: Vec<&'static Entry> = inventory::iter::<Entry>.into_iter().collect();

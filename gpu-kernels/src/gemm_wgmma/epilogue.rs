@@ -208,8 +208,8 @@ fn store_columns_staged<O: OutElement>(
     let round_cols = BN as u32 / rounds;
     let col0 = col0 + BN as u32 * half;
     let add = O::ADDS && flags & EPI_ADD_TO_Y != 0;
-    // A half-width tile's columns end at `half_cols`: its later rounds, fragments and chunks (whose
-    // staging holds nothing of this tile) are skipped.
+    // A half-width tile's columns end at `half_cols`: its later rounds, fragments and chunks
+    // (whose staging holds nothing of this tile) are skipped.
     let cols = split.half_cols();
     seq!(Q in 0..2 {
         if Q < rounds && Q * round_cols < cols {
@@ -227,8 +227,7 @@ fn store_columns_staged<O: OutElement>(
                     });
                 }
             });
-            let row_bytes = if split.half_width() { cols * O::BYTES } else { STAGE_ROW_BYTES };
-            stage.drain(row_bytes.min(STAGE_ROW_BYTES), |r, k, w| {
+            stage.drain((cols * O::BYTES).min(STAGE_ROW_BYTES), |r, k, w| {
                 let (row, col) = (row0 + warp_row + r, col0 + Q * round_cols + k * 16 / O::BYTES);
                 if row < end && col < m {
                     y.store_chunk((row * m + col) as usize, w, add);

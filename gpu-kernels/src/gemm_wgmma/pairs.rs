@@ -123,11 +123,12 @@ impl Dense {
     /// in one segment.
     #[inline(always)]
     pub(super) fn tile(self, t: u32, (n_rows, n_cols): (u32, u32), k_slices: u32) -> Option<Tile> {
-        let k = (k_slices, k_slices);
+        let cols = self.pipe().0.cols();
         match self {
-            Dense::Narrow => dense_tile(t, (n_rows, n_cols, BN as u32), k),
-            Dense::Wide => dense_tile(t, (n_rows, n_cols, WIDE_BN as u32), k),
-            Dense::WidePaired => paired_tile(t, (n_rows, n_cols, WIDE_BN as u32), k_slices),
+            Dense::Narrow | Dense::Wide => {
+                dense_tile(t, (n_rows, n_cols, cols), (k_slices, k_slices))
+            }
+            Dense::WidePaired => paired_tile(t, (n_rows, n_cols, cols), k_slices),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::epilogue::SegmentStore;
 use super::pairs::{Share, dense_tile};
-use super::{BK, BN, HALF_BN, Split, persistent};
+use super::{BK, Split, persistent};
 use crate::device::async_copy::TensorMap;
 use crate::device::*;
 
@@ -17,13 +17,9 @@ fn segments<const HALF: bool>(
     (n_rows, m, k): (u32, u32, u32),
     seg_k: u32,
 ) {
-    let (split, cols) = if HALF {
-        (Split::HalfWidth, HALF_BN)
-    } else {
-        (Split::Rows, BN)
-    };
+    let split = if HALF { Split::HalfWidth } else { Split::Rows };
     let (k_slices, segment) = (k.div_ceil(BK as u32), (seg_k / BK as u32).max(1));
-    let tiles = |t| dense_tile(t, (n_rows, m, cols as u32), (k_slices, segment));
+    let tiles = |t| dense_tile(t, (n_rows, m, split.cols()), (k_slices, segment));
     let plane = n_rows * m;
     persistent(
         (split, Share::None),

@@ -215,15 +215,11 @@ pub fn matmul_segments_tiled(
     }
     let cfg = super::persistent(dev, K, tiles(cols), THREADS, SHARED_BYTES)?;
     let (rows, m, k, seg_k) = (rows as u32, m as u32, k as u32, seg_k as u32);
-    let args = (x.map(), map_w, y.output());
+    let (x, y) = (x.map(), y.output());
     if half {
-        gemm_wgmma::gemm_wgmma_f32_segments_half::launch(
-            dev, cfg, args.0, args.1, args.2, rows, m, k, seg_k,
-        )
+        gemm_wgmma::gemm_wgmma_f32_segments_half::launch(dev, cfg, x, map_w, y, rows, m, k, seg_k)
     } else {
-        gemm_wgmma::gemm_wgmma_f32_segments::launch(
-            dev, cfg, args.0, args.1, args.2, rows, m, k, seg_k,
-        )
+        gemm_wgmma::gemm_wgmma_f32_segments::launch(dev, cfg, x, map_w, y, rows, m, k, seg_k)
     }
 }
 
